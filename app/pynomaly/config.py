@@ -1,0 +1,151 @@
+"""Runtime settings, read once from ``PYNOMALY_*`` environment variables into a typed object.
+
+Every component (API, workers, consumers, CLI) calls :func:`load_settings`; nothing else reads the
+environment.  The chart and the local system set the same variables, so the table in the README and
+``pynomaly settings`` (which prints this model's schema) stay the single description of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "PYNOMALY_"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the variable and what to do."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    environment: str = Field("local", description="Name shown in logs and events (local, dev, onprem, cloud).")
+    redis_url: str = Field("", description="Celery broker, result backend, job store and streams (redis:// or rediss://).")
+    kafka_bootstrap_servers: str = Field("", description="Comma-separated host:port list of Kafka brokers.")
+    kafka_security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL.")
+    kafka_sasl_mechanism: str = Field("SCRAM-SHA-512", description="SASL mechanism when SASL is on.")
+    kafka_sasl_username: str = Field("", description="SASL user name.")
+    kafka_sasl_password: str = Field("", description="SASL password (from a Secret).")
+    kafka_replication_factor: int = Field(1, ge=1, description="Replication of topics created at start.")
+    kafka_min_insync_replicas: int = Field(1, ge=1, description="min.insync.replicas of topics created at start.")
+
+    api_keys: str = Field("", description="Comma-separated API keys (plain). Prefer api_keys_file.")
+    api_keys_file: str = Field("", description="File with one API key, or one sha256:<hex> hash, per line.")
+    api_host: str = Field("127.0.0.1", description="Address the API binds to.")
+    api_port: int = Field(8000, ge=1, le=65535, description="Port the API binds to.")
+    public_url: str = Field("", description="Base URL clients use to reach the API (for links in reports).")
+
+    task_time_limit: int = Field(3600, ge=1, description="Hard time limit of a task, seconds.")
+    task_soft_time_limit: int = Field(3300, ge=1, description="Soft time limit of a task, seconds.")
+    retry_backoff_base: float = Field(60.0, ge=0, description="First retry delay in seconds; doubles per attempt, with jitter.")
+    retry_backoff_max: float = Field(3600.0, ge=0, description="Cap on one retry delay, seconds.")
+    max_retries: int = Field(3, ge=0, le=10, description="Retries before a job goes to the dead-letter queue.")
+    worker_concurrency: int = Field(0, ge=0, description="Processes per worker; 0 takes the pool's default.")
+
+    stream_maxlen: int = Field(1000, ge=10, description="Approximate MAXLEN of each Redis stream.")
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted dataset, bytes.")
+    max_rows: int = Field(100_000, ge=1, description="Most rows a dataset may have.")
+    max_columns: int = Field(200, ge=1, description="Most columns a dataset may have.")
+    result_ttl_seconds: int = Field(7 * 24 * 3600, ge=60, description="How long job results are kept.")
+    webhook_secret: str = Field("", description="HMAC-SHA256 key that signs webhook bodies.")
+
+    heartbeat_dir: str = Field("", description="Where components touch their heartbeat file ('' = none).")
+    heartbeat_interval: float = Field(5.0, gt=0, description="Seconds between heartbeats.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port of workers/consumers (0 = off).")
+    log_level: str = Field("INFO", description="Python log level.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("kafka_security_protocol")
+    @classmethod
+    def _protocol(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"}:
+            raise ValueError("must be PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL")
+        return value
+
+    @model_validator(mode="after")
+    def _limits(self) -> Settings:
+        if self.task_soft_time_limit >= self.task_time_limit:
+            raise ValueError("task_soft_time_limit must be below task_time_limit")
+        return self
+
+    # -- derived ------------------------------------------------------------------------------
+    @property
+    def visibility_timeout(self) -> int:
+        """Redis redelivers an unacked task after this; it must outlast the hard limit (acks_late)."""
+        return self.task_time_limit + 300
+
+    def require(self, *names: str) -> None:
+        missing = [n for n in names if not getattr(self, n)]
+        if missing:
+            env = ", ".join(ENV_PREFIX + n.upper() for n in missing)
+            raise SettingsError(f"missing setting(s): {env}")
+
+    def api_key_hashes(self) -> frozenset[str]:
+        """The accepted keys as sha256 hex digests; plain keys never stay in memory longer than this."""
+        hashes = {hash_api_key(k) for k in _split(self.api_keys)}
+        if self.api_keys_file:
+            path = Path(self.api_keys_file)
+            try:
+                lines = path.read_text().splitlines()
+            except OSError as exc:
+                raise SettingsError(f"{ENV_PREFIX}API_KEYS_FILE: cannot read {path}: {exc.strerror}") from exc
+            for line in (raw.strip() for raw in lines):
+                if not line or line.startswith("#"):
+                    continue
+                hashes.add(line.removeprefix("sha256:") if line.startswith("sha256:") else hash_api_key(line))
+        return frozenset(hashes)
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
+    environ = dict(os.environ if environ is None else environ)
+    raw: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        key = ENV_PREFIX + name.upper()
+        if key in environ:
+            raw[name] = environ[key]
+    try:
+        return Settings(**raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field_name = str(first["loc"][0]) if first["loc"] else ""
+        var = ENV_PREFIX + field_name.upper() if field_name else "settings"
+        raise SettingsError(f"{var}: {first['msg']}") from None
+
+
+@lru_cache(maxsize=1)
+def load_settings() -> Settings:
+    return settings_from_env()
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    """The environment variables that reproduce ``settings`` in a child process."""
+    return {ENV_PREFIX + name.upper(): str(value) for name, value in settings.model_dump().items()}
