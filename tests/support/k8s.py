@@ -98,7 +98,9 @@ def _crd_registry() -> referencing.Registry:
     registry: referencing.Registry = referencing.Registry()
     for path in sorted(SCHEMA_DIR.glob("*.json")):
         contents = json.loads(path.read_text())
-        resource = referencing.Resource.from_contents(contents, default_specification=referencing.jsonschema.DRAFT202012)
+        resource = referencing.Resource.from_contents(
+            contents, default_specification=referencing.jsonschema.DRAFT202012
+        )
         registry = registry.with_resource(contents["$id"], resource)
     return registry.crawl()
 
@@ -177,7 +179,24 @@ def validate_object(obj: Mapping[str, Any]) -> list[str]:
 _FORMULA_WORDS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # expr-lang words a scalingModifiers formula may use besides trigger names
 _FORMULA_BUILTINS = frozenset(
-    {"and", "or", "not", "in", "true", "false", "nil", "min", "max", "abs", "ceil", "floor", "round", "len", "float", "int"}
+    {
+        "and",
+        "or",
+        "not",
+        "in",
+        "true",
+        "false",
+        "nil",
+        "min",
+        "max",
+        "abs",
+        "ceil",
+        "floor",
+        "round",
+        "len",
+        "float",
+        "int",
+    }
 )
 
 
@@ -221,9 +240,8 @@ def _semantic_findings(obj: Mapping[str, Any]) -> list[str]:
         mismatched = sorted(k for k, v in wanted.items() if labels.get(k) != v)
         if mismatched:
             out.append(f"{me}: selector.matchLabels {mismatched} do not match the pod template labels")
-    elif kind == "PodDisruptionBudget":
-        if ("minAvailable" in spec) == ("maxUnavailable" in spec):
-            out.append(f"{me}: set exactly one of minAvailable and maxUnavailable")
+    elif kind == "PodDisruptionBudget" and ("minAvailable" in spec) == ("maxUnavailable" in spec):
+        out.append(f"{me}: set exactly one of minAvailable and maxUnavailable")
     return out
 
 
@@ -297,7 +315,7 @@ def baseline_violations(obj: Mapping[str, Any]) -> list[str]:
     for container, needs_probes in containers:
         who = f"{me} container {container.get('name', '?')}"
         sc = container.get("securityContext") or {}
-        if not (sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True):
+        if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
             out.append(f"{who}: runAsNonRoot is not true")
         if sc.get("runAsUser") == 0:
             out.append(f"{who}: runs as uid 0")
