@@ -1,0 +1,268 @@
+"""A real Apache Kafka broker (KRaft, one combined broker+controller node) on Java, from Maven Central jars.
+
+Static controller quorum (``controller.quorum.voters``) rather than a formatted dynamic one: the
+ports may change between starts (free ports are picked each time) and a static voter set takes
+them from the configuration instead of from the formatted metadata.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from pynomaly.localstack.errors import LocalStackError
+from pynomaly.localstack.java import check_java
+from pynomaly.localstack.kafka_jars import KafkaJars
+from pynomaly.localstack.ports import LOOPBACK, pick_port
+from pynomaly.localstack.procs import ProcessRecord, log_tail, spawn, stop_process
+from pynomaly.localstack.progress import Progress, as_progress
+
+NODE_ID = 1
+HEAP = ("-Xms128m", "-Xmx512m")
+
+
+def new_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (what StorageTool random-uuid prints)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):  # Kafka rejects ids that look like command-line flags
+            return cid
+
+
+def read_meta_properties(data_dir: Path) -> dict[str, str]:
+    path = data_dir / "meta.properties"
+    values: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            if "=" in line and not line.lstrip().startswith("#"):
+                key, _, value = line.partition("=")
+                values[key.strip()] = value.strip()
+    return values
+
+
+class KafkaBroker:
+    """One ``kafka.Kafka`` JVM with its configuration, data and logs under ``state_dir``.
+
+    ``libs_dir`` is the jar cache (shared between state dirs, e.g. by the tests and ``local up``).
+    """
+
+    def __init__(
+        self,
+        state_dir: Path | str,
+        libs_dir: Path | str | None = None,
+        port: int | None = None,
+        controller_port: int | None = None,
+        die_with_parent: bool = True,
+    ) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.jars = KafkaJars(Path(libs_dir) if libs_dir else self.state_dir.parent / "kafka-libs")
+        self.configured_port = port
+        self.configured_controller_port = controller_port
+        self.port = port or 0
+        self.controller_port = controller_port or 0
+        self.die_with_parent = die_with_parent
+        self.record: ProcessRecord | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- layout -----------------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.state_dir / "data"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def server_log(self) -> Path:
+        return self.log_dir / "server.log"
+
+    @property
+    def config_path(self) -> Path:
+        return self.state_dir / "server.properties"
+
+    @property
+    def cluster_id_path(self) -> Path:
+        return self.state_dir / "cluster-id"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.record.pid if self.record else None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self, timeout: float = 120.0, progress: Progress | None = None) -> KafkaBroker:
+        out = as_progress(progress)
+        java = check_java()
+        # Ports first: a busy configured port must fail before a 100 MB download, not after.
+        self.port = pick_port(self.configured_port, "Kafka clients", "--kafka-port")
+        self.controller_port = pick_port(self.configured_controller_port, "Kafka controller", "--kafka-controller-port")
+        if self.controller_port == self.port:
+            self.controller_port = pick_port(None, "Kafka controller")
+        self.jars.ensure(out)
+        for path in (self.data_dir, self.log_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        self._check_data_dir_free()
+        self._write_config()
+        self._format_storage(java, out)
+        out.step(f"starting Kafka on {self.bootstrap_servers} (controller {LOOPBACK}:{self.controller_port})")
+        self._proc, self.record = spawn(
+            "kafka", self._java_argv(java, "kafka.Kafka", str(self.config_path)), self.log_dir / "kafka.out",
+            die_with_parent=self.die_with_parent,
+        )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _java_argv(self, java: str, main: str, *args: str) -> list[str]:
+        return [
+            java, *HEAP,
+            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.state_dir / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.log_dir}",
+            "-cp", self.jars.classpath, main, *args,
+        ]  # fmt: skip
+
+    def _check_data_dir_free(self) -> None:
+        # Kafka holds a POSIX lock on <log.dirs>/.lock while it runs; a broker left over from an
+        # earlier run (another shell, a killed test) would make ours fail later with a Java trace.
+        lock_path = self.data_dir / ".lock"
+        if not lock_path.exists():
+            return
+        with open(lock_path, "a") as handle:
+            try:
+                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise LocalStackError(
+                    f"Kafka data folder {self.data_dir} is in use by another Kafka process (left from an earlier "
+                    "run?): stop it (pynomaly local down) or remove that folder"
+                ) from None
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+    def _write_config(self) -> None:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": str(NODE_ID),
+            "controller.quorum.voters": f"{NODE_ID}@{LOOPBACK}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{LOOPBACK}:{self.port},CONTROLLER://{LOOPBACK}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            # Topics come from the topology (ensure_topics); a misspelt name must fail, not appear.
+            "auto.create.topics.enable": "false",
+            "num.partitions": "1",
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            # One node: internal topics cannot have more replicas, and fewer partitions start faster.
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "5",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "5",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # Small on purpose: the machine also runs Redis, the API, workers and consumers.
+            "num.network.threads": "2",
+            "num.io.threads": "2",
+            "num.recovery.threads.per.data.dir": "1",
+            "background.threads": "2",
+        }
+        self.config_path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        (self.state_dir / "log4j2.properties").write_text(
+            "status = warn\n"
+            "appender.file.type = File\n"
+            "appender.file.name = FILE\n"
+            f"appender.file.fileName = {self.server_log}\n"
+            "appender.file.layout.type = PatternLayout\n"
+            "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
+            "rootLogger.level = INFO\n"
+            "rootLogger.appenderRef.file.ref = FILE\n"
+            # The state-change and request loggers are very chatty at INFO.
+            "logger.state.name = state.change.logger\n"
+            "logger.state.level = WARN\n"
+            "logger.request.name = kafka.request.logger\n"
+            "logger.request.level = WARN\n"
+        )
+
+    def _format_storage(self, java: str, out: Progress) -> None:
+        meta = read_meta_properties(self.data_dir)
+        recorded = self.cluster_id_path.read_text().strip() if self.cluster_id_path.exists() else ""
+        if meta:
+            formatted_id = meta.get("cluster.id", "")
+            if meta.get("node.id") != str(NODE_ID) or (recorded and recorded != formatted_id):
+                raise LocalStackError(
+                    f"Kafka data folder {self.data_dir} belongs to another cluster (cluster.id {formatted_id or '?'}, "
+                    f"node.id {meta.get('node.id', '?')}; expected {recorded or '?'}, {NODE_ID}): remove that folder "
+                    "to start with empty topics"
+                )
+            if not recorded:  # the id file was lost but the data is ours: keep using it
+                self.cluster_id_path.write_text(formatted_id + "\n")
+            return
+        cluster_id = recorded or new_cluster_id()
+        out.step(f"formatting Kafka storage in {self.data_dir}")
+        argv = self._java_argv(java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_path))
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+        if done.returncode != 0:
+            lines = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
+            raise LocalStackError(
+                f"formatting Kafka storage in {self.data_dir} failed: {lines[-1] if lines else 'no output'} "
+                "(remove that folder if it is left from another setup)",
+                detail="\n".join(lines[-15:]),
+            )
+        self.cluster_id_path.write_text(cluster_id + "\n")
+
+    def _wait_ready(self, timeout: float) -> None:
+        from kafka import KafkaAdminClient  # heavy import, only here
+
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise LocalStackError(
+                    f"Kafka exited with code {self._proc.returncode} at start; see {self.server_log}",
+                    detail=log_tail(self.server_log, 20) + "\n" + log_tail(self.log_dir / "kafka.out", 10),
+                )
+            try:
+                admin = KafkaAdminClient(
+                    bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000, client_id="pynomaly-local"
+                )
+                try:
+                    cluster = admin.describe_cluster()
+                    if cluster.get("brokers"):
+                        return
+                finally:
+                    admin.close()
+            except Exception as exc:  # any client error means "not yet"
+                last = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.5)
+        raise LocalStackError(f"Kafka did not accept clients within {timeout:.0f}s ({last}); see {self.server_log}")
+
+    def running(self) -> bool:
+        return bool(self.record and self.record.alive())
+
+    def stop(self, grace: float = 30.0) -> None:
+        # SIGTERM = controlled shutdown (flushes logs, writes a clean-shutdown marker).
+        if self.record is not None:
+            stop_process(self.record, grace=grace, proc=self._proc)
+
+    def __enter__(self) -> KafkaBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
