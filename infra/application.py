@@ -1,0 +1,273 @@
+"""The application: ``charts/pynomaly`` through pulumi-kubernetes' Helm v4 Chart, with values derived
+from the stack config, the Redis and Kafka components and the messaging topology.
+
+- Image: the configured repository, tag = the app package version unless the stack pins another;
+  never ``latest``.
+- One Secret (``<release>-app``) with the chart's key names (read from the chart's ``values.yaml``,
+  ``secrets.keys``): the Redis password, the Kafka SASL password, API keys and the webhook key,
+  the last two generated with pulumi-random when the stack does not set them.
+- Worker and consumer pools come from ``TOPOLOGY`` (queues, concurrency, batch, consumer groups,
+  topics with their partitions); nothing is re-typed.
+- The chart's own KEDA/HPA switches are off: the Autoscaling component owns those targets, and the
+  Deployments' ``spec.replicas`` is left to the autoscaler (``ignore_changes`` through a transform),
+  so ``pulumi up`` never resets a scaled Deployment.
+- Worker ``terminationGracePeriodSeconds`` = task hard limit + the chart's margin: a warm shutdown
+  lets a running task finish.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+import yaml
+from pynomaly.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, Topology
+
+from infra import k8s as kx
+from infra.config import PoolScaling, StackConfig
+from infra.kafka import Kafka
+from infra.redis import Redis
+
+API_SERVICE_PORT = 80  # the chart's api.service.port default
+
+
+@cache
+def chart_defaults(chart_path: str) -> dict[str, Any]:
+    """The chart's values.yaml: the source of its Secret key names and defaults."""
+    return yaml.safe_load((Path(chart_path) / "values.yaml").read_text()) or {}
+
+
+@dataclass(frozen=True)
+class ApplicationArgs:
+    stack: StackConfig
+    namespace: pulumi.Input[str]
+    chart_path: str
+    topology: Topology
+    redis: Redis
+    kafka: Kafka
+    autoscaling_external: bool = True  # this program's Autoscaling component manages the pools
+    release: str = "pynomaly"
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class Application(pulumi.ComponentResource):
+    """Outputs: ``release``, ``values`` (the chart values), ``secret_name``, ``api_key`` (secret),
+    ``api_service``, ``api_url``, ``api_access`` (how to reach the API)."""
+
+    release: str
+    values: pulumi.Output[dict[str, Any]]
+    secret_name: pulumi.Output[str]
+    api_key: pulumi.Output[str]
+    api_service: str
+    api_url: pulumi.Output[str]
+    api_access: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ApplicationArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("pynomaly:infra:Application", name, None, opts)
+        self._args = args
+        stack = args.stack
+        self.release = args.release
+        self.fullname = args.release
+        self.api_service = f"{self.fullname}-api"
+        defaults = chart_defaults(args.chart_path)
+        keys: dict[str, str] = defaults["secrets"]["keys"]
+
+        secrets = stack.secrets
+        if secrets.api_keys is not None:
+            self.api_key = pulumi.Output.secret(secrets.api_keys)
+        else:
+            self.api_key = pulumi.Output.secret(random.RandomPassword(
+                f"{name}-api-key", length=40, special=False, opts=kx.child(self)).result)
+        webhook = (pulumi.Output.secret(secrets.webhook_secret) if secrets.webhook_secret is not None else
+                   pulumi.Output.secret(random.RandomPassword(
+                       f"{name}-webhook-secret", length=48, special=False, opts=kx.child(self)).result))
+        api_keys_file = self.api_key.apply(lambda v: "\n".join(k.strip() for k in v.split(",") if k.strip()) + "\n")
+        secret = k8s.core.v1.Secret(
+            f"{name}-secret",
+            metadata=kx.meta(f"{self.fullname}-app", args.namespace, kx.labels(self.fullname, "app", args.labels)),
+            type="Opaque",
+            string_data={
+                keys["redisPassword"]: args.redis.password,
+                keys["kafkaSaslPassword"]: args.kafka.password,
+                keys["apiKeys"]: api_keys_file,
+                keys["webhookSecret"]: webhook,
+            },
+            opts=kx.child(self),
+        )
+        self.secret_name = secret.metadata.apply(lambda m: m.name)
+
+        self.values = pulumi.Output.all(
+            redis_host=args.redis.host, redis_port=args.redis.port, kafka_bootstrap=args.kafka.bootstrap_servers,
+            secret_name=self.secret_name,
+        ).apply(lambda o: self._values(o["redis_host"], o["redis_port"], o["kafka_bootstrap"], o["secret_name"]))
+
+        self.chart = k8s.helm.v4.Chart(
+            f"{name}-chart",
+            chart=args.chart_path,
+            name=args.release,
+            namespace=args.namespace,
+            values=self.values,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[secret], transforms=[self._leave_replicas]),
+        )
+        self.api_url, self.api_access = self._access()
+        self.register_outputs({
+            "values": self.values, "secret_name": self.secret_name, "api_url": self.api_url,
+            "api_access": self.api_access,
+        })
+
+    # -- names in the chart -------------------------------------------------------------------------
+
+    def deployment_name(self, kind: str, pool: str) -> str:
+        """The chart's Deployment for a worker pool (kind worker) or a consumer pool (kind consumer)."""
+        return f"{self.fullname}-{kind}-{pool}"
+
+    def _scaled_deployments(self) -> set[str]:
+        topo = self._args.topology
+        names = {self.deployment_name("worker", p.name) for p in topo.worker_pools}
+        names |= {self.deployment_name("consumer", g.pool) for g in topo.consumer_groups}
+        return names
+
+    def _leave_replicas(self, args: pulumi.ResourceTransformArgs) -> pulumi.ResourceTransformResult | None:
+        """Let the autoscaler own ``spec.replicas`` of the pool Deployments (SSA: not re-applied)."""
+        if not self._args.autoscaling_external or args.type_ != "kubernetes:apps/v1:Deployment":
+            return None
+        metadata = args.props.get("metadata") or {}
+        if metadata.get("name") not in self._scaled_deployments():
+            return None
+        ignore = [*(args.opts.ignore_changes or []), "spec.replicas"]
+        return pulumi.ResourceTransformResult(args.props, pulumi.ResourceOptions.merge(
+            args.opts, pulumi.ResourceOptions(ignore_changes=ignore)))
+
+    # -- values -------------------------------------------------------------------------------------
+
+    def _values(self, redis_host: str, redis_port: int, kafka_bootstrap: str, secret_name: str) -> dict[str, Any]:
+        args, stack = self._args, self._args.stack
+        topo, app, scaling = args.topology, stack.app, stack.autoscaling
+        defaults = chart_defaults(args.chart_path)
+
+        def pool_bounds(s: PoolScaling, batch: bool) -> dict[str, int]:
+            lo = 0 if (batch and scaling.keda and scaling.scale_to_zero_batch) else max(1, s.min_replicas)
+            return {"replicas": max(1, s.min_replicas), "minReplicas": lo, "maxReplicas": s.max_replicas}
+
+        workers = {
+            pool.name: {
+                "queues": list(pool.queues),
+                "concurrency": pool.concurrency,
+                "batch": pool.batch,
+                **pool_bounds(scaling.workers[pool.name], pool.batch),
+                "listLength": scaling.workers[pool.name].target,
+                "resources": {},
+                "extraEgress": [],
+            }
+            for pool in topo.worker_pools
+        }
+        consumers = {}
+        for group in topo.consumer_groups:
+            s = scaling.consumers[group.pool]
+            consumers[group.pool] = {
+                "group": group.name,
+                "topics": [{"name": t, "partitions": topo.topic(t).partitions} for t in group.topics],
+                **pool_bounds(PoolScaling(s.min_replicas, min(s.max_replicas, topo.max_partitions(group)), s.target),
+                              False),
+                "lagThreshold": s.target,
+                "resources": {},
+            }
+
+        expose = stack.expose
+        service: dict[str, Any] = {"type": {"portForward": "ClusterIP", "ingress": "ClusterIP", "nodePort": "NodePort",
+                                            "loadBalancer": "LoadBalancer"}[expose.mode]}
+        if expose.mode == "nodePort" and expose.node_port:
+            service["nodePort"] = expose.node_port
+        ingress: dict[str, Any] = {"enabled": expose.mode == "ingress"}
+        if expose.mode == "ingress":
+            ingress.update({"className": expose.ingress_class or "", "host": expose.host or "",
+                            "tls": {"enabled": bool(expose.tls_secret), "secretName": expose.tls_secret or ""}})
+
+        redis_cfg, kafka = stack.redis, args.kafka
+        redis_allow: dict[str, Any] = {"cidrs": [], "podSelector": {}, "namespaceSelector": {}}
+        if redis_cfg.in_cluster:
+            redis_allow["podSelector"] = {"app.kubernetes.io/name": "pynomaly-redis",
+                                          "app.kubernetes.io/instance": kx.PART_OF}
+        kafka_allow: dict[str, Any] = {"cidrs": [], "podSelector": {}, "namespaceSelector": {}}
+        if stack.kafka.in_cluster:
+            kafka_allow["podSelector"] = {"app.kubernetes.io/name": "pynomaly-kafka",
+                                          "app.kubernetes.io/instance": kx.PART_OF}
+
+        return {
+            "fullnameOverride": self.fullname,
+            "commonLabels": {**args.labels, "pynomaly.io/environment": stack.environment},
+            "image": {"repository": stack.image.repository, "tag": stack.image.tag,
+                      "pullPolicy": stack.image.pull_policy},
+            "settings": {
+                "environment": stack.environment,
+                "logLevel": app.log_level,
+                "publicUrl": f"https://{expose.host}" if expose.mode == "ingress" and expose.tls_secret else (
+                    f"http://{expose.host}" if expose.host else ""),
+                "taskTimeLimit": app.task_time_limit,
+                "taskSoftTimeLimit": app.task_soft_time_limit,
+            },
+            "redis": {"host": redis_host, "port": int(redis_port), "db": 0, "tls": args.redis.tls,
+                      "allowTo": redis_allow},
+            "kafka": {
+                "bootstrapServers": kafka_bootstrap,
+                "securityProtocol": kafka.security_protocol,
+                "saslMechanism": kafka.sasl_mechanism or defaults["kafka"]["saslMechanism"],
+                "saslUsername": kafka.username,
+                "replicationFactor": kafka.replication_factor,
+                "minInsyncReplicas": kafka.min_insync_replicas,
+                "version": kafka.version,
+                "allowTo": kafka_allow,
+            },
+            "secrets": {"existingSecret": secret_name},
+            "api": {
+                "replicas": app.api_replicas,
+                "resources": app.api_resources.to_k8s(),
+                "service": service,
+                "ingress": ingress,
+                "pdb": {"maxUnavailable": 1},
+            },
+            "workers": {
+                "resources": app.worker_resources.to_k8s(),
+                "priority": {"separator": PRIORITY_SEPARATOR, "steps": sorted(PRIORITY_STEPS.values())},
+                "pools": workers,
+            },
+            "consumers": {"resources": app.consumer_resources.to_k8s(), "pools": consumers},
+            # The Autoscaling component owns these targets: never both an HPA and a ScaledObject.
+            "autoscaling": {"keda": {"enabled": False}, "hpa": {"enabled": False}} if args.autoscaling_external else {
+                "keda": {"enabled": scaling.keda, "pollingInterval": scaling.polling_interval,
+                         "cooldownPeriod": scaling.cooldown_period},
+                "hpa": {"enabled": not scaling.keda}},
+            "metrics": {"serviceMonitor": {"enabled": app.service_monitor},
+                        "prometheusRule": {"enabled": app.service_monitor}},
+            "networkPolicy": {"enabled": app.network_policies},
+        }
+
+    def worker_grace_seconds(self) -> int:
+        margin = int(chart_defaults(self._args.chart_path)["workers"]["shutdownGraceMarginSeconds"])
+        return self._args.stack.app.task_time_limit + margin
+
+    # -- how to reach the API -----------------------------------------------------------------------
+
+    def _access(self) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+        expose, ns = self._args.stack.expose, pulumi.Output.from_input(self._args.namespace)
+        svc = self.api_service
+        if expose.mode == "ingress":
+            scheme = "https" if expose.tls_secret else "http"
+            url = pulumi.Output.from_input(f"{scheme}://{expose.host}")
+            return url, url.apply(lambda u: f"open {u} (Ingress class {expose.ingress_class or 'default'})")
+        if expose.mode == "loadBalancer":
+            access = ns.apply(lambda n: f"kubectl -n {n} get svc {svc} "
+                                        "-o jsonpath='{.status.loadBalancer.ingress[0].*}'  # then http://<that>/")
+            return pulumi.Output.from_input("http://<load-balancer address>/"), access
+        if expose.mode == "nodePort":
+            port = expose.node_port
+            access = ns.apply(lambda n: f"kubectl -n {n} get svc {svc} -o jsonpath='{{.spec.ports[0].nodePort}}'"
+                                        "  # then http://<any node address>:<that port>/")
+            return pulumi.Output.from_input(f"http://<node address>:{port or '<nodePort>'}/"), access
+        access = ns.apply(lambda n: f"kubectl -n {n} port-forward svc/{svc} 8000:{API_SERVICE_PORT}")
+        return pulumi.Output.from_input("http://127.0.0.1:8000/"), access

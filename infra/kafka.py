@@ -1,0 +1,628 @@
+"""Apache Kafka in KRaft mode, or the coordinates of an external managed Kafka.
+
+In-cluster (``pynomaly:kafka.mode: inCluster``):
+
+- StatefulSet(s) of the official ``apache/kafka`` image.  ``controllers: 0`` runs combined
+  broker+controller nodes; ``controllers: N`` adds a dedicated controller StatefulSet.  The node id
+  is the pod ordinal (brokers of a dedicated layout add :data:`BROKER_ID_OFFSET`).
+- One headless Service with ``publishNotReadyAddresses`` gives every pod a stable DNS name before
+  it is ready (the quorum must form before anything is ready), used for the per-pod advertised
+  listeners; the client Service ``<name>`` is for bootstrap.
+- The cluster id and the controllers' directory ids are generated once with pulumi-random and kept
+  in a Secret.  An init container renders ``server.properties`` and formats the storage on first
+  start only (``kafka-storage.sh format`` with the dynamic quorum's ``--initial-controllers``, whose
+  directory ids must be known up front — hence the Secret).
+- RF 3 and ``min.insync.replicas`` 2 where there are at least 3 brokers (RF = brokers below that),
+  PDB ``maxUnavailable: 1``, topology spread over zones and nodes, ``broker.rack`` from the node's
+  zone label (an init container with a token that can only read nodes), SASL/SCRAM-SHA-512 with an
+  admin user (inter-broker, topic Job) and an application user; TLS on the client listener when a
+  certificate Secret is configured.  The controller listener only accepts Kafka pods.
+- A Job creates the topology's topics (and their dead-letter topics) idempotently.
+
+External: nothing is deployed; the bootstrap servers, protocol and credentials go to the Secret.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+from pynomaly.topology import Topology
+
+from infra import k8s as kx
+from infra.config import KafkaConfig
+
+CLIENT_PORT = 9092
+CONTROLLER_PORT = 9093
+BROKER_ID_OFFSET = 100
+UID = 1000  # appuser of the apache/kafka image
+SCRAM = "SCRAM-SHA-512"
+ADMIN_USER = "admin"
+APP_USER = "pynomaly"
+
+# Keys of the auth Secret (read by the chart and by KEDA's TriggerAuthentication).
+KEY_BOOTSTRAP = "bootstrap-servers"
+KEY_PROTOCOL = "security-protocol"
+KEY_MECHANISM = "sasl-mechanism"
+KEY_USERNAME = "username"
+KEY_PASSWORD = "password"
+KEY_KEDA_SASL = "keda-sasl"  # KEDA's spelling of the mechanism: plaintext | scram_sha256 | scram_sha512 | none
+KEY_KEDA_TLS = "keda-tls"  # enable | disable
+# Keys of the cluster Secret.
+KEY_CLUSTER_ID = "cluster-id"
+KEY_ADMIN_PASSWORD = "admin-password"
+
+
+@dataclass(frozen=True)
+class KafkaArgs:
+    config: KafkaConfig
+    namespace: pulumi.Input[str]
+    topology: Topology
+    name: str = "pynomaly-kafka"
+    password: pulumi.Input[str] | None = None  # application user's SASL password; generated when None
+    admin_password: pulumi.Input[str] | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Role:
+    statefulset: str
+    component: str
+    roles: str  # process.roles
+    replicas: int
+    id_offset: int
+
+
+class Kafka(pulumi.ComponentResource):
+    """Outputs: ``bootstrap_servers``, ``security_protocol``, ``sasl_mechanism``, ``username``,
+    ``password`` (secret), ``secret_name`` (client settings), ``cluster_secret_name``,
+    ``replication_factor``, ``min_insync_replicas``, ``version``."""
+
+    bootstrap_servers: pulumi.Output[str]
+    security_protocol: str
+    sasl_mechanism: str
+    username: str
+    password: pulumi.Output[str]
+    secret_name: pulumi.Output[str]
+    cluster_secret_name: pulumi.Output[str] | None
+    replication_factor: int
+    min_insync_replicas: int
+    version: str
+
+    def __init__(self, name: str, args: KafkaArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("pynomaly:infra:Kafka", name, None, opts)
+        self._args = args
+        cfg, ns = args.config, args.namespace
+        self.objects: list[pulumi.Resource] = []
+        self.version = cfg.version
+        self.cluster_secret_name = None
+        self.replication_factor = cfg.replication_factor if cfg.in_cluster else 3
+        self.min_insync_replicas = cfg.min_insync_replicas if cfg.in_cluster else 2
+
+        if cfg.in_cluster:
+            self.security_protocol = ("SASL_SSL" if cfg.tls_secret else "SASL_PLAINTEXT") if cfg.sasl else "PLAINTEXT"
+            self.sasl_mechanism = SCRAM if cfg.sasl else ""
+            self.username = APP_USER if cfg.sasl else ""
+            self.password = self._password(f"{name}-app-password", args.password)
+            self.admin_password = self._password(f"{name}-admin-password", args.admin_password)
+            self.headless = f"{args.name}-headless"
+            if cfg.controllers:
+                self.roles = [
+                    _Role(f"{args.name}-controller", "kafka-controller", "controller", cfg.controllers, 0),
+                    _Role(args.name, "kafka-broker", "broker", cfg.brokers, BROKER_ID_OFFSET),
+                ]
+            else:
+                self.roles = [_Role(args.name, "kafka-broker", "broker,controller", cfg.brokers, 0)]
+            self.bootstrap_servers = pulumi.Output.from_input(ns).apply(lambda n: ",".join(
+                f"{args.name}-{i}.{self.headless}.{n}.svc.cluster.local:{CLIENT_PORT}" for i in range(cfg.brokers)))
+        else:
+            self.security_protocol = cfg.external_security_protocol
+            self.sasl_mechanism = cfg.external_sasl_mechanism if self.security_protocol.startswith("SASL") else ""
+            self.username = cfg.external_username or ""
+            self.password = pulumi.Output.secret(args.password if args.password is not None else "")
+            self.bootstrap_servers = pulumi.Output.from_input(cfg.external_bootstrap or "")
+
+        keda_sasl = self.sasl_mechanism.lower().replace("-", "_").replace("scram_sha_", "scram_sha") or "none"
+        secret = k8s.core.v1.Secret(
+            f"{name}-client",
+            metadata=kx.meta(f"{args.name}-client", ns, kx.labels(args.name, "kafka", args.labels)),
+            type="Opaque",
+            string_data={
+                KEY_BOOTSTRAP: self.bootstrap_servers,
+                KEY_PROTOCOL: self.security_protocol,
+                KEY_MECHANISM: self.sasl_mechanism,
+                KEY_USERNAME: self.username,
+                KEY_PASSWORD: self.password,
+                KEY_KEDA_SASL: keda_sasl,
+                KEY_KEDA_TLS: "enable" if "SSL" in self.security_protocol else "disable",
+            },
+            opts=kx.child(self),
+        )
+        self.secret_name = secret.metadata.apply(lambda m: m.name)
+        self.objects.append(secret)
+
+        if cfg.in_cluster:
+            self._cluster(name)
+
+        self.register_outputs({
+            "bootstrap_servers": self.bootstrap_servers, "security_protocol": self.security_protocol,
+            "secret_name": self.secret_name, "cluster_secret_name": self.cluster_secret_name,
+            "password": self.password,
+        })
+
+    def _password(self, resource_name: str, configured: pulumi.Input[str] | None) -> pulumi.Output[str]:
+        if configured is not None:
+            return pulumi.Output.secret(configured)
+        return pulumi.Output.secret(
+            random.RandomPassword(resource_name, length=32, special=False, opts=kx.child(self)).result)
+
+    # -- in-cluster KRaft ---------------------------------------------------------------------------
+
+    def _cluster(self, name: str) -> None:
+        args, cfg, ns = self._args, self._args.config, self._args.namespace
+        controller_role = self.roles[0]
+        cluster_id = random.RandomId(f"{name}-cluster-id", byte_length=16, opts=kx.child(self))
+        dir_ids = [random.RandomId(f"{name}-controller-{i}-directory-id", byte_length=16, opts=kx.child(self))
+                   for i in range(controller_role.replicas)]
+
+        def uuid(rid: random.RandomId) -> pulumi.Output[str]:
+            # Kafka UUIDs are 16 bytes in URL-safe base64 without padding: exactly RandomId.b64_url.
+            return rid.b64_url.apply(lambda v: v.rstrip("="))
+
+        cluster_data: dict[str, pulumi.Input[str]] = {
+            KEY_CLUSTER_ID: uuid(cluster_id),
+            KEY_ADMIN_PASSWORD: self.admin_password,
+        }
+        for i, rid in enumerate(dir_ids):
+            cluster_data[f"controller-{i}-directory-id"] = uuid(rid)
+        cluster_secret = k8s.core.v1.Secret(
+            f"{name}-cluster",
+            metadata=kx.meta(f"{args.name}-cluster", ns, kx.labels(args.name, "kafka", args.labels)),
+            type="Opaque",
+            string_data=cluster_data,
+            opts=kx.child(self),
+        )
+        self.cluster_secret_name = cluster_secret.metadata.apply(lambda m: m.name)
+
+        # Every pod of both StatefulSets shares the headless Service (stable per-pod DNS names).
+        all_pods = {"app.kubernetes.io/name": args.name, "app.kubernetes.io/instance": kx.PART_OF}
+        headless = k8s.core.v1.Service(
+            f"{name}-headless",
+            metadata=kx.meta(self.headless, ns, kx.labels(args.name, "kafka", args.labels)),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                cluster_ip="None", publish_not_ready_addresses=True, selector=all_pods,
+                ports=[
+                    k8s.core.v1.ServicePortArgs(name="client", port=CLIENT_PORT, target_port=CLIENT_PORT),
+                    k8s.core.v1.ServicePortArgs(name="controller", port=CONTROLLER_PORT, target_port=CONTROLLER_PORT),
+                ]),
+            opts=kx.child(self),
+        )
+        broker_sel = kx.selector_labels(args.name, "kafka-broker")
+        client = k8s.core.v1.Service(
+            f"{name}-client",
+            metadata=kx.meta(args.name, ns, kx.labels(args.name, "kafka-broker", args.labels)),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                type="ClusterIP", selector=broker_sel,
+                ports=[k8s.core.v1.ServicePortArgs(name="client", port=CLIENT_PORT, target_port=CLIENT_PORT)]),
+            opts=kx.child(self),
+        )
+        self.objects += [cluster_secret, headless, client]
+
+        controller_fqdn = pulumi.Output.from_input(ns).apply(lambda n: [
+            f"{controller_role.statefulset}-{i}.{self.headless}.{n}.svc.cluster.local"
+            for i in range(controller_role.replicas)])
+        bootstrap_controllers = controller_fqdn.apply(lambda hs: ",".join(f"{h}:{CONTROLLER_PORT}" for h in hs))
+        scripts = k8s.core.v1.ConfigMap(
+            f"{name}-scripts",
+            metadata=kx.meta(f"{args.name}-scripts", ns, kx.labels(args.name, "kafka", args.labels)),
+            data={"init.sh": _init_script(cfg), "topics.sh": _topics_script(args.topology, cfg)},
+            opts=kx.child(self),
+        )
+        self.objects.append(scripts)
+
+        service_account = None
+        if cfg.rack_awareness:
+            service_account = self._rack_rbac(name)
+
+        statefulsets = []
+        for role in self.roles:
+            statefulsets.append(self._statefulset(name, role, bootstrap_controllers, controller_fqdn, dir_ids,
+                                                  service_account, [cluster_secret, headless, scripts]))
+
+        # Controllers talk only to Kafka pods; clients (the app, KEDA's operator) only reach 9092.
+        self.objects.append(k8s.networking.v1.NetworkPolicy(
+            f"{name}-ingress",
+            metadata=kx.meta(args.name, ns, kx.labels(args.name, "kafka", args.labels)),
+            spec=k8s.networking.v1.NetworkPolicySpecArgs(
+                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=all_pods),
+                policy_types=["Ingress"],
+                ingress=[
+                    k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+                        from_=[k8s.networking.v1.NetworkPolicyPeerArgs(
+                            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=all_pods))],
+                        ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=p, protocol="TCP")
+                               for p in (CLIENT_PORT, CONTROLLER_PORT)]),
+                    k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+                        from_=[k8s.networking.v1.NetworkPolicyPeerArgs(
+                            namespace_selector=k8s.meta.v1.LabelSelectorArgs())],
+                        ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=CLIENT_PORT, protocol="TCP")]),
+                ]),
+            opts=kx.child(self),
+        ))
+        self.objects.append(self._topics_job(name, [*statefulsets, client]))
+
+    def _rack_rbac(self, name: str) -> str:
+        """A ServiceAccount whose token (mounted in the rack init container only) may read nodes."""
+        args, ns = self._args, self._args.namespace
+        lbls = kx.labels(args.name, "kafka", args.labels)
+        sa_name = f"{args.name}-rack"
+        sa = k8s.core.v1.ServiceAccount(
+            f"{name}-rack", metadata=kx.meta(sa_name, ns, lbls), automount_service_account_token=False,
+            opts=kx.child(self))
+        role_name = pulumi.Output.from_input(ns).apply(lambda n: f"{n}-{sa_name}")
+        role = k8s.rbac.v1.ClusterRole(
+            f"{name}-rack",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=role_name, labels=lbls),
+            rules=[k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], resources=["nodes"], verbs=["get"])],
+            opts=kx.child(self),
+        )
+        binding = k8s.rbac.v1.ClusterRoleBinding(
+            f"{name}-rack",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=role_name, labels=lbls),
+            role_ref=k8s.rbac.v1.RoleRefArgs(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=role_name),
+            subjects=[k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name=sa_name, namespace=ns)],
+            opts=kx.child(self),
+        )
+        self.objects += [sa, role, binding]
+        return sa_name
+
+    def _statefulset(self, name: str, role: _Role, bootstrap_controllers: pulumi.Output[str],
+                     controller_fqdn: pulumi.Output[list[str]], dir_ids: list[random.RandomId],
+                     service_account: str | None, deps: list[pulumi.Resource]) -> k8s.apps.v1.StatefulSet:
+        args, cfg, ns = self._args, self._args.config, self._args.namespace
+        sel = kx.selector_labels(args.name, role.component)
+        lbls = kx.labels(args.name, role.component, args.labels)
+        is_controller = "controller" in role.roles
+        is_broker = "broker" in role.roles
+        cluster_secret = f"{args.name}-cluster"
+
+        def from_secret(secret: str, key: str) -> k8s.core.v1.EnvVarSourceArgs:
+            return k8s.core.v1.EnvVarSourceArgs(
+                secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret, key=key))
+
+        # "0@host-0:9093:<dir id>,..." for formatting the dynamic quorum's first voters.
+        initial_controllers = pulumi.Output.all(controller_fqdn, *[d.b64_url for d in dir_ids]).apply(
+            lambda a: ",".join(f"{i}@{h}:{CONTROLLER_PORT}:{d.rstrip('=')}" for i, (h, d) in enumerate(
+                zip(a[0], a[1:], strict=True))))
+        env = [
+            k8s.core.v1.EnvVarArgs(name="POD_NAMESPACE", value_from=k8s.core.v1.EnvVarSourceArgs(
+                field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="metadata.namespace"))),
+            k8s.core.v1.EnvVarArgs(name="HEADLESS", value=self.headless),
+            k8s.core.v1.EnvVarArgs(name="PROCESS_ROLES", value=role.roles),
+            k8s.core.v1.EnvVarArgs(name="NODE_ID_OFFSET", value=str(role.id_offset)),
+            k8s.core.v1.EnvVarArgs(name="CONTROLLER_BOOTSTRAP", value=bootstrap_controllers),
+            k8s.core.v1.EnvVarArgs(name="INITIAL_CONTROLLERS", value=initial_controllers if is_controller else ""),
+            k8s.core.v1.EnvVarArgs(name="CLUSTER_ID", value_from=from_secret(cluster_secret, KEY_CLUSTER_ID)),
+            k8s.core.v1.EnvVarArgs(name="ADMIN_PASSWORD", value_from=from_secret(cluster_secret, KEY_ADMIN_PASSWORD)),
+            k8s.core.v1.EnvVarArgs(name="APP_PASSWORD", value_from=from_secret(f"{args.name}-client", KEY_PASSWORD)),
+            k8s.core.v1.EnvVarArgs(name="REPLICATION_FACTOR", value=str(cfg.replication_factor)),
+            k8s.core.v1.EnvVarArgs(name="MIN_INSYNC_REPLICAS", value=str(cfg.min_insync_replicas)),
+        ]
+        mounts = [
+            k8s.core.v1.VolumeMountArgs(name="data", mount_path="/var/lib/kafka/data"),
+            k8s.core.v1.VolumeMountArgs(name="runtime", mount_path="/etc/kafka-runtime"),
+            k8s.core.v1.VolumeMountArgs(name="scripts", mount_path="/scripts", read_only=True),
+            k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+        ]
+        volumes = [
+            k8s.core.v1.VolumeArgs(name="scripts", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
+                name=f"{args.name}-scripts", default_mode=0o555)),
+            kx.empty_dir("runtime", "4Mi", memory=True),
+            kx.empty_dir("tmp", "512Mi"),
+        ]
+        if cfg.tls_secret:
+            mounts.append(k8s.core.v1.VolumeMountArgs(name="tls", mount_path="/etc/kafka-tls", read_only=True))
+            volumes.append(k8s.core.v1.VolumeArgs(name="tls", secret=k8s.core.v1.SecretVolumeSourceArgs(
+                secret_name=cfg.tls_secret, default_mode=0o440)))
+        small = k8s.core.v1.ResourceRequirementsArgs(requests={"cpu": "50m", "memory": "256Mi"},
+                                                     limits={"memory": "512Mi"})
+        init_containers = []
+        if cfg.rack_awareness and is_broker:
+            volumes += [
+                kx.empty_dir("rack", "1Mi", memory=True),
+                k8s.core.v1.VolumeArgs(name="rack-token", projected=k8s.core.v1.ProjectedVolumeSourceArgs(
+                    default_mode=0o444,
+                    sources=[
+                        k8s.core.v1.VolumeProjectionArgs(service_account_token=k8s.core.v1.ServiceAccountTokenProjectionArgs(
+                            path="token", expiration_seconds=3600)),
+                        k8s.core.v1.VolumeProjectionArgs(config_map=k8s.core.v1.ConfigMapProjectionArgs(
+                            name="kube-root-ca.crt", items=[k8s.core.v1.KeyToPathArgs(key="ca.crt", path="ca.crt")])),
+                        k8s.core.v1.VolumeProjectionArgs(downward_api=k8s.core.v1.DownwardAPIProjectionArgs(items=[
+                            k8s.core.v1.DownwardAPIVolumeFileArgs(
+                                path="namespace",
+                                field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="metadata.namespace"))])),
+                    ])),
+            ]
+            mounts.append(k8s.core.v1.VolumeMountArgs(name="rack", mount_path="/etc/kafka-rack", read_only=True))
+            init_containers.append(k8s.core.v1.ContainerArgs(
+                name="rack",
+                image=cfg.rack_init_image,
+                command=["/bin/sh", "-c",
+                         "kubectl get node \"$NODE_NAME\" "
+                         "-o jsonpath='{.metadata.labels.topology\\.kubernetes\\.io/zone}' > /etc/kafka-rack/rack"],
+                env=[k8s.core.v1.EnvVarArgs(name="NODE_NAME", value_from=k8s.core.v1.EnvVarSourceArgs(
+                    field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="spec.nodeName")))],
+                resources=k8s.core.v1.ResourceRequirementsArgs(requests={"cpu": "10m", "memory": "32Mi"},
+                                                               limits={"memory": "64Mi"}),
+                security_context=kx.container_security(),
+                volume_mounts=[
+                    k8s.core.v1.VolumeMountArgs(name="rack", mount_path="/etc/kafka-rack"),
+                    k8s.core.v1.VolumeMountArgs(name="rack-token", read_only=True,
+                                                mount_path="/var/run/secrets/kubernetes.io/serviceaccount"),
+                ],
+            ))
+        init_containers.append(k8s.core.v1.ContainerArgs(
+            name="format",
+            image=cfg.image,
+            command=["/bin/sh", "/scripts/init.sh"],
+            env=env,
+            resources=small,
+            security_context=kx.container_security(),
+            volume_mounts=mounts,
+        ))
+        port = CLIENT_PORT if is_broker else CONTROLLER_PORT
+        heap = cfg.heap if is_broker else "256m"
+        container = k8s.core.v1.ContainerArgs(
+            name="kafka",
+            image=cfg.image,
+            command=["/opt/kafka/bin/kafka-server-start.sh", "/etc/kafka-runtime/server.properties"],
+            env=[
+                k8s.core.v1.EnvVarArgs(name="KAFKA_HEAP_OPTS", value=f"-Xms{heap} -Xmx{heap}"),
+                k8s.core.v1.EnvVarArgs(name="LOG_DIR", value="/tmp/kafka-logs"),
+            ],
+            ports=[
+                *([k8s.core.v1.ContainerPortArgs(name="client", container_port=CLIENT_PORT)] if is_broker else []),
+                *([k8s.core.v1.ContainerPortArgs(name="controller", container_port=CONTROLLER_PORT)]
+                  if is_controller else []),
+            ],
+            resources=kx.resources(cfg.resources.to_k8s()) if is_broker else k8s.core.v1.ResourceRequirementsArgs(
+                requests={"cpu": "100m", "memory": "512Mi"}, limits={"memory": "768Mi"}),
+            security_context=kx.container_security(),
+            startup_probe=k8s.core.v1.ProbeArgs(
+                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port=port), period_seconds=5, failure_threshold=120),
+            liveness_probe=k8s.core.v1.ProbeArgs(
+                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port=port), period_seconds=15, timeout_seconds=5,
+                failure_threshold=4),
+            readiness_probe=k8s.core.v1.ProbeArgs(
+                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port=port), period_seconds=5, timeout_seconds=3),
+            volume_mounts=[m for m in mounts if m.name != "scripts"],
+        )
+        sts = k8s.apps.v1.StatefulSet(
+            f"{name}-{role.component}",
+            metadata=kx.meta(role.statefulset, ns, lbls),
+            spec=k8s.apps.v1.StatefulSetSpecArgs(
+                service_name=self.headless,
+                replicas=role.replicas,
+                # All voters must start together to form the quorum.
+                pod_management_policy="Parallel",
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=sel),
+                update_strategy=k8s.apps.v1.StatefulSetUpdateStrategyArgs(type="RollingUpdate"),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=lbls),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        service_account_name=service_account if (service_account and is_broker) else None,
+                        automount_service_account_token=False,
+                        security_context=kx.pod_security(UID),
+                        termination_grace_period_seconds=120,  # controlled shutdown moves leadership first
+                        affinity=kx.anti_affinity(sel),
+                        topology_spread_constraints=kx.spread(sel, zones_required=cfg.zone_spread),
+                        init_containers=init_containers,
+                        containers=[container],
+                        volumes=volumes,
+                    ),
+                ),
+                volume_claim_templates=[kx.pvc_template("data", cfg.storage_size, cfg.storage_class, lbls)],
+                persistent_volume_claim_retention_policy=k8s.apps.v1.StatefulSetPersistentVolumeClaimRetentionPolicyArgs(
+                    when_deleted="Retain", when_scaled="Retain"),
+            ),
+            # The pods of a combined/controller layout only become ready once the quorum formed.
+            opts=kx.child(self, depends_on=deps),
+        )
+        pdb = k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-{role.component}",
+            metadata=kx.meta(role.statefulset, ns, lbls),
+            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+                max_unavailable=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels=sel)),
+            opts=kx.child(self),
+        )
+        self.objects += [sts, pdb]
+        return sts
+
+    def _topics_job(self, name: str, deps: list[pulumi.Resource]) -> k8s.batch.v1.Job:
+        args, cfg, ns = self._args, self._args.config, self._args.namespace
+        lbls = kx.labels(args.name, "kafka-topics", args.labels)
+        mounts = [
+            k8s.core.v1.VolumeMountArgs(name="scripts", mount_path="/scripts", read_only=True),
+            k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+        ]
+        volumes = [
+            k8s.core.v1.VolumeArgs(name="scripts", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
+                name=f"{args.name}-scripts", default_mode=0o555)),
+            kx.empty_dir("tmp", "256Mi"),
+        ]
+        if cfg.tls_secret:
+            mounts.append(k8s.core.v1.VolumeMountArgs(name="tls", mount_path="/etc/kafka-tls", read_only=True))
+            volumes.append(k8s.core.v1.VolumeArgs(name="tls", secret=k8s.core.v1.SecretVolumeSourceArgs(
+                secret_name=cfg.tls_secret, default_mode=0o440)))
+        return k8s.batch.v1.Job(
+            f"{name}-topics",
+            metadata=kx.meta(f"{args.name}-topics", ns, lbls),
+            spec=k8s.batch.v1.JobSpecArgs(
+                backoff_limit=6,
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=lbls),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        restart_policy="OnFailure",
+                        automount_service_account_token=False,
+                        security_context=kx.pod_security(UID),
+                        containers=[k8s.core.v1.ContainerArgs(
+                            name="topics",
+                            image=cfg.image,
+                            command=["/bin/sh", "/scripts/topics.sh"],
+                            env=[
+                                k8s.core.v1.EnvVarArgs(name="BOOTSTRAP", value=self.bootstrap_servers),
+                                k8s.core.v1.EnvVarArgs(name="ADMIN_PASSWORD", value_from=k8s.core.v1.EnvVarSourceArgs(
+                                    secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
+                                        name=f"{args.name}-cluster", key=KEY_ADMIN_PASSWORD))),
+                                k8s.core.v1.EnvVarArgs(name="KAFKA_HEAP_OPTS", value="-Xmx192m"),
+                                k8s.core.v1.EnvVarArgs(name="LOG_DIR", value="/tmp/kafka-logs"),
+                            ],
+                            resources=k8s.core.v1.ResourceRequirementsArgs(
+                                requests={"cpu": "50m", "memory": "256Mi"}, limits={"memory": "384Mi"}),
+                            security_context=kx.container_security(),
+                            volume_mounts=mounts,
+                        )],
+                        volumes=volumes,
+                    ),
+                ),
+            ),
+            opts=kx.child(self, depends_on=deps),
+        )
+
+
+def _client_properties(cfg: KafkaConfig) -> str:
+    lines = []
+    if cfg.sasl:
+        lines += [
+            f"security.protocol={'SASL_SSL' if cfg.tls_secret else 'SASL_PLAINTEXT'}",
+            f"sasl.mechanism={SCRAM}",
+            "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{ADMIN_USER}" password="$ADMIN_PASSWORD";',
+        ]
+    if cfg.tls_secret:
+        lines += ["ssl.truststore.type=PEM", "ssl.truststore.location=/etc/kafka-tls/ca.crt"]
+    return "\n".join(lines)
+
+
+def _init_script(cfg: KafkaConfig) -> str:
+    """Render server.properties for this pod, then format the storage unless it already is."""
+    client_protocol = ("SASL_SSL" if cfg.tls_secret else "SASL_PLAINTEXT") if cfg.sasl else "PLAINTEXT"
+    sasl_lines = ""
+    if cfg.sasl:
+        jaas = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{ADMIN_USER}" password="$ADMIN_PASSWORD";')
+        sasl_lines = f"""sasl.enabled.mechanisms={SCRAM}
+sasl.mechanism.inter.broker.protocol={SCRAM}
+listener.name.internal.scram-sha-512.sasl.jaas.config={jaas}
+super.users=User:{ADMIN_USER}
+"""
+    tls_lines = ""
+    tls_setup = ""
+    if cfg.tls_secret:
+        tls_setup = "cat /etc/kafka-tls/tls.key /etc/kafka-tls/tls.crt > /etc/kafka-runtime/keystore.pem\n"
+        tls_lines = """listener.name.internal.ssl.keystore.type=PEM
+listener.name.internal.ssl.keystore.location=/etc/kafka-runtime/keystore.pem
+listener.name.internal.ssl.truststore.type=PEM
+listener.name.internal.ssl.truststore.location=/etc/kafka-tls/ca.crt
+"""
+    scram = ""
+    if cfg.sasl:
+        scram = (f"--add-scram \"{SCRAM}=[name={ADMIN_USER},password=$ADMIN_PASSWORD]\" "
+                 f"--add-scram \"{SCRAM}=[name={APP_USER},password=$APP_PASSWORD]\"")
+    return f"""#!/bin/sh
+# Managed by the Pynomaly Pulumi program (infra/kafka.py).
+set -eu
+ORDINAL="${{HOSTNAME##*-}}"
+NODE_ID=$((ORDINAL + NODE_ID_OFFSET))
+FQDN="$HOSTNAME.$HEADLESS.$POD_NAMESPACE.svc.cluster.local"
+RACK=""
+if [ -f /etc/kafka-rack/rack ]; then RACK="$(cat /etc/kafka-rack/rack)"; fi
+LISTENERS=""
+ADVERTISED=""
+case "$PROCESS_ROLES" in
+  *broker*) LISTENERS="INTERNAL://:{CLIENT_PORT}"; ADVERTISED="INTERNAL://$FQDN:{CLIENT_PORT}";;
+esac
+case "$PROCESS_ROLES" in
+  *controller*)
+    LISTENERS="${{LISTENERS:+$LISTENERS,}}CONTROLLER://:{CONTROLLER_PORT}"
+    ADVERTISED="${{ADVERTISED:+$ADVERTISED,}}CONTROLLER://$FQDN:{CONTROLLER_PORT}";;
+esac
+{tls_setup}cat > /etc/kafka-runtime/server.properties <<EOF
+process.roles=$PROCESS_ROLES
+node.id=$NODE_ID
+controller.quorum.bootstrap.servers=$CONTROLLER_BOOTSTRAP
+controller.listener.names=CONTROLLER
+listeners=$LISTENERS
+advertised.listeners=$ADVERTISED
+inter.broker.listener.name=INTERNAL
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,INTERNAL:{client_protocol}
+log.dirs=/var/lib/kafka/data/logs
+auto.create.topics.enable=false
+default.replication.factor=$REPLICATION_FACTOR
+min.insync.replicas=$MIN_INSYNC_REPLICAS
+offsets.topic.replication.factor=$REPLICATION_FACTOR
+transaction.state.log.replication.factor=$REPLICATION_FACTOR
+transaction.state.log.min.isr=$MIN_INSYNC_REPLICAS
+share.coordinator.state.topic.replication.factor=$REPLICATION_FACTOR
+share.coordinator.state.topic.min.isr=$MIN_INSYNC_REPLICAS
+unclean.leader.election.enable=false
+{sasl_lines}{tls_lines}EOF
+if [ -n "$RACK" ]; then echo "broker.rack=$RACK" >> /etc/kafka-runtime/server.properties; fi
+if [ -f /var/lib/kafka/data/logs/meta.properties ]; then
+  echo "storage already formatted"
+  exit 0
+fi
+if [ -n "$INITIAL_CONTROLLERS" ]; then
+  QUORUM="--initial-controllers=$INITIAL_CONTROLLERS"
+else
+  QUORUM="--no-initial-controllers"
+fi
+/opt/kafka/bin/kafka-storage.sh format --config /etc/kafka-runtime/server.properties \\
+  --cluster-id="$CLUSTER_ID" "$QUORUM" {scram}
+"""
+
+
+def topic_plan(topology: Topology, cfg: KafkaConfig) -> list[tuple[str, int, int, int]]:
+    """(name, partitions, min.insync.replicas, retention.ms) per topic and dead-letter topic."""
+    plan = []
+    for topic in topology.topics:
+        rf = min(topic.replication_factor, cfg.replication_factor)
+        min_isr = max(1, min(topic.min_insync_replicas, cfg.min_insync_replicas, rf))
+        plan.append((topic.name, topic.partitions, min_isr, topic.retention_ms))
+        # Same as the app's own topic creation: dead letters get one partition.
+        plan.append((topic.dead_letter, 1, min_isr, topic.retention_ms))
+    return plan
+
+
+def _topics_script(topology: Topology, cfg: KafkaConfig) -> str:
+    rf = cfg.replication_factor
+    calls = "\n".join(
+        f"ensure {shlex.quote(name)} {partitions} {min_isr} {retention}"
+        for name, partitions, min_isr, retention in topic_plan(topology, cfg))
+    return f"""#!/bin/sh
+# Managed by the Pynomaly Pulumi program (infra/kafka.py): the topology's topics, idempotently.
+set -eu
+cat > /tmp/client.properties <<EOF
+{_client_properties(cfg)}
+EOF
+TOPICS="/opt/kafka/bin/kafka-topics.sh --bootstrap-server $BOOTSTRAP --command-config /tmp/client.properties"
+attempt=0
+until $TOPICS --list >/dev/null 2>&1; do
+  attempt=$((attempt + 1))
+  if [ "$attempt" -ge 60 ]; then echo "Kafka is not reachable at $BOOTSTRAP" >&2; exit 1; fi
+  sleep 5
+done
+ensure() {{
+  $TOPICS --create --if-not-exists --topic "$1" --partitions "$2" --replication-factor {rf} \\
+    --config min.insync.replicas="$3" --config retention.ms="$4"
+  current="$($TOPICS --describe --topic "$1" | grep -c 'Partition: ' || true)"
+  if [ "$current" -lt "$2" ]; then
+    $TOPICS --alter --topic "$1" --partitions "$2"
+  fi
+  echo "topic $1: $2 partition(s), replication {rf}, min.insync.replicas $3"
+}}
+{calls}
+"""

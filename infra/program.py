@@ -1,0 +1,138 @@
+"""The Pulumi program: provider, namespace, then one component per concern.
+
+``__main__.py`` calls :func:`main`; tests and ``tools/render.py`` call :func:`build` with a config
+they loaded themselves, under Pulumi mocks.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+from pynomaly.topology import TOPOLOGY
+
+from infra import config as stack_config
+from infra import k8s as kx
+from infra.application import Application, ApplicationArgs
+from infra.autoscaling import Autoscaling, AutoscalingArgs
+from infra.config import StackConfig
+from infra.kafka import Kafka, KafkaArgs
+from infra.redis import Redis, RedisArgs
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "pynomaly"
+
+
+def app_version() -> str:
+    """The application package version: the image tag the stacks deploy by default."""
+    with (ROOT / "app" / "pyproject.toml").open("rb") as fh:
+        return str(tomllib.load(fh)["project"]["version"])
+
+
+@dataclass
+class Deployment:
+    config: StackConfig
+    provider: k8s.Provider
+    namespace: k8s.core.v1.Namespace
+    redis: Redis
+    kafka: Kafka
+    application: Application
+    autoscaling: Autoscaling
+    outputs: dict[str, Any]
+
+
+def provider_args(cfg: StackConfig) -> dict[str, Any]:
+    kubeconfig = cfg.kubernetes.kubeconfig
+    if kubeconfig and "\n" not in kubeconfig:
+        # A path: the provider takes the file's contents (or a path), expand ~ for the user.
+        kubeconfig = os.path.expanduser(kubeconfig)
+    return {
+        "kubeconfig": kubeconfig,
+        "context": cfg.kubernetes.context,
+        "namespace": cfg.kubernetes.namespace,
+        "enable_server_side_apply": True,
+    }
+
+
+def build(cfg: StackConfig) -> Deployment:
+    provider = k8s.Provider(f"{cfg.environment}-cluster", **provider_args(cfg))
+    on_cluster = pulumi.ResourceOptions(provider=provider)
+    ns_name = cfg.kubernetes.namespace
+    namespace = k8s.core.v1.Namespace(
+        "namespace",
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=ns_name,
+            labels={
+                **cfg.labels,
+                "app.kubernetes.io/part-of": kx.PART_OF,
+                "app.kubernetes.io/managed-by": kx.MANAGED_BY,
+                "pynomaly.io/environment": cfg.environment,
+                # Everything here satisfies the 'restricted' Pod Security Standard: enforce it.
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce-version": "latest",
+            },
+        ),
+        opts=on_cluster,
+    )
+    ns = namespace.metadata.apply(lambda m: m.name)
+    in_ns = pulumi.ResourceOptions(provider=provider, depends_on=[namespace])
+
+    redis = Redis("redis", RedisArgs(
+        config=cfg.redis, namespace=ns, password=cfg.secrets.redis_password,
+        external_url=cfg.secrets.redis_url, labels=dict(cfg.labels)), opts=in_ns)
+    kafka = Kafka("kafka", KafkaArgs(
+        config=cfg.kafka, namespace=ns, topology=TOPOLOGY, password=cfg.secrets.kafka_password,
+        admin_password=cfg.secrets.kafka_admin_password, labels=dict(cfg.labels)), opts=in_ns)
+    application = Application("app", ApplicationArgs(
+        stack=cfg, namespace=ns, chart_path=str(CHART), topology=TOPOLOGY, redis=redis, kafka=kafka,
+        autoscaling_external=True, labels=dict(cfg.labels)),
+        opts=pulumi.ResourceOptions(provider=provider, depends_on=[namespace, redis, kafka]))
+    autoscaling = Autoscaling("autoscaling", AutoscalingArgs(
+        config=cfg.autoscaling, namespace=ns, topology=TOPOLOGY, deployment_name=application.deployment_name,
+        redis_address=redis.address, redis_secret_name=redis.secret_name, redis_password_key="password",
+        redis_tls=redis.tls, kafka_bootstrap_servers=kafka.bootstrap_servers, kafka_secret_name=kafka.secret_name,
+        kafka_keys=kafka_keda_keys(), kafka_version=kafka.version,
+        kafka_ca_secret=cfg.kafka.tls_secret if cfg.kafka.in_cluster else None, labels=dict(cfg.labels)),
+        opts=pulumi.ResourceOptions(provider=provider, depends_on=[namespace, application]))
+
+    outputs: dict[str, Any] = {
+        "environment": cfg.environment,
+        "namespace": ns,
+        "imageRef": f"{cfg.image.repository}:{cfg.image.tag}",
+        "apiUrl": application.api_url,
+        "apiAccess": application.api_access,
+        "apiKey": application.api_key,
+        "appSecretName": application.secret_name,
+        "redisEndpoint": redis.address,
+        "redisSecretName": redis.secret_name,
+        "kafkaBootstrapServers": kafka.bootstrap_servers,
+        "kafkaSecretName": kafka.secret_name,
+        "kafkaClusterSecretName": kafka.cluster_secret_name,
+        "autoscaling": autoscaling.mode,
+        "scaledTargets": autoscaling.object_names,
+    }
+    return Deployment(cfg, provider, namespace, redis, kafka, application, autoscaling, outputs)
+
+
+def kafka_keda_keys() -> dict[str, str]:
+    from infra import kafka as kafka_mod
+
+    return {
+        "sasl": kafka_mod.KEY_KEDA_SASL,
+        "username": kafka_mod.KEY_USERNAME,
+        "password": kafka_mod.KEY_PASSWORD,
+        "tls": kafka_mod.KEY_KEDA_TLS,
+    }
+
+
+def main() -> Deployment:
+    cfg = stack_config.load(default_tag=app_version())
+    deployment = build(cfg)
+    for key, value in deployment.outputs.items():
+        pulumi.export(key, value)
+    return deployment
