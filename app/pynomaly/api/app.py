@@ -1,0 +1,74 @@
+"""The FastAPI application: thin routes over the job use cases."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from importlib import resources
+
+import redis.asyncio
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+from prometheus_client import REGISTRY, CollectorRegistry
+
+import pynomaly
+from pynomaly.api import problems
+from pynomaly.api.auth import ApiKeys
+from pynomaly.api.routes_jobs import router as jobs_router
+from pynomaly.api.routes_ops import router as ops_router
+from pynomaly.api.websocket import router as ws_router
+from pynomaly.config import Settings, SettingsError
+from pynomaly.observability.metrics import RedisStateCollector
+from pynomaly.storage.audit import AuditLog
+from pynomaly.usecases.jobs import JobService
+from pynomaly.wiring import Container
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, container: Container | None = None) -> FastAPI:
+    settings.require("redis_url", "kafka_bootstrap_servers")
+    keys = ApiKeys(settings.api_key_hashes())
+    if not keys:
+        # Secure by default: there is no anonymous mode.
+        raise SettingsError("no API keys configured: set PYNOMALY_API_KEYS or PYNOMALY_API_KEYS_FILE")
+    container = container or Container(settings, "api")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        app.state.async_redis = redis.asyncio.Redis.from_url(settings.redis_url, decode_responses=True)
+        yield
+        await app.state.async_redis.aclose()
+        container.close()
+
+    app = FastAPI(
+        title="Pynomaly",
+        version=pynomaly.__version__,
+        description="Asynchronous anomaly detection: submit a dataset, follow the job, fetch results and reports. "
+        "Every endpoint except /healthz, /readyz and /metrics needs an API key in the X-API-Key header.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.container = container
+    app.state.api_keys = keys
+    app.state.job_service = JobService(container.jobs, container.messaging, container.dead_letters)
+    app.state.audit_log = AuditLog(container.redis)
+    app.state.kafka_ready = lambda: container.messaging_connected()
+
+    registry = CollectorRegistry()
+    registry.register(RedisStateCollector(container.redis))
+    for collector in list(REGISTRY._collector_to_names):  # the process's own counters too
+        registry.register(collector)
+    app.state.metrics_registry = registry
+
+    problems.install(app)
+    app.include_router(ops_router)
+    app.include_router(jobs_router)
+    app.include_router(ws_router)
+
+    @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+    def dashboard() -> str:
+        # The page holds no data: it asks for an API key and then calls the authenticated API.
+        return resources.files("pynomaly.dashboard").joinpath("static/index.html").read_text()
+
+    return app

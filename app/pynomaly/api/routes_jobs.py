@@ -1,0 +1,229 @@
+"""Job endpoints: submit, list, get, result, report, cancel, retry."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from pydantic import ValidationError
+
+from pynomaly.api.auth import require_api_key
+from pynomaly.api.schemas import JobAccepted, JobCreate, JobPage, JobStatusName, JobView, Links
+from pynomaly.domain.datasets import DatasetLimits, from_rows, parse_csv
+from pynomaly.domain.errors import Conflict, InvalidInput
+from pynomaly.domain.jobs import Job
+from pynomaly.domain.reports import MEDIA_TYPES
+from pynomaly.usecases.jobs import SubmitRequest
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+Caller = Annotated[str, Depends(require_api_key)]
+
+_SUBMIT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/JobCreate"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "detector"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "CSV with a header row"},
+                        "detector": {"type": "string"},
+                        "params": {"type": "string", "description": "JSON object"},
+                        "contamination": {"type": "number"},
+                        "threshold": {"type": "number"},
+                        "priority": {"type": "string", "enum": ["low", "normal", "high", "critical"]},
+                        "steps": {"type": "string", "description": "comma-separated, e.g. preprocess,detect,report"},
+                        "preprocessing": {"type": "string", "description": "JSON object"},
+                        "webhook_url": {"type": "string"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def links(job_id: str) -> Links:
+    base = f"/v1/jobs/{job_id}"
+    return Links(self=base, result=f"{base}/result", report=f"{base}/report", cancel=base)
+
+
+def view(job: Job) -> JobView:
+    data = job.as_dict()
+    return JobView(**{k: v for k, v in data.items() if k in JobView.model_fields}, links=links(job.id))
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise InvalidInput(f"request body is {declared} bytes; the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise InvalidInput(f"request body exceeds the limit of {limit} bytes")
+    request._body = bytes(body)  # lets request.form() parse what was already read
+    return bytes(body)
+
+
+def _json_field(raw: str | None, name: str) -> Any:
+    if raw is None or raw == "":
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise InvalidInput(f"{name} must be a JSON object") from None
+
+
+def _number_field(raw: str | None, name: str) -> float | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} must be a number") from None
+
+
+@router.post(
+    "", status_code=202, response_model=JobAccepted, openapi_extra=_SUBMIT_BODY, summary="Submit a detection job"
+)
+async def submit_job(
+    request: Request,
+    response: Response,
+    caller: Caller,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JobAccepted:
+    state = request.app.state
+    settings = state.settings
+    limits = DatasetLimits(settings.max_upload_bytes, settings.max_rows, settings.max_columns)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    # JSON rows are wordier than CSV: allow them four times the dataset byte limit.
+    if content_type == "application/json":
+        body = await _read_limited(request, settings.max_upload_bytes * 4)
+        try:
+            payload = JobCreate.model_validate_json(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise InvalidInput(f"{where}: {first['msg']}") from None
+        dataset = from_rows(payload.rows, payload.columns, limits)
+        fields: dict[str, Any] = payload.model_dump(exclude={"rows", "columns"})
+    elif content_type == "multipart/form-data":
+        await _read_limited(request, settings.max_upload_bytes + 64 * 1024)
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InvalidInput("multipart body needs a 'file' part with the CSV")
+        dataset = parse_csv(await upload.read(), limits)
+        unknown = sorted(
+            set(form.keys())
+            - {
+                "file",
+                "detector",
+                "params",
+                "contamination",
+                "threshold",
+                "priority",
+                "steps",
+                "preprocessing",
+                "webhook_url",
+            }
+        )
+        if unknown:
+            raise InvalidInput(f"unknown form field(s) {unknown}")
+        detector = form.get("detector")
+        if not isinstance(detector, str) or not detector:
+            raise InvalidInput("detector is required")
+        steps_raw = form.get("steps")
+        fields = {
+            "detector": detector,
+            "params": _json_field(form.get("params"), "params"),  # type: ignore[arg-type]
+            "contamination": _number_field(form.get("contamination"), "contamination"),  # type: ignore[arg-type]
+            "threshold": _number_field(form.get("threshold"), "threshold"),  # type: ignore[arg-type]
+            "priority": form.get("priority") or None,
+            "steps": [s.strip() for s in steps_raw.split(",") if s.strip()]
+            if isinstance(steps_raw, str) and steps_raw
+            else None,
+            "preprocessing": _json_field(form.get("preprocessing"), "preprocessing"),  # type: ignore[arg-type]
+            "webhook_url": form.get("webhook_url") or None,
+        }
+    else:
+        from fastapi import HTTPException
+
+        raise HTTPException(415, "send application/json (rows) or multipart/form-data (a CSV file)")
+    for name in ("params", "preprocessing"):
+        if fields.get(name) is not None and not isinstance(fields[name], dict):
+            raise InvalidInput(f"{name} must be a JSON object")
+    job, created = state.job_service.submit(
+        SubmitRequest(dataset=dataset, idempotency_key=idempotency_key, submitted_by=caller, **fields)
+    )
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if not created:
+        response.status_code = 200
+    return JobAccepted(id=job.id, status=job.status, created=created, links=links(job.id))
+
+
+@router.get("", response_model=JobPage, summary="List jobs, newest first")
+def list_jobs(
+    request: Request,
+    _: Caller,
+    status: Annotated[JobStatusName | None, Query()] = None,
+    detector: Annotated[str | None, Query(max_length=32)] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> JobPage:
+    jobs, total = request.app.state.container.jobs.list(status=status, detector=detector, offset=offset, limit=limit)
+    return JobPage(items=[view(j) for j in jobs], total=total, offset=offset, limit=limit)
+
+
+@router.get("/{job_id}", response_model=JobView, summary="A job's status, progress and timings")
+def get_job(job_id: str, request: Request, _: Caller) -> JobView:
+    return view(request.app.state.container.jobs.get(job_id))
+
+
+def _finished_result(request: Request, job_id: str) -> tuple[Job, dict[str, Any]]:
+    store = request.app.state.container.jobs
+    job = store.get(job_id)
+    if job.result_location is None:
+        raise Conflict(f"job {job_id} has no result yet (status {job.status})")
+    return job, store.get_blob("result", job_id)
+
+
+@router.get("/{job_id}/result", summary="Scores, labels, threshold and top anomalies")
+def get_result(job_id: str, request: Request, _: Caller) -> dict[str, Any]:
+    job, result = _finished_result(request, job_id)
+    return {"job_id": job.id, "status": job.status, **result}
+
+
+@router.get("/{job_id}/report", summary="The job's report as JSON, CSV or standalone HTML")
+def get_report(
+    job_id: str,
+    request: Request,
+    _: Caller,
+    format: Annotated[str, Query(pattern="^(json|csv|html)$")] = "json",
+) -> Response:
+    from pynomaly.domain.reports import render
+
+    job, result = _finished_result(request, job_id)
+    store = request.app.state.container.jobs
+    # Reports made by the report step are served as stored; otherwise render on demand.
+    body = (
+        store.get_blob(f"report-{format}", job_id)
+        if store.has_blob(f"report-{format}", job_id)
+        else render(format, job.as_dict(), result)
+    )
+    headers = {"Content-Disposition": f'inline; filename="pynomaly-{job_id}.{format}"'}
+    return Response(body, media_type=MEDIA_TYPES[format], headers=headers)
+
+
+@router.delete("/{job_id}", response_model=JobView, summary="Cancel a queued or running job")
+def cancel_job(job_id: str, request: Request, caller: Caller) -> JobView:
+    return view(request.app.state.job_service.cancel(job_id, actor=caller))
+
+
+@router.post("/{job_id}/retry", response_model=JobView, status_code=202, summary="Run a failed or cancelled job again")
+def retry_job(job_id: str, request: Request, caller: Caller) -> JobView:
+    return view(request.app.state.job_service.retry(job_id, actor=caller))

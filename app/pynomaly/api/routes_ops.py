@@ -1,0 +1,111 @@
+"""Operations endpoints: health, readiness, metrics, detectors, dead-letter queue, audit log."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pynomaly.api.auth import require_api_key
+from pynomaly.api.schemas import AuditPage, DeadLetterPage, DeadLetterView, DetectorView
+from pynomaly.domain.detectors import DETECTORS
+
+router = APIRouter()
+Caller = Annotated[str, Depends(require_api_key)]
+
+
+@router.get("/healthz", tags=["health"], summary="Liveness: the process answers")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["health"], summary="Readiness: Redis and Kafka reachable")
+async def readyz(request: Request) -> JSONResponse:
+    container = request.app.state.container
+    checks: dict[str, str] = {}
+
+    def redis_ok() -> None:
+        container.redis.ping()
+
+    def kafka_ok() -> None:
+        if not request.app.state.kafka_ready():
+            raise ConnectionError("no broker reachable")
+
+    for name, check in (("redis", redis_ok), ("kafka", kafka_ok)):
+        try:
+            await asyncio.wait_for(asyncio.to_thread(check), timeout=5)
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = f"unavailable: {type(exc).__name__}: {exc}"[:200]
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
+    )
+
+
+@router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
+def metrics_endpoint(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get(
+    "/v1/detectors", tags=["detectors"], response_model=list[DetectorView], summary="Detectors and their parameters"
+)
+def detectors(_: Caller) -> list[DetectorView]:
+    return [
+        DetectorView(
+            name=spec.name,
+            description=spec.description,
+            parameters=spec.schema(),
+            per_feature_contributions="per_dimension_tail_probability" if spec.per_feature_scores else "robust_zscore",
+        )
+        for spec in DETECTORS.values()
+    ]
+
+
+@router.get("/v1/dlq", tags=["dead letters"], response_model=DeadLetterPage, summary="Dead letters, newest first")
+def list_dead_letters(
+    request: Request,
+    _: Caller,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> DeadLetterPage:
+    letters, total = request.app.state.container.dead_letters.list(offset, limit)
+    return DeadLetterPage(
+        items=[DeadLetterView(**d.as_dict()) for d in letters], total=total, offset=offset, limit=limit
+    )
+
+
+@router.get("/v1/dlq/{letter_id}", tags=["dead letters"], response_model=DeadLetterView)
+def get_dead_letter(letter_id: str, request: Request, _: Caller) -> DeadLetterView:
+    return DeadLetterView(**request.app.state.container.dead_letters.get(letter_id).as_dict())
+
+
+@router.post(
+    "/v1/dlq/{letter_id}/replay", tags=["dead letters"], status_code=202, summary="Enqueue a dead letter again"
+)
+def replay_dead_letter(letter_id: str, request: Request, caller: Caller) -> dict[str, Any]:
+    letter = request.app.state.job_service.replay_dead_letter(letter_id, actor=caller)
+    return {"replayed": letter.id, "task": letter.task, "job_id": letter.job_id}
+
+
+@router.delete("/v1/dlq", tags=["dead letters"], summary="Delete every dead letter")
+def purge_dead_letters(request: Request, caller: Caller) -> dict[str, int]:
+    return {"purged": request.app.state.job_service.purge_dead_letters(actor=caller)}
+
+
+@router.get("/v1/audit", tags=["audit"], response_model=AuditPage, summary="Audit events, newest first")
+def audit(
+    request: Request,
+    _: Caller,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    actor: Annotated[str | None, Query(max_length=64)] = None,
+    subject: Annotated[str | None, Query(max_length=128)] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> AuditPage:
+    items, total = request.app.state.audit_log.query(action, actor, subject, offset, limit)
+    return AuditPage(items=items, total=total, offset=offset, limit=limit)

@@ -1,0 +1,115 @@
+"""Request and response models: they are the OpenAPI schema users read."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PriorityName = Literal["low", "normal", "high", "critical"]
+StepName = Literal["preprocess", "detect", "report", "notify"]
+JobStatusName = Literal["queued", "running", "retrying", "completed", "failed", "cancelled"]
+
+
+class JobCreate(BaseModel):
+    """A job with its dataset as JSON rows (a list of lists with ``columns``, or a list of objects)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detector: str = Field(description="One of GET /v1/detectors, e.g. iforest or ecod.")
+    rows: list[list[Any]] | list[dict[str, Any]] = Field(description="Dataset rows; null or 'nan' for missing cells.")
+    columns: list[str] | None = Field(None, description="Column names for list rows (default x0, x1, ...).")
+    params: dict[str, Any] | None = Field(None, description="Detector parameters, see the detector's schema.")
+    contamination: float | None = Field(None, description="Expected anomaly share, 0 < c <= 0.5 (default 0.1).")
+    threshold: float | None = Field(None, description="Explicit score threshold instead of the contamination cut.")
+    priority: PriorityName | None = Field(None, description="Queue priority (default normal).")
+    steps: list[StepName] | None = Field(
+        None, description="Pipeline steps, run in order preprocess -> detect -> report -> notify (detect always runs)."
+    )
+    preprocessing: dict[str, str] | None = Field(
+        None, description="missing: reject|impute_median|impute_mean|drop_rows; scaling: none|standard|robust|minmax."
+    )
+    webhook_url: str | None = Field(None, description="Receives an HMAC-signed JSON summary when the job completes.")
+
+
+class Links(BaseModel):
+    self: str
+    result: str
+    report: str
+    cancel: str
+
+
+class JobAccepted(BaseModel):
+    id: str
+    status: str
+    created: bool = Field(description="False when an earlier request with the same Idempotency-Key made this job.")
+    links: Links
+
+
+class JobView(BaseModel):
+    id: str
+    status: str
+    detector: str
+    params: dict[str, Any]
+    contamination: float
+    threshold: float | None
+    priority: str
+    steps: list[str]
+    preprocessing: dict[str, str]
+    dataset: dict[str, Any]
+    progress: float
+    message: str
+    current_step: str | None
+    attempts: int
+    error: str | None
+    webhook_url: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    updated_at: str
+    anomaly_count: int | None
+    result_location: str | None
+    report_location: str | None
+    links: Links
+
+
+class JobPage(BaseModel):
+    items: list[JobView]
+    total: int
+    offset: int
+    limit: int
+
+
+class DeadLetterView(BaseModel):
+    id: str
+    task: str
+    job_id: str | None
+    queue: str | None
+    args: list[Any]
+    kwargs: dict[str, Any]
+    error: str
+    traceback: str
+    attempts: int
+    failed_at: str
+    replays: int
+
+
+class DeadLetterPage(BaseModel):
+    items: list[DeadLetterView]
+    total: int
+    offset: int
+    limit: int
+
+
+class AuditPage(BaseModel):
+    items: list[dict[str, Any]]
+    total: int
+    offset: int
+    limit: int
+
+
+class DetectorView(BaseModel):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    per_feature_contributions: str

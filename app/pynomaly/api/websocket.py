@@ -1,0 +1,96 @@
+"""WebSocket /v1/stream: live dashboard entries from Redis Streams, resumable from a last-seen id.
+
+Browsers cannot set headers on a WebSocket, so the key may come as the X-API-Key header or as the
+first message ``{"api_key": "...", "last_id": "..."}``.  Every entry sent carries its stream id;
+a client that reconnects with ``last_id`` receives exactly what it missed (while still retained).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+
+import redis
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from pynomaly.api import API_KEY_HEADER
+from pynomaly.observability import metrics
+from pynomaly.topology import S_DASHBOARD, S_HEALTH
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+STREAM_ID = re.compile(r"^(\$|0|\d+-\d+|\d+)$")
+AUTH_TIMEOUT = 10.0
+BLOCK_MS = 1000
+POLICY_VIOLATION = 1008
+
+
+def _entry(stream: str, entry_id: str, fields: dict[str, str]) -> dict[str, object]:
+    message: dict[str, object] = {"stream": stream, "id": entry_id, **fields}
+    if "data" in fields:
+        with contextlib.suppress(json.JSONDecodeError):
+            message["data"] = json.loads(fields["data"])
+    return message
+
+
+@router.websocket("/v1/stream")
+async def stream(websocket: WebSocket) -> None:
+    await websocket.accept()
+    keys = websocket.app.state.api_keys
+    key = websocket.headers.get(API_KEY_HEADER)
+    last_id = websocket.query_params.get("last_id", "$")
+    if not key:
+        try:
+            hello = json.loads(await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT))
+            key = hello.get("api_key") if isinstance(hello, dict) else None
+            last_id = str(hello.get("last_id") or last_id) if isinstance(hello, dict) else last_id
+        except (TimeoutError, json.JSONDecodeError, WebSocketDisconnect):
+            key = None
+    if keys.identify(key) is None:
+        await websocket.send_json({"type": "error", "status": 401, "detail": "a valid API key is required"})
+        await websocket.close(code=POLICY_VIOLATION)
+        return
+    if not STREAM_ID.match(last_id):
+        await websocket.send_json(
+            {"type": "error", "status": 422, "detail": "last_id must be a stream id like 1700000000000-0"}
+        )
+        await websocket.close(code=POLICY_VIOLATION)
+        return
+
+    client: redis.asyncio.Redis = websocket.app.state.async_redis
+    # The health stream is live only: a reconnecting dashboard wants jobs it missed, not old beats.
+    cursors = {S_DASHBOARD: last_id, S_HEALTH: "$"}
+    metrics.WEBSOCKET_CLIENTS.inc()
+    await websocket.send_json({"type": "hello", "streams": list(cursors), "resume_from": last_id})
+
+    async def pump() -> None:
+        while True:
+            batches = await client.xread(cursors, count=200, block=BLOCK_MS)
+            for stream_name, entries in batches or []:
+                for entry_id, fields in entries:
+                    cursors[stream_name] = entry_id
+                    await websocket.send_json(_entry(stream_name, entry_id, fields))
+
+    async def until_disconnect() -> None:
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+
+    tasks = {asyncio.create_task(pump()), asyncio.create_task(until_disconnect())}
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        for task in done:
+            exc = task.exception()
+            if isinstance(exc, redis.RedisError):
+                log.warning("websocket stream stopped: %s", exc)
+                await websocket.close(code=1011)
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        for task in tasks:
+            task.cancel()
+        metrics.WEBSOCKET_CLIENTS.dec()

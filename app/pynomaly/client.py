@@ -1,0 +1,122 @@
+"""A small HTTP client of the API, used by the CLI and the demo (and handy in tests and scripts)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from pynomaly.api import API_KEY_HEADER
+
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+
+class ApiError(RuntimeError):
+    """The API answered with a problem; ``str()`` is its detail."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+class PynomalyClient:
+    def __init__(self, base_url: str, api_key: str, timeout: float = 30.0) -> None:
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers={API_KEY_HEADER: api_key}, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> PynomalyClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ApiError(0, f"cannot reach the API at {self._http.base_url}: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except (json.JSONDecodeError, AttributeError):
+                detail = response.text
+            raise ApiError(response.status_code, f"{response.status_code}: {detail}")
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+    def submit_csv(self, path: Path, detector: str, **options: Any) -> dict[str, Any]:
+        form = {
+            k: (json.dumps(v) if isinstance(v, dict) else ",".join(v) if isinstance(v, list) else str(v))
+            for k, v in options.items()
+            if v is not None
+        }
+        form["detector"] = detector
+        with path.open("rb") as handle:
+            return self._call("POST", "/v1/jobs", data=form, files={"file": (path.name, handle, "text/csv")})
+
+    def submit_rows(self, rows: list[Any], detector: str, **options: Any) -> dict[str, Any]:
+        return self._call(
+            "POST",
+            "/v1/jobs",
+            json={"rows": rows, "detector": detector, **{k: v for k, v in options.items() if v is not None}},
+        )
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}")
+
+    def jobs(self, **filters: Any) -> dict[str, Any]:
+        return self._call("GET", "/v1/jobs", params={k: v for k, v in filters.items() if v is not None})
+
+    def result(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}/result")
+
+    def report(self, job_id: str, fmt: str) -> str:
+        body = self._call("GET", f"/v1/jobs/{job_id}/report", params={"format": fmt})
+        return body if isinstance(body, str) else json.dumps(body, indent=2)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/jobs/{job_id}")
+
+    def retry(self, job_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/jobs/{job_id}/retry")
+
+    def detectors(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/detectors")
+
+    def dead_letters(self, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+        return self._call("GET", "/v1/dlq", params={"offset": offset, "limit": limit})
+
+    def dead_letter(self, letter_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/dlq/{letter_id}")
+
+    def replay(self, letter_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/dlq/{letter_id}/replay")
+
+    def purge(self) -> dict[str, Any]:
+        return self._call("DELETE", "/v1/dlq")
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float = 600.0,
+        interval: float = 0.25,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the job finishes; returns its final record."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_update:
+                on_update(job)
+            if job["status"] in TERMINAL_STATUSES:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout:.0f}s")
+            time.sleep(interval)

@@ -1,0 +1,146 @@
+"""An at-least-once Kafka consumer loop shared by the bridge and the audit sink.
+
+- offsets are committed only after every record of a poll was handled;
+- handlers are idempotent by event id, so a redelivery after a crash changes nothing;
+- a record that cannot be decoded, or whose handler keeps failing, goes to ``<topic>.dlq`` with
+  the error in its headers, and the partition keeps moving.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+from kafka import KafkaConsumer, KafkaProducer
+
+from pynomaly.config import Settings
+from pynomaly.messaging.events import EventEnvelope, InvalidEvent
+from pynomaly.messaging.kafka_admin import connection_config
+from pynomaly.observability import metrics
+from pynomaly.observability.heartbeat import Heartbeat
+from pynomaly.topology import ConsumerGroup
+
+log = logging.getLogger(__name__)
+
+HANDLER_ATTEMPTS = 3
+HANDLER_BACKOFF = 0.2
+LAG_INTERVAL = 5.0
+
+Handler = Callable[[EventEnvelope], None]
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        settings: Settings,
+        group: ConsumerGroup,
+        handler: Handler,
+        heartbeat_stream: Callable[[str, dict[str, str]], object] | None = None,
+    ) -> None:
+        settings.require("kafka_bootstrap_servers")
+        self._settings = settings
+        self._group = group
+        self._handler = handler
+        self._stop = threading.Event()
+        self._last_poll = time.monotonic()
+        self._heartbeat = Heartbeat(
+            settings,
+            f"consumer:{group.pool}",
+            stream_add=heartbeat_stream,
+            # Beat only while the poll loop turns: a stuck consumer must fail its probe.
+            alive=lambda: time.monotonic() - self._last_poll < max(30.0, 3 * settings.heartbeat_interval),
+        )
+
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        conn = connection_config(self._settings)
+        consumer = KafkaConsumer(
+            *self._group.topics,
+            group_id=self._group.name,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=200,
+            client_id=f"{self._group.name}-{self._settings.environment}",
+            **conn,
+        )
+        dead_letters = KafkaProducer(acks="all", enable_idempotence=True, linger_ms=10, **conn)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+        self._heartbeat.start()
+        next_lag = 0.0
+        log.info("consumer group %s on %s started", self._group.name, ",".join(self._group.topics))
+        try:
+            while not self._stop.is_set():
+                batch = consumer.poll(timeout_ms=500)
+                self._last_poll = time.monotonic()
+                for records in batch.values():
+                    for record in records:
+                        self._process(record, dead_letters)
+                if batch:
+                    consumer.commit()
+                if time.monotonic() >= next_lag:
+                    self._report_lag(consumer)
+                    next_lag = time.monotonic() + LAG_INTERVAL
+        finally:
+            self._heartbeat.stop()
+            dead_letters.flush(timeout=10)
+            dead_letters.close(timeout=10)
+            consumer.close()
+            log.info("consumer group %s stopped", self._group.name)
+
+    def _process(self, record, dead_letters: KafkaProducer) -> None:  # type: ignore[no-untyped-def]
+        try:
+            event = EventEnvelope.decode(record.value)
+        except InvalidEvent as exc:
+            self._dead_letter(record, dead_letters, f"invalid envelope: {exc}")
+            return
+        for attempt in range(1, HANDLER_ATTEMPTS + 1):
+            try:
+                self._handler(event)
+                metrics.KAFKA_CONSUMED.labels(group=self._group.name, topic=record.topic, outcome="ok").inc()
+                return
+            except Exception as exc:
+                log.warning(
+                    "handler failed on %s@%s/%s (attempt %d): %s",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    attempt,
+                    exc,
+                )
+                if attempt == HANDLER_ATTEMPTS:
+                    self._dead_letter(record, dead_letters, f"handler failed {attempt} times: {exc}")
+                    return
+                time.sleep(HANDLER_BACKOFF * 2 ** (attempt - 1))
+
+    def _dead_letter(self, record, dead_letters: KafkaProducer, error: str) -> None:  # type: ignore[no-untyped-def]
+        headers = [
+            ("error", error[:1000].encode()),
+            ("original_topic", record.topic.encode()),
+            ("original_partition", str(record.partition).encode()),
+            ("original_offset", str(record.offset).encode()),
+            ("consumer_group", self._group.name.encode()),
+        ]
+        dead_letters.send(f"{record.topic}.dlq", key=record.key, value=record.value, headers=headers).get(timeout=30)
+        metrics.KAFKA_CONSUMED.labels(group=self._group.name, topic=record.topic, outcome="dead_lettered").inc()
+        log.error("sent %s@%s/%s to %s.dlq: %s", record.topic, record.partition, record.offset, record.topic, error)
+
+    def _report_lag(self, consumer: KafkaConsumer) -> None:
+        try:
+            assigned = list(consumer.assignment())
+            if not assigned:
+                return
+            ends = consumer.end_offsets(assigned)
+            for tp in assigned:
+                lag = max(0, ends[tp] - consumer.position(tp))
+                metrics.KAFKA_CONSUMER_LAG.labels(
+                    group=self._group.name, topic=tp.topic, partition=str(tp.partition)
+                ).set(lag)
+        except Exception as exc:  # lag is informative; never stop consuming for it
+            log.debug("lag unavailable: %s", exc)

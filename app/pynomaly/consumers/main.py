@@ -1,0 +1,36 @@
+"""Starts one Kafka consumer pool of the topology (the chart runs one Deployment each)."""
+
+from __future__ import annotations
+
+from pynomaly.config import Settings
+from pynomaly.consumers.base import EventConsumer, Handler
+from pynomaly.consumers.handlers import AuditSink, StreamBridge
+from pynomaly.storage.redis_client import redis_from_settings
+from pynomaly.topology import GROUP_AUDIT, GROUP_BRIDGE, TOPOLOGY
+
+
+def build_handler(settings: Settings, group_name: str) -> Handler:
+    client = redis_from_settings(settings)
+    if group_name == GROUP_BRIDGE:
+        return StreamBridge(client, settings.stream_maxlen, group_name)
+    if group_name == GROUP_AUDIT:
+        return AuditSink(client)
+    raise ValueError(f"no handler for consumer group {group_name!r}")
+
+
+def run_consumer(settings: Settings, pool: str) -> None:
+    matches = [g for g in TOPOLOGY.consumer_groups if g.pool == pool or g.name == pool]
+    if not matches:
+        raise ValueError(f"unknown consumer pool {pool!r}; known: {[g.pool for g in TOPOLOGY.consumer_groups]}")
+    group = matches[0]
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port)
+    client = redis_from_settings(settings)
+    EventConsumer(
+        settings,
+        group,
+        build_handler(settings, group.name),
+        heartbeat_stream=lambda s, f: client.xadd(s, f, maxlen=settings.stream_maxlen, approximate=True),
+    ).run()

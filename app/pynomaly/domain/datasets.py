@@ -1,0 +1,178 @@
+"""Datasets: parsing uploads into a numeric matrix, with limits and clear errors.
+
+Pure domain code: no transport, no storage.  A dataset is a header plus a float64 matrix; missing
+cells become NaN here and are imputed or rejected later by preprocessing, per the job's option.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pynomaly.domain.errors import InvalidInput
+
+MISSING_MARKERS = frozenset({"", "na", "nan", "null", "none", "n/a"})
+
+
+@dataclass(frozen=True)
+class DatasetLimits:
+    max_bytes: int
+    max_rows: int
+    max_columns: int
+
+
+@dataclass(frozen=True)
+class Dataset:
+    columns: tuple[str, ...]
+    values: np.ndarray  # shape (rows, columns), float64; NaN/inf allowed until preprocessing
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.values.shape[0]), int(self.values.shape[1])
+
+    def to_payload(self) -> dict[str, Any]:
+        """JSON-safe form (NaN and inf as strings, since JSON has no such numbers)."""
+        return {"columns": list(self.columns), "rows": [[_encode(v) for v in row] for row in self.values.tolist()]}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Dataset:
+        rows = [[_decode(v) for v in row] for row in payload["rows"]]
+        values = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(payload["columns"]))
+        return cls(tuple(payload["columns"]), values)
+
+    def summary(self) -> dict[str, Any]:
+        rows = self.shape[0]
+        return {
+            "rows": rows,
+            "columns": list(self.columns),
+            "missing": int(np.isnan(self.values).sum()),
+            "infinite": int(np.isinf(self.values).sum()),
+        }
+
+
+def _encode(value: float) -> float | str:
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def _decode(value: Any) -> float:
+    if isinstance(value, str):
+        return float(value)
+    return float("nan") if value is None else float(value)
+
+
+def _check_shape(rows: int, cols: int, limits: DatasetLimits) -> None:
+    if rows == 0:
+        raise InvalidInput("dataset has no data rows")
+    if cols == 0:
+        raise InvalidInput("dataset has no columns")
+    if rows > limits.max_rows:
+        raise InvalidInput(f"dataset has {rows} rows; the limit is {limits.max_rows}")
+    if cols > limits.max_columns:
+        raise InvalidInput(f"dataset has {cols} columns; the limit is {limits.max_columns}")
+
+
+def _parse_cell(text: str, row: int, column: str) -> float:
+    cell = text.strip()
+    if cell.lower() in MISSING_MARKERS:
+        return float("nan")
+    try:
+        return float(cell)
+    except ValueError:
+        raise InvalidInput(f"row {row}, column {column!r}: {cell[:40]!r} is not a number") from None
+
+
+def parse_csv(data: bytes, limits: DatasetLimits) -> Dataset:
+    """A CSV with a header row and numeric cells; empty/NA cells become NaN."""
+    if len(data) > limits.max_bytes:
+        raise InvalidInput(f"dataset is {len(data)} bytes; the limit is {limits.max_bytes}")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidInput("dataset is not UTF-8 text") from None
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise InvalidInput("dataset is empty") from None
+    except csv.Error as exc:
+        raise InvalidInput(f"dataset is not valid CSV: {exc}") from None
+    columns = _check_columns(header)
+    _check_shape(1, len(columns), limits)
+    rows: list[list[float]] = []
+    try:
+        for line_no, record in enumerate(reader, start=2):
+            if not record or all(not cell.strip() for cell in record):
+                continue
+            if len(record) != len(columns):
+                raise InvalidInput(f"line {line_no} has {len(record)} cells; the header has {len(columns)}")
+            rows.append([_parse_cell(cell, line_no, col) for cell, col in zip(record, columns, strict=True)])
+            if len(rows) > limits.max_rows:
+                raise InvalidInput(f"dataset has more than {limits.max_rows} rows (the limit)")
+    except csv.Error as exc:
+        raise InvalidInput(f"dataset is not valid CSV: {exc}") from None
+    _check_shape(len(rows), len(columns), limits)
+    return Dataset(columns, np.asarray(rows, dtype=np.float64))
+
+
+def from_rows(rows: Sequence[Any], columns: Sequence[str] | None, limits: DatasetLimits) -> Dataset:
+    """JSON rows: a list of lists (with ``columns``) or a list of objects with the same keys."""
+    if not isinstance(rows, Sequence) or isinstance(rows, str | bytes):
+        raise InvalidInput("rows must be a list")
+    if not rows:
+        raise InvalidInput("dataset has no data rows")
+    if len(rows) > limits.max_rows:
+        raise InvalidInput(f"dataset has {len(rows)} rows; the limit is {limits.max_rows}")
+    first = rows[0]
+    if isinstance(first, dict):
+        names = _check_columns([str(k) for k in first]) if columns is None else _check_columns(list(columns))
+        matrix = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict) or set(row) != set(names):
+                raise InvalidInput(f"row {i}: every object must have exactly the keys {list(names)}")
+            matrix.append([_json_number(row[n], i, n) for n in names])
+    else:
+        if columns is None:
+            width = len(first) if isinstance(first, Sequence) else 0
+            columns = [f"x{i}" for i in range(width)]
+        names = _check_columns(list(columns))
+        matrix = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, Sequence) or isinstance(row, str | bytes) or len(row) != len(names):
+                raise InvalidInput(f"row {i}: expected a list of {len(names)} numbers")
+            matrix.append([_json_number(v, i, n) for v, n in zip(row, names, strict=True)])
+    _check_shape(len(matrix), len(names), limits)
+    return Dataset(names, np.asarray(matrix, dtype=np.float64))
+
+
+def _json_number(value: Any, row: int, column: str) -> float:
+    if value is None:
+        return float("nan")
+    if isinstance(value, bool):
+        raise InvalidInput(f"row {row}, column {column!r}: booleans are not numbers")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        return _parse_cell(value, row, column)
+    raise InvalidInput(f"row {row}, column {column!r}: {type(value).__name__} is not a number")
+
+
+def _check_columns(header: Sequence[str]) -> tuple[str, ...]:
+    names = tuple(h.strip() for h in header)
+    if not names or all(not n for n in names):
+        raise InvalidInput("dataset has no header row")
+    if any(not n for n in names):
+        raise InvalidInput("every column needs a name in the header row")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InvalidInput(f"duplicate column names: {duplicates}")
+    return names

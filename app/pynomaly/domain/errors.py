@@ -1,0 +1,32 @@
+"""Domain errors.  The API maps them to problem+json responses, the CLI to one clear line."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error the domain raises on purpose."""
+
+    status = 400
+    title = "Bad request"
+
+
+class InvalidInput(DomainError):
+    status = 422
+    title = "Invalid input"
+
+
+class NotFound(DomainError):
+    status = 404
+    title = "Not found"
+
+
+class Conflict(DomainError):
+    status = 409
+    title = "Conflict"
+
+
+class JobCancelled(DomainError):
+    """Raised at a checkpoint when the job was cancelled meanwhile."""
+
+    status = 409
+    title = "Job cancelled"

@@ -1,0 +1,133 @@
+"""Jobs: what a user asked for, where it stands, and which status changes are allowed."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pynomaly.domain.errors import Conflict, InvalidInput
+from pynomaly.topology import DEFAULT_PRIORITY, Priority
+
+
+class JobStatus(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"  # failed for good (bad data, or retries exhausted -> also dead-lettered)
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+_ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.RUNNING, JobStatus.RETRYING, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    JobStatus.RETRYING: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    # Retry and DLQ replay start a finished job again from the queue.
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
+    JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),
+    JobStatus.COMPLETED: frozenset(),
+}
+
+
+class Step(enum.Enum):
+    """Pipeline steps, always run in this order."""
+
+    PREPROCESS = "preprocess"
+    DETECT = "detect"
+    REPORT = "report"
+    NOTIFY = "notify"
+
+
+STEP_ORDER = (Step.PREPROCESS, Step.DETECT, Step.REPORT, Step.NOTIFY)
+
+
+def parse_steps(raw: list[str] | None, has_webhook: bool) -> list[Step]:
+    """Steps asked for, validated and put in pipeline order; detect is always included."""
+    if raw is None:
+        steps = {Step.PREPROCESS, Step.DETECT}
+        if has_webhook:
+            steps |= {Step.REPORT, Step.NOTIFY}
+    else:
+        try:
+            steps = {Step(s) for s in raw}
+        except ValueError:
+            raise InvalidInput(f"pipeline steps must be among {[s.value for s in STEP_ORDER]}") from None
+        steps.add(Step.DETECT)
+    if Step.NOTIFY in steps and not has_webhook:
+        raise InvalidInput("the notify step needs a webhook (notify.webhook_url)")
+    return [s for s in STEP_ORDER if s in steps]
+
+
+def parse_priority(raw: str | None) -> Priority:
+    if raw is None:
+        return DEFAULT_PRIORITY
+    try:
+        return Priority(raw.lower())
+    except ValueError:
+        raise InvalidInput(f"priority must be one of {[p.value for p in Priority]}") from None
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Job:
+    id: str
+    detector: str
+    params: dict[str, Any]
+    contamination: float
+    threshold: float | None
+    priority: str
+    steps: list[str]
+    preprocessing: dict[str, str]
+    dataset: dict[str, Any]  # summary: rows, columns, missing, infinite
+    status: str = JobStatus.QUEUED.value
+    progress: float = 0.0
+    message: str = "queued"
+    current_step: str | None = None
+    attempts: int = 0
+    error: str | None = None
+    webhook_url: str | None = None
+    idempotency_key: str | None = None
+    submitted_by: str | None = None
+    created_at: str = field(default_factory=utcnow)
+    started_at: str | None = None
+    finished_at: str | None = None
+    updated_at: str = field(default_factory=utcnow)
+    result_location: str | None = None
+    report_location: str | None = None
+    cancel_requested: bool = False
+    anomaly_count: int | None = None
+
+    @property
+    def state(self) -> JobStatus:
+        return JobStatus(self.status)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def check_transition(current: JobStatus, target: JobStatus) -> None:
+    if target not in _ALLOWED[current]:
+        raise Conflict(f"job is {current.value}; it cannot become {target.value}")

@@ -1,0 +1,83 @@
+"""ADR-016's MessageQueueService: the one seam between use cases and the three transports.
+
+- ``enqueue_job``   -> Celery on Redis (the job's steps as an ordered chain, routed and prioritised)
+- ``publish_event`` -> Kafka (versioned envelope, key = job id)
+- ``stream_update`` -> Redis Streams (capped, for live consumers)
+
+Use cases receive this object; they never import Celery, kafka-python or redis themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from celery import Celery, chain
+
+from pynomaly.domain.jobs import Job, Step
+from pynomaly.messaging.events import EventEnvelope, make_event
+from pynomaly.messaging.streams import RedisStreams
+from pynomaly.topology import TASK_DETECT, TASK_NOTIFY, TASK_PREPROCESS, TASK_REPORT, TOPOLOGY, Priority
+
+log = logging.getLogger(__name__)
+
+STEP_TASKS: dict[Step, str] = {
+    Step.PREPROCESS: TASK_PREPROCESS,
+    Step.DETECT: TASK_DETECT,
+    Step.REPORT: TASK_REPORT,
+    Step.NOTIFY: TASK_NOTIFY,
+}
+
+
+class EventPublisher(Protocol):
+    def publish(self, event: EventEnvelope) -> None: ...
+
+    def connected(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class MessageQueueService:
+    def __init__(self, celery: Celery, publisher: EventPublisher, streams: RedisStreams, source: str) -> None:
+        self._celery = celery
+        self._publisher = publisher
+        self._streams = streams
+        self.source = source
+
+    # -- Celery ----------------------------------------------------------------------------------
+    def enqueue_job(self, job: Job) -> str:
+        """Send the job's steps as one chain; each step goes to its own queue at the job's priority."""
+        priority = Priority(job.priority).step
+        signatures = []
+        for step in (Step(s) for s in job.steps):
+            name = STEP_TASKS[step]
+            signatures.append(
+                self._celery.signature(name, args=(job.id,), immutable=True).set(
+                    queue=TOPOLOGY.task(name).queue, priority=priority
+                )
+            )
+        result = chain(*signatures).apply_async() if len(signatures) > 1 else signatures[0].apply_async()
+        return str(result.id)
+
+    def enqueue_task(self, task: str, args: list[Any], kwargs: dict[str, Any], priority: Priority) -> str:
+        """One task on its routed queue, e.g. a dead letter being replayed."""
+        result = self._celery.send_task(
+            task, args=args, kwargs=kwargs, queue=TOPOLOGY.task(task).queue, priority=priority.step
+        )
+        return str(result.id)
+
+    # -- Kafka -----------------------------------------------------------------------------------
+    def publish_event(self, event_type: str, subject: str, **data: Any) -> EventEnvelope:
+        event = make_event(event_type, subject, self.source, **data)
+        self._publisher.publish(event)
+        return event
+
+    # -- Redis Streams ---------------------------------------------------------------------------
+    def stream_update(self, stream: str, fields: dict[str, str]) -> str:
+        return self._streams.add(stream, fields)
+
+    def publisher_connected(self) -> bool:
+        return self._publisher.connected()
+
+    def close(self) -> None:
+        self._publisher.close()

@@ -1,0 +1,1 @@
+"""Metrics, heartbeats and logging shared by every component."""

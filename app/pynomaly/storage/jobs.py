@@ -1,0 +1,172 @@
+"""Job records, datasets, results and reports in Redis."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from pynomaly.domain.errors import Conflict, NotFound
+from pynomaly.domain.jobs import Job, JobStatus, check_transition, utcnow
+from pynomaly.storage.redis_client import KEY_PREFIX
+
+JOB_INDEX = f"{KEY_PREFIX}jobs"
+
+
+def _job_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}job:{job_id}"
+
+
+def _blob_key(kind: str, job_id: str) -> str:
+    return f"{KEY_PREFIX}{kind}:{job_id}"
+
+
+def _pack(data: Any) -> bytes:
+    return gzip.compress(json.dumps(data, separators=(",", ":")).encode(), compresslevel=5)
+
+
+def _unpack(raw: bytes) -> Any:
+    return json.loads(gzip.decompress(raw))
+
+
+class JobStore:
+    """Jobs as JSON documents, changed only through allowed status transitions.
+
+    Two clients: a text one for job documents and a binary one for gzip'd blobs.
+    """
+
+    def __init__(self, client: redis.Redis, blobs: redis.Redis, ttl_seconds: int) -> None:
+        self._r = client
+        self._b = blobs
+        self._ttl = ttl_seconds
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def create(self, job: Job, dataset_payload: dict[str, Any]) -> None:
+        """Store the dataset first, then the job, so a visible job always has its data."""
+        self._b.set(_blob_key("dataset", job.id), _pack(dataset_payload), ex=self._ttl)
+        pipe = self._r.pipeline(transaction=True)
+        pipe.set(_job_key(job.id), json.dumps(job.as_dict()), ex=self._ttl)
+        pipe.zadd(JOB_INDEX, {job.id: time.time()})
+        pipe.execute()
+
+    def claim_idempotency_key(self, key: str, job_id: str) -> str | None:
+        """Reserve ``key`` for ``job_id``; returns the job that already holds it, if any."""
+        name = f"{KEY_PREFIX}idempotency:{key}"
+        if self._r.set(name, job_id, nx=True, ex=self._ttl):
+            return None
+        return self._r.get(name)
+
+    def release_idempotency_key(self, key: str, job_id: str) -> None:
+        name = f"{KEY_PREFIX}idempotency:{key}"
+        if self._r.get(name) == job_id:
+            self._r.delete(name)
+
+    def get(self, job_id: str) -> Job:
+        raw = self._r.get(_job_key(job_id))
+        if raw is None:
+            raise NotFound(f"no job {job_id!r}")
+        return Job.from_dict(json.loads(raw))
+
+    def exists(self, job_id: str) -> bool:
+        return bool(self._r.exists(_job_key(job_id)))
+
+    def update(self, job_id: str, change: Callable[[Job], None]) -> Job:
+        """Read-modify-write under WATCH so concurrent updates never lose one another."""
+        key = _job_key(job_id)
+        while True:
+            with self._r.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        raise NotFound(f"no job {job_id!r}")
+                    job = Job.from_dict(json.loads(raw))
+                    change(job)
+                    job.updated_at = utcnow()
+                    pipe.multi()
+                    pipe.set(key, json.dumps(job.as_dict()), keepttl=True)
+                    pipe.execute()
+                    return job
+                except redis.WatchError:
+                    continue
+
+    def transition(self, job_id: str, target: JobStatus, **fields: Any) -> Job:
+        def change(job: Job) -> None:
+            check_transition(job.state, target)
+            job.status = target.value
+            for name, value in fields.items():
+                setattr(job, name, value)
+            if target is JobStatus.RUNNING and job.started_at is None:
+                job.started_at = utcnow()
+            if target.terminal:
+                job.finished_at = utcnow()
+
+        return self.update(job_id, change)
+
+    def request_cancel(self, job_id: str) -> Job:
+        """Queued jobs are cancelled at once; running ones stop at their next checkpoint."""
+
+        def change(job: Job) -> None:
+            if job.state.terminal:
+                raise Conflict(f"job is already {job.status}")
+            job.cancel_requested = True
+            if job.state in (JobStatus.QUEUED, JobStatus.RETRYING):
+                job.status = JobStatus.CANCELLED.value
+                job.message = "cancelled before it started"
+                job.finished_at = utcnow()
+
+        return self.update(job_id, change)
+
+    def list(
+        self,
+        status: str | None = None,
+        detector: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[Job], int]:
+        """Newest first, filtered; returns one page and the total number of matches."""
+        ids = self._r.zrevrange(JOB_INDEX, 0, -1)
+        matches: list[Job] = []
+        total = 0
+        stale: list[str] = []
+        for start in range(0, len(ids), 200):
+            chunk = ids[start : start + 200]
+            for job_id, raw in zip(chunk, self._r.mget([_job_key(i) for i in chunk]), strict=True):
+                if raw is None:
+                    stale.append(job_id)
+                    continue
+                data = json.loads(raw)
+                if (status and data["status"] != status) or (detector and data["detector"] != detector):
+                    continue
+                if offset <= total < offset + limit:
+                    matches.append(Job.from_dict(data))
+                total += 1
+        if stale:  # expired by TTL: keep the index in step
+            self._r.zrem(JOB_INDEX, *stale)
+        return matches, total
+
+    def counts_by_status(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in JobStatus}
+        jobs, _ = self.list(limit=10**9)
+        for job in jobs:
+            counts[job.status] += 1
+        return counts
+
+    # -- blobs ---------------------------------------------------------------------------------
+    def put_blob(self, kind: str, job_id: str, data: Any) -> str:
+        key = _blob_key(kind, job_id)
+        self._b.set(key, _pack(data), ex=self._ttl)
+        return key
+
+    def get_blob(self, kind: str, job_id: str) -> Any:
+        raw = self._b.get(_blob_key(kind, job_id))
+        if raw is None:
+            raise NotFound(f"no {kind} for job {job_id!r}")
+        return _unpack(raw)
+
+    def has_blob(self, kind: str, job_id: str) -> bool:
+        return bool(self._b.exists(_blob_key(kind, job_id)))

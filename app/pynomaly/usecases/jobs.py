@@ -1,0 +1,191 @@
+"""Job use cases on the API side: submit, cancel, retry, dead-letter replay and purge.
+
+Everything is validated before anything is stored or enqueued, so a rejected request leaves no
+trace; once stored, a job is either enqueued or marked failed with the reason (never dropped).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+from pynomaly.domain.datasets import Dataset
+from pynomaly.domain.detectors import get_detector, validate_contamination
+from pynomaly.domain.errors import Conflict, DomainError, InvalidInput
+from pynomaly.domain.jobs import Job, JobStatus, new_job_id, parse_priority, parse_steps
+from pynomaly.domain.preprocessing import PreprocessOptions
+from pynomaly.messaging.service import MessageQueueService
+from pynomaly.observability import metrics
+from pynomaly.storage.dead_letters import DeadLetter, DeadLetterStore
+from pynomaly.storage.jobs import JobStore
+from pynomaly.topology import Priority
+
+log = logging.getLogger(__name__)
+
+
+class ServiceUnavailable(DomainError):
+    status = 503
+    title = "Service unavailable"
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    dataset: Dataset
+    detector: str
+    params: dict[str, Any] | None = None
+    contamination: float | None = None
+    threshold: float | None = None
+    priority: str | None = None
+    steps: list[str] | None = None
+    preprocessing: dict[str, Any] | None = None
+    webhook_url: str | None = None
+    idempotency_key: str | None = None
+    submitted_by: str | None = None
+
+
+def validate_webhook_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise InvalidInput("webhook_url must be an absolute http(s) URL")
+    return url
+
+
+class JobService:
+    def __init__(self, jobs: JobStore, messaging: MessageQueueService, dead_letters: DeadLetterStore) -> None:
+        self._jobs = jobs
+        self._mq = messaging
+        self._dlq = dead_letters
+
+    def submit(self, request: SubmitRequest) -> tuple[Job, bool]:
+        """Returns the job and whether it was created (False: the idempotency key matched)."""
+        spec = get_detector(request.detector)
+        params = spec.validate(request.params)
+        contamination = validate_contamination(request.contamination, request.threshold)
+        if request.threshold is not None and isinstance(request.threshold, bool):
+            raise InvalidInput("threshold must be a number")
+        webhook = validate_webhook_url(request.webhook_url)
+        steps = parse_steps(request.steps, has_webhook=webhook is not None)
+        priority = parse_priority(request.priority)
+        preprocessing = PreprocessOptions.parse(request.preprocessing)
+        if request.idempotency_key is not None and not 1 <= len(request.idempotency_key) <= 128:
+            raise InvalidInput("Idempotency-Key must be 1 to 128 characters")
+
+        job = Job(
+            id=new_job_id(),
+            detector=spec.name,
+            params=params,
+            contamination=contamination,
+            threshold=request.threshold,
+            priority=priority.value,
+            steps=[s.value for s in steps],
+            preprocessing=preprocessing.as_dict(),
+            dataset=request.dataset.summary(),
+            webhook_url=webhook,
+            idempotency_key=request.idempotency_key,
+            submitted_by=request.submitted_by,
+        )
+        if request.idempotency_key:
+            existing = self._jobs.claim_idempotency_key(request.idempotency_key, job.id)
+            if existing is not None and self._jobs.exists(existing):
+                return self._jobs.get(existing), False
+        self._jobs.create(job, request.dataset.to_payload())
+        self._enqueue(job)
+        metrics.JOBS_SUBMITTED.labels(detector=job.detector, priority=job.priority).inc()
+        self._announce(
+            "job_submitted",
+            job,
+            detector=job.detector,
+            priority=job.priority,
+            steps=job.steps,
+            rows=job.dataset["rows"],
+        )
+        return job, True
+
+    def cancel(self, job_id: str, actor: str | None = None) -> Job:
+        job = self._jobs.request_cancel(job_id)
+        if job.state is JobStatus.CANCELLED:
+            self._announce("job_cancelled", job, reason="cancelled before it started")
+        self._audit("job.cancel", job.id, actor)
+        return job
+
+    def retry(self, job_id: str, actor: str | None = None) -> Job:
+        """Run a failed or cancelled job again from its first step."""
+        job = self._jobs.get(job_id)
+        if job.state not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            raise Conflict(f"only failed or cancelled jobs can be retried; this one is {job.status}")
+        job = self._jobs.transition(
+            job_id,
+            JobStatus.QUEUED,
+            progress=0.0,
+            message="queued again",
+            error=None,
+            cancel_requested=False,
+            finished_at=None,
+        )
+        self._enqueue(job)
+        self._announce("job_submitted", job, detector=job.detector, priority=job.priority, steps=job.steps, retry=True)
+        self._audit("job.retry", job.id, actor)
+        return job
+
+    def replay_dead_letter(self, letter_id: str, actor: str | None = None) -> DeadLetter:
+        letter = self._dlq.get(letter_id)
+        if letter.job_id:
+            job = self._jobs.get(letter.job_id)
+            if job.state in (JobStatus.FAILED, JobStatus.CANCELLED):
+                self._jobs.transition(
+                    job.id,
+                    JobStatus.QUEUED,
+                    message="replayed from the dead-letter queue",
+                    error=None,
+                    finished_at=None,
+                )
+            priority = Priority(job.priority)
+        else:
+            priority = Priority.NORMAL
+        try:
+            self._mq.enqueue_task(letter.task, letter.args, letter.kwargs, priority)
+        except Exception as exc:
+            raise ServiceUnavailable(f"could not enqueue the replay: {exc}") from exc
+        self._dlq.remove(letter.id)
+        self._audit("dlq.replay", letter.job_id or letter.id, actor, task=letter.task)
+        return letter
+
+    def purge_dead_letters(self, actor: str | None = None) -> int:
+        count = self._dlq.purge()
+        self._audit("dlq.purge", "dlq", actor, count=count)
+        return count
+
+    # -- internals -------------------------------------------------------------------------------
+    def _enqueue(self, job: Job) -> None:
+        try:
+            self._mq.enqueue_job(job)
+        except Exception as exc:
+            log.exception("enqueue failed for job %s", job.id)
+            error = str(exc)
+            self._jobs.update(job.id, lambda j: _mark_unqueued(j, error))
+            if job.idempotency_key:
+                self._jobs.release_idempotency_key(job.idempotency_key, job.id)
+            raise ServiceUnavailable(f"the job could not be queued (broker unavailable): {exc}") from exc
+
+    def _announce(self, event_type: str, job: Job, **data: Any) -> None:
+        try:
+            self._mq.publish_event(event_type, job.id, status=job.status, **data)
+        except Exception:  # the job is queued and recorded; the event stream is best effort here
+            log.exception("could not publish %s for job %s", event_type, job.id)
+        self._audit(event_type.replace("_", "."), job.id, job.submitted_by)
+
+    def _audit(self, action: str, subject: str, actor: str | None, **data: Any) -> None:
+        try:
+            self._mq.publish_event("audit_record", subject, action=action, actor=actor or "anonymous", **data)
+        except Exception:
+            log.exception("could not publish the audit record %s for %s", action, subject)
+
+
+def _mark_unqueued(job: Job, error: str) -> None:
+    job.status = JobStatus.FAILED.value
+    job.error = f"not queued: {error}"
+    job.message = "the broker did not accept the job"

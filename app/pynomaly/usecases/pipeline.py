@@ -1,0 +1,215 @@
+"""Job steps as the worker runs them: preprocess -> detect -> report -> notify.
+
+Each step reads the job, does its work, stores its output and announces progress through the
+MessageQueueService.  Retry and dead-letter decisions belong to the Celery glue
+(:mod:`pynomaly.workers.tasks`); this module only says what happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+import httpx
+
+from pynomaly.domain.datasets import Dataset
+from pynomaly.domain.detectors import run_detection
+from pynomaly.domain.errors import JobCancelled
+from pynomaly.domain.jobs import Job, JobStatus, Step
+from pynomaly.domain.preprocessing import PreprocessOptions, preprocess
+from pynomaly.domain.reports import REPORT_FORMATS, render
+from pynomaly.messaging.service import MessageQueueService
+from pynomaly.storage.jobs import JobStore
+from pynomaly.topology import S_NOTIFICATIONS
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Pynomaly-Signature"
+WEBHOOK_TIMEOUT = 10.0
+# Progress events are throttled so a chunked scoring loop cannot flood Kafka.
+PROGRESS_EVENT_INTERVAL = 0.25
+
+
+class PermanentFailure(Exception):
+    """A failure retrying cannot fix (bad data, a 4xx from a webhook)."""
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class Pipeline:
+    def __init__(
+        self, jobs: JobStore, messaging: MessageQueueService, webhook_secret: str = "", public_url: str = ""
+    ) -> None:
+        self._jobs = jobs
+        self._mq = messaging
+        self._secret = webhook_secret
+        self._public_url = public_url.rstrip("/")
+        self._last_progress_event = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def begin(self, job_id: str, step: Step, attempt: int) -> Job | None:
+        """Mark the step running; None when the job was cancelled (the step must not run)."""
+        job = self._jobs.get(job_id)
+        if job.cancel_requested or job.state is JobStatus.CANCELLED:
+            self.cancelled(job)
+            return None
+        first = job.state is not JobStatus.RUNNING
+        job = self._jobs.transition(
+            job_id,
+            JobStatus.RUNNING,
+            current_step=step.value,
+            attempts=attempt,
+            message=f"{step.value} running",
+            progress=self._overall(job, step, 0.0),
+        )
+        if first:
+            self._event("job_started", job, step=step.value, attempt=attempt)
+        return job
+
+    def step_done(self, job: Job, step: Step, **data: Any) -> Job:
+        self._event("job_step_completed", job, step=step.value, **data)
+        if job.steps[-1] != step.value:
+            return self._jobs.update(
+                job.id, lambda j: _set(j, progress=self._overall(j, step, 1.0), message=f"{step.value} done")
+            )
+        done = self._jobs.transition(job.id, JobStatus.COMPLETED, progress=1.0, message="completed", current_step=None)
+        self._event(
+            "job_completed", done, anomaly_count=done.anomaly_count, result=done.result_location, steps=done.steps
+        )
+        return done
+
+    def cancelled(self, job: Job) -> None:
+        if job.state is not JobStatus.CANCELLED:
+            job = self._jobs.transition(
+                job.id, JobStatus.CANCELLED, message="cancelled while running", current_step=None
+            )
+            self._event("job_cancelled", job, reason="cancel requested")
+
+    def retrying(self, job_id: str, error: str, attempt: int, delay: float) -> None:
+        job = self._jobs.transition(job_id, JobStatus.RETRYING, error=error, message=f"retry {attempt} in {delay:.1f}s")
+        self._event("job_retrying", job, error=error, attempt=attempt, delay_seconds=round(delay, 3))
+
+    def failed(self, job_id: str, error: str, dead_letter_id: str | None = None) -> None:
+        job = self._jobs.get(job_id)
+        if job.state.terminal:
+            return
+        job = self._jobs.transition(job_id, JobStatus.FAILED, error=error, message="failed", current_step=None)
+        self._event("job_failed", job, error=error, dead_letter_id=dead_letter_id)
+        if dead_letter_id:
+            self._event("job_dead_lettered", job, dead_letter_id=dead_letter_id, error=error)
+
+    def checkpoint(self, job: Job, step: Step):
+        """A callback for long work: records progress and stops a cancelled job."""
+
+        def _checkpoint(fraction: float, message: str) -> None:
+            current = self._jobs.get(job.id)
+            if current.cancel_requested:
+                raise JobCancelled(f"job {job.id} was cancelled")
+            progress = self._overall(current, step, fraction)
+            self._jobs.update(job.id, lambda j: _set(j, progress=progress, message=message))
+            now = time.monotonic()
+            if fraction >= 1.0 or now - self._last_progress_event >= PROGRESS_EVENT_INTERVAL:
+                self._last_progress_event = now
+                self._event("job_progress", current, step=step.value, progress=round(progress, 4), message=message)
+
+        return _checkpoint
+
+    # -- steps -----------------------------------------------------------------------------------
+    def preprocess(self, job: Job) -> dict[str, Any]:
+        dataset = Dataset.from_payload(self._jobs.get_blob("dataset", job.id))
+        options = PreprocessOptions.parse(job.preprocessing)
+        values, report = preprocess(dataset.values, dataset.columns, options)
+        self._jobs.put_blob("prepared", job.id, Dataset(dataset.columns, values).to_payload())
+        return report.as_dict()
+
+    def detect(self, job: Job) -> dict[str, Any]:
+        kind = "prepared" if self._jobs.has_blob("prepared", job.id) else "dataset"
+        dataset = Dataset.from_payload(self._jobs.get_blob(kind, job.id))
+        result = run_detection(
+            dataset.values,
+            list(dataset.columns),
+            job.detector,
+            job.params,
+            job.contamination,
+            job.threshold,
+            checkpoint=self.checkpoint(job, Step.DETECT),
+        )
+        data = result.as_dict()
+        location = self._jobs.put_blob("result", job.id, data)
+        self._jobs.update(job.id, lambda j: _set(j, result_location=location, anomaly_count=result.anomaly_count))
+        self._event(
+            "anomalies_detected",
+            job,
+            detector=result.detector,
+            anomaly_count=result.anomaly_count,
+            rows=len(result.labels),
+            threshold=result.threshold,
+            top_anomalies=[{k: a[k] for k in ("row", "score", "contributions")} for a in result.top_anomalies],
+            # A sample of scores lets the dashboard draw the job's score chart without another call.
+            scores=[round(s, 5) for s in result.scores[:2000]],
+        )
+        return {"anomaly_count": result.anomaly_count, "rows": len(result.labels)}
+
+    def report(self, job: Job) -> dict[str, Any]:
+        result = self._jobs.get_blob("result", job.id)
+        for fmt in REPORT_FORMATS:
+            self._jobs.put_blob(f"report-{fmt}", job.id, render(fmt, job.as_dict(), result))
+        location = f"/v1/jobs/{job.id}/report"
+        self._jobs.update(job.id, lambda j: _set(j, report_location=location))
+        return {"formats": list(REPORT_FORMATS)}
+
+    def notify(self, job: Job) -> dict[str, Any]:
+        """POST a signed summary to the job's webhook; 5xx and network errors are retried by the caller."""
+        result = self._jobs.get_blob("result", job.id)
+        body = json.dumps(
+            {
+                "job_id": job.id,
+                "status": "completed",
+                "detector": job.detector,
+                "anomaly_count": result["anomaly_count"],
+                "anomaly_rate": result["anomaly_rate"],
+                "top_anomalies": result["top_anomalies"][:5],
+                "report_url": f"{self._public_url}/v1/jobs/{job.id}/report?format=html" if self._public_url else None,
+            },
+            separators=(",", ":"),
+        ).encode()
+        headers = {"Content-Type": "application/json", "User-Agent": "pynomaly-webhook"}
+        if self._secret:
+            headers[SIGNATURE_HEADER] = sign(self._secret, body)
+        assert job.webhook_url  # parse_steps only allows notify with a webhook
+        try:
+            response = httpx.post(job.webhook_url, content=body, headers=headers, timeout=WEBHOOK_TIMEOUT)
+        except httpx.HTTPError as exc:
+            raise ConnectionError(f"webhook {job.webhook_url}: {exc}") from exc
+        if response.status_code >= 500 or response.status_code == 429:
+            raise ConnectionError(f"webhook {job.webhook_url} answered {response.status_code}")
+        if response.status_code >= 400:
+            raise PermanentFailure(f"webhook {job.webhook_url} rejected the notification: {response.status_code}")
+        self._mq.stream_update(
+            S_NOTIFICATIONS,
+            {"job_id": job.id, "channel": "webhook", "target": job.webhook_url, "status": str(response.status_code)},
+        )
+        return {"webhook_status": response.status_code}
+
+    # -- internals -------------------------------------------------------------------------------
+    @staticmethod
+    def _overall(job: Job, step: Step, fraction: float) -> float:
+        index = job.steps.index(step.value) if step.value in job.steps else 0
+        return round(min(1.0, (index + max(0.0, min(1.0, fraction))) / len(job.steps)), 4)
+
+    def _event(self, event_type: str, job: Job, **data: Any) -> None:
+        try:
+            self._mq.publish_event(event_type, job.id, status=job.status, progress=job.progress, **data)
+        except Exception:
+            log.exception("could not publish %s for job %s", event_type, job.id)
+
+
+def _set(job: Job, **fields: Any) -> None:
+    for name, value in fields.items():
+        setattr(job, name, value)

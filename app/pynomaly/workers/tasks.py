@@ -1,0 +1,134 @@
+"""Celery tasks: thin glue that runs a pipeline step and decides retry or dead letter.
+
+Transient failures retry with exponential backoff and full jitter, at most ``max_retries`` times;
+then the task, its arguments, the error, the traceback and the attempt count go to the DLQ.
+Permanent failures (bad data, 4xx webhooks) fail the job at once: retrying cannot fix them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task, shared_task
+from celery.exceptions import Retry, SoftTimeLimitExceeded
+
+from pynomaly.config import load_settings
+from pynomaly.domain.errors import DomainError, JobCancelled
+from pynomaly.domain.jobs import Step
+from pynomaly.observability import metrics
+from pynomaly.storage.dead_letters import DeadLetter
+from pynomaly.topology import TASK_DETECT, TASK_MAINTENANCE, TASK_NOTIFY, TASK_PREPROCESS, TASK_REPORT, TOPOLOGY
+from pynomaly.usecases.pipeline import PermanentFailure, Pipeline
+from pynomaly.wiring import Container
+
+log = logging.getLogger(__name__)
+_container: Container | None = None
+
+
+def container() -> Container:
+    """One per worker child process, built on first use (after the fork, so sockets are not shared)."""
+    global _container
+    if _container is None:
+        _container = Container(load_settings(), "worker")
+    return _container
+
+
+def pipeline() -> Pipeline:
+    c = container()
+    return Pipeline(c.jobs, c.messaging, c.settings.webhook_secret, c.settings.public_url)
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Full-jitter exponential backoff: uniform in [exp/2, exp], exp = base * 2**attempt, capped."""
+    exp = min(cap, base * (2**attempt))
+    return random.uniform(exp / 2, exp)
+
+
+def run_step(task: Task, job_id: str, step: Step, work: Callable[[Pipeline, Any], dict[str, Any]]) -> dict[str, Any]:
+    settings = container().settings
+    flow = pipeline()
+    attempt = task.request.retries + 1
+    started = time.perf_counter()
+    job = flow.begin(job_id, step, attempt)
+    if job is None:
+        metrics.TASKS.labels(task=task.name, outcome="cancelled").inc()
+        return {"job_id": job_id, "status": "cancelled"}
+    try:
+        output = work(flow, job)
+        flow.step_done(job, step, **output)
+    except JobCancelled:
+        flow.cancelled(flow._jobs.get(job_id))
+        metrics.TASKS.labels(task=task.name, outcome="cancelled").inc()
+        return {"job_id": job_id, "status": "cancelled"}
+    except (DomainError, PermanentFailure) as exc:
+        flow.failed(job_id, str(exc))
+        metrics.TASKS.labels(task=task.name, outcome="failed").inc()
+        # Stop the chain: later steps must not run on a failed job.
+        task.request.chain = None
+        return {"job_id": job_id, "status": "failed", "error": str(exc)}
+    except Retry:
+        raise
+    except (Exception, SoftTimeLimitExceeded) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        if task.request.retries < settings.max_retries:
+            delay = backoff_delay(task.request.retries, settings.retry_backoff_base, settings.retry_backoff_max)
+            flow.retrying(job_id, error, attempt, delay)
+            metrics.TASK_RETRIES.labels(task=task.name).inc()
+            raise task.retry(exc=exc, countdown=delay, max_retries=settings.max_retries) from exc
+        letter = container().dead_letters.add(
+            DeadLetter(
+                task=task.name,
+                args=list(task.request.args or [job_id]),
+                kwargs=dict(task.request.kwargs or {}),
+                error=error,
+                traceback=traceback.format_exc(),
+                attempts=attempt,
+                job_id=job_id,
+                queue=TOPOLOGY.task(task.name).queue,
+            )
+        )
+        flow.failed(job_id, error, dead_letter_id=letter.id)
+        metrics.DEAD_LETTERED.labels(task=task.name).inc()
+        metrics.TASKS.labels(task=task.name, outcome="dead_lettered").inc()
+        task.request.chain = None
+        return {"job_id": job_id, "status": "dead_lettered", "dead_letter_id": letter.id}
+    finally:
+        metrics.TASK_SECONDS.labels(task=task.name).observe(time.perf_counter() - started)
+    metrics.TASKS.labels(task=task.name, outcome="succeeded").inc()
+    return {"job_id": job_id, "status": "ok", **output}
+
+
+@shared_task(bind=True, name=TASK_PREPROCESS, max_retries=None)
+def preprocess_data(self: Task, job_id: str) -> dict[str, Any]:
+    return run_step(self, job_id, Step.PREPROCESS, lambda flow, job: flow.preprocess(job))
+
+
+@shared_task(bind=True, name=TASK_DETECT, max_retries=None)
+def detect_anomalies(self: Task, job_id: str) -> dict[str, Any]:
+    return run_step(self, job_id, Step.DETECT, lambda flow, job: flow.detect(job))
+
+
+@shared_task(bind=True, name=TASK_REPORT, max_retries=None)
+def generate_report(self: Task, job_id: str) -> dict[str, Any]:
+    return run_step(self, job_id, Step.REPORT, lambda flow, job: flow.report(job))
+
+
+@shared_task(bind=True, name=TASK_NOTIFY, max_retries=None)
+def send_notification(self: Task, job_id: str) -> dict[str, Any]:
+    return run_step(self, job_id, Step.NOTIFY, lambda flow, job: flow.notify(job))
+
+
+@shared_task(name=TASK_MAINTENANCE)
+def maintenance() -> dict[str, Any]:
+    """Trim every stream to its cap and drop index entries of expired jobs."""
+    c = container()
+    trimmed = {
+        s.name: c.redis.xtrim(s.name, maxlen=c.settings.stream_maxlen, approximate=True) for s in TOPOLOGY.streams
+    }
+    _, total = c.jobs.list(limit=0)
+    return {"streams_trimmed": trimmed, "jobs": total}
