@@ -1,0 +1,377 @@
+{{/* vim: set filetype=mustache: */}}
+
+{{/* ---- names and labels ------------------------------------------------------------------ */}}
+
+{{- define "pynomaly.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "pynomaly.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of one component's objects: pynomaly.componentName (dict "root" $ "suffix" "worker-detection") */}}
+{{- define "pynomaly.componentName" -}}
+{{- printf "%s-%s" (include "pynomaly.fullname" .root | trunc 40 | trimSuffix "-") .suffix | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "pynomaly.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "pynomaly.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pynomaly.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "pynomaly.labels" -}}
+helm.sh/chart: {{ include "pynomaly.chart" . }}
+{{ include "pynomaly.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "pynomaly.imageTag" . | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: pynomaly
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "worker" "pool" "detection") */}}
+{{- define "pynomaly.componentSelectorLabels" -}}
+{{ include "pynomaly.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- if .pool }}
+pynomaly.io/pool: {{ .pool }}
+{{- end }}
+{{- end -}}
+
+{{- define "pynomaly.componentLabels" -}}
+{{ include "pynomaly.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- if .pool }}
+pynomaly.io/pool: {{ .pool }}
+{{- end }}
+{{- end -}}
+
+{{- define "pynomaly.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "pynomaly.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pynomaly.secretName" -}}
+{{- default (printf "%s-secrets" (include "pynomaly.fullname" .)) .Values.secrets.existingSecret -}}
+{{- end -}}
+
+{{- define "pynomaly.configMapName" -}}
+{{- printf "%s-config" (include "pynomaly.fullname" .) -}}
+{{- end -}}
+
+{{- define "pynomaly.imageTag" -}}
+{{- default .Chart.AppVersion .Values.image.tag -}}
+{{- end -}}
+
+{{- define "pynomaly.image" -}}
+{{- printf "%s:%s" .Values.image.repository (include "pynomaly.imageTag" .) -}}
+{{- end -}}
+
+{{/* KEDA trigger and formula names: identifiers made from list/topic names. */}}
+{{- define "pynomaly.identifier" -}}
+{{- $id := regexReplaceAll "[^A-Za-z0-9_]" . "_" -}}
+{{- regexReplaceAll "^([0-9])" $id "_${1}" -}}
+{{- end -}}
+
+{{/* The Redis lists holding one queue's waiting messages, one per priority step (JSON list). */}}
+{{- define "pynomaly.redisLists" -}}
+{{- $lists := list -}}
+{{- range .root.Values.workers.priority.steps -}}
+{{- if eq (int .) 0 -}}
+{{- $lists = append $lists $.queue -}}
+{{- else -}}
+{{- $lists = append $lists (printf "%s%s%d" $.queue $.root.Values.workers.priority.separator (int .)) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $lists -}}
+{{- end -}}
+
+{{- define "pynomaly.kafkaSasl" -}}
+{{- hasPrefix "SASL_" .Values.kafka.securityProtocol -}}
+{{- end -}}
+
+{{/* Ports of the Kafka bootstrap servers (JSON list of ints), for NetworkPolicy egress. */}}
+{{- define "pynomaly.kafkaPorts" -}}
+{{- $ports := list -}}
+{{- range splitList "," .Values.kafka.bootstrapServers -}}
+{{- $hostPort := trim . -}}
+{{- if not (regexMatch "^[^:]+:[0-9]+$" $hostPort) -}}
+{{- fail (printf "kafka.bootstrapServers: %q is not host:port" $hostPort) -}}
+{{- end -}}
+{{- $ports = append $ports (int (last (splitList ":" $hostPort))) -}}
+{{- end -}}
+{{- toJson ($ports | uniq) -}}
+{{- end -}}
+
+{{/* Is a pool (worker or consumer) driven by an autoscaler?  "true" or "" */}}
+{{- define "pynomaly.poolAutoscaled" -}}
+{{- if or .Values.autoscaling.keda.enabled .Values.autoscaling.hpa.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* ---- render-time guards ----------------------------------------------------------------- */}}
+
+{{- define "pynomaly.validate" -}}
+{{- $v := .Values -}}
+{{- if and $v.autoscaling.keda.enabled $v.autoscaling.hpa.enabled -}}
+{{- fail "autoscaling.keda.enabled and autoscaling.hpa.enabled are both true: choose one (KEDA creates its own HPA, two autoscalers must never drive the same Deployment)" -}}
+{{- end -}}
+{{- if not $v.redis.host -}}
+{{- fail "redis.host is required: the host name of your Redis master (the chart does not deploy Redis)" -}}
+{{- end -}}
+{{- if not $v.kafka.bootstrapServers -}}
+{{- fail "kafka.bootstrapServers is required: host:port[,host:port] of your Kafka brokers (the chart does not deploy Kafka)" -}}
+{{- end -}}
+{{- $_ := include "pynomaly.kafkaPorts" . -}}
+{{- if and (eq (include "pynomaly.kafkaSasl" .) "true") (not $v.kafka.saslUsername) -}}
+{{- fail (printf "kafka.saslUsername is required with kafka.securityProtocol=%s" $v.kafka.securityProtocol) -}}
+{{- end -}}
+{{- if not $v.secrets.existingSecret -}}
+{{- $missing := list -}}
+{{- range $field := list "redisPassword" "apiKeys" "webhookSecret" -}}
+{{- if not (get $v.secrets $field) -}}{{- $missing = append $missing (printf "secrets.%s" $field) -}}{{- end -}}
+{{- end -}}
+{{- if and (eq (include "pynomaly.kafkaSasl" .) "true") (not $v.secrets.kafkaSaslPassword) -}}
+{{- $missing = append $missing "secrets.kafkaSaslPassword" -}}
+{{- end -}}
+{{- if $missing -}}
+{{- fail (printf "no credentials: set secrets.existingSecret to a Secret with the keys %s, %s, %s (and %s with SASL), or set %s (there are no default passwords)" $v.secrets.keys.redisPassword $v.secrets.keys.apiKeys $v.secrets.keys.webhookSecret $v.secrets.keys.kafkaSaslPassword (join ", " $missing)) -}}
+{{- end -}}
+{{- end -}}
+{{- if ge (int $v.settings.taskSoftTimeLimit) (int $v.settings.taskTimeLimit) -}}
+{{- fail (printf "settings.taskSoftTimeLimit (%d) must be below settings.taskTimeLimit (%d)" (int $v.settings.taskSoftTimeLimit) (int $v.settings.taskTimeLimit)) -}}
+{{- end -}}
+{{- if and $v.api.ingress.enabled (not $v.api.ingress.host) -}}
+{{- fail "api.ingress.host is required when api.ingress.enabled is true" -}}
+{{- end -}}
+{{- if and $v.api.autoscaling.enabled (gt (int $v.api.autoscaling.minReplicas) (int $v.api.autoscaling.maxReplicas)) -}}
+{{- fail (printf "api.autoscaling: minReplicas (%d) > maxReplicas (%d)" (int $v.api.autoscaling.minReplicas) (int $v.api.autoscaling.maxReplicas)) -}}
+{{- end -}}
+{{- $autoscaled := eq (include "pynomaly.poolAutoscaled" .) "true" -}}
+{{- range $kind, $pools := dict "workers" $v.workers.pools "consumers" $v.consumers.pools -}}
+{{- range $name, $pool := $pools -}}
+{{- if and $autoscaled (gt (int $pool.minReplicas) (int $pool.maxReplicas)) -}}
+{{- fail (printf "%s.pools.%s: minReplicas (%d) > maxReplicas (%d)" $kind $name (int $pool.minReplicas) (int $pool.maxReplicas)) -}}
+{{- end -}}
+{{- if and $v.autoscaling.hpa.enabled (lt (int $pool.minReplicas) 1) -}}
+{{- fail (printf "%s.pools.%s: minReplicas 0 needs KEDA (autoscaling.keda.enabled); an HPA cannot scale to zero" $kind $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $name, $pool := $v.consumers.pools -}}
+{{- $partitions := 0 -}}
+{{- range $pool.topics -}}{{- $partitions = max $partitions (int .partitions) -}}{{- end -}}
+{{- if gt (int $pool.maxReplicas) $partitions -}}
+{{- fail (printf "consumers.pools.%s: maxReplicas (%d) exceeds the largest partition count of its topics (%d); extra consumers would idle" $name (int $pool.maxReplicas) $partitions) -}}
+{{- end -}}
+{{- if and (not $autoscaled) (gt (int $pool.replicas) $partitions) -}}
+{{- fail (printf "consumers.pools.%s: replicas (%d) exceeds the largest partition count of its topics (%d)" $name (int $pool.replicas) $partitions) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* ---- pod parts shared by every Deployment ------------------------------------------------ */}}
+
+{{- define "pynomaly.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.podIdentity.uid }}
+runAsGroup: {{ .Values.podIdentity.gid }}
+fsGroup: {{ .Values.podIdentity.gid }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "pynomaly.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.podIdentity.uid }}
+runAsGroup: {{ .Values.podIdentity.gid }}
+readOnlyRootFilesystem: true
+allowPrivilegeEscalation: false
+privileged: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Pod-level settings: (dict "root" $ "component" $componentValues) */}}
+{{- define "pynomaly.podSpecCommon" -}}
+{{- $root := .root -}}
+serviceAccountName: {{ include "pynomaly.serviceAccountName" $root }}
+automountServiceAccountToken: false
+enableServiceLinks: false
+securityContext:
+  {{- include "pynomaly.podSecurityContext" $root | nindent 2 }}
+{{- with $root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . }}
+  {{- end }}
+{{- end }}
+{{- with (default $root.Values.scheduling.nodeSelector .component.nodeSelector) }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with (default $root.Values.scheduling.tolerations .component.tolerations) }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with (default $root.Values.scheduling.affinity .component.affinity) }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with (default $root.Values.scheduling.topologySpreadConstraints .component.topologySpreadConstraints) }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Environment every container gets: Redis URL composed from the Secret, Kafka SASL password. */}}
+{{- define "pynomaly.commonEnv" -}}
+- name: HOME
+  value: /tmp
+- name: PYTHONDONTWRITEBYTECODE
+  value: "1"
+- name: REDIS_USERNAME
+  value: {{ .Values.redis.username | quote }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "pynomaly.secretName" . }}
+      key: {{ .Values.secrets.keys.redisPassword }}
+- name: PYNOMALY_REDIS_URL
+  value: {{ printf "%s://$(REDIS_USERNAME):$(REDIS_PASSWORD)@%s:%d/%d" (ternary "rediss" "redis" .Values.redis.tls) .Values.redis.host (int .Values.redis.port) (int .Values.redis.db) | quote }}
+{{- if eq (include "pynomaly.kafkaSasl" .) "true" }}
+- name: PYNOMALY_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "pynomaly.secretName" . }}
+      key: {{ .Values.secrets.keys.kafkaSaslPassword }}
+{{- end }}
+{{- end -}}
+
+{{/* Annotations that roll pods when configuration or credentials change. */}}
+{{- define "pynomaly.checksumAnnotations" -}}
+checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+checksum/secret: {{ printf "%s\n%s" (include (print .Template.BasePath "/secret.yaml") .) .Values.secrets.existingSecret | sha256sum }}
+{{- end -}}
+
+{{/* A worker or consumer Deployment: (dict "root" $ "component" "worker"|"consumer" "name" poolName
+     "pool" poolValues "defaults" workers|consumers values "args" container args "grace" seconds
+     "extraEnv" list) */}}
+{{- define "pynomaly.backgroundDeployment" -}}
+{{- $root := .root -}}
+{{- $sel := dict "root" $root "component" .component "pool" .name -}}
+{{- $metricsPort := ternary (int $root.Values.metrics.port) 0 $root.Values.metrics.enabled -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "pynomaly.componentName" (dict "root" $root "suffix" (printf "%s-%s" .component .name)) }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "pynomaly.componentLabels" $sel | nindent 4 }}
+spec:
+  {{- if not (include "pynomaly.poolAutoscaled" $root) }}
+  replicas: {{ .pool.replicas }}
+  {{- end }}
+  revisionHistoryLimit: 5
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 1
+      maxUnavailable: 0
+  selector:
+    matchLabels:
+      {{- include "pynomaly.componentSelectorLabels" $sel | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "pynomaly.componentSelectorLabels" $sel | nindent 8 }}
+        {{- if $root.Values.metrics.enabled }}
+        pynomaly.io/metrics: "true"
+        {{- end }}
+      annotations:
+        {{- include "pynomaly.checksumAnnotations" $root | nindent 8 }}
+        {{- with .defaults.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      {{- include "pynomaly.podSpecCommon" (dict "root" $root "component" .pool) | nindent 6 }}
+      terminationGracePeriodSeconds: {{ .grace }}
+      containers:
+        - name: {{ .component }}
+          image: {{ include "pynomaly.image" $root }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          command:
+            {{- toYaml (prepend .args "pynomaly") | nindent 12 }}
+          securityContext:
+            {{- include "pynomaly.containerSecurityContext" $root | nindent 12 }}
+          envFrom:
+            - configMapRef:
+                name: {{ include "pynomaly.configMapName" $root }}
+          env:
+            {{- include "pynomaly.commonEnv" $root | nindent 12 }}
+            - name: PYNOMALY_HEARTBEAT_DIR
+              value: /var/run/pynomaly
+            - name: PYNOMALY_METRICS_PORT
+              value: {{ $metricsPort | quote }}
+            {{- with .extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          {{- if $root.Values.metrics.enabled }}
+          ports:
+            - name: metrics
+              containerPort: {{ $metricsPort }}
+              protocol: TCP
+          {{- end }}
+          startupProbe:
+            exec:
+              command: ["pynomaly", "healthcheck", "--max-age", {{ .defaults.heartbeatMaxAgeSeconds | quote }}]
+            periodSeconds: 10
+            timeoutSeconds: 10
+            failureThreshold: 30
+          livenessProbe:
+            exec:
+              command: ["pynomaly", "healthcheck", "--max-age", {{ .defaults.heartbeatMaxAgeSeconds | quote }}]
+            periodSeconds: 30
+            timeoutSeconds: 10
+            failureThreshold: 3
+          readinessProbe:
+            exec:
+              command: ["pynomaly", "healthcheck", "--max-age", {{ .defaults.heartbeatMaxAgeSeconds | quote }}]
+            periodSeconds: 30
+            timeoutSeconds: 10
+            failureThreshold: 2
+          resources:
+            {{- toYaml (default .defaults.resources .pool.resources) | nindent 12 }}
+          volumeMounts:
+            - name: tmp
+              mountPath: /tmp
+            - name: heartbeat
+              mountPath: /var/run/pynomaly
+      volumes:
+        - name: tmp
+          emptyDir:
+            sizeLimit: 512Mi
+        - name: heartbeat
+          emptyDir:
+            medium: Memory
+            sizeLimit: 1Mi
+{{- end -}}
