@@ -3,8 +3,11 @@
 
     python tools/helm.py ensure      # builds .cache/bin/helm when missing, prints its path
     python tools/helm.py version     # the version this project pins
+    python tools/helm.py template ENV [helm args]   # charts/pynomaly rendered with
+                                     # environments/helm/ENV.values.yaml (helm-alone install)
 
-Importable: ``ensure_helm() -> Path`` (used by the chart tests) and ``run_helm(*args)``.
+Importable: ``ensure_helm() -> Path``, ``run_helm(*args)`` and ``template_chart(...) -> str``
+(used by the chart tests; the infra program's tests can render the chart with their values too).
 
 The binary is built with ``go install helm.sh/helm/v3/cmd/helm@<HELM_VERSION>`` with GOBIN set to
 ``.cache/bin`` (git-ignored).  Go's own module and build caches are used, so later builds (another
@@ -28,6 +31,8 @@ HELM_COMMAND = f"{HELM_MODULE}/cmd/helm"
 ROOT = Path(__file__).resolve().parent.parent
 BIN_DIR = ROOT / ".cache" / "bin"
 HELM = BIN_DIR / "helm"
+CHART = ROOT / "charts" / "pynomaly"
+HELM_ENV_DIR = ROOT / "environments" / "helm"
 
 
 class HelmError(RuntimeError):
@@ -117,6 +122,32 @@ def run_helm(*args: str, check: bool = False, timeout: float = 300) -> subproces
     return subprocess.run([str(ensure_helm()), *args], capture_output=True, text=True, timeout=timeout, check=check)
 
 
+def env_values_file(env: str) -> Path:
+    """environments/helm/<env>.values.yaml, the helm-alone values of one environment."""
+    path = HELM_ENV_DIR / f"{env}.values.yaml"
+    if not path.is_file():
+        known = sorted(p.name.removesuffix(".values.yaml") for p in HELM_ENV_DIR.glob("*.values.yaml"))
+        raise HelmError(f"no helm values for environment {env!r}; known: {known}")
+    return path
+
+
+def template_chart(
+    values_files: list[Path] | tuple[Path, ...] = (),
+    *extra_args: str,
+    release: str = "pynomaly",
+    namespace: str = "pynomaly",
+    chart: Path = CHART,
+) -> str:
+    """`helm template` of the chart with these values files; raises HelmError with helm's message."""
+    args = ["template", release, str(chart), "--namespace", namespace]
+    for path in values_files:
+        args += ["--values", str(path)]
+    result = run_helm(*args, *extra_args)
+    if result.returncode != 0:
+        raise HelmError(result.stderr.strip())
+    return result.stdout
+
+
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "ensure"
     if command == "ensure":
@@ -129,7 +160,14 @@ def main(argv: list[str]) -> int:
     if command == "version":
         print(HELM_VERSION)
         return 0
-    print("usage: tools/helm.py [ensure|version]", file=sys.stderr)
+    if command == "template" and len(argv) >= 2:
+        try:
+            sys.stdout.write(template_chart([env_values_file(argv[1])], *argv[2:]))
+        except HelmError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    print("usage: tools/helm.py ensure | version | template ENV [helm args]", file=sys.stderr)
     return 2
 
 
