@@ -58,9 +58,14 @@ class KafkaBroker:
         port: int | None = None,
         controller_port: int | None = None,
         die_with_parent: bool = True,
+        log_dir: Path | str | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
-        self.jars = KafkaJars(Path(libs_dir) if libs_dir else self.state_dir.parent / "kafka-libs")
+        self._log_dir = Path(log_dir).resolve() if log_dir else self.state_dir / "logs"
+        self.jars = KafkaJars(
+            Path(libs_dir) if libs_dir else self.state_dir.parent / "kafka-libs",
+            log_path=(Path(log_dir) if log_dir else self.state_dir / "logs") / "kafka-fetch.log",
+        )
         self.configured_port = port
         self.configured_controller_port = controller_port
         self.port = port or 0
@@ -76,7 +81,7 @@ class KafkaBroker:
 
     @property
     def log_dir(self) -> Path:
-        return self.state_dir / "logs"
+        return self._log_dir
 
     @property
     def server_log(self) -> Path:
@@ -115,7 +120,9 @@ class KafkaBroker:
         self._format_storage(java, out)
         out.step(f"starting Kafka on {self.bootstrap_servers} (controller {LOOPBACK}:{self.controller_port})")
         self._proc, self.record = spawn(
-            "kafka", self._java_argv(java, "kafka.Kafka", str(self.config_path)), self.log_dir / "kafka.out",
+            "kafka",
+            self._java_argv(java, "kafka.Kafka", str(self.config_path)),
+            self.log_dir / "kafka.out",
             die_with_parent=self.die_with_parent,
         )
         try:
@@ -184,6 +191,8 @@ class KafkaBroker:
         self.config_path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.state_dir / "log4j2.properties").write_text(
             "status = warn\n"
+            # Log4j must not stop logging in its own shutdown hook while Kafka still logs its shutdown.
+            "shutdownHook = disable\n"
             "appender.file.type = File\n"
             "appender.file.name = FILE\n"
             f"appender.file.fileName = {self.server_log}\n"
@@ -264,5 +273,3 @@ class KafkaBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-

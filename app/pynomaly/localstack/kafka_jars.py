@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -60,8 +60,15 @@ def _human(size: float) -> str:
 class KafkaJars:
     """The jar cache in ``cache_dir``; :meth:`ensure` returns it verified, fetching when needed."""
 
-    def __init__(self, cache_dir: Path | str, pom: bytes | None = None, log_path: Path | str | None = None) -> None:
+    def __init__(
+        self,
+        cache_dir: Path | str,
+        pom: bytes | None = None,
+        log_path: Path | str | None = None,
+        mvn_args: Sequence[str] = (),
+    ) -> None:
         self.cache_dir = Path(cache_dir).resolve()
+        self.mvn_args = tuple(mvn_args)  # e.g. ("-o",): offline, from Maven's local repository only
         self.pom = pom if pom is not None else packaged_pom()
         self.log_path = Path(log_path) if log_path else self.cache_dir.parent / "logs" / "kafka-fetch.log"
 
@@ -151,8 +158,13 @@ class KafkaJars:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         out.step(f"fetching Kafka jars from Maven Central with mvn into {self.cache_dir} (first run: about 100 MB)")
         argv = [
-            mvn, "-B", "-Dstyle.color=never", "dependency:copy-dependencies",
-            "-DincludeScope=runtime", f"-DoutputDirectory={partial}",
+            mvn,
+            "-B",
+            "-Dstyle.color=never",
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={partial}",
+            *self.mvn_args,
         ]
         started = time.monotonic()
         count, total = 0, 0.0

@@ -85,6 +85,10 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://:{quote(self.password, safe='')}@{LOOPBACK}:{self.port}/0"
 
+    def url_for_db(self, db: int) -> str:
+        """The URL of another logical database (the e2e system uses its own, apart from the unit tests')."""
+        return self.url.rsplit("/", 1)[0] + f"/{db}"
+
     @property
     def safe_url(self) -> str:
         return f"redis://:***@{LOOPBACK}:{self.port}/0"
@@ -101,7 +105,9 @@ class RedisServer:
         self._write_config()
         as_progress(progress).step(f"starting Redis on {LOOPBACK}:{self.port}")
         self._proc, self.record = spawn(
-            "redis", [binary, str(self.config_path)], self.log_path.with_suffix(".out"),
+            "redis",
+            [binary, str(self.config_path)],
+            self.log_path.with_suffix(".out"),
             die_with_parent=self.die_with_parent,
         )
         try:
@@ -172,4 +178,3 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
