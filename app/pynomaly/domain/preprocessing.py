@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +90,9 @@ def preprocess(
                 raise InvalidInput("fewer than 2 rows remain after dropping rows with NaN/inf")
         else:
             finite = np.where(bad, np.nan, values)
-            with np.errstate(all="ignore"):
+            # An all-NaN column is reported below; numpy's own warning about it is noise.
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
                 fill = (
                     np.nanmedian(finite, axis=0)
                     if options.missing is MissingPolicy.IMPUTE_MEDIAN

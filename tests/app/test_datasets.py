@@ -1,0 +1,80 @@
+"""Dataset parsing: CSV and JSON rows into a float matrix, missing markers, limits and clear errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pynomaly.domain.datasets import Dataset, DatasetLimits, from_rows, parse_csv
+from pynomaly.domain.errors import InvalidInput
+
+LIMITS = DatasetLimits(max_bytes=10_000, max_rows=5, max_columns=3)
+
+
+def test_csv_parses_header_numbers_and_missing_markers() -> None:
+    data = b"\xef\xbb\xbfa, b\n1,2\n\n3,NA\nnan, \n-inf,1e3\n"
+    ds = parse_csv(data, LIMITS)
+    assert ds.columns == ("a", "b")
+    assert ds.shape == (4, 2)
+    assert ds.values[0].tolist() == [1.0, 2.0]
+    assert math.isnan(ds.values[1, 1]) and math.isnan(ds.values[2, 0]) and math.isnan(ds.values[2, 1])
+    assert ds.values[3, 0] == -math.inf
+    assert ds.summary() == {"rows": 4, "columns": ["a", "b"], "missing": 3, "infinite": 1}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"a,b\n", "no data rows"),
+        (b"a,a\n1,2\n", "duplicate column"),
+        (b"a,\n1,2\n", "every column needs a name"),
+        (b"a,b\n1,2,3\n", "line 2 has 3 cells"),
+        (b"a,b\n1,x\n", "row 2, column 'b'"),
+        (b"a,b,c,d\n1,2,3,4\n", "4 columns"),
+        (b"a\n" + b"1\n" * 6, "more than 5 rows"),
+        (b"a\n\xff\xfe\n", "not UTF-8"),
+        (b"a\n" + b"1\n" * 6000, "bytes; the limit"),
+    ],
+)
+def test_csv_rejections_name_the_problem(data: bytes, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        parse_csv(data, LIMITS)
+
+
+def test_json_rows_lists_objects_and_default_names() -> None:
+    ds = from_rows([[1, 2], [3, None]], None, LIMITS)
+    assert ds.columns == ("x0", "x1") and math.isnan(ds.values[1, 1])
+    ds = from_rows([{"t": 1, "p": "2"}, {"p": 4, "t": "nan"}], None, LIMITS)
+    assert ds.columns == ("t", "p")
+    assert ds.values[0].tolist() == [1.0, 2.0] and math.isnan(ds.values[1, 0]) and ds.values[1, 1] == 4.0
+
+
+@pytest.mark.parametrize(
+    ("rows", "columns", "message"),
+    [
+        ([], None, "no data rows"),
+        ([[1, 2], [3]], None, "row 1: expected a list of 2"),
+        ([{"a": 1}, {"b": 2}], None, "exactly the keys"),
+        ([[True, 1]], None, "booleans"),
+        ([[{"x": 1}, 1]], None, "dict is not a number"),
+        ([[1]] * 6, None, "6 rows; the limit is 5"),
+        ([[1, 2, 3, 4]], None, "4 columns"),
+        ([[1, 2]], ["a", "a"], "duplicate"),
+    ],
+)
+def test_json_rows_rejections(rows: list, columns: list[str] | None, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        from_rows(rows, columns, LIMITS)
+
+
+def test_payload_round_trip_keeps_nan_and_inf() -> None:
+    values = np.array([[1.5, np.nan], [np.inf, -np.inf]])
+    ds = Dataset(("a", "b"), values)
+    payload = ds.to_payload()
+    assert payload["rows"] == [[1.5, "nan"], ["inf", "-inf"]]
+    back = Dataset.from_payload(payload)
+    assert back.columns == ("a", "b")
+    np.testing.assert_array_equal(back.values, values)

@@ -1,0 +1,80 @@
+"""Event envelope, retry backoff, webhook signing, Celery settings: no services needed."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+import pytest
+
+from pynomaly.config import Settings
+from pynomaly.messaging.celery_app import celery_config
+from pynomaly.messaging.events import SCHEMA_VERSION, EventEnvelope, InvalidEvent, make_event
+from pynomaly.topology import T_AUDIT, T_JOB, TOPOLOGY
+from pynomaly.usecases.pipeline import sign
+from pynomaly.workers.tasks import backoff_delay
+
+
+def test_envelope_round_trip_and_topic() -> None:
+    event = make_event("job_completed", "job-1", "worker", anomaly_count=3)
+    back = EventEnvelope.decode(event.encode())
+    assert back == event
+    assert set(json.loads(event.encode())) == {"id", "type", "source", "time", "subject", "data", "schema_version"}
+    assert back.schema_version == SCHEMA_VERSION and back.topic == T_JOB
+    assert make_event("audit_record", "x", "api").topic == T_AUDIT
+    flat = event.flat()
+    assert json.loads(flat["data"]) == {"anomaly_count": 3} and all(isinstance(v, str) for v in flat.values())
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"not json", "message|Invalid JSON"),
+        (b'{"type":"job_completed","source":"s","subject":"j"}', None),
+        (b'{"type":"nope","source":"s","subject":"j"}', "unknown event type"),
+        (b'{"type":"job_completed","source":"s","subject":"j","schema_version":2}', "schema_version"),
+        (b'{"type":"job_completed","source":"s","subject":"j","time":"yesterday"}', "time"),
+        (b'{"type":"job_completed","source":"s","subject":"","data":{}}', "subject"),
+        (b'{"type":"job_completed","source":"s","subject":"j","extra":1}', "extra"),
+    ],
+)
+def test_envelope_validation(raw: bytes, message: str | None) -> None:
+    if message is None:
+        assert EventEnvelope.decode(raw).type == "job_completed"
+        return
+    with pytest.raises(InvalidEvent):
+        EventEnvelope.decode(raw)
+
+
+def test_every_event_type_has_a_topic_in_the_topology() -> None:
+    topics = {t.name for t in TOPOLOGY.topics}
+    assert set(TOPOLOGY.event_topics.values()) <= topics
+
+
+def test_backoff_is_exponential_with_jitter_and_capped() -> None:
+    for attempt in range(6):
+        exp = min(10.0, 0.5 * 2**attempt)
+        samples = [backoff_delay(attempt, 0.5, 10.0) for _ in range(200)]
+        assert all(exp / 2 <= s <= exp for s in samples)
+        assert len(set(samples)) > 1, "jitter"
+    assert backoff_delay(20, 60.0, 3600.0) <= 3600.0
+
+
+def test_webhook_signature_is_hmac_sha256_of_the_body() -> None:
+    body = b'{"job_id":"x"}'
+    expected = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert sign("s3cret", body) == f"sha256={expected}"
+
+
+def test_celery_settings_follow_the_seed() -> None:
+    conf = celery_config(Settings(redis_url="redis://127.0.0.1:1/0"))
+    assert conf["task_serializer"] == "json" and conf["accept_content"] == ["json"]
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"] and conf["worker_prefetch_multiplier"] == 1
+    assert conf["task_time_limit"] == 3600 and conf["task_soft_time_limit"] == 3300
+    visibility = conf["broker_transport_options"]["visibility_timeout"]  # type: ignore[index]
+    assert visibility > 3600
+    assert conf["result_backend_transport_options"]["visibility_timeout"] == visibility  # type: ignore[index]
+    assert conf["task_compression"] == "gzip" and conf["timezone"] == "UTC"
+    routes = conf["task_routes"]
+    assert {r["queue"] for r in routes.values()} == {q.name for q in TOPOLOGY.queues}  # type: ignore[union-attr]
