@@ -26,12 +26,12 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 import yaml
-from pynomaly.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, Topology
 
 from infra import k8s as kx
 from infra.config import PoolScaling, StackConfig
 from infra.kafka import Kafka
 from infra.redis import Redis
+from pynomaly.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, Topology
 
 API_SERVICE_PORT = 80  # the chart's api.service.port default
 

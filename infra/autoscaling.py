@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_kubernetes as k8s
-from pynomaly.topology import Topology
 
 from infra import k8s as kx
 from infra.config import AutoscalingConfig, PoolScaling
+from pynomaly.topology import Topology
 
 KEDA_API = "keda.sh/v1alpha1"
 

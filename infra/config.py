@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pulumi
+
 from pynomaly.topology import TOPOLOGY
 
 PROJECT = "pynomaly"

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
-from pynomaly.topology import Topology
 
 from infra import k8s as kx
 from infra.config import KafkaConfig
+from pynomaly.topology import Topology
 
 CLIENT_PORT = 9092
 CONTROLLER_PORT = 9093

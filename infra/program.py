@@ -14,7 +14,6 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
-from pynomaly.topology import TOPOLOGY
 
 from infra import config as stack_config
 from infra import k8s as kx
@@ -23,6 +22,7 @@ from infra.autoscaling import Autoscaling, AutoscalingArgs
 from infra.config import StackConfig
 from infra.kafka import Kafka, KafkaArgs
 from infra.redis import Redis, RedisArgs
+from pynomaly.topology import TOPOLOGY
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "pynomaly"

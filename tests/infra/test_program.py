@@ -1,0 +1,265 @@
+"""The infra program under Pulumi mocks, per environment: inventory, schema, baseline and properties."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from infra import kafka as kafka_mod
+from infra import mocked
+from infra.autoscaling import trigger_name
+from infra.config import ENVIRONMENTS
+from infra.program import app_version
+from pynomaly.topology import TOPOLOGY
+from tests.infra.conftest import kinds, named, run_env
+from tests.support.k8s import baseline_violations, count_kinds, format_kind_counts, validate_object
+
+# What each environment declares (the chart's objects come on top; see tests/charts).
+EXPECTED_COUNTS = {
+    "dev": {
+        "ConfigMap": 2, "HorizontalPodAutoscaler": 6, "Job": 1, "Namespace": 1, "NetworkPolicy": 1,
+        "PodDisruptionBudget": 1, "Secret": 4, "Service": 4, "StatefulSet": 2,
+    },
+    "onprem": {
+        "ConfigMap": 3, "Deployment": 1, "Job": 1, "Namespace": 1, "NetworkPolicy": 1, "PodDisruptionBudget": 3,
+        "ScaledObject": 6, "Secret": 4, "Service": 5, "StatefulSet": 2, "TriggerAuthentication": 2,
+    },
+    "cloud": {
+        "ClusterRole": 1, "ClusterRoleBinding": 1, "ConfigMap": 3, "Deployment": 1, "Job": 1, "Namespace": 1,
+        "NetworkPolicy": 1, "PodDisruptionBudget": 4, "ScaledObject": 6, "Secret": 4, "Service": 5,
+        "ServiceAccount": 1, "StatefulSet": 3, "TriggerAuthentication": 2,
+    },
+}
+POOL_DEPLOYMENTS = {f"pynomaly-worker-{p.name}" for p in TOPOLOGY.worker_pools} | {
+    f"pynomaly-consumer-{g.pool}" for g in TOPOLOGY.consumer_groups}
+
+
+def test_inventory_per_environment(capsys: pytest.CaptureFixture[str]) -> None:
+    counts = {env: count_kinds(run_env(env).objects()) for env in ENVIRONMENTS}
+    with capsys.disabled():
+        print("\nKubernetes objects the Pulumi program declares, per environment (plus the chart's):")
+        print(format_kind_counts(counts))
+    assert counts == EXPECTED_COUNTS
+
+
+def test_every_object_is_schema_valid_and_meets_the_baseline(env_run: mocked.MockedRun) -> None:
+    findings = []
+    for obj in env_run.objects():
+        findings += validate_object(obj) + baseline_violations(obj)
+    assert findings == []
+
+
+def test_every_child_has_its_component_as_parent(env_run: mocked.MockedRun) -> None:
+    by_urn = {r.urn: r for r in env_run.registrations}
+    components = {r.urn for r in env_run.registrations if r.type.startswith("pynomaly:infra:")}
+    assert {by_urn[u].type for u in components} == {
+        "pynomaly:infra:Redis", "pynomaly:infra:Kafka", "pynomaly:infra:Application", "pynomaly:infra:Autoscaling"}
+    top_level = {"pulumi:providers:kubernetes", "kubernetes:core/v1:Namespace", *(by_urn[u].type for u in components)}
+    for reg in env_run.registrations:
+        if reg.type == "pulumi:pulumi:Stack":
+            continue
+        parent = by_urn.get(reg.parent)
+        if reg.type in top_level:
+            assert parent is None or parent.type == "pulumi:pulumi:Stack", reg.urn
+        else:
+            assert reg.parent in components, f"{reg.urn} is not parented to a component"
+
+
+def test_provider_uses_server_side_apply_and_the_stack_namespace(env_run: mocked.MockedRun) -> None:
+    (provider,) = env_run.by_type("pulumi:providers:kubernetes")
+    assert provider.inputs["enableServerSideApply"] in (True, "true")
+    assert provider.inputs["namespace"] == env_run.deployment.config.kubernetes.namespace
+    namespaces = kinds(env_run, "Namespace")
+    assert [n["metadata"]["name"] for n in namespaces] == [env_run.deployment.config.kubernetes.namespace]
+    assert namespaces[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_secrets_are_secret_and_generated_not_configured(env_run: mocked.MockedRun) -> None:
+    for reg in env_run.registrations:
+        if reg.type == "kubernetes:core/v1:Secret":
+            assert mocked.is_secret_input(reg.inputs["stringData"]), f"{reg.name}: stringData is not a secret"
+    assert {"apiKey"} <= env_run.secret_outputs
+    passwords = {r.name for r in env_run.by_type("random:index/randomPassword:RandomPassword")}
+    assert {"redis-password", "kafka-app-password", "kafka-admin-password", "app-api-key",
+            "app-webhook-secret"} <= passwords
+    assert env_run.deployment.redis.password is not None
+    for output in (env_run.deployment.redis.url, env_run.deployment.kafka.password):
+        assert _is_secret(output)
+
+
+def _is_secret(output: object) -> bool:
+    from pulumi.runtime.sync_await import _sync_await
+
+    return bool(_sync_await(output.is_secret()))  # type: ignore[attr-defined]
+
+
+def test_image_is_the_app_version_and_pinned(env_run: mocked.MockedRun) -> None:
+    values = _chart_values(env_run)
+    assert values["image"]["tag"] == app_version() != "latest"
+    assert env_run.outputs["imageRef"].endswith(":" + app_version())
+
+
+def _chart_values(run: mocked.MockedRun) -> dict:
+    (chart,) = run.by_type("kubernetes:helm.sh/v4:Chart")
+    return mocked.manifest(chart)["values"]
+
+
+# -- Kafka ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("env", "rf", "min_isr", "brokers"), [("dev", 1, 1, 1), ("onprem", 3, 2, 3),
+                                                               ("cloud", 3, 2, 3)])
+def test_kafka_replication_follows_the_broker_count(env: str, rf: int, min_isr: int, brokers: int) -> None:
+    run = run_env(env)
+    broker = named(run, "StatefulSet", "pynomaly-kafka")
+    assert broker["spec"]["replicas"] == brokers
+    fmt = next(c for c in broker["spec"]["template"]["spec"]["initContainers"] if c["name"] == "format")
+    env_vars = {e["name"]: e.get("value") for e in fmt["env"]}
+    assert (env_vars["REPLICATION_FACTOR"], env_vars["MIN_INSYNC_REPLICAS"]) == (str(rf), str(min_isr))
+    topics = named(run, "ConfigMap", "pynomaly-kafka-scripts")["data"]["topics.sh"]
+    for topic in TOPOLOGY.topics:
+        assert re.search(rf"^ensure {re.escape(topic.name)} {topic.partitions} {min_isr} {topic.retention_ms}$",
+                         topics, re.M), topic.name
+        assert f"ensure {topic.dead_letter} 1 {min_isr}" in topics
+    assert f"--replication-factor {rf}" in topics and "--if-not-exists" in topics
+    values = _chart_values(run)["kafka"]
+    assert (values["replicationFactor"], values["minInsyncReplicas"]) == (rf, min_isr)
+
+
+def test_kafka_cluster_shape(env_run: mocked.MockedRun) -> None:
+    cfg = env_run.deployment.config.kafka
+    headless = named(env_run, "Service", "pynomaly-kafka-headless")
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
+    statefulsets = [s for s in kinds(env_run, "StatefulSet") if s["metadata"]["name"].startswith("pynomaly-kafka")]
+    assert len(statefulsets) == (2 if cfg.controllers else 1)
+    for sts in statefulsets:
+        name = sts["metadata"]["name"]
+        assert sts["spec"]["serviceName"] == "pynomaly-kafka-headless"
+        pdb = named(env_run, "PodDisruptionBudget", name)
+        assert pdb["spec"] == {"maxUnavailable": 1, "selector": sts["spec"]["selector"]}
+        pod = sts["spec"]["template"]["spec"]
+        zone = next(c for c in pod["topologySpreadConstraints"]
+                    if c["topologyKey"] == "topology.kubernetes.io/zone")
+        assert zone["whenUnsatisfiable"] == ("DoNotSchedule" if cfg.zone_spread else "ScheduleAnyway")
+        pvc = sts["spec"]["volumeClaimTemplates"][0]["spec"]
+        assert pvc.get("storageClassName") == cfg.storage_class
+        env = {e["name"]: e for e in next(c for c in pod["initContainers"] if c["name"] == "format")["env"]}
+        assert env["CLUSTER_ID"]["valueFrom"]["secretKeyRef"] == {"name": "pynomaly-kafka-cluster",
+                                                                  "key": kafka_mod.KEY_CLUSTER_ID}
+    cluster = named(env_run, "Secret", "pynomaly-kafka-cluster")["stringData"]
+    voters = cfg.controllers or cfg.brokers
+    dir_ids = [cluster[f"controller-{i}-directory-id"] for i in range(voters)]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{22}", v) for v in [*dir_ids, cluster["cluster-id"]])
+    voter_sts = named(env_run, "StatefulSet", "pynomaly-kafka-controller" if cfg.controllers else "pynomaly-kafka")
+    fmt = next(c for c in voter_sts["spec"]["template"]["spec"]["initContainers"] if c["name"] == "format")
+    initial = next(e["value"] for e in fmt["env"] if e["name"] == "INITIAL_CONTROLLERS")
+    assert [v.rsplit(":", 1)[1] for v in initial.split(",")] == dir_ids
+    script = named(env_run, "ConfigMap", "pynomaly-kafka-scripts")["data"]["init.sh"]
+    assert "meta.properties" in script and "advertised.listeners=$ADVERTISED" in script
+    assert "SCRAM-SHA-512=[name=pynomaly" in script
+
+
+def test_cloud_brokers_take_their_rack_from_the_zone() -> None:
+    run = run_env("cloud")
+    pod = named(run, "StatefulSet", "pynomaly-kafka")["spec"]["template"]["spec"]
+    rack = next(c for c in pod["initContainers"] if c["name"] == "rack")
+    assert "topology\\.kubernetes\\.io/zone" in rack["command"][-1]
+    assert pod["serviceAccountName"] == "pynomaly-kafka-rack" and pod["automountServiceAccountToken"] is False
+    (role,) = kinds(run, "ClusterRole")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]
+    assert "broker.rack=$RACK" in named(run, "ConfigMap", "pynomaly-kafka-scripts")["data"]["init.sh"]
+
+
+# -- Redis ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("env", "mode"), [("dev", "standalone"), ("onprem", "sentinel"), ("cloud", "sentinel")])
+def test_redis_mode_and_broker_safety(env: str, mode: str) -> None:
+    run = run_env(env)
+    assert run.deployment.config.redis.mode == mode
+    server = "pynomaly-redis" if mode == "standalone" else "pynomaly-redis-server"
+    conf = named(run, "ConfigMap", f"{server}-config")["data"]["redis.conf"]
+    for line in ("appendonly yes", "appendfsync everysec", "maxmemory-policy noeviction"):
+        assert line in conf.splitlines()
+    sts = named(run, "StatefulSet", server)
+    containers = {c["name"] for c in sts["spec"]["template"]["spec"]["containers"]}
+    assert containers == ({"redis"} if mode == "standalone" else {"redis", "sentinel"})
+    assert named(run, "Service", f"{server}-headless")["spec"]["publishNotReadyAddresses"] is True
+    # The app always reaches the master through the Service named pynomaly-redis.
+    assert named(run, "Service", "pynomaly-redis")["spec"]["ports"][0]["port"] == 6379
+    if mode == "sentinel":
+        assert sts["spec"]["replicas"] == 3
+        assert named(run, "PodDisruptionBudget", server)["spec"]["maxUnavailable"] == 1
+        proxy = named(run, "ConfigMap", "pynomaly-redis-proxy")["data"]["haproxy.cfg"]
+        assert "role:master" in proxy and proxy.count(" server redis") == 3
+        assert sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+
+
+# -- autoscaling ------------------------------------------------------------------------------------
+
+
+def test_hpa_xor_keda_per_target(env_run: mocked.MockedRun) -> None:
+    keda = env_run.deployment.config.autoscaling.keda
+    scaled = [o["spec"]["scaleTargetRef"]["name"] for o in kinds(env_run, "ScaledObject")]
+    hpas = [o["spec"]["scaleTargetRef"]["name"] for o in kinds(env_run, "HorizontalPodAutoscaler")]
+    assert set(scaled).isdisjoint(hpas)
+    assert sorted(scaled if keda else hpas) == sorted(POOL_DEPLOYMENTS)
+    assert not (hpas if keda else scaled)
+    chart = _chart_values(env_run)["autoscaling"]
+    assert chart["keda"]["enabled"] is False and chart["hpa"]["enabled"] is False
+
+
+@pytest.mark.parametrize("env", ["onprem", "cloud"])
+def test_keda_worker_formula_sums_every_priority_list(env: str) -> None:
+    run = run_env(env)
+    for pool in TOPOLOGY.worker_pools:
+        obj = named(run, "ScaledObject", f"pynomaly-worker-{pool.name}")
+        lists = [lst for q in pool.queues for lst in TOPOLOGY.queue(q).redis_lists()]
+        triggers = obj["spec"]["triggers"]
+        assert [t["metadata"]["listName"] for t in triggers] == lists
+        assert all(t["type"] == "redis" and t["authenticationRef"]["name"] == "pynomaly-redis" for t in triggers)
+        modifiers = obj["spec"]["advanced"]["scalingModifiers"]
+        assert sorted(modifiers["formula"].split(" + ")) == sorted(trigger_name(lst) for lst in lists)
+        scale_to_zero = pool.batch and run.deployment.config.autoscaling.scale_to_zero_batch
+        assert (obj["spec"]["minReplicaCount"] == 0) == scale_to_zero
+
+
+@pytest.mark.parametrize("env", ["onprem", "cloud"])
+def test_keda_consumers_on_lag_capped_at_partitions(env: str) -> None:
+    run = run_env(env)
+    for group in TOPOLOGY.consumer_groups:
+        obj = named(run, "ScaledObject", f"pynomaly-consumer-{group.pool}")
+        (trigger,) = obj["spec"]["triggers"]
+        assert trigger["type"] == "kafka" and trigger["metadata"]["consumerGroup"] == group.name
+        assert trigger["metadata"]["version"] == run.deployment.config.kafka.version
+        assert obj["spec"]["maxReplicaCount"] <= TOPOLOGY.max_partitions(group)
+    auth = {r["parameter"]: r for r in named(run, "TriggerAuthentication", "pynomaly-kafka")["spec"]["secretTargetRef"]}
+    assert set(auth) >= {"sasl", "username", "password", "tls"}
+    assert {r["name"] for r in auth.values()} == {"pynomaly-kafka-client"}
+
+
+def test_hpa_max_is_capped_at_partitions_too() -> None:
+    run = run_env("dev")
+    for group in TOPOLOGY.consumer_groups:
+        hpa = named(run, "HorizontalPodAutoscaler", f"pynomaly-consumer-{group.pool}")
+        assert hpa["spec"]["maxReplicas"] <= TOPOLOGY.max_partitions(group)
+        assert hpa["spec"]["minReplicas"] >= 1
+
+
+def test_worker_grace_covers_the_task_hard_limit(env_run: mocked.MockedRun) -> None:
+    values = _chart_values(env_run)
+    grace = env_run.deployment.application.worker_grace_seconds()
+    assert grace >= values["settings"]["taskTimeLimit"] == env_run.deployment.config.app.task_time_limit
+
+
+def test_outputs_tell_a_user_how_to_reach_things(env_run: mocked.MockedRun) -> None:
+    out = env_run.outputs
+    for key in ("namespace", "apiUrl", "apiAccess", "appSecretName", "redisEndpoint", "redisSecretName",
+                "kafkaBootstrapServers", "kafkaSecretName"):
+        assert out[key], key
+    mode = env_run.deployment.config.expose.mode
+    if mode == "portForward":
+        assert out["apiAccess"].startswith("kubectl -n ") and "port-forward svc/pynomaly-api" in out["apiAccess"]
+    if mode == "ingress":
+        assert out["apiUrl"].startswith("http") and env_run.deployment.config.expose.host in out["apiUrl"]
