@@ -91,7 +91,9 @@ def demo(detector: str, keep_running: bool, **options: Any) -> None:
         assert system.settings is not None
         with PynomalyClient(system.api_url, system.api_key) as client:
             try:
-                accepted = client.submit_csv(dataset, detector, contamination=0.03, steps=["preprocess", "detect", "report"])
+                accepted = client.submit_csv(
+                    dataset, detector, contamination=0.03, steps=["preprocess", "detect", "report"]
+                )
             except ApiError as exc:
                 raise click.ClickException(f"the demo job was refused: {exc}") from None
             click.echo(f"submitted {dataset.name} ({sum(1 for _ in dataset.open()) - 1} rows) as job {accepted['id']}")
@@ -102,7 +104,10 @@ def demo(detector: str, keep_running: bool, **options: Any) -> None:
             result = client.result(job["id"])
         found = {i for i, label in enumerate(result["labels"]) if label}
         hits = len(found & planted)
-        click.echo(f"planted anomalies found: {hits}/{len(planted)} (recall {hits / len(planted):.2f}), flagged {len(found)} rows")
+        click.echo(
+            f"planted anomalies found: {hits}/{len(planted)} (recall {hits / len(planted):.2f}), "
+            f"flagged {len(found)} rows"
+        )
 
         located = find_kafka_event(system.settings, job["id"], "job_completed")
         if located is None:

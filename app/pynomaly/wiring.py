@@ -5,7 +5,6 @@ Components (API, worker, consumer) ask for a ``Container``; nothing else constru
 
 from __future__ import annotations
 
-import threading
 from functools import cached_property
 
 import redis
@@ -23,7 +22,6 @@ class Container:
     def __init__(self, settings: Settings, component: str) -> None:
         self.settings = settings
         self.component = component
-        self._lock = threading.Lock()
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -53,10 +51,9 @@ class Container:
 
     @cached_property
     def messaging(self) -> MessageQueueService:
-        from pynomaly.messaging.kafka_events import KafkaEventPublisher
+        from pynomaly.messaging.kafka_events import LazyPublisher
 
-        with self._lock:  # the producer opens sockets: build it once even under threads
-            return MessageQueueService(self.celery, KafkaEventPublisher(self.settings), self.streams, self.component)
+        return MessageQueueService(self.celery, LazyPublisher(self.settings), self.streams, self.component)
 
     def messaging_connected(self) -> bool:
         return bool(self.messaging.publisher_connected())

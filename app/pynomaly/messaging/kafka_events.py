@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -32,6 +33,36 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "max_block_ms": 10_000,
         "client_id": f"pynomaly-{settings.environment}",
     }
+
+
+class LazyPublisher:
+    """Connects on first use, so a component starts (and reports not-ready) while Kafka is down.
+
+    A failed connection is retried at the next publish instead of failing the process at start.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._publisher: KafkaEventPublisher | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> KafkaEventPublisher:
+        with self._lock:
+            if self._publisher is None:
+                self._publisher = KafkaEventPublisher(self._settings)
+            return self._publisher
+
+    def publish(self, event: EventEnvelope) -> None:
+        self._get().publish(event)
+
+    def connected(self) -> bool:
+        return self._get().connected()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._publisher is not None:
+                self._publisher.close()
+                self._publisher = None
 
 
 class KafkaEventPublisher:
