@@ -142,6 +142,7 @@ class Kafka(pulumi.ComponentResource):
             opts=kx.child(self),
         )
         self.secret_name = secret.metadata.apply(lambda m: m.name)
+        self._client_secret = secret
         self.objects.append(secret)
 
         if cfg.in_cluster:
@@ -230,7 +231,8 @@ class Kafka(pulumi.ComponentResource):
         statefulsets = []
         for role in self.roles:
             statefulsets.append(self._statefulset(name, role, bootstrap_controllers, controller_fqdn, dir_ids,
-                                                  service_account, [cluster_secret, headless, scripts]))
+                                                  service_account,
+                                                  [cluster_secret, self._client_secret, headless, scripts]))
 
         # Controllers talk only to Kafka pods; clients (the app, KEDA's operator) only reach 9092.
         self.objects.append(k8s.networking.v1.NetworkPolicy(

@@ -98,6 +98,7 @@ class Redis(pulumi.ComponentResource):
             opts=kx.child(self),
         )
         self.secret_name = secret.metadata.apply(lambda m: m.name)
+        self._secret = secret
         self.objects: list[pulumi.Resource] = [secret]
 
         if cfg.mode == "standalone":
@@ -242,7 +243,7 @@ class Redis(pulumi.ComponentResource):
                 persistent_volume_claim_retention_policy=k8s.apps.v1.StatefulSetPersistentVolumeClaimRetentionPolicyArgs(
                     when_deleted="Retain", when_scaled="Retain"),
             ),
-            opts=kx.child(self, depends_on=[config_map, headless_svc]),
+            opts=kx.child(self, depends_on=[self._secret, config_map, headless_svc]),
         )
         self.objects += [config_map, headless_svc, service, statefulset]
         if sentinel:
@@ -320,7 +321,7 @@ class Redis(pulumi.ComponentResource):
                     ),
                 ),
             ),
-            opts=kx.child(self, depends_on=[config_map]),
+            opts=kx.child(self, depends_on=[self._secret, config_map]),
         )
         service = k8s.core.v1.Service(
             f"{name}-service",

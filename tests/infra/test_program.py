@@ -263,3 +263,19 @@ def test_outputs_tell_a_user_how_to_reach_things(env_run: mocked.MockedRun) -> N
         assert out["apiAccess"].startswith("kubectl -n ") and "port-forward svc/pynomaly-api" in out["apiAccess"]
     if mode == "ingress":
         assert out["apiUrl"].startswith("http") and env_run.deployment.config.expose.host in out["apiUrl"]
+
+
+def test_chart_transform_leaves_pool_replicas_to_the_autoscaler() -> None:
+    import pulumi
+
+    app = run_env("onprem").deployment.application
+
+    def transform(kind: str, name: str) -> pulumi.ResourceTransformResult | None:
+        return app._leave_replicas(pulumi.ResourceTransformArgs(
+            custom=True, type_=kind, name=f"app-chart:pynomaly/{name}", props={"metadata": {"name": name}},
+            opts=pulumi.ResourceOptions()))
+
+    result = transform("kubernetes:apps/v1:Deployment", "pynomaly-worker-detection")
+    assert result is not None and result.opts.ignore_changes == ["spec.replicas"]
+    assert transform("kubernetes:apps/v1:Deployment", "pynomaly-api") is None  # the API keeps its replicas
+    assert transform("kubernetes:core/v1:Service", "pynomaly-worker-detection") is None
