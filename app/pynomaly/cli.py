@@ -66,7 +66,12 @@ def api(host: str | None, port: int | None) -> None:
 
     settings = _settings()
     app = _fail_cleanly(lambda: create_app(settings))
-    beat = Heartbeat(settings, "api").start() if settings.heartbeat_dir else None
+    from pynomaly.storage.redis_client import redis_from_settings
+
+    client = redis_from_settings(settings)
+    beat = Heartbeat(
+        settings, "api", stream_add=lambda s, f: client.xadd(s, f, maxlen=settings.stream_maxlen, approximate=True)
+    ).start()
     try:
         uvicorn.run(
             app,
@@ -76,8 +81,7 @@ def api(host: str | None, port: int | None) -> None:
             proxy_headers=True,
         )
     finally:
-        if beat:
-            beat.stop()
+        beat.stop()
 
 
 @main.command()

@@ -66,6 +66,14 @@ def detectors(_: Caller) -> list[DetectorView]:
     ]
 
 
+@router.get("/v1/components", tags=["health"], summary="Every component's last heartbeat and whether it is stale")
+def components(request: Request, _: Caller) -> list[dict[str, Any]]:
+    from pynomaly.consumers.stream_groups import component_health
+
+    settings = request.app.state.settings
+    return component_health(request.app.state.container.redis, stale_after=max(15.0, 4 * settings.heartbeat_interval))
+
+
 @router.get("/v1/dlq", tags=["dead letters"], response_model=DeadLetterPage, summary="Dead letters, newest first")
 def list_dead_letters(
     request: Request,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pynomaly.config import Settings
 from pynomaly.consumers.base import EventConsumer, Handler
 from pynomaly.consumers.handlers import AuditSink, StreamBridge
+from pynomaly.consumers.stream_groups import stream_group_consumers
 from pynomaly.storage.redis_client import redis_from_settings
 from pynomaly.topology import GROUP_AUDIT, GROUP_BRIDGE, TOPOLOGY
 
@@ -28,9 +29,17 @@ def run_consumer(settings: Settings, pool: str) -> None:
 
         start_http_server(settings.metrics_port)
     client = redis_from_settings(settings)
-    EventConsumer(
-        settings,
-        group,
-        build_handler(settings, group.name),
-        heartbeat_stream=lambda s, f: client.xadd(s, f, maxlen=settings.stream_maxlen, approximate=True),
-    ).run()
+    # The Redis Streams groups (health-monitor, notifiers) ride along with the bridge pool.
+    stream_groups = stream_group_consumers(client, settings.result_ttl_seconds) if group.name == GROUP_BRIDGE else []
+    for stream_group in stream_groups:
+        stream_group.start()
+    try:
+        EventConsumer(
+            settings,
+            group,
+            build_handler(settings, group.name),
+            heartbeat_stream=lambda s, f: client.xadd(s, f, maxlen=settings.stream_maxlen, approximate=True),
+        ).run()
+    finally:
+        for stream_group in stream_groups:
+            stream_group.stop()
