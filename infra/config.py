@@ -101,8 +101,8 @@ class RedisConfig:
     storage_size: str = "1Gi"
     storage_class: str | None = None
     maxmemory: str = "256mb"
-    image: str = "docker.io/library/redis:7.4.2"
-    proxy_image: str = "docker.io/library/haproxy:3.0.5-alpine"
+    image: str = "redis:7.4.2"
+    proxy_image: str = "haproxy:3.0.5-alpine"
     resources: Resources = field(default_factory=lambda: Resources("100m", "128Mi", None, "256Mi"))
     external_tls: bool = True
 
@@ -118,7 +118,7 @@ class KafkaConfig:
     controllers: int = 0  # 0 = combined broker+controller nodes
     storage_size: str = "5Gi"
     storage_class: str | None = None
-    image: str = "docker.io/apache/kafka:4.1.0"
+    image: str = "apache/kafka:4.1.0"
     version: str = "4.1.0"  # broker protocol version, also given to KEDA's kafka scaler
     resources: Resources = field(default_factory=lambda: Resources("250m", "1Gi", None, "1Gi"))
     heap: str = "512m"
@@ -126,7 +126,7 @@ class KafkaConfig:
     tls_secret: str | None = None  # cert-manager style Secret (tls.crt, tls.key, ca.crt)
     zone_spread: bool = False
     rack_awareness: bool = False
-    rack_init_image: str = "docker.io/alpine/kubectl:1.34.1"
+    rack_init_image: str = "alpine/kubectl:1.34.1"
     external_bootstrap: str | None = None
     external_security_protocol: str = "SASL_SSL"
     external_sasl_mechanism: str = "SCRAM-SHA-512"
@@ -333,7 +333,7 @@ def parse_config(raw: Mapping[str, Any], environment: str, *, default_tag: str) 
 
     i = top.child("image", {"repository", "tag", "pullPolicy"})
     image = ImageConfig(
-        repository=i.get("repository", str, "ghcr.io/pynomaly/pynomaly", _match(_IMAGE_REPO, "an image repository")),
+        repository=i.get("repository", str, "pynomaly/pynomaly", _match(_IMAGE_REPO, "an image repository")),
         tag=i.get("tag", str, default_tag, lambda v: "must not be 'latest'" if v == "latest" else
                   (None if _TAG.match(v) else f"is not a valid image tag: {v!r}")),
         pull_policy=i.get("pullPolicy", str, "IfNotPresent", _one_of("IfNotPresent", "Always", "Never")),
