@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from pynomaly.config import Settings
 from pynomaly.localstack.kafka_broker import KafkaBroker
 from pynomaly.localstack.procs import ProcessRecord, stop_process

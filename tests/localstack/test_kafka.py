@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource
+
 from pynomaly.config import Settings
 from pynomaly.localstack.errors import LocalStackError
 from pynomaly.localstack.kafka_broker import KafkaBroker

@@ -6,13 +6,13 @@ import time
 from pathlib import Path
 
 import pytest
+
 from pynomaly.config import Settings
 from pynomaly.localstack.errors import LocalStackError
 from pynomaly.localstack.kafka_broker import KafkaBroker
 from pynomaly.localstack.procs import pid_alive
 from pynomaly.messaging.kafka_admin import ensure_topics
 from pynomaly.topology import TOPOLOGY
-
 from tests.conftest import KAFKA_LIBS
 
 pytestmark = [pytest.mark.services, pytest.mark.kafka_solo]

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from pynomaly.localstack.errors import LocalStackError
 from pynomaly.localstack.procs import pid_alive
 from pynomaly.localstack.redis_server import RedisServer
@@ -31,8 +34,10 @@ def test_configured_as_a_celery_broker_must_be(redis_server: RedisServer) -> Non
 
 
 def test_password_is_required(redis_server: RedisServer) -> None:
-    anonymous = redis.Redis(host="127.0.0.1", port=redis_server.port)
-    wrong = redis.Redis(host="127.0.0.1", port=redis_server.port, password="default")
+    # No retries: redis-py counts an authentication error as a connection error and would back off.
+    no_retry = Retry(NoBackoff(), 0)
+    anonymous = redis.Redis(host="127.0.0.1", port=redis_server.port, retry=no_retry)
+    wrong = redis.Redis(host="127.0.0.1", port=redis_server.port, password="default", retry=no_retry)
     try:
         with pytest.raises(redis.exceptions.AuthenticationError):
             anonymous.ping()

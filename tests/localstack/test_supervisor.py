@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
+
 from pynomaly.localstack.ports import free_port
 from pynomaly.localstack.procs import pid_alive
 from pynomaly.localstack.supervisor import Component, ComponentFailed, HeartbeatCheck, Supervisor
-
 from tests.localstack.children import STUBBORN, crashing_component, heartbeat_component, http_component
 
 

@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from pynomaly.config import Settings, SettingsError
 from pynomaly.localstack.errors import LocalStackError
 from pynomaly.localstack.java import check_java, find_java, parse_java_version

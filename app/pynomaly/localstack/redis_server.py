@@ -140,6 +140,8 @@ class RedisServer:
 
     def _wait_ready(self, timeout: float) -> None:
         import redis  # the client library is only needed here
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         deadline = time.monotonic() + timeout
         last = "no answer"
@@ -149,7 +151,9 @@ class RedisServer:
                     f"redis-server exited with code {self._proc.returncode} at start; see {self.log_path}",
                     detail=log_tail(self.log_path) or log_tail(self.log_path.with_suffix(".out")),
                 )
-            client = redis.Redis(host=LOOPBACK, port=self.port, password=self.password, socket_timeout=1)
+            client = redis.Redis(
+                host=LOOPBACK, port=self.port, password=self.password, socket_timeout=1, retry=Retry(NoBackoff(), 0)
+            )
             try:
                 if client.ping():
                     return
