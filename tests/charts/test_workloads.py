@@ -57,6 +57,9 @@ def test_pods_are_least_privilege(rendered_envs: Any, env: str) -> None:
     for deployment in by_kind(objects, "Deployment").values():
         spec = pod_spec(deployment)
         assert spec["automountServiceAccountToken"] is False
+        # Service links would inject e.g. PYNOMALY_API_PORT=tcp://... for the "pynomaly-api" Service,
+        # which the app's settings would then try to parse.
+        assert spec["enableServiceLinks"] is False
         assert spec["serviceAccountName"] in accounts
         assert spec["securityContext"]["runAsUser"] != 0
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
