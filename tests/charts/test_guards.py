@@ -32,6 +32,19 @@ def test_keda_and_hpa_together_are_refused(render: Any) -> None:
 
 
 @pytest.mark.parametrize("mode", ["keda", "hpa"])
+def test_external_autoscaling_excludes_the_chart_autoscalers(render: Any, mode: str) -> None:
+    message = refused(render, with_minimal(autoscaling={"external": True, mode: {"enabled": True}}))
+    assert "autoscaling.external is true" in message
+
+
+def test_external_autoscaling_leaves_pool_replicas_unset(render: Any) -> None:
+    objects = render(values=with_minimal(autoscaling={"external": True}))
+    assert not by_kind(objects, "ScaledObject") and not by_kind(objects, "HorizontalPodAutoscaler")
+    for name, deployment in by_kind(objects, "Deployment").items():
+        assert ("replicas" in deployment["spec"]) == name.endswith("-api"), name
+
+
+@pytest.mark.parametrize("mode", ["keda", "hpa"])
 def test_worker_min_above_max_is_refused(render: Any, mode: str) -> None:
     values = with_minimal(
         autoscaling={mode: {"enabled": True}},

@@ -123,7 +123,7 @@ pynomaly.io/pool: {{ .pool }}
 
 {{/* Is a pool (worker or consumer) driven by an autoscaler?  "true" or "" */}}
 {{- define "pynomaly.poolAutoscaled" -}}
-{{- if or .Values.autoscaling.keda.enabled .Values.autoscaling.hpa.enabled -}}true{{- end -}}
+{{- if or .Values.autoscaling.keda.enabled .Values.autoscaling.hpa.enabled .Values.autoscaling.external -}}true{{- end -}}
 {{- end -}}
 
 {{/* ---- render-time guards ----------------------------------------------------------------- */}}
@@ -132,6 +132,9 @@ pynomaly.io/pool: {{ .pool }}
 {{- $v := .Values -}}
 {{- if and $v.autoscaling.keda.enabled $v.autoscaling.hpa.enabled -}}
 {{- fail "autoscaling.keda.enabled and autoscaling.hpa.enabled are both true: choose one (KEDA creates its own HPA, two autoscalers must never drive the same Deployment)" -}}
+{{- end -}}
+{{- if and $v.autoscaling.external (or $v.autoscaling.keda.enabled $v.autoscaling.hpa.enabled) -}}
+{{- fail "autoscaling.external is true (another tool owns the pools' autoscalers): set autoscaling.keda.enabled and autoscaling.hpa.enabled to false" -}}
 {{- end -}}
 {{- if not $v.redis.host -}}
 {{- fail "redis.host is required: the host name of your Redis master (the chart does not deploy Redis)" -}}
