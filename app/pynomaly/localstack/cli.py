@@ -139,7 +139,7 @@ def run_local(system: LocalSystem, detach: bool = False) -> Iterator[LocalSystem
             click.echo("", err=True)
             progress.step("interrupted")
         finally:
-            if not system.detached:
+            if system.began and not system.detached:
                 # A second Ctrl-C must not cut the stop short and leave half the processes running.
                 previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
                 try:
@@ -203,7 +203,9 @@ def status(state_dir: Path | None) -> None:
     click.echo(f"Redis      {data['redis_url']}   Kafka {data['kafka_bootstrap_servers']}")
     click.echo(f"API key in {data['api_key_file']}   logs in {data['logs']}/")
     click.echo(f"started by pid {data['owner']['pid']} ({'detached' if data.get('detached') else 'foreground'})")
-    healthy = True
+    healthy = bool(data.get("ready"))
+    if not healthy:
+        click.echo("still starting: not every component is up yet")
     for row in data["processes"]:
         if not row["alive"]:
             state, healthy = "EXITED", False

@@ -176,6 +176,7 @@ class LocalSystem:
         self.topics_created: list[str] = []
         self.supervisor = Supervisor(self.log_dir, die_with_parent=die_with_parent, on_change=self._components_changed)
         self.started = False
+        self.began = False  # True once this object started (or tried to start) something of its own
         self.detached = False
         self._lock_handle: IO[str] | None = None
 
@@ -209,12 +210,14 @@ class LocalSystem:
         except BaseException:
             self._release_lock()
             raise
+        self.began = True
         try:
             self._start(out)
         except BaseException:
             self.stop(progress=out)
             raise
         self.started = True
+        self._save()  # now marked ready: `status` from another shell reports healthy only from here
         return self
 
     def _start(self, out: Progress) -> None:
@@ -343,6 +346,7 @@ class LocalSystem:
         data = self.summary()
         data["owner"] = {"pid": os.getpid(), "start_time": proc_start_time(os.getpid())}
         data["detached"] = self.detached
+        data["ready"] = self.started
         data["updated_at"] = time.time()
         for key, service, own in (("redis", self.redis, self._own_redis), ("kafka", self.kafka, self._own_kafka)):
             if own and service is not None and service.record is not None:
