@@ -238,7 +238,9 @@ class Application(pulumi.ComponentResource):
             },
             "consumers": {"resources": app.consumer_resources.to_k8s(), "pools": consumers},
             # The Autoscaling component owns these targets: never both an HPA and a ScaledObject.
-            "autoscaling": {"keda": {"enabled": False}, "hpa": {"enabled": False}} if args.autoscaling_external else {
+            # `external` also leaves the pools' replicas unset, so a chart upgrade never fights the autoscaler.
+            "autoscaling": {"keda": {"enabled": False}, "hpa": {"enabled": False}, "external": True}
+            if args.autoscaling_external else {
                 "keda": {"enabled": scaling.keda, "pollingInterval": scaling.polling_interval,
                          "cooldownPeriod": scaling.cooldown_period},
                 "hpa": {"enabled": not scaling.keda}},

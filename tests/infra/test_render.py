@@ -29,4 +29,4 @@ def test_render_summary_and_values(capsys: pytest.CaptureFixture[str]) -> None:
     assert summary.splitlines()[0].split() == ["kind", "dev", "onprem", "cloud"]
     assert render.main(["dev", "--values"]) == 0
     values = yaml.safe_load(capsys.readouterr().out)
-    assert values["autoscaling"] == {"keda": {"enabled": False}, "hpa": {"enabled": False}}
+    assert values["autoscaling"] == {"keda": {"enabled": False}, "hpa": {"enabled": False}, "external": True}
