@@ -156,7 +156,7 @@ class KafkaJars:
         work.mkdir(parents=True)
         (work / "pom.xml").write_bytes(self.pom)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        out.step(f"fetching Kafka jars from Maven Central with mvn into {self.cache_dir} (first run: about 100 MB)")
+        out.step(f"fetching Kafka jars from Maven Central with mvn into {self.cache_dir} (first run: about 50 MB)")
         argv = [
             mvn,
             "-B",
@@ -171,16 +171,22 @@ class KafkaJars:
         with open(self.log_path, "w") as log:
             proc = subprocess.Popen(argv, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             assert proc.stdout is not None
-            for raw in proc.stdout:
-                line = _ANSI.sub("", raw)
-                log.write(line)
-                match = _DOWNLOADED.search(line)
-                if match:
-                    count += 1
-                    total += float(match.group(2)) * _UNITS[match.group(3)]
-                    name = match.group(1).rsplit("/", 1)[-1]
-                    out.update(f"downloaded {count} files, {_human(total)} ({name})")
-            code = proc.wait()
+            try:
+                for raw in proc.stdout:
+                    line = _ANSI.sub("", raw)
+                    log.write(line)
+                    match = _DOWNLOADED.search(line)
+                    if match:
+                        count += 1
+                        total += float(match.group(2)) * _UNITS[match.group(3)]
+                        name = match.group(1).rsplit("/", 1)[-1]
+                        out.update(f"downloaded {count} files, {_human(total)} ({name})")
+                code = proc.wait()
+            except BaseException:  # Ctrl-C or `local down` during the download: no mvn left behind
+                proc.kill()
+                proc.wait()
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
         if code != 0:
             errors = [ln.strip() for ln in log_tail(self.log_path, 200).splitlines() if "[ERROR]" in ln]
             reason = errors[0].removeprefix("[ERROR]").strip() if errors else f"mvn exited with code {code}"
