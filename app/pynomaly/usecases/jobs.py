@@ -93,8 +93,8 @@ class JobService:
             if existing is not None and self._jobs.exists(existing):
                 return self._jobs.get(existing), False
         self._jobs.create(job, request.dataset.to_payload())
-        self._enqueue(job)
-        metrics.JOBS_SUBMITTED.labels(detector=job.detector, priority=job.priority).inc()
+        # Announced before it is enqueued: a worker may start the job at once, and its job_started
+        # (another producer) must not overtake job_submitted on the job's partition.
         self._announce(
             "job_submitted",
             job,
@@ -103,6 +103,8 @@ class JobService:
             steps=job.steps,
             rows=job.dataset["rows"],
         )
+        self._enqueue(job)
+        metrics.JOBS_SUBMITTED.labels(detector=job.detector, priority=job.priority).inc()
         return job, True
 
     def cancel(self, job_id: str, actor: str | None = None) -> Job:
@@ -126,8 +128,8 @@ class JobService:
             cancel_requested=False,
             finished_at=None,
         )
-        self._enqueue(job)
         self._announce("job_submitted", job, detector=job.detector, priority=job.priority, steps=job.steps, retry=True)
+        self._enqueue(job)
         self._audit("job.retry", job.id, actor)
         return job
 
@@ -166,7 +168,8 @@ class JobService:
         except Exception as exc:
             log.exception("enqueue failed for job %s", job.id)
             error = str(exc)
-            self._jobs.update(job.id, lambda j: _mark_unqueued(j, error))
+            failed = self._jobs.update(job.id, lambda j: _mark_unqueued(j, error))
+            self._announce("job_failed", failed, error=failed.error)
             if job.idempotency_key:
                 self._jobs.release_idempotency_key(job.idempotency_key, job.id)
             raise ServiceUnavailable(f"the job could not be queued (broker unavailable): {exc}") from exc
