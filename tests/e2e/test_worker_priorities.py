@@ -1,0 +1,109 @@
+"""Priorities and signed webhooks through a real Celery worker process on real Redis and Kafka.
+
+The worker is started by the test *after* the jobs are queued, on a Redis database of its own, so
+nothing consumes while 100 low-priority jobs and then one critical job are enqueued: the order in
+which the worker starts them is the order the broker hands them out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pynomaly.config import Settings, env_for
+from pynomaly.domain.datasets import DatasetLimits, from_rows
+from pynomaly.localstack.procs import log_tail, spawn, stop_process
+from pynomaly.localstack.system import pynomaly_argv
+from pynomaly.storage.redis_client import redis_from_settings
+from pynomaly.topology import Q_DETECTION, Q_NOTIFICATIONS, Q_REPORTS
+from pynomaly.usecases.jobs import JobService, SubmitRequest
+from pynomaly.usecases.pipeline import SIGNATURE_HEADER
+from pynomaly.wiring import Container
+from tests.e2e.support import queue_lengths, small_rows, wait_for, webhook_server
+
+pytestmark = pytest.mark.services
+
+PRIORITY_DB = 3
+SECRET = "test-webhook-secret"
+WEBHOOK_STEPS = ["detect", "report", "notify"]
+
+
+@pytest.fixture
+def isolated(settings: Settings, redis_server) -> Iterator[Settings]:  # type: ignore[no-untyped-def]
+    value = settings.model_copy(
+        update={"redis_url": redis_server.url_for_db(PRIORITY_DB), "webhook_secret": SECRET, "worker_concurrency": 1}
+    )
+    client = redis_from_settings(value)
+    client.flushdb()
+    try:
+        yield value
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def test_critical_job_starts_before_100_queued_low_ones_and_webhooks_are_signed(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    container = Container(isolated, "test")
+    service = JobService(container.jobs, container.messaging, container.dead_letters)
+    dataset = from_rows(small_rows(20), None, DatasetLimits(10**6, 1000, 10))
+    try:
+        lows = [
+            service.submit(SubmitRequest(dataset, "knn", priority="low", steps=["detect"]))[0].id for _ in range(100)
+        ]
+        critical = service.submit(SubmitRequest(dataset, "knn", priority="critical", steps=["detect"]))[0].id
+        depths = queue_lengths(container.redis)
+        assert depths[f"{Q_DETECTION}:9"] == 100 and depths[Q_DETECTION] == 1, depths
+
+        env = {**env_for(isolated), "PYTHONUNBUFFERED": "1"}
+        queues = [f"--queue={q}" for q in (Q_DETECTION, Q_REPORTS, Q_NOTIFICATIONS)]
+        argv = pynomaly_argv("worker", *queues, "--concurrency=1")
+        proc, record = spawn("priority-worker", argv, tmp_path / "worker.log", env=env)
+        try:
+
+            def critical_done() -> bool:
+                assert proc.poll() is None, f"the worker exited:\n{log_tail(tmp_path / 'worker.log')}"
+                return container.jobs.get(critical).status == "completed"
+
+            wait_for(critical_done, 90, what="the critical job to complete")
+            wait_for(
+                lambda: sum(container.jobs.get(j).started_at is not None for j in lows) >= 2,
+                60,
+                what="two low jobs to start",
+            )
+            # While low jobs keep running, a critical webhook job still goes first, and is signed.
+            with webhook_server() as receiver:
+                waiting = [j for j in lows if container.jobs.get(j).started_at is None]
+                hooked, _ = service.submit(
+                    SubmitRequest(dataset, "ecod", priority="critical", webhook_url=receiver.url, steps=WEBHOOK_STEPS)
+                )
+                done = wait_for(
+                    lambda: (job := container.jobs.get(hooked.id)).status in ("completed", "failed") and job,
+                    60,
+                    what="the webhook job",
+                )
+                assert done.status == "completed", done.error
+                assert done.steps == WEBHOOK_STEPS
+                (headers, body), *_ = receiver.requests
+                expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+                assert headers[SIGNATURE_HEADER.lower()] == expected
+                assert json.loads(body)["job_id"] == hooked.id
+        finally:
+            stop_process(record, grace=20, proc=proc)
+
+        started = {j: container.jobs.get(j).started_at for j in lows}
+        first_low = min(s for s in started.values() if s)
+        critical_job = container.jobs.get(critical)
+        assert critical_job.started_at is not None and critical_job.started_at < first_low
+        # The webhook job, submitted while lows were waiting, overtook them.
+        hooked_started = container.jobs.get(hooked.id).started_at
+        assert hooked_started is not None
+        assert len(waiting) > 50 and all(started[j] is None or started[j] > hooked_started for j in waiting[5:])
+    finally:
+        container.close()
