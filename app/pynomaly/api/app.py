@@ -9,6 +9,7 @@ from importlib import resources
 import redis.asyncio
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import REGISTRY, CollectorRegistry
 
 import pynomaly
@@ -70,5 +71,8 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     def dashboard() -> str:
         # The page holds no data: it asks for an API key and then calls the authenticated API.
         return resources.files("pynomaly.dashboard").joinpath("static/index.html").read_text()
+
+    # The page's script and stylesheet (no CDN, no build step): public files, like the page itself.
+    app.mount("/dashboard/static", StaticFiles(packages=[("pynomaly.dashboard", "static")]), name="dashboard-static")
 
     return app

@@ -1,0 +1,303 @@
+"""The dashboard as a person uses it: real headless Chromium against the real running system.
+
+Open /dashboard, enter the API key, submit the bundled sensors dataset through the page's form,
+watch the job's progress bar reach 100 % from WebSocket updates (the page never navigates), see the
+anomaly count, the score chart and component health, and save a screenshot to artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+REPO = Path(__file__).resolve().parents[2]
+SENSORS_CSV = REPO / "app" / "pynomaly" / "data" / "sensors.csv"
+SCREENSHOT = REPO / "artifacts" / "dashboard.png"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT_MS = 60_000
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    playwright_sync.expect.set_options(timeout=TIMEOUT_MS)
+    with playwright_sync.sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1440, "height": 1000}, device_scale_factor=1)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        yield page
+        assert not errors, f"JavaScript errors on the page: {errors}"
+    finally:
+        context.close()
+
+
+def sign_in(page: Any, api_url: str, key: str) -> None:
+    page.goto(f"{api_url}/dashboard")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Open dashboard").click()
+
+
+def test_static_assets_are_served_without_a_key(local_system) -> None:  # type: ignore[no-untyped-def]
+    html = httpx.get(f"{local_system.api_url}/dashboard", timeout=10)
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    for asset, kind in (("app.js", "javascript"), ("app.css", "text/css")):
+        assert f"dashboard/static/{asset}" in html.text
+        response = httpx.get(f"{local_system.api_url}/dashboard/static/{asset}", timeout=10)
+        assert response.status_code == 200, asset
+        assert kind in response.headers["content-type"], response.headers["content-type"]
+    # The page pulls nothing from elsewhere: it works offline.
+    assert not re.search(r"""(src|href)=["']https?://""", html.text)
+
+
+def test_wrong_key_shows_a_clear_error(local_system, page: Any) -> None:  # type: ignore[no-untyped-def]
+    sign_in(page, local_system.api_url, "not-the-key")
+    error = page.get_by_test_id("login-error")
+    playwright_sync.expect(error).to_be_visible()
+    playwright_sync.expect(error).to_contain_text("API key was rejected")
+    playwright_sync.expect(error).to_contain_text("401")
+    playwright_sync.expect(page.locator("#app")).to_be_hidden()
+    assert page.evaluate("sessionStorage.getItem('pynomaly.apiKey')") is None
+
+
+def test_submit_watch_progress_and_see_the_anomalies(local_system, page: Any) -> None:  # type: ignore[no-untyped-def]
+    expect = playwright_sync.expect
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url) if frame == page.main_frame else None)
+    sockets: list[Any] = []
+    page.on("websocket", lambda ws: sockets.append(ws))
+
+    sign_in(page, local_system.api_url, local_system.api_key)
+    expect(page.locator("#app")).to_be_visible()
+    expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
+    assert len(sockets) == 1 and sockets[0].url.endswith("/v1/stream")
+    # The detector list comes from GET /v1/detectors.
+    options = page.locator("#detector option").all_inner_texts()
+    assert {"iforest", "ecod", "lof"} <= set(options)
+    navigations.clear()
+
+    # Record the progress values the row shows while the job runs (mutations, not polling).
+    page.evaluate(
+        """() => {
+            window.__progress = [];
+            new MutationObserver(() => {
+                for (const bar of document.querySelectorAll('[data-testid="job-progress"]')) {
+                    const row = bar.closest('tr');
+                    window.__progress.push([row.dataset.jobId, row.dataset.status, Number(bar.dataset.value)]);
+                }
+            }).observe(document.getElementById('jobs-body'), {subtree: true, attributes: true, childList: true});
+        }"""
+    )
+
+    page.get_by_label("Dataset (CSV with a header row)").set_input_files(str(SENSORS_CSV))
+    page.get_by_label("Detector").select_option("iforest")
+    page.get_by_label("Priority").select_option("high")
+    page.get_by_test_id("contamination").fill("0.03")
+    page.locator("#step-report").check()
+    page.get_by_role("button", name="Submit job").click()
+
+    status = page.get_by_test_id("submit-status")
+    expect(status).to_have_attribute("data-job-id", re.compile(r"^[0-9a-f]{32}$"))
+    job_id = status.get_attribute("data-job-id")
+    row = page.locator(f'tr[data-job-id="{job_id}"]')
+    expect(row).to_be_visible()
+    expect(row.get_by_test_id("job-detector")).to_have_text("iforest")
+    expect(row.get_by_test_id("job-priority")).to_have_text("high")
+
+    # Live: the bar reaches 100 % and the status turns completed without any reload.
+    expect(row).to_have_attribute("data-status", "completed")
+    progress = row.get_by_test_id("job-progress")
+    expect(progress).to_have_attribute("aria-valuenow", "100")
+    expect(progress).to_contain_text("100%")
+    assert navigations == [], f"the page navigated: {navigations}"
+    seen = [(s, v) for jid, s, v in page.evaluate("window.__progress") if jid == job_id]
+    assert seen[0][1] < 100, f"the row appeared already finished: {seen[:3]}"
+    assert [v for _, v in seen] == sorted(v for _, v in seen), "progress went backwards"
+    statuses = [s for s, _ in seen]
+    assert "completed" in statuses and statuses[0] in ("queued", "running"), statuses
+
+    # The updates came through the WebSocket: its events are in the live log.
+    events = page.locator(f'[data-testid="event"][data-job-id="{job_id}"]')
+    expect(events.filter(has_text="job_completed")).to_have_count(1)
+    expect(events.filter(has_text="anomalies_detected")).to_have_count(1)
+
+    # Anomaly count in the table and in the chart of the selected job.
+    anomalies = int(row.get_by_test_id("job-anomalies").inner_text())
+    assert 12 <= anomalies <= 30, anomalies  # 12 planted anomalies at contamination 0.03 of 600 rows
+    chart = page.get_by_test_id("score-chart")
+    expect(chart).to_have_attribute("data-job-id", job_id)
+    expect(chart).to_have_attribute("data-drawn", "true")
+    assert chart.get_attribute("data-score-count") == "600"
+    assert int(chart.get_attribute("data-above-threshold")) == anomalies
+    expect(page.get_by_test_id("chart-anomalies")).to_have_text(f"{anomalies} anomalies")
+    expect(page.get_by_test_id("top-anomaly")).to_have_count(10)
+    # The canvas really has coloured bars: count non-blank pixels.
+    painted = page.evaluate(
+        """() => {
+            const c = document.getElementById('score-chart');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let red = 0, blue = 0;
+            for (let i = 0; i < d.length; i += 4) {
+                if (d[i] > 200 && d[i + 1] < 100 && d[i + 2] < 100) red++;
+                if (d[i] < 120 && d[i + 2] > 200) blue++;
+            }
+            return {red, blue};
+        }"""
+    )
+    assert painted["red"] > 50 and painted["blue"] > 500, painted
+
+    # Selecting the job by its id (the way a person opens a chart) keeps the chart on it.
+    row.get_by_test_id("job-open").click()
+    expect(chart).to_have_attribute("data-job-id", job_id)
+
+    # Component health from health:stream heartbeats (workers and consumers) plus the API's readiness.
+    expect(page.locator('[data-testid="health-row"][data-component="consumer:bridge"]')).to_be_visible()
+    expect(page.locator('[data-testid="health-row"][data-component^="worker:"]').first).to_be_visible()
+    expect(page.locator('[data-testid="health-row"][data-component="api-readiness"]')).to_have_attribute(
+        "data-state", "ok"
+    )
+    for state in page.locator('[data-testid="health-row"]').evaluate_all("rows => rows.map(r => r.dataset.state)"):
+        assert state == "ok", state
+
+    # The dead-letter view loaded (the shared system may or may not hold letters from other tests).
+    expect(page.get_by_test_id("dlq-count")).to_have_text(re.compile(r"^\(\d+\)$"))
+
+    # The job as the API sees it agrees with the page.
+    job = httpx.get(
+        f"{local_system.api_url}/v1/jobs/{job_id}", headers={"X-API-Key": local_system.api_key}, timeout=10
+    ).json()
+    assert job["status"] == "completed" and job["anomaly_count"] == anomalies
+    assert job["steps"] == ["preprocess", "detect", "report"] and job["priority"] == "high"
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True, animations="disabled")
+    assert SCREENSHOT.stat().st_size > 20_000
+
+
+def _drop_socket_while_a_job_runs(local_system: Any, page: Any) -> str:
+    """Sign in, see one job live, drop the socket and keep it down while a second job runs; reconnect."""
+    expect = playwright_sync.expect
+    page.add_init_script(TRACK_SOCKETS)
+    sign_in(page, local_system.api_url, local_system.api_key)
+    expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
+    # A first job gives the page a dashboard:stream position to resume from.
+    first = _submit_small_job(local_system)
+    expect(
+        page.locator(f'[data-testid="event"][data-job-id="{first}"]').filter(has_text="job_completed")
+    ).to_have_count(1)
+
+    page.evaluate("() => { window.__blockSockets = true; window.__sockets.at(-1).close(); }")
+    expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "reconnecting")
+    second = _submit_small_job(local_system)
+    _wait_finished(local_system, second)
+    assert page.locator(f'tr[data-job-id="{second}"]').count() == 0  # nothing reached the page meanwhile
+
+    page.evaluate("() => { window.__blockSockets = false; window.dispatchEvent(new Event('online')); }")
+    expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
+    return second
+
+
+def test_reconnect_catches_up_without_reload(local_system, page: Any) -> None:  # type: ignore[no-untyped-def]
+    """Backoff reconnect after a dropped socket; the job finished meanwhile shows as completed."""
+    second = _drop_socket_while_a_job_runs(local_system, page)
+    row = page.locator(f'tr[data-job-id="{second}"]')
+    playwright_sync.expect(row).to_have_attribute("data-status", "completed")
+    playwright_sync.expect(row.get_by_test_id("job-progress")).to_have_attribute("aria-valuenow", "100")
+    assert len(page.evaluate("window.__sockets")) == 2
+    assert page.url.endswith("/dashboard")
+
+
+@pytest.mark.xfail(
+    reason="app bug: websocket._entry lets the bridged envelope's own 'id' field overwrite the Redis Stream "
+    "entry id, so the page never learns a stream id to resume from (it then resumes from '$')",
+    strict=False,
+)
+def test_reconnect_replays_the_missed_events(local_system, page: Any) -> None:  # type: ignore[no-untyped-def]
+    """The reconnect sends the last dashboard:stream id it saw; the events it missed are replayed."""
+    second = _drop_socket_while_a_job_runs(local_system, page)
+    hellos = page.evaluate("window.__sent.filter(m => 'api_key' in m).map(m => m.last_id)")
+    assert len(hellos) == 2 and hellos[0] == "$" and re.match(r"^\d+-\d+$", hellos[1]), hellos
+    missed = page.locator(f'[data-testid="event"][data-job-id="{second}"]')
+    playwright_sync.expect(missed.filter(has_text="job_submitted")).to_have_count(1)
+    playwright_sync.expect(missed.filter(has_text="job_completed")).to_have_count(1)
+
+
+# Wraps the page's WebSocket: records the sockets and sent messages, and can refuse new connections.
+TRACK_SOCKETS = """
+(() => {
+  const Real = window.WebSocket;
+  window.__sockets = [];
+  window.__sent = [];
+  window.__blockSockets = false;
+  class Tracked extends Real {
+    constructor(...args) {
+      if (window.__blockSockets) throw new Error("connections blocked by the test");
+      super(...args);
+      window.__sockets.push(this);
+    }
+    send(data) {
+      window.__sent.push(JSON.parse(data));
+      return super.send(data);
+    }
+  }
+  window.WebSocket = Tracked;
+})();
+"""
+
+
+def _submit_small_job(local_system: Any) -> str:
+    rows = [[round((i * 37 % 101) / 10, 2), round((i * 53 % 97) / 10, 2)] for i in range(80)] + [[90.0, -90.0]]
+    response = httpx.post(
+        f"{local_system.api_url}/v1/jobs",
+        headers={"X-API-Key": local_system.api_key},
+        json={"detector": "ecod", "rows": rows, "contamination": 0.05},
+        timeout=30,
+    )
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+def _wait_finished(local_system: Any, job_id: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=local_system.api_url, headers={"X-API-Key": local_system.api_key}, timeout=10) as c:
+        while time.monotonic() < deadline:
+            job = c.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] in ("completed", "failed", "cancelled"):
+                assert job["status"] == "completed", json.dumps(job)
+                return
+            time.sleep(0.2)  # polling interval, not a wait for a condition
+    raise AssertionError(f"job {job_id} did not finish within {timeout:.0f}s")
