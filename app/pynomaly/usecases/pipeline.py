@@ -205,7 +205,8 @@ class Pipeline:
 
     def _event(self, event_type: str, job: Job, **data: Any) -> None:
         try:
-            self._mq.publish_event(event_type, job.id, status=job.status, progress=job.progress, **data)
+            # ``data`` may carry a fresher progress (checkpoints) than the job record read before it.
+            self._mq.publish_event(event_type, job.id, **{"status": job.status, "progress": job.progress, **data})
         except Exception:
             log.exception("could not publish %s for job %s", event_type, job.id)
 
