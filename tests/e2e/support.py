@@ -92,6 +92,7 @@ class WebhookReceiver:
     server: ThreadingHTTPServer
     status: int = 200
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # time.monotonic() of each request
 
     @property
     def url(self) -> str:
@@ -111,6 +112,7 @@ def webhook_server(status: int = 200) -> Iterator[WebhookReceiver]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            receiver.times.append(time.monotonic())
             self.send_response(receiver.status)
             self.send_header("Content-Length", "0")
             self.end_headers()
