@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "PYNOMALY_"
 
@@ -55,6 +55,14 @@ class Settings(BaseModel):
     result_ttl_seconds: int = Field(7 * 24 * 3600, ge=60, description="How long job results are kept.")
     webhook_secret: str = Field("", description="HMAC-SHA256 key that signs webhook bodies.")
 
+    smtp_host: str = Field("", description="SMTP server of e-mail notifications ('' = e-mail deliveries fail).")
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port (587 STARTTLS, 465 TLS, 25 none).")
+    smtp_security: str = Field("starttls", description="none, starttls (upgrade after connecting) or tls (implicit).")
+    smtp_username: str = Field("", description="SMTP login user; empty: no AUTH.")
+    smtp_password: SecretStr = Field(SecretStr(""), description="SMTP login password (from a Secret).")
+    smtp_from: str = Field("pynomaly@localhost", description="From address of notification e-mails.")
+    smtp_timeout: float = Field(10.0, gt=0, description="Seconds to connect to and talk with the SMTP server.")
+
     heartbeat_dir: str = Field("", description="Where components touch their heartbeat file ('' = none).")
     heartbeat_interval: float = Field(5.0, gt=0, description="Seconds between heartbeats.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port of workers/consumers (0 = off).")
@@ -73,6 +81,14 @@ class Settings(BaseModel):
     def _redis_scheme(cls, value: str) -> str:
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("smtp_security")
+    @classmethod
+    def _smtp_security(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"none", "starttls", "tls"}:
+            raise ValueError("must be none, starttls or tls")
         return value
 
     @field_validator("kafka_security_protocol")
@@ -148,4 +164,7 @@ def load_settings() -> Settings:
 
 def env_for(settings: Settings) -> dict[str, str]:
     """The environment variables that reproduce ``settings`` in a child process."""
-    return {ENV_PREFIX + name.upper(): str(value) for name, value in settings.model_dump().items()}
+    return {
+        ENV_PREFIX + name.upper(): value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        for name, value in settings.model_dump().items()
+    }

@@ -201,6 +201,7 @@ TASK_PREPROCESS = "pynomaly.preprocess_data"
 TASK_DETECT = "pynomaly.detect_anomalies"
 TASK_REPORT = "pynomaly.generate_report"
 TASK_NOTIFY = "pynomaly.send_notification"
+TASK_DELIVER = "pynomaly.deliver_notification"
 TASK_MAINTENANCE = "pynomaly.maintenance"
 
 GROUP_BRIDGE = "pynomaly-bridge"
@@ -264,7 +265,8 @@ TOPOLOGY = Topology(
         Task(TASK_PREPROCESS, Q_PROCESSING, "Validate, impute or reject NaN/inf, scale"),
         Task(TASK_DETECT, Q_DETECTION, "Run a PyOD detector"),
         Task(TASK_REPORT, Q_REPORTS, "Render JSON, CSV and HTML reports"),
-        Task(TASK_NOTIFY, Q_NOTIFICATIONS, "Deliver webhooks and notification stream entries"),
+        Task(TASK_NOTIFY, Q_NOTIFICATIONS, "The notify step: one delivery task per matching notification target"),
+        Task(TASK_DELIVER, Q_NOTIFICATIONS, "Deliver one notification (webhook or e-mail), own retries and DLQ entry"),
         Task(TASK_MAINTENANCE, Q_DEFAULT, "Expire results, trim streams, health summaries"),
     ),
     event_topics={

@@ -38,6 +38,7 @@ _SUBMIT_BODY = {
                         "steps": {"type": "string", "description": "comma-separated, e.g. preprocess,detect,report"},
                         "preprocessing": {"type": "string", "description": "JSON object"},
                         "webhook_url": {"type": "string"},
+                        "notify": {"type": "string", "description": "JSON array of {channel, target, on, threshold?}"},
                     },
                 }
             },
@@ -76,6 +77,13 @@ def _json_field(raw: str | None, name: str) -> Any:
         return json.loads(raw)
     except json.JSONDecodeError:
         raise InvalidInput(f"{name} must be a JSON object") from None
+
+
+def _json_list_field(raw: str | None, name: str) -> Any:
+    value = _json_field(raw, name) if raw else None
+    if value is not None and not isinstance(value, list):
+        raise InvalidInput(f"{name} must be a JSON array")
+    return value
 
 
 def _number_field(raw: str | None, name: str) -> float | None:
@@ -130,6 +138,7 @@ async def submit_job(
                 "steps",
                 "preprocessing",
                 "webhook_url",
+                "notify",
             }
         )
         if unknown:
@@ -149,6 +158,7 @@ async def submit_job(
             else None,
             "preprocessing": _json_field(form.get("preprocessing"), "preprocessing"),  # type: ignore[arg-type]
             "webhook_url": form.get("webhook_url") or None,
+            "notify": _json_list_field(form.get("notify"), "notify"),  # type: ignore[arg-type]
         }
     else:
         from fastapi import HTTPException

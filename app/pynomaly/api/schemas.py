@@ -11,6 +11,19 @@ StepName = Literal["preprocess", "detect", "report", "notify"]
 JobStatusName = Literal["queued", "running", "retrying", "completed", "failed", "cancelled"]
 
 
+class NotifyTarget(BaseModel):
+    """One notification target and its rule (pynomaly.domain.notifications)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channel: Literal["webhook", "email"] = Field(description="webhook (HMAC-signed JSON POST) or email (SMTP).")
+    target: str = Field(description="An absolute http(s) URL for webhook, an e-mail address for email.")
+    on: Literal["completed", "failed", "anomaly_rate"] = Field(
+        "completed", description="When: the job completed, failed, or completed with anomaly_rate >= threshold."
+    )
+    threshold: float | None = Field(None, description="Anomaly rate in (0, 1]; only with on=anomaly_rate.")
+
+
 class JobCreate(BaseModel):
     """A job with its dataset as JSON rows (a list of lists with ``columns``, or a list of objects)."""
 
@@ -30,6 +43,9 @@ class JobCreate(BaseModel):
         None, description="missing: reject|impute_median|impute_mean|drop_rows; scaling: none|standard|robust|minmax."
     )
     webhook_url: str | None = Field(None, description="Receives an HMAC-signed JSON summary when the job completes.")
+    notify: list[NotifyTarget] | None = Field(
+        None, description="Notification targets, each delivered by its own task with its own retries."
+    )
 
 
 class Links(BaseModel):
@@ -63,6 +79,7 @@ class JobView(BaseModel):
     attempts: int
     error: str | None
     webhook_url: str | None
+    notify: list[dict[str, Any]] = []
     created_at: str
     started_at: str | None
     finished_at: str | None

@@ -53,19 +53,24 @@ STEP_ORDER = (Step.PREPROCESS, Step.DETECT, Step.REPORT, Step.NOTIFY)
 
 
 def parse_steps(raw: list[str] | None, has_webhook: bool) -> list[Step]:
-    """Steps asked for, validated and put in pipeline order; detect is always included."""
+    """Steps asked for, validated and put in pipeline order; detect is always included.
+
+    ``has_webhook``: the job has notification targets (a webhook_url or notify rules).
+    """
     if raw is None:
         steps = {Step.PREPROCESS, Step.DETECT}
-        if has_webhook:
-            steps |= {Step.REPORT, Step.NOTIFY}
     else:
         try:
             steps = {Step(s) for s in raw}
         except ValueError:
             raise InvalidInput(f"pipeline steps must be among {[s.value for s in STEP_ORDER]}") from None
         steps.add(Step.DETECT)
+    if has_webhook:
+        # Notification targets (a webhook_url or notify rules): the report gives them a link, and the
+        # notify step fans out one delivery task per target once the job is done.
+        steps |= {Step.REPORT, Step.NOTIFY}
     if Step.NOTIFY in steps and not has_webhook:
-        raise InvalidInput("the notify step needs a webhook (notify.webhook_url)")
+        raise InvalidInput("the notify step needs a notification target (notify or webhook_url)")
     return [s for s in STEP_ORDER if s in steps]
 
 
@@ -104,6 +109,8 @@ class Job:
     attempts: int = 0
     error: str | None = None
     webhook_url: str | None = None
+    # Notification targets (pynomaly.domain.notifications), webhook_url included as one of them.
+    notify: list[dict[str, Any]] = field(default_factory=list)
     idempotency_key: str | None = None
     submitted_by: str | None = None
     created_at: str = field(default_factory=utcnow)

@@ -15,12 +15,13 @@ from pynomaly.domain.datasets import Dataset
 from pynomaly.domain.detectors import get_detector, validate_contamination
 from pynomaly.domain.errors import Conflict, DomainError, InvalidInput
 from pynomaly.domain.jobs import Job, JobStatus, new_job_id, parse_priority, parse_steps
+from pynomaly.domain.notifications import parse_targets
 from pynomaly.domain.preprocessing import PreprocessOptions
 from pynomaly.messaging.service import MessageQueueService
 from pynomaly.observability import metrics
 from pynomaly.storage.dead_letters import DeadLetter, DeadLetterStore
 from pynomaly.storage.jobs import JobStore
-from pynomaly.topology import Priority
+from pynomaly.topology import TASK_DELIVER, Priority
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ class SubmitRequest:
     webhook_url: str | None = None
     idempotency_key: str | None = None
     submitted_by: str | None = None
+    # Notification targets [{channel, target, on, threshold?}] (pynomaly.domain.notifications);
+    # a schedule passes its own into every run.
+    notify: list[dict[str, Any]] | None = None
 
 
 def validate_webhook_url(url: str | None) -> str | None:
@@ -68,7 +72,8 @@ class JobService:
         if request.threshold is not None and isinstance(request.threshold, bool):
             raise InvalidInput("threshold must be a number")
         webhook = validate_webhook_url(request.webhook_url)
-        steps = parse_steps(request.steps, has_webhook=webhook is not None)
+        targets = parse_targets(request.notify, webhook)
+        steps = parse_steps(request.steps, has_webhook=bool(targets))
         priority = parse_priority(request.priority)
         preprocessing = PreprocessOptions.parse(request.preprocessing)
         if request.idempotency_key is not None and not 1 <= len(request.idempotency_key) <= 128:
@@ -85,6 +90,7 @@ class JobService:
             preprocessing=preprocessing.as_dict(),
             dataset=request.dataset.summary(),
             webhook_url=webhook,
+            notify=[t.as_dict() for t in targets],
             idempotency_key=request.idempotency_key,
             submitted_by=request.submitted_by,
         )
@@ -137,7 +143,8 @@ class JobService:
         letter = self._dlq.get(letter_id)
         if letter.job_id:
             job = self._jobs.get(letter.job_id)
-            if job.state in (JobStatus.FAILED, JobStatus.CANCELLED):
+            # A dead notification delivery is replayed alone: the job itself stays as it is.
+            if letter.task != TASK_DELIVER and job.state in (JobStatus.FAILED, JobStatus.CANCELLED):
                 self._jobs.transition(
                     job.id,
                     JobStatus.QUEUED,

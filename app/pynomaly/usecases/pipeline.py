@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import time
 from typing import Any
-
-import httpx
 
 from pynomaly.domain.datasets import Dataset
 from pynomaly.domain.detectors import run_detection
@@ -24,7 +21,6 @@ from pynomaly.domain.preprocessing import PreprocessOptions, preprocess
 from pynomaly.domain.reports import REPORT_FORMATS, render
 from pynomaly.messaging.service import MessageQueueService
 from pynomaly.storage.jobs import JobStore
-from pynomaly.topology import S_NOTIFICATIONS
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +99,16 @@ class Pipeline:
         self._event("job_failed", job, error=error, dead_letter_id=dead_letter_id)
         if dead_letter_id:
             self._event("job_dead_lettered", job, dead_letter_id=dead_letter_id, error=error)
+        self._notify_failure(job)
+
+    def _notify_failure(self, job: Job) -> None:
+        from pynomaly.domain.notifications import Outcome
+        from pynomaly.usecases.notifications import dispatch
+
+        try:
+            dispatch(self._jobs, self._mq, job, Outcome.FAILED)
+        except Exception:  # the job's failure is recorded; its notifications are best effort here
+            log.exception("could not queue the failure notifications of job %s", job.id)
 
     def checkpoint(self, job: Job, step: Step):
         """A callback for long work: records progress and stops a cancelled job."""
@@ -165,37 +171,14 @@ class Pipeline:
         return {"formats": list(REPORT_FORMATS)}
 
     def notify(self, job: Job) -> dict[str, Any]:
-        """POST a signed summary to the job's webhook; 5xx and network errors are retried by the caller."""
-        result = self._jobs.get_blob("result", job.id)
-        body = json.dumps(
-            {
-                "job_id": job.id,
-                "status": "completed",
-                "detector": job.detector,
-                "anomaly_count": result["anomaly_count"],
-                "anomaly_rate": result["anomaly_rate"],
-                "top_anomalies": result["top_anomalies"][:5],
-                "report_url": f"{self._public_url}/v1/jobs/{job.id}/report?format=html" if self._public_url else None,
-            },
-            separators=(",", ":"),
-        ).encode()
-        headers = {"Content-Type": "application/json", "User-Agent": "pynomaly-webhook"}
-        if self._secret:
-            headers[SIGNATURE_HEADER] = sign(self._secret, body)
-        assert job.webhook_url  # parse_steps only allows notify with a webhook
-        try:
-            response = httpx.post(job.webhook_url, content=body, headers=headers, timeout=WEBHOOK_TIMEOUT)
-        except httpx.HTTPError as exc:
-            raise ConnectionError(f"webhook {job.webhook_url}: {exc}") from exc
-        if response.status_code >= 500 or response.status_code == 429:
-            raise ConnectionError(f"webhook {job.webhook_url} answered {response.status_code}")
-        if response.status_code >= 400:
-            raise PermanentFailure(f"webhook {job.webhook_url} rejected the notification: {response.status_code}")
-        self._mq.stream_update(
-            S_NOTIFICATIONS,
-            {"job_id": job.id, "channel": "webhook", "target": job.webhook_url, "status": str(response.status_code)},
-        )
-        return {"webhook_status": response.status_code}
+        """Fan out: one delivery task per notification target whose rule matches a completed job.
+
+        Deliveries run (and retry, and dead-letter) on their own: the job completes right after.
+        """
+        from pynomaly.domain.notifications import Outcome
+        from pynomaly.usecases.notifications import dispatch
+
+        return dispatch(self._jobs, self._mq, self._jobs.get(job.id), Outcome.COMPLETED)
 
     # -- internals -------------------------------------------------------------------------------
     @staticmethod

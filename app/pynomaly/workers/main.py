@@ -38,6 +38,7 @@ def run_worker(settings: Settings, pool: str | None, queues: list[str] | None, c
     app = create_celery(settings)
     app.set_default()
     app.set_current()
+    import pynomaly.workers.notify_tasks  # (the notification delivery task)
     import pynomaly.workers.tasks  # noqa: F401  (registers the task bodies on this app)
 
     app.steps["worker"].add(_heartbeat_step(settings, f"worker:{node}"))
