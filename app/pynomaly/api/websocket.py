@@ -29,7 +29,11 @@ POLICY_VIOLATION = 1008
 
 
 def _entry(stream: str, entry_id: str, fields: dict[str, str]) -> dict[str, object]:
-    message: dict[str, object] = {"stream": stream, "id": entry_id, **fields}
+    # ``id`` is the stream entry id, the resume point; a bridged envelope's own id becomes ``event_id``
+    # (it used to overwrite the stream id, so no client could ever resume).
+    message: dict[str, object] = {"stream": stream, **fields, "id": entry_id}
+    if "id" in fields:
+        message["event_id"] = fields["id"]
     if "data" in fields:
         with contextlib.suppress(json.JSONDecodeError):
             message["data"] = json.loads(fields["data"])

@@ -1,0 +1,183 @@
+"""Kafka -> Redis Streams bridge (idempotent, poison events to <topic>.dlq), heartbeats on health:stream,
+and the WebSocket /v1/stream: authentication, live entries, resume with last_id.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from kafka import KafkaProducer
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from pynomaly.api import API_KEY_HEADER
+from pynomaly.client import PynomalyClient
+from pynomaly.messaging.events import EventEnvelope, make_event
+from pynomaly.messaging.kafka_admin import connection_config
+from pynomaly.topology import GROUP_BRIDGE, S_DASHBOARD, S_HEALTH, S_NOTIFICATIONS, T_JOB, TOPOLOGY
+from tests.e2e.support import read_topic, small_rows, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def producer(local_system) -> Iterator[KafkaProducer]:  # type: ignore[no-untyped-def]
+    value = KafkaProducer(acks="all", **connection_config(local_system.settings))
+    try:
+        yield value
+    finally:
+        value.close(timeout=10)
+
+
+def _send(producer: KafkaProducer, value: bytes, key: str) -> None:
+    producer.send(T_JOB, key=key.encode(), value=value).get(timeout=30)
+
+
+def _entries(client: redis.Redis, stream: str, subject: str, count: int = 1000) -> list[tuple[str, dict[str, str]]]:
+    return [(i, f) for i, f in client.xrevrange(stream, count=count)[::-1] if f.get("subject") == subject]
+
+
+def _event(subject: str, n: int = 0) -> EventEnvelope:
+    return make_event("job_progress", subject, "e2e-test", progress=n / 10, step="detect", message=f"event {n}")
+
+
+def test_a_jobs_events_reach_the_dashboard_and_notifications_streams(
+    api: PynomalyClient, system_redis: redis.Redis
+) -> None:
+    job_id = api.submit_rows(small_rows(30), "ecod")["id"]
+    assert api.wait(job_id, timeout=60)["status"] == "completed"
+
+    def bridged() -> list[str]:
+        types = [f["type"] for _, f in _entries(system_redis, S_DASHBOARD, job_id)]
+        return types if "job_completed" in types and "anomalies_detected" in types else []
+
+    types = wait_for(bridged, 30, what="the job's events on dashboard:stream")
+    assert types[0] == "job_submitted" and types[-1] == "job_completed"
+    assert types.index("job_started") < types.index("anomalies_detected") < types.index("job_completed")
+    entry = dict(_entries(system_redis, S_DASHBOARD, job_id))
+    fields = next(f for f in entry.values() if f["type"] == "job_completed")
+    assert set(fields) == {"id", "type", "source", "time", "subject", "data", "schema_version"}
+    assert json.loads(fields["data"])["status"] == "completed"
+    notified = wait_for(lambda: _entries(system_redis, S_NOTIFICATIONS, job_id), 30, what="notifications:stream")
+    assert [f["type"] for _, f in notified] == ["job_completed"]
+
+
+def test_bridge_is_idempotent_and_moves_past_a_poison_event(
+    producer: KafkaProducer, system_redis: redis.Redis, local_system
+) -> None:  # type: ignore[no-untyped-def]
+    subject = f"e2e-bridge-{uuid.uuid4().hex[:8]}"
+    duplicate = _event(subject, 1)
+    poison = f"not an envelope {subject}".encode()
+    after = _event(subject, 2)
+    _send(producer, duplicate.encode(), subject)
+    _send(producer, duplicate.encode(), subject)  # a redelivery: same event id
+    _send(producer, poison, subject)
+    _send(producer, after.encode(), subject)
+
+    def both() -> list[tuple[str, dict[str, str]]]:
+        entries = _entries(system_redis, S_DASHBOARD, subject)
+        return entries if any(f["id"] == after.id for _, f in entries) else []
+
+    entries = wait_for(both, 30, what="the event after the poison one on dashboard:stream")
+    assert [f["id"] for _, f in entries] == [duplicate.id, after.id], "each event id appears once, in order"
+
+    dead = read_topic(
+        local_system.settings,
+        f"{T_JOB}.dlq",
+        until=lambda records: any(r.value == poison for r in records),
+        key=subject.encode(),
+    )
+    record = next(r for r in dead if r.value == poison)
+    headers = {k: v.decode() for k, v in record.headers}
+    assert headers["original_topic"] == T_JOB and headers["consumer_group"] == GROUP_BRIDGE
+    assert headers["error"].startswith("invalid envelope") and headers["original_offset"].isdigit()
+    assert [r.value for r in dead] == [poison], "only the poison event is dead-lettered"
+
+
+def test_every_component_heartbeats_on_the_health_stream(system_redis: redis.Redis) -> None:
+    expected = {f"worker:{p.name}" for p in TOPOLOGY.worker_pools} | {
+        f"consumer:{g.pool}" for g in TOPOLOGY.consumer_groups
+    }
+
+    def seen() -> set[str]:
+        components = {f.get("component", "") for _, f in system_redis.xrevrange(S_HEALTH, count=300)}
+        return components if expected <= components else set()
+
+    assert wait_for(seen, 30, what=f"heartbeats of {sorted(expected)}")
+
+
+# -- WebSocket ----------------------------------------------------------------------------------------
+
+
+def _ws_url(local_system, **query: str) -> str:  # type: ignore[no-untyped-def]
+    base = local_system.api_url.replace("http://", "ws://") + "/v1/stream"
+    return base + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
+
+
+def _receive(ws: ClientConnection, timeout: float = 10.0) -> dict[str, Any]:
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def _until(ws: ClientConnection, match, timeout: float = 30.0) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """Dashboard entries received until one matches (health beats are skipped)."""
+    received = []
+    while True:
+        message = _receive(ws, timeout)
+        if message.get("stream") != S_DASHBOARD:
+            continue
+        received.append(message)
+        if match(message):
+            return received
+
+
+@pytest.mark.parametrize("how", ["header", "first message"])
+def test_websocket_refuses_a_wrong_key(local_system, how: str) -> None:  # type: ignore[no-untyped-def]
+    headers = {API_KEY_HEADER: "wrong"} if how == "header" else {}
+    with connect(_ws_url(local_system), additional_headers=headers, open_timeout=10) as ws:
+        if how == "first message":
+            ws.send(json.dumps({"api_key": "wrong"}))
+        error = _receive(ws)
+        assert error["type"] == "error" and error["status"] == 401
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+def test_websocket_live_entries_and_resume_delivers_exactly_the_missed_ones(
+    local_system, producer: KafkaProducer, system_redis: redis.Redis
+) -> None:  # type: ignore[no-untyped-def]
+    subject = f"e2e-ws-{uuid.uuid4().hex[:8]}"
+    headers = {API_KEY_HEADER: local_system.api_key}
+    with connect(_ws_url(local_system), additional_headers=headers, open_timeout=10) as ws:
+        hello = _receive(ws)
+        assert hello["type"] == "hello" and S_DASHBOARD in hello["streams"]
+        live = _event(subject, 0)
+        _send(producer, live.encode(), subject)
+        received = _until(ws, lambda m: m.get("subject") == subject)
+        seen = received[-1]
+        assert seen["type"] == "job_progress" and seen["data"]["message"] == "event 0"
+        assert seen["event_id"] == live.id and re.fullmatch(r"\d+-\d+", seen["id"]), "id is the stream entry id"
+        last_id = seen["id"]
+
+    missed = [_event(subject, n) for n in (1, 2, 3)]
+    for event in missed:
+        _send(producer, event.encode(), subject)
+    wait_for(lambda: len(_entries(system_redis, S_DASHBOARD, subject)) == 4, 30, what="the missed events")
+
+    # A browser authenticates with its first message (it cannot set headers on a WebSocket).
+    with connect(_ws_url(local_system), open_timeout=10) as ws:
+        ws.send(json.dumps({"api_key": local_system.api_key, "last_id": last_id}))
+        hello = _receive(ws)
+        assert hello["type"] == "hello" and hello["resume_from"] == last_id
+        resumed = _until(ws, lambda m: m.get("event_id") == missed[-1].id)
+    end = resumed[-1]["id"]
+    expected = [entry_id for entry_id, _ in system_redis.xrange(S_DASHBOARD, min=f"({last_id}", max=end)]
+    assert [m["id"] for m in resumed] == expected, "exactly the entries after last_id, none twice"
+    mine = [m["data"]["message"] for m in resumed if m.get("subject") == subject]
+    assert mine == ["event 1", "event 2", "event 3"]
