@@ -241,11 +241,6 @@ def test_reconnect_catches_up_without_reload(local_system, page: Any) -> None:  
     assert page.url.endswith("/dashboard")
 
 
-@pytest.mark.xfail(
-    reason="app bug: websocket._entry lets the bridged envelope's own 'id' field overwrite the Redis Stream "
-    "entry id, so the page never learns a stream id to resume from (it then resumes from '$')",
-    strict=False,
-)
 def test_reconnect_replays_the_missed_events(local_system, page: Any) -> None:  # type: ignore[no-untyped-def]
     """The reconnect sends the last dashboard:stream id it saw; the events it missed are replayed."""
     second = _drop_socket_while_a_job_runs(local_system, page)
@@ -301,3 +296,44 @@ def _wait_finished(local_system: Any, job_id: str, timeout: float = 60.0) -> Non
                 return
             time.sleep(0.2)  # polling interval, not a wait for a condition
     raise AssertionError(f"job {job_id} did not finish within {timeout:.0f}s")
+
+
+def test_dead_letter_view_replays_a_letter(local_system, page: Any) -> None:  # type: ignore[no-untyped-def]
+    """A dead letter in the real DLQ shows in the page; its Replay button re-enqueues it through the API."""
+    import redis
+
+    from pynomaly.storage.dead_letters import DeadLetter, DeadLetterStore
+    from pynomaly.topology import Q_REPORTS, TASK_REPORT
+
+    job_id = _submit_small_job(local_system)
+    _wait_finished(local_system, job_id)
+    client = redis.Redis.from_url(local_system.settings.redis_url, decode_responses=True)
+    try:
+        letter = DeadLetterStore(client).add(
+            DeadLetter(
+                task=TASK_REPORT,
+                args=[job_id],
+                kwargs={},
+                error="ConnectionError: planted by the dashboard test",
+                traceback="Traceback (most recent call last):\n  ...\nConnectionError: planted",
+                attempts=3,
+                job_id=job_id,
+                queue=Q_REPORTS,
+            )
+        )
+    finally:
+        client.close()
+
+    expect = playwright_sync.expect
+    sign_in(page, local_system.api_url, local_system.api_key)
+    row = page.locator(f'[data-testid="dlq-row"][data-letter-id="{letter.id}"]')
+    expect(row).to_contain_text("generate_report")
+    expect(row).to_contain_text("planted by the dashboard test")
+    expect(row).to_contain_text(job_id[:8])
+    row.get_by_test_id("dlq-replay").click()
+    expect(page.get_by_test_id("dlq-status")).to_contain_text(f"Replayed generate_report for job {job_id[:8]}")
+    expect(row).to_have_count(0)
+    gone = httpx.get(
+        f"{local_system.api_url}/v1/dlq/{letter.id}", headers={"X-API-Key": local_system.api_key}, timeout=10
+    )
+    assert gone.status_code == 404
