@@ -37,12 +37,13 @@ TIMEOUT_MS = 60_000
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
 ]
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # `./dev test` installs Debian's chromium; without it this is a failure, never a skip.
+    assert CHROMIUM.exists(), "needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
     playwright_sync.expect.set_options(timeout=TIMEOUT_MS)
     with playwright_sync.sync_playwright() as p:
         instance = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
