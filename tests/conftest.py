@@ -47,6 +47,11 @@ TEST_OVERRIDES: dict[str, Any] = {
     "max_rows": 20_000,
     "max_columns": 50,
     "log_level": "INFO",
+    # Schedules: second-level intervals, a quick beat loop and lock, loopback dataset URLs allowed.
+    "schedule_min_interval_seconds": 1,
+    "beat_max_loop_interval": 0.5,
+    "beat_lock_timeout": 3.0,
+    "dataset_url_allowlist": "127.0.0.0/8",
 }
 
 _started: list[ProcessRecord] = []

@@ -68,6 +68,38 @@ class Settings(BaseModel):
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port of workers/consumers (0 = off).")
     log_level: str = Field("INFO", description="Python log level.")
 
+    # -- schedules, stored datasets, beat and maintenance ------------------------------------------
+    schedule_min_interval_seconds: int = Field(
+        60, ge=1, description="Shortest interval a schedule may have; cron schedules run at most once a minute."
+    )
+    max_schedules: int = Field(1000, ge=1, description="Most recurring detection schedules kept at once.")
+    max_datasets: int = Field(1000, ge=1, description="Most stored datasets kept at once.")
+    dataset_retention_seconds: int = Field(
+        30 * 24 * 3600, ge=0, description="Stored datasets no schedule uses are deleted after this (0 = keep)."
+    )
+    dataset_fetch_timeout: float = Field(10.0, gt=0, description="Timeout of fetching a schedule's dataset URL.")
+    dataset_fetch_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest dataset a schedule may fetch from its URL, bytes."
+    )
+    dataset_url_allowlist: str = Field(
+        "",
+        description="Comma-separated hosts or CIDRs a dataset URL may reach although private, loopback or "
+        "link-local (default: none; public addresses only).",
+    )
+    beat_max_loop_interval: float = Field(
+        5.0, gt=0, le=300, description="Most seconds beat sleeps between schedule checks."
+    )
+    beat_lock_timeout: float = Field(
+        30.0, gt=0, description="Seconds the beat lock outlives a dead beat; a waiting beat takes over after it."
+    )
+    maintenance_interval_seconds: int = Field(
+        300, ge=1, description="How often beat runs maintenance (retention, stream trimming)."
+    )
+    health_summary_interval_seconds: int = Field(
+        60, ge=1, description="How often beat checks the DLQ and heartbeats and publishes a health summary."
+    )
+    dlq_alert_threshold: int = Field(1, ge=1, description="Alert when the DLQ grew and holds at least this many.")
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -103,6 +135,12 @@ class Settings(BaseModel):
     def _limits(self) -> Settings:
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ValueError("task_soft_time_limit must be below task_time_limit")
+        return self
+
+    @model_validator(mode="after")
+    def _beat_lock(self) -> Settings:
+        if self.beat_lock_timeout <= 2 * self.beat_max_loop_interval:
+            raise ValueError("beat_lock_timeout must be more than twice beat_max_loop_interval")
         return self
 
     # -- derived ------------------------------------------------------------------------------

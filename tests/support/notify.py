@@ -109,6 +109,7 @@ class HttpReceiver:
     server: ThreadingHTTPServer
     status: int = 200
     statuses: list[int] = field(default_factory=list)
+    failing: set[str] = field(default_factory=set)
     requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
 
     def url(self, path: str = "/hook") -> str:
@@ -124,7 +125,7 @@ class HttpReceiver:
 
 @contextlib.contextmanager
 def http_receiver(status: int = 200, fail_paths: tuple[str, ...] = ()) -> Iterator[HttpReceiver]:
-    """Serve on 127.0.0.1 until the block ends; POSTs to ``fail_paths`` always get 503."""
+    """Serve on 127.0.0.1 until the block ends; POSTs to ``fail_paths`` (``receiver.failing``) get 503."""
     receiver: HttpReceiver
 
     class Handler(BaseHTTPRequestHandler):
@@ -132,7 +133,9 @@ def http_receiver(status: int = 200, fail_paths: tuple[str, ...] = ()) -> Iterat
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             receiver.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
             code = (
-                503 if self.path in fail_paths else (receiver.statuses.pop(0) if receiver.statuses else receiver.status)
+                503
+                if self.path in receiver.failing
+                else (receiver.statuses.pop(0) if receiver.statuses else receiver.status)
             )
             self.send_response(code)
             self.send_header("Content-Length", "0")
@@ -142,7 +145,7 @@ def http_receiver(status: int = 200, fail_paths: tuple[str, ...] = ()) -> Iterat
             pass
 
     server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-    receiver = HttpReceiver(server, status)
+    receiver = HttpReceiver(server, status, failing=set(fail_paths))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -240,7 +240,8 @@ def _rate(summary: dict[str, Any]) -> str:
 
 
 def email_subject(summary: dict[str, Any]) -> str:
-    job = summary["job_id"]
+    # The short id keeps the subject on one header line (a folded Subject reads with a leading blank).
+    job = summary["job_id"][:8]
     if summary["status"] == Outcome.FAILED.value:
         return f"[pynomaly] job {job} failed"
     return f"[pynomaly] job {job} completed: {summary['anomaly_count']} anomalies ({_rate(summary)})"
