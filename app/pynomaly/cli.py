@@ -474,3 +474,6 @@ def dlq_purge(yes: bool, api_url: str | None, api_key: str | None) -> None:
         click.confirm("Delete every dead letter?", abort=True)
     with _client(api_url, api_key) as client:
         click.echo(f"purged {_call(client.purge)['purged']} dead letter(s)")
+
+
+from pynomaly import cli_schedules  # noqa: E402,F401  (adds `beat`, `schedules` and `datasets`)

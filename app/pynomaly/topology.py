@@ -203,6 +203,8 @@ TASK_REPORT = "pynomaly.generate_report"
 TASK_NOTIFY = "pynomaly.send_notification"
 TASK_DELIVER = "pynomaly.deliver_notification"
 TASK_MAINTENANCE = "pynomaly.maintenance"
+TASK_SCHEDULED_RUN = "pynomaly.scheduled_run"
+TASK_HEALTH_CHECK = "pynomaly.health_check"
 
 GROUP_BRIDGE = "pynomaly-bridge"
 GROUP_AUDIT = "pynomaly-audit"
@@ -220,7 +222,7 @@ JOB_EVENTS = (
     "job_dead_lettered",
 )
 ANOMALY_EVENTS = ("anomalies_detected",)
-SYSTEM_EVENTS = ("component_heartbeat", "component_started", "component_stopped", "health_summary")
+SYSTEM_EVENTS = ("component_heartbeat", "component_started", "component_stopped", "health_summary", "system_alert")
 AUDIT_EVENTS = ("audit_record",)
 
 TOPOLOGY = Topology(
@@ -267,7 +269,9 @@ TOPOLOGY = Topology(
         Task(TASK_REPORT, Q_REPORTS, "Render JSON, CSV and HTML reports"),
         Task(TASK_NOTIFY, Q_NOTIFICATIONS, "The notify step: one delivery task per matching notification target"),
         Task(TASK_DELIVER, Q_NOTIFICATIONS, "Deliver one notification (webhook or e-mail), own retries and DLQ entry"),
-        Task(TASK_MAINTENANCE, Q_DEFAULT, "Expire results, trim streams, health summaries"),
+        Task(TASK_MAINTENANCE, Q_DEFAULT, "Expire results and datasets by retention, trim streams"),
+        Task(TASK_SCHEDULED_RUN, Q_DEFAULT, "Start one run of a recurring detection schedule (an ordinary job)"),
+        Task(TASK_HEALTH_CHECK, Q_DEFAULT, "Alert on DLQ growth and stopped heartbeats; publish the health summary"),
     ),
     event_topics={
         **{e: T_JOB for e in JOB_EVENTS},

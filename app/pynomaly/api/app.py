@@ -15,8 +15,10 @@ from prometheus_client import REGISTRY, CollectorRegistry
 import pynomaly
 from pynomaly.api import problems
 from pynomaly.api.auth import ApiKeys
+from pynomaly.api.routes_datasets import router as datasets_router
 from pynomaly.api.routes_jobs import router as jobs_router
 from pynomaly.api.routes_ops import router as ops_router
+from pynomaly.api.routes_schedules import router as schedules_router
 from pynomaly.api.websocket import router as ws_router
 from pynomaly.config import Settings, SettingsError
 from pynomaly.observability.metrics import RedisStateCollector
@@ -65,6 +67,8 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     problems.install(app)
     app.include_router(ops_router)
     app.include_router(jobs_router)
+    app.include_router(schedules_router)
+    app.include_router(datasets_router)
     app.include_router(ws_router)
 
     @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)

@@ -184,8 +184,11 @@ def list_jobs(
     detector: Annotated[str | None, Query(max_length=32)] = None,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    schedule_id: Annotated[str | None, Query(max_length=64, description="Only runs of this schedule.")] = None,
 ) -> JobPage:
-    jobs, total = request.app.state.container.jobs.list(status=status, detector=detector, offset=offset, limit=limit)
+    jobs, total = request.app.state.container.jobs.list(
+        status=status, detector=detector, offset=offset, limit=limit, schedule_id=schedule_id
+    )
     return JobPage(items=[view(j) for j in jobs], total=total, offset=offset, limit=limit)
 
 

@@ -87,6 +87,7 @@ class JobView(BaseModel):
     anomaly_count: int | None
     result_location: str | None
     report_location: str | None
+    schedule_id: str | None = Field(None, description="The schedule this job is a run of, if any.")
     links: Links
 
 

@@ -121,6 +121,7 @@ class Job:
     report_location: str | None = None
     cancel_requested: bool = False
     anomaly_count: int | None = None
+    schedule_id: str | None = None  # set on runs of a recurring schedule
 
     @property
     def state(self) -> JobStatus:

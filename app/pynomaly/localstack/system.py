@@ -60,7 +60,7 @@ def heartbeat_max_age(settings: Settings) -> float:
 
 
 def local_components(settings: Settings, state_dir: Path | str) -> list[Component]:
-    """The application's processes: the API, a worker per topology pool, a consumer per consumer group."""
+    """The application's processes: the API, a worker per topology pool, a consumer per consumer group, beat."""
     from pynomaly.observability.heartbeat import HEARTBEAT_FILE
 
     state_dir = Path(state_dir)
@@ -105,6 +105,16 @@ def local_components(settings: Settings, state_dir: Path | str) -> list[Componen
                 stop_grace=15.0,
             )
         )
+    # Beat: the one scheduler (RedBeat holds a lock in Redis, so a second beat would only wait).
+    components.append(
+        Component(
+            "beat",
+            pynomaly_argv("beat"),
+            with_heartbeat("beat"),
+            HeartbeatCheck(heartbeat_dir("beat") / HEARTBEAT_FILE, max_age),
+            stop_grace=10.0,
+        )
+    )
     return components
 
 

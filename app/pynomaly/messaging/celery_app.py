@@ -10,6 +10,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from pynomaly.config import Settings
+from pynomaly.messaging.beat import beat_config
 from pynomaly.topology import DEFAULT_PRIORITY, PRIORITY_SEPARATOR, PRIORITY_STEPS, Q_DEFAULT, TOPOLOGY
 
 
@@ -50,6 +51,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "worker_send_task_events": True,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # Beat on RedBeat (one beat at a time, by lock) with the maintenance entries.
+        **beat_config(settings),
     }
 
 

@@ -127,6 +127,7 @@ class JobStore:
         detector: str | None = None,
         offset: int = 0,
         limit: int = 50,
+        schedule_id: str | None = None,
     ) -> tuple[list[Job], int]:
         """Newest first, filtered; returns one page and the total number of matches."""
         ids = self._r.zrevrange(JOB_INDEX, 0, -1)
@@ -141,6 +142,8 @@ class JobStore:
                     continue
                 data = json.loads(raw)
                 if (status and data["status"] != status) or (detector and data["detector"] != detector):
+                    continue
+                if schedule_id and data.get("schedule_id") != schedule_id:
                     continue
                 if offset <= total < offset + limit:
                     matches.append(Job.from_dict(data))

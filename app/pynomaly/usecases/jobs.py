@@ -47,6 +47,7 @@ class SubmitRequest:
     # Notification targets [{channel, target, on, threshold?}] (pynomaly.domain.notifications);
     # a schedule passes its own into every run.
     notify: list[dict[str, Any]] | None = None
+    schedule_id: str | None = None  # runs of a recurring schedule
 
 
 def validate_webhook_url(url: str | None) -> str | None:
@@ -93,6 +94,7 @@ class JobService:
             notify=[t.as_dict() for t in targets],
             idempotency_key=request.idempotency_key,
             submitted_by=request.submitted_by,
+            schedule_id=request.schedule_id,
         )
         if request.idempotency_key:
             existing = self._jobs.claim_idempotency_key(request.idempotency_key, job.id)

@@ -22,7 +22,7 @@ from pynomaly.domain.errors import DomainError, JobCancelled
 from pynomaly.domain.jobs import Step
 from pynomaly.observability import metrics
 from pynomaly.storage.dead_letters import DeadLetter
-from pynomaly.topology import TASK_DETECT, TASK_MAINTENANCE, TASK_NOTIFY, TASK_PREPROCESS, TASK_REPORT, TOPOLOGY
+from pynomaly.topology import TASK_DETECT, TASK_NOTIFY, TASK_PREPROCESS, TASK_REPORT, TOPOLOGY
 from pynomaly.usecases.pipeline import PermanentFailure, Pipeline
 from pynomaly.wiring import Container
 
@@ -123,12 +123,5 @@ def send_notification(self: Task, job_id: str) -> dict[str, Any]:
     return run_step(self, job_id, Step.NOTIFY, lambda flow, job: flow.notify(job))
 
 
-@shared_task(name=TASK_MAINTENANCE)
-def maintenance() -> dict[str, Any]:
-    """Trim every stream to its cap and drop index entries of expired jobs."""
-    c = container()
-    trimmed = {
-        s.name: c.redis.xtrim(s.name, maxlen=c.settings.stream_maxlen, approximate=True) for s in TOPOLOGY.streams
-    }
-    _, total = c.jobs.list(limit=0)
-    return {"streams_trimmed": trimmed, "jobs": total}
+# Beat's tasks (scheduled runs, maintenance, health checks) live in their own module.
+import pynomaly.workers.scheduler_tasks  # noqa: E402,F401

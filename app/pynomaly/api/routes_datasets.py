@@ -1,0 +1,96 @@
+"""Stored datasets for schedules: upload (CSV or JSON rows, size-limited, sha256), list, get, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from pydantic import ValidationError
+
+from pynomaly.api.auth import require_api_key
+from pynomaly.api.routes_jobs import _read_limited
+from pynomaly.api.schemas_schedules import DatasetCreate, DatasetPage, DatasetView
+from pynomaly.domain.errors import InvalidInput
+from pynomaly.scheduling import dataset_service, dataset_store, schedule_store
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+Caller = Annotated[str, Depends(require_api_key)]
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "text/csv": {"schema": {"type": "string"}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/DatasetCreate"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}, "name": {"type": "string"}},
+                }
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "", status_code=201, response_model=DatasetView, openapi_extra=_UPLOAD_BODY, summary="Store a dataset for schedules"
+)
+async def upload_dataset(
+    request: Request,
+    response: Response,
+    caller: Caller,
+    name: Annotated[str | None, Query(max_length=100, description="Label for text/csv uploads.")] = None,
+) -> DatasetView:
+    state = request.app.state
+    limit = state.settings.max_upload_bytes
+    service = dataset_service(state.container)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in ("text/csv", "application/csv", "text/plain"):
+        body = await _read_limited(request, limit)
+        meta = service.add_csv(body, name, caller)
+    elif content_type == "multipart/form-data":
+        await _read_limited(request, limit + 64 * 1024)
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InvalidInput("multipart body needs a 'file' part with the CSV")
+        label = form.get("name")
+        meta = service.add_csv(await upload.read(), label if isinstance(label, str) else name, caller)
+    elif content_type == "application/json":
+        body = await _read_limited(request, limit * 4)
+        try:
+            payload = DatasetCreate.model_validate_json(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise InvalidInput(f"{where}: {first['msg']}") from None
+        meta = service.add_rows(payload.rows, payload.columns, payload.name or name, caller)
+    else:
+        raise HTTPException(415, "send text/csv, multipart/form-data (a CSV file) or application/json (rows)")
+    response.headers["Location"] = f"/v1/datasets/{meta.id}"
+    return DatasetView(**meta.as_dict())
+
+
+@router.get("", response_model=DatasetPage, summary="List stored datasets, newest first")
+def list_datasets(
+    request: Request,
+    _: Caller,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> DatasetPage:
+    items, total = dataset_store(request.app.state.container).list(offset, limit)
+    return DatasetPage(items=[DatasetView(**d.as_dict()) for d in items], total=total, offset=offset, limit=limit)
+
+
+@router.get("/{dataset_id}", response_model=DatasetView, summary="A stored dataset's size, columns and checksum")
+def get_dataset(dataset_id: str, request: Request, _: Caller) -> DatasetView:
+    return DatasetView(**dataset_store(request.app.state.container).get(dataset_id).as_dict())
+
+
+@router.delete("/{dataset_id}", status_code=204, summary="Delete a stored dataset no schedule uses")
+def delete_dataset(dataset_id: str, request: Request, caller: Caller) -> Response:
+    container = request.app.state.container
+    dataset_service(container).delete(dataset_id, schedule_store(container), actor=caller)
+    return Response(status_code=204)

@@ -1,0 +1,188 @@
+"""Tasks that beat sends, all on the ``default`` queue.
+
+- ``scheduled_run``: one run of a schedule, submitted as an ordinary job (same queues, events, DLQ).
+  A dataset URL that cannot be fetched is retried with backoff, then dead-lettered; bad data or a
+  schedule that no longer validates fails the run at once (``last_error`` on the schedule).
+- ``maintenance``: retention (stored datasets no schedule uses; index entries of expired jobs and
+  runs), and stream trimming.
+- ``health_check``: a ``system_alert`` event (which the bridge also puts on the dashboard stream)
+  when the DLQ grew or a component's heartbeat stopped, and the periodic ``health_summary``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from typing import Any
+
+from celery import Task, shared_task
+
+from pynomaly.consumers.stream_groups import COMPONENTS, component_health
+from pynomaly.domain.errors import DomainError
+from pynomaly.messaging.events import make_event
+from pynomaly.observability import metrics
+from pynomaly.scheduling import dataset_store, schedule_service, schedule_store
+from pynomaly.storage.dead_letters import DeadLetter
+from pynomaly.storage.redis_client import KEY_PREFIX
+from pynomaly.topology import (
+    S_DASHBOARD,
+    TASK_HEALTH_CHECK,
+    TASK_MAINTENANCE,
+    TASK_SCHEDULED_RUN,
+    TOPOLOGY,
+)
+from pynomaly.usecases.remote_datasets import FetchFailed
+from pynomaly.workers.tasks import backoff_delay, container
+
+log = logging.getLogger(__name__)
+
+ALERT_STALE = f"{KEY_PREFIX}alerts:stale-components"
+ALERT_DLQ_SIZE = f"{KEY_PREFIX}alerts:dlq-size"
+# Heartbeats of components gone this long (replaced pods, stopped hosts) are forgotten.
+FORGET_COMPONENT_AFTER = 24 * 3600
+
+
+@shared_task(bind=True, name=TASK_SCHEDULED_RUN, max_retries=None)
+def scheduled_run(self: Task, schedule_id: str, trigger: str = "beat") -> dict[str, Any]:
+    c = container()
+    settings = c.settings
+    try:
+        job = schedule_service(c).run(schedule_id, trigger)
+    except FetchFailed as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        if self.request.retries < settings.max_retries:
+            delay = backoff_delay(self.request.retries, settings.retry_backoff_base, settings.retry_backoff_max)
+            log.warning("schedule %s: %s; retrying in %.1fs", schedule_id, error, delay)
+            raise self.retry(exc=exc, countdown=delay, max_retries=settings.max_retries) from exc
+        letter = c.dead_letters.add(
+            DeadLetter(
+                task=self.name,
+                args=[schedule_id],
+                kwargs={"trigger": trigger},
+                error=error,
+                traceback=traceback.format_exc(),
+                attempts=self.request.retries + 1,
+                job_id=None,
+                queue=TOPOLOGY.task(self.name).queue,
+            )
+        )
+        metrics.DEAD_LETTERED.labels(task=self.name).inc()
+        return {"schedule_id": schedule_id, "status": "dead_lettered", "dead_letter_id": letter.id}
+    except DomainError as exc:
+        log.warning("schedule %s: run failed: %s", schedule_id, exc)
+        return {"schedule_id": schedule_id, "status": "failed", "error": str(exc)}
+    if job is None:
+        return {"schedule_id": schedule_id, "status": "skipped"}
+    return {"schedule_id": schedule_id, "status": "submitted", "job_id": job.id}
+
+
+@shared_task(name=TASK_MAINTENANCE)
+def maintenance() -> dict[str, Any]:
+    """Retention and stream trimming."""
+    c = container()
+    settings = c.settings
+    trimmed = {s.name: c.redis.xtrim(s.name, maxlen=settings.stream_maxlen, approximate=True) for s in TOPOLOGY.streams}
+    # Job records, results and reports expire by TTL (result_ttl_seconds); drop their index entries.
+    _, jobs_left = c.jobs.list(limit=0)
+    schedules = schedule_store(c)
+    runs_forgotten = 0
+    used: set[str] = set()
+    for item in schedules.all():
+        if item.dataset_id:
+            used.add(item.dataset_id)
+        ids = schedules.run_ids(item.id, 0, 10**6)
+        gone = [job_id for job_id in ids if not c.jobs.exists(job_id)]
+        schedules.forget_runs(item.id, gone)
+        runs_forgotten += len(gone)
+    datasets_expired: list[str] = []
+    if settings.dataset_retention_seconds:
+        store = dataset_store(c)
+        for dataset_id in store.older_than(settings.dataset_retention_seconds):
+            if dataset_id not in used:
+                store.delete(dataset_id)
+                datasets_expired.append(dataset_id)
+    return {
+        "streams_trimmed": trimmed,
+        "jobs": jobs_left,
+        "runs_forgotten": runs_forgotten,
+        "datasets_expired": datasets_expired,
+    }
+
+
+def _alert(kind: str, subject: str, message: str, **data: Any) -> None:
+    c = container()
+    try:
+        c.messaging.publish_event("system_alert", subject, kind=kind, severity="warning", message=message, **data)
+    except Exception:
+        # Kafka is down: the dashboard still shows the alert (the bridge would have put it there).
+        log.exception("could not publish the %s alert; writing it to %s directly", kind, S_DASHBOARD)
+        event = make_event("system_alert", subject, c.messaging.source, kind=kind, severity="warning", message=message)
+        c.messaging.stream_update(S_DASHBOARD, event.flat())
+    log.warning("alert %s: %s", kind, message)
+
+
+@shared_task(name=TASK_HEALTH_CHECK)
+def health_check() -> dict[str, Any]:
+    c = container()
+    settings = c.settings
+    r = c.redis
+    stale_after = max(15.0, 4 * settings.heartbeat_interval)
+    components = component_health(r, stale_after=stale_after)
+    forgotten = [row["id"] for row in components if row["age_seconds"] > FORGET_COMPONENT_AFTER]
+    if forgotten:
+        r.hdel(COMPONENTS, *forgotten)
+        r.srem(ALERT_STALE, *forgotten)
+    components = [row for row in components if row["id"] not in forgotten]
+    stale = sorted(row["id"] for row in components if row["stale"])
+    fresh = [row["id"] for row in components if not row["stale"]]
+    alerts: list[str] = []
+    for component_id in stale:
+        if r.sadd(ALERT_STALE, component_id):  # alert once per stop, not every check
+            age = next(row["age_seconds"] for row in components if row["id"] == component_id)
+            _alert(
+                "heartbeat_stopped",
+                component_id,
+                f"component {component_id} has not sent a heartbeat for {age:.0f}s",
+                component=component_id,
+                age_seconds=age,
+            )
+            alerts.append(f"heartbeat_stopped:{component_id}")
+    if fresh:
+        r.srem(ALERT_STALE, *fresh)
+
+    dlq_size = c.dead_letters.size()
+    previous = int(r.get(ALERT_DLQ_SIZE) or 0)
+    r.set(ALERT_DLQ_SIZE, dlq_size)
+    if dlq_size > previous and dlq_size >= settings.dlq_alert_threshold:
+        _alert(
+            "dlq_growing",
+            "dlq",
+            f"the dead-letter queue grew from {previous} to {dlq_size}",
+            size=dlq_size,
+            previous=previous,
+        )
+        alerts.append("dlq_growing")
+
+    pipe = r.pipeline(transaction=False)
+    lists = [name for queue in TOPOLOGY.queues for name in queue.redis_lists()]
+    for name in lists:
+        pipe.llen(name)
+    depths = dict(zip(lists, pipe.execute(), strict=True))
+    schedules = schedule_store(c).all()
+    summary = {
+        "jobs": c.jobs.counts_by_status(),
+        "dlq_size": dlq_size,
+        "queues": {q.name: sum(depths[n] for n in q.redis_lists()) for q in TOPOLOGY.queues},
+        "components": len(components),
+        "stale_components": stale,
+        "schedules": len(schedules),
+        "schedules_paused": sum(1 for s in schedules if s.paused),
+        "alerts": alerts,
+        "checked_at": time.time(),
+    }
+    try:
+        c.messaging.publish_event("health_summary", "health", **summary)
+    except Exception:
+        log.exception("could not publish the health summary")
+    return summary
