@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Shared with `pynomaly local up` (default state dir ./.pynomaly, git-ignored): one download for both.
 KAFKA_LIBS = REPO / ".pynomaly" / "kafka-libs"
 E2E_REDIS_DB = 1
+E2E_WEBHOOK_SECRET = "e2e-webhook-secret"
 
 TEST_OVERRIDES: dict[str, Any] = {
     "environment": "test",
@@ -136,20 +137,41 @@ def settings(redis_server: RedisServer, kafka_broker: KafkaBroker) -> Settings:
 
 
 @pytest.fixture(scope="session")
+def smtp_sink() -> Iterator[Any]:
+    """A real SMTP server (aiosmtpd on 127.0.0.1, no TLS) that ``local_system`` sends e-mail to."""
+    from tests.support.notify import smtp_server
+
+    with smtp_server() as sink:
+        yield sink
+
+
+@pytest.fixture(scope="session")
 def local_system(
-    redis_server: RedisServer, kafka_broker: KafkaBroker, tmp_path_factory: pytest.TempPathFactory
+    redis_server: RedisServer,
+    kafka_broker: KafkaBroker,
+    smtp_sink: Any,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[LocalSystem]:
     """The application's real processes (``local_components``) on the session's services.
 
     ``local_system.api_url``, ``.api_key`` (the ``X-API-Key`` header), ``.settings`` (Redis db 1)
-    and ``.state_dir`` (component logs in ``state_dir / "logs"``).
+    and ``.state_dir`` (component logs in ``state_dir / "logs"``).  E-mail goes to ``smtp_sink``;
+    webhooks are signed with ``E2E_WEBHOOK_SECRET``.
     """
+    smtp = {
+        "smtp_host": smtp_sink.host,
+        "smtp_port": smtp_sink.port,
+        "smtp_security": "none",
+        "smtp_from": "pynomaly@e2e.test",
+        "smtp_timeout": 5.0,
+        "webhook_secret": E2E_WEBHOOK_SECRET,
+    }
     system = LocalSystem(
         tmp_path_factory.mktemp("local-system"),
         redis=redis_server,
         kafka=kafka_broker,
         libs_dir=KAFKA_LIBS,
-        settings_overrides={**TEST_OVERRIDES, "redis_url": redis_server.url_for_db(E2E_REDIS_DB)},
+        settings_overrides={**TEST_OVERRIDES, **smtp, "redis_url": redis_server.url_for_db(E2E_REDIS_DB)},
     )
     try:
         system.start(progress=_progress())
