@@ -104,6 +104,7 @@ def test_commands_name_topology_pools(rendered_envs: dict[str, Any], env: str) -
     deployments = by_kind(rendered_envs[env], "Deployment").values()
     commands = {(component(d), pool(d)): container(d)["command"] for d in deployments}
     assert commands.pop(("api", None)) == ["pynomaly", "api"]
+    assert commands.pop(("beat", None)) == ["pynomaly", "beat"]
     expected = {("worker", p.name): ["pynomaly", "worker", "--pool", p.name] for p in TOPOLOGY.worker_pools}
     expected |= {("consumer", g.pool): ["pynomaly", "consumer", "--group", g.pool] for g in TOPOLOGY.consumer_groups}
     assert commands == expected

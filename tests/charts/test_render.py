@@ -82,6 +82,13 @@ def test_everything_optional_on_still_validates(render: Any) -> None:
             "prometheusRule": {"enabled": True},
             "grafanaDashboard": {"enabled": True},
         },
+        "smtp": {
+            "host": "smtp.example.com",
+            "port": 465,
+            "security": "tls",
+            "username": "alerts",
+            "allowTo": {"cidrs": ["203.0.113.25/32"], "podSelector": {"app": "relay"}, "namespaceSelector": {"n": "m"}},
+        },
         "workers": {
             "pools": {
                 "reporting": {
@@ -107,5 +114,5 @@ def test_print_objects_per_kind_per_environment(rendered_envs: dict[str, list[di
         print("\n\nObjects per kind rendered by charts/pynomaly (helm-alone, environments/helm/<env>.values.yaml):")
         print(table)
     for env, kinds in counts.items():
-        assert kinds["Deployment"] == 7, env  # api + 4 worker pools + 2 consumer pools
+        assert kinds["Deployment"] == 8, env  # api + 4 worker pools + 2 consumer pools + beat
         assert kinds["PodDisruptionBudget"] == kinds["Deployment"], env

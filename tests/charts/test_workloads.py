@@ -39,7 +39,8 @@ def test_probes(rendered_envs: Any, effective_values: Any, env: str) -> None:
             assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
             continue
         # Workers and consumers: the heartbeat file's age, never a broker ping.
-        max_age = str(values["workers" if component(deployment) == "worker" else "consumers"]["heartbeatMaxAgeSeconds"])
+        section = {"worker": "workers", "consumer": "consumers", "beat": "beat"}[component(deployment) or ""]
+        max_age = str(values[section]["heartbeatMaxAgeSeconds"])
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert c[probe]["exec"]["command"] == ["pynomaly", "healthcheck", "--max-age", max_age]
         env_vars = {e["name"]: e.get("value") for e in c["env"]}

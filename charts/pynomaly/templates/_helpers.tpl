@@ -126,6 +126,15 @@ pynomaly.io/pool: {{ .pool }}
 {{- if or .Values.autoscaling.keda.enabled .Values.autoscaling.hpa.enabled .Values.autoscaling.external -}}true{{- end -}}
 {{- end -}}
 
+{{/* Worker pools consuming the notification queue (JSON list of names): SMTP password and egress. */}}
+{{- define "pynomaly.notificationPools" -}}
+{{- $pools := list -}}
+{{- range $name, $pool := .Values.workers.pools -}}
+{{- if has $.Values.notifications.queue $pool.queues -}}{{- $pools = append $pools $name -}}{{- end -}}
+{{- end -}}
+{{- if $pools -}}{{- toJson $pools -}}{{- end -}}
+{{- end -}}
+
 {{/* ---- render-time guards ----------------------------------------------------------------- */}}
 
 {{- define "pynomaly.validate" -}}
@@ -157,6 +166,15 @@ pynomaly.io/pool: {{ .pool }}
 {{- if $missing -}}
 {{- fail (printf "no credentials: set secrets.existingSecret to a Secret with the keys %s, %s, %s (and %s with SASL), or set %s (there are no default passwords)" $v.secrets.keys.redisPassword $v.secrets.keys.apiKeys $v.secrets.keys.webhookSecret $v.secrets.keys.kafkaSaslPassword (join ", " $missing)) -}}
 {{- end -}}
+{{- end -}}
+{{- if and $v.smtp.username (not $v.secrets.existingSecret) (not $v.secrets.smtpPassword) -}}
+{{- fail (printf "smtp.username is set but there is no SMTP password: set secrets.existingSecret to a Secret with the key %s, or set secrets.smtpPassword" $v.secrets.keys.smtpPassword) -}}
+{{- end -}}
+{{- if and $v.smtp.host $v.networkPolicy.enabled (not (or $v.smtp.allowTo.cidrs $v.smtp.allowTo.podSelector $v.smtp.allowTo.namespaceSelector)) -}}
+{{- fail (printf "smtp.allowTo is required with smtp.host=%s and networkPolicy.enabled: give the SMTP server's CIDRs (smtp.allowTo.cidrs, e.g. 203.0.113.25/32) or a relay's labels; egress is never opened to every destination" $v.smtp.host) -}}
+{{- end -}}
+{{- if not (include "pynomaly.notificationPools" .) -}}
+{{- fail (printf "notifications.queue %q is consumed by no worker pool (workers.pools.*.queues): notifications would never be delivered" $v.notifications.queue) -}}
 {{- end -}}
 {{- if ge (int $v.settings.taskSoftTimeLimit) (int $v.settings.taskTimeLimit) -}}
 {{- fail (printf "settings.taskSoftTimeLimit (%d) must be below settings.taskTimeLimit (%d)" (int $v.settings.taskSoftTimeLimit) (int $v.settings.taskTimeLimit)) -}}
