@@ -147,15 +147,24 @@ def test_errors_are_problem_json(http: httpx.Client, local_system) -> None:  # t
     assert_problem(http.post(f"/v1/jobs/{job_id}/retry", headers=auth), 409)
 
 
-def _snapshot(client: redis.Redis) -> tuple[int, dict[str, int]]:
-    return int(client.zcard(JOB_INDEX)), queue_lengths(client)
+JOB_QUEUES = {t.queue for t in TOPOLOGY.tasks if t.queue != "default"}
+
+
+def _snapshot(client: redis.Redis) -> dict[str, object]:
+    """Jobs, datasets and every job queue (the default queue also carries periodic maintenance)."""
+    return {
+        "jobs": int(client.zcard(JOB_INDEX)),
+        "job records": sum(1 for _ in client.scan_iter(match="pynomaly:job:*", count=1000)),
+        "datasets": sum(1 for _ in client.scan_iter(match="pynomaly:dataset:*", count=1000)),
+        "queues": {k: v for k, v in queue_lengths(client).items() if k.split(":")[0] in JOB_QUEUES},
+    }
 
 
 def test_rejected_requests_store_and_enqueue_nothing(
     http: httpx.Client, local_system, system_redis: redis.Redis
 ) -> None:  # type: ignore[no-untyped-def]
     auth = _auth(local_system)
-    wait_for(lambda: not any(queue_lengths(system_redis).values()), 60, what="idle queues")
+    wait_for(lambda: not any(_snapshot(system_redis)["queues"].values()), 60, what="idle job queues")
     before = _snapshot(system_redis)
     limits = local_system.settings
 

@@ -32,7 +32,7 @@ def producer(local_system) -> Iterator[KafkaProducer]:  # type: ignore[no-untype
     try:
         yield value
     finally:
-        value.close(timeout=10)
+        value.close(timeout=2)
 
 
 def _send(producer: KafkaProducer, value: bytes, key: str) -> None:
