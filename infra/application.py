@@ -31,7 +31,7 @@ from infra import k8s as kx
 from infra.config import PoolScaling, StackConfig
 from infra.kafka import Kafka
 from infra.redis import Redis
-from pynomaly.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, Topology
+from pynomaly.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, Q_NOTIFICATIONS, Topology
 
 API_SERVICE_PORT = 80  # the chart's api.service.port default
 
@@ -96,6 +96,9 @@ class Application(pulumi.ComponentResource):
                 keys["kafkaSaslPassword"]: args.kafka.password,
                 keys["apiKeys"]: api_keys_file,
                 keys["webhookSecret"]: webhook,
+                # Read by the notification pools only when smtp.username is set; empty otherwise.
+                keys["smtpPassword"]: pulumi.Output.secret(secrets.smtp_password if secrets.smtp_password is not None
+                                                           else ""),
             },
             opts=kx.child(self),
         )
@@ -147,7 +150,7 @@ class Application(pulumi.ComponentResource):
 
     def _values(self, redis_host: str, redis_port: int, kafka_bootstrap: str, secret_name: str) -> dict[str, Any]:
         args, stack = self._args, self._args.stack
-        topo, app, scaling = args.topology, stack.app, stack.autoscaling
+        topo, app, scaling, smtp = args.topology, stack.app, stack.autoscaling, stack.smtp
         defaults = chart_defaults(args.chart_path)
 
         def pool_bounds(s: PoolScaling, batch: bool) -> dict[str, int]:
@@ -244,6 +247,12 @@ class Application(pulumi.ComponentResource):
                 "keda": {"enabled": scaling.keda, "pollingInterval": scaling.polling_interval,
                          "cooldownPeriod": scaling.cooldown_period},
                 "hpa": {"enabled": not scaling.keda}},
+            "smtp": {"host": smtp.host, "port": smtp.port, "security": smtp.security, "username": smtp.username,
+                     "from": smtp.sender, "timeout": smtp.timeout,
+                     "allowTo": {"cidrs": list(smtp.cidrs), "podSelector": {}, "namespaceSelector": {}}},
+            "notifications": {"queue": Q_NOTIFICATIONS},
+            # Beat runs as the chart's singleton (replicas 1, Recreate); the Autoscaling component never targets it.
+            "beat": {"enabled": True},
             "metrics": {"serviceMonitor": {"enabled": app.service_monitor},
                         "prometheusRule": {"enabled": app.service_monitor}},
             "networkPolicy": {"enabled": app.network_policies},

@@ -35,12 +35,16 @@ SECRET_KEYS: dict[str, str] = {
     "kafkaAdminPassword": "SASL/SCRAM password of the in-cluster Kafka admin user (default: generated)",
     "apiKeys": "comma-separated API keys accepted by the API (default: one generated key)",
     "webhookSecret": "HMAC key signing webhook bodies (default: generated)",
+    "smtpPassword": "password of the SMTP user smtp.username (required with it; never generated)",
 }
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
 _IMAGE_REPO = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+)*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_CIDR = re.compile(r"^[0-9a-fA-F.:]+/[0-9]{1,3}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+_HOST = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$")
 _MAXMEMORY = re.compile(r"^[0-9]+(kb|mb|gb|k|m|g)?$", re.IGNORECASE)
 
 
@@ -178,6 +182,19 @@ class AppConfig:
 
 
 @dataclass(frozen=True)
+class SmtpConfig:
+    """E-mail notifications: the chart's ``smtp`` values; the password is the ``smtpPassword`` secret."""
+
+    host: str = ""
+    port: int = 587
+    security: str = "starttls"  # none | starttls | tls
+    username: str = ""
+    sender: str = "pynomaly@localhost"
+    timeout: float = 10.0
+    cidrs: tuple[str, ...] = ()  # where the notification pools may reach the server (NetworkPolicy)
+
+
+@dataclass(frozen=True)
 class Secrets:
     """Secret config values as Pulumi secret outputs; ``None`` means 'generate one'."""
 
@@ -187,6 +204,7 @@ class Secrets:
     kafka_admin_password: pulumi.Output[str] | None = None
     api_keys: pulumi.Output[str] | None = None
     webhook_secret: pulumi.Output[str] | None = None
+    smtp_password: pulumi.Output[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +219,7 @@ class StackConfig:
     app: AppConfig
     secrets: Secrets = field(default_factory=Secrets)
     labels: Mapping[str, str] = field(default_factory=dict)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
 
 
 # -- validation (pure) ---------------------------------------------------------------------------
@@ -316,7 +335,7 @@ def parse_config(raw: Mapping[str, Any], environment: str, *, default_tag: str) 
     """
     problems: list[str] = []
     allowed = {"environment", "kubernetes", "image", "expose", "storageClass", "redis", "kafka", "autoscaling",
-               "app", "labels"}
+               "app", "labels", "smtp"}
     top = _Reader(problems, PROJECT, raw, allowed | set(SECRET_KEYS))
     for key in sorted(set(SECRET_KEYS) & set(raw)):
         problems.append(f"{PROJECT}:{key}: is a secret; set it with `pulumi config set --secret {key}`")
@@ -441,6 +460,24 @@ def parse_config(raw: Mapping[str, Any], environment: str, *, default_tag: str) 
     if app.task_soft_time_limit >= app.task_time_limit:
         problems.append(f"{PROJECT}.app.taskSoftTimeLimit: must be below taskTimeLimit ({app.task_time_limit})")
 
+    sm = top.child("smtp", {"host", "port", "security", "username", "from", "timeout", "cidrs"})
+    cidrs_raw = sm.raw.get("cidrs") or []
+    if not isinstance(cidrs_raw, list) or not all(isinstance(c, str) and _CIDR.match(c) for c in cidrs_raw):
+        problems.append(f"{PROJECT}.smtp.cidrs: must be a list of CIDRs like 203.0.113.25/32")
+        cidrs_raw = []
+    smtp = SmtpConfig(
+        host=sm.get("host", str, "", _match(_HOST, "a host name or address")),
+        port=sm.get("port", int, 587, _int_range(1, 65535)),
+        security=sm.get("security", str, "starttls", _one_of("none", "starttls", "tls")),
+        username=sm.get("username", str, ""),
+        sender=sm.get("from", str, "pynomaly@localhost", _match(_EMAIL, "an e-mail address")),
+        timeout=float(sm.get("timeout", int, 10, _int_range(1, 300))),
+        cidrs=tuple(cidrs_raw),
+    )
+    if smtp.host and app.network_policies and not smtp.cidrs:
+        problems.append(f"{PROJECT}.smtp.cidrs: required with smtp.host while app.networkPolicies is on "
+                        "(the SMTP server's address as CIDRs; egress is never opened to everything)")
+
     labels_raw = raw.get("labels") or {}
     labels: dict[str, str] = {}
     if not isinstance(labels_raw, Mapping) or not all(isinstance(v, str) for v in labels_raw.values()):
@@ -450,7 +487,7 @@ def parse_config(raw: Mapping[str, Any], environment: str, *, default_tag: str) 
 
     if problems:
         raise ConfigError(problems)
-    return StackConfig(env, kubernetes, image, expose, redis, kafka, autoscaling, app, Secrets(), labels)
+    return StackConfig(env, kubernetes, image, expose, redis, kafka, autoscaling, app, Secrets(), labels, smtp)
 
 
 # -- reading from Pulumi -------------------------------------------------------------------------
@@ -503,6 +540,7 @@ def load(default_tag: str) -> StackConfig:
         kafka_admin_password=cfg.get_secret("kafkaAdminPassword"),
         api_keys=cfg.get_secret("apiKeys"),
         webhook_secret=cfg.get_secret("webhookSecret"),
+        smtp_password=cfg.get_secret("smtpPassword"),
     )
     extra = []
     if stack.redis.mode == "external" and secrets.redis_url is None:
@@ -511,10 +549,12 @@ def load(default_tag: str) -> StackConfig:
         secrets.kafka_password is None or not stack.kafka.external_username
     ):
         extra.append(f"{PROJECT}:kafkaPassword and kafka.external.username: required for an external SASL Kafka")
+    if stack.smtp.username and secrets.smtp_password is None:
+        extra.append(f"{PROJECT}:smtpPassword: required (as a secret) when smtp.username is set")
     if extra:
         raise ConfigError(extra)
     return StackConfig(stack.environment, stack.kubernetes, stack.image, stack.expose, stack.redis, stack.kafka,
-                       stack.autoscaling, stack.app, secrets, stack.labels)
+                       stack.autoscaling, stack.app, secrets, stack.labels, stack.smtp)
 
 
 def _secret_in_env(full_key: str) -> bool:
