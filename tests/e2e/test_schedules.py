@@ -248,3 +248,35 @@ def test_url_source_is_fetched_at_run_time(http: httpx.Client) -> None:
             assert job["dataset"]["rows"] == 41 and job["schedule_id"] == sid
         finally:
             assert http.delete(f"/v1/schedules/{sid}").status_code == 204
+
+
+def test_maintenance_and_health_check_run_on_the_default_worker(local_system, system_redis) -> None:  # type: ignore[no-untyped-def]
+    from pynomaly.messaging.celery_app import create_celery
+    from pynomaly.storage.dead_letters import DeadLetter, DeadLetterStore
+    from pynomaly.topology import Q_DEFAULT, S_DASHBOARD, TASK_HEALTH_CHECK, TASK_MAINTENANCE
+
+    app = create_celery(local_system.settings)
+    try:
+        # The DLQ grew since the last check: one more dead letter than the remembered size.
+        letters = DeadLetterStore(system_redis)
+        letter = letters.add(
+            DeadLetter(task=TASK_MAINTENANCE, args=[], kwargs={}, error="e2e", traceback="", attempts=1)
+        )
+        system_redis.set("pynomaly:alerts:dlq-size", letters.size() - 1)
+        try:
+            summary = app.send_task(TASK_HEALTH_CHECK, queue=Q_DEFAULT).get(timeout=60)
+        finally:
+            letters.remove(letter.id)
+        assert {"jobs", "dlq_size", "queues", "components", "stale_components", "schedules"} <= set(summary)
+        assert summary["components"] >= 1 and "dlq_growing" in summary["alerts"]
+        kept = app.send_task(TASK_MAINTENANCE, queue=Q_DEFAULT).get(timeout=60)
+        assert set(kept["streams_trimmed"]) == {"dashboard:stream", "notifications:stream", "health:stream"}
+    finally:
+        app.close()
+
+    def bridged(kind: str) -> bool:
+        return any(f.get("type") == kind for _, f in system_redis.xrevrange(S_DASHBOARD, count=300))
+
+    wait_for(
+        lambda: bridged("health_summary") and bridged("system_alert"), 60, what="summary and alert on the dashboard"
+    )
