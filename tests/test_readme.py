@@ -69,6 +69,6 @@ def test_every_api_route_is_documented() -> None:
     websockets = [f"WS {path}" for path in _websocket_paths(list(app.routes))]
     # A floor, so a change in how FastAPI exposes routes cannot make this test vacuous.
     assert len(documented) >= 20 and websockets == ["WS /v1/stream"]
-    # The README names every path parameter {id}; the test must fail on a real gap, so check it can.
+    # The README names every path parameter {id}.
     missing = [r for r in documented + websockets if re.sub(r"\{\w+\}", "{id}", r) not in README]
     assert missing == [], f"README does not document {missing}"
