@@ -26,7 +26,9 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     environment: str = Field("local", description="Name shown in logs and events (local, dev, onprem, cloud).")
-    redis_url: str = Field("", description="Celery broker, result backend, job store and streams (redis:// or rediss://).")
+    redis_url: str = Field(
+        "", description="Celery broker, result backend, job store and streams (redis:// or rediss://)."
+    )
     kafka_bootstrap_servers: str = Field("", description="Comma-separated host:port list of Kafka brokers.")
     kafka_security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL.")
     kafka_sasl_mechanism: str = Field("SCRAM-SHA-512", description="SASL mechanism when SASL is on.")
@@ -43,7 +45,9 @@ class Settings(BaseModel):
 
     task_time_limit: int = Field(3600, ge=1, description="Hard time limit of a task, seconds.")
     task_soft_time_limit: int = Field(3300, ge=1, description="Soft time limit of a task, seconds.")
-    retry_backoff_base: float = Field(60.0, ge=0, description="First retry delay in seconds; doubles per attempt, with jitter.")
+    retry_backoff_base: float = Field(
+        60.0, ge=0, description="First retry delay in seconds; doubles per attempt, with jitter."
+    )
     retry_backoff_max: float = Field(3600.0, ge=0, description="Cap on one retry delay, seconds.")
     max_retries: int = Field(3, ge=0, le=10, description="Retries before a job goes to the dead-letter queue.")
     worker_concurrency: int = Field(0, ge=0, description="Processes per worker; 0 takes the pool's default.")
