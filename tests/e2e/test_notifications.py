@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,20 +22,10 @@ from pynomaly.consumers.stream_groups import NOTIFICATION_LOG
 from pynomaly.topology import S_NOTIFICATIONS, TASK_DELIVER, TOPOLOGY
 from pynomaly.usecases.pipeline import SIGNATURE_HEADER
 from tests.conftest import E2E_WEBHOOK_SECRET
+from tests.e2e.support import wait_for
 from tests.support.notify import HttpReceiver, SmtpSink, http_receiver
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {value!r})")
-        time.sleep(0.2)
 
 
 def rows(n: int = 40) -> list[list[float]]:
@@ -97,7 +86,7 @@ def test_email_arrives_with_top_anomalies_while_a_failing_webhook_is_dead_letter
     # The job completes on its own; the e-mail arrives although the webhook keeps failing.
     job = api.wait(job_id, timeout=90)
     assert job["status"] == "completed" and job["steps"] == ["preprocess", "detect", "report", "notify"]
-    (message,) = wait_for(lambda: smtp_sink.to("ops@example.com"), 60, "the e-mail")
+    (message,) = wait_for(lambda: smtp_sink.to("ops@example.com"), 60, what="the e-mail")
     result = api.result(job_id)
     top = result["top_anomalies"][:5]
     assert {a["row"] for a in top[:2]} == {38, 39}
@@ -120,7 +109,7 @@ def test_email_arrives_with_top_anomalies_while_a_failing_webhook_is_dead_letter
         items = api.dead_letters(limit=500)["items"]
         return next((i for i in items if i["job_id"] == job_id and i["task"] == TASK_DELIVER), None)
 
-    dead = wait_for(letter, 60, "the webhook's dead letter")
+    dead = wait_for(letter, 60, what="the webhook's dead letter")
     attempts = settings.max_retries + 1
     assert attempts == 3
     hits = receiver.hits("/broken")
@@ -136,7 +125,7 @@ def test_email_arrives_with_top_anomalies_while_a_failing_webhook_is_dead_letter
     def outcomes() -> list[tuple[str, str, str]]:
         return [(e["channel"], e["status"], e["attempt"]) for e in stream_entries(store, job_id)]
 
-    wait_for(lambda: ("webhook", "dead_lettered", "3") in outcomes(), 30, "the dead_lettered entry")
+    wait_for(lambda: ("webhook", "dead_lettered", "3") in outcomes(), 30, what="the dead_lettered entry")
     assert sorted(outcomes()) == sorted(
         [
             ("webhook", "queued", "0"),
@@ -148,13 +137,13 @@ def test_email_arrives_with_top_anomalies_while_a_failing_webhook_is_dead_letter
         ]
     )
     log_key = f"{NOTIFICATION_LOG}{job_id}"
-    kept = wait_for(lambda: store.hlen(log_key) >= 6 and store.hvals(log_key), 30, "the notifiers group")
+    kept = wait_for(lambda: store.hlen(log_key) >= 6 and store.hvals(log_key), 30, what="the notifiers group")
     assert {json.loads(v).get("status") for v in kept} >= {"delivered", "dead_lettered"}
 
     # Replaying the dead letter delivers it once the receiver works, and leaves the job completed.
     receiver.failing.clear()
     api.replay(dead["id"])
-    wait_for(lambda: ("webhook", "delivered", "1") in outcomes(), 60, "the replayed delivery")
+    wait_for(lambda: ("webhook", "delivered", "1") in outcomes(), 60, what="the replayed delivery")
     assert api.job(job_id)["status"] == "completed"
 
 
@@ -184,13 +173,13 @@ def test_rules_on_failure_and_anomaly_rate(
         ],
     )["id"]
 
-    (failure,) = wait_for(lambda: smtp_sink.to("failed@example.com"), 90, "the failure e-mail")
+    (failure,) = wait_for(lambda: smtp_sink.to("failed@example.com"), 90, what="the failure e-mail")
     assert api.job(failing)["status"] == "failed"
     assert failure["Subject"] == f"[pynomaly] job {failing[:8]} failed"
     assert "missing" in failure.get_body(("plain",)).get_content().lower()
 
-    wait_for(lambda: smtp_sink.to("low@example.com"), 90, "the anomaly-rate e-mail")
-    ((headers, body),) = wait_for(lambda: receiver.hits("/ok"), 60, "the webhook")
+    wait_for(lambda: smtp_sink.to("low@example.com"), 90, what="the anomaly-rate e-mail")
+    ((headers, body),) = wait_for(lambda: receiver.hits("/ok"), 60, what="the webhook")
     assert signed(headers, body)
     payload = json.loads(body)
     assert payload["job_id"] == rated and payload["status"] == "completed" and payload["top_anomalies"]
@@ -233,7 +222,7 @@ def test_multipart_takes_notify_as_json(api: PynomalyClient, smtp_sink: SmtpSink
         data={"detector": "ecod", "notify": notify},
     )
     assert response.status_code == 202, response.text
-    wait_for(lambda: smtp_sink.to("multipart@example.com"), 90, "the multipart job's e-mail")
+    wait_for(lambda: smtp_sink.to("multipart@example.com"), 90, what="the multipart job's e-mail")
     bad = api._http.post(
         "/v1/jobs", files={"file": ("data.csv", body, "text/csv")}, data={"detector": "ecod", "notify": '{"x": 1}'}
     )

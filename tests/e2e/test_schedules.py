@@ -26,22 +26,12 @@ from pynomaly.config import env_for
 from pynomaly.localstack.procs import log_tail, spawn, stop_process
 from pynomaly.localstack.system import pynomaly_argv
 from pynomaly.messaging.beat import BEAT_KEY_PREFIX, BEAT_LOCK_KEY, entry_name
+from tests.e2e.support import wait_for
 
 pytestmark = pytest.mark.e2e
 
 INTERVAL = 2
 CSV = "a,b\n" + "\n".join(f"{i % 7 * 0.1:.2f},{(i * 3) % 5 * 0.2:.2f}" for i in range(40)) + "\n25,-25\n"
-
-
-def wait_for(check, timeout: float = 60.0, interval: float = 0.25, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {value!r})")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")

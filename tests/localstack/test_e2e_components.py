@@ -16,7 +16,7 @@ def test_every_component_runs_and_is_healthy(local_system: LocalSystem) -> None:
     names = [r.component.name for r in local_system.supervisor.running]
     assert names == ["api", *(f"worker-{p.name}" for p in TOPOLOGY.worker_pools)] + [
         f"consumer-{g.pool}" for g in TOPOLOGY.consumer_groups
-    ]
+    ] + ["beat"]
     assert all(pid_alive(r.record.pid) for r in local_system.supervisor.running)
     local_system.check()
     status = status_from_state(local_system.state_dir)

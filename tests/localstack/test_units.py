@@ -150,7 +150,8 @@ def test_local_components_cover_the_topology(tmp_path: Path) -> None:
     assert names.count("api") == 1
     assert {f"worker-{p.name}" for p in TOPOLOGY.worker_pools} <= set(names)
     assert {f"consumer-{g.pool}" for g in TOPOLOGY.consumer_groups} <= set(names)
-    assert len(names) == 1 + len(TOPOLOGY.worker_pools) + len(TOPOLOGY.consumer_groups)
+    assert names.count("beat") == 1  # the scheduler is a singleton
+    assert len(names) == 1 + len(TOPOLOGY.worker_pools) + len(TOPOLOGY.consumer_groups) + 1
     api = components[0]
     assert api.health is not None and api.health.to_dict() == {"kind": "http", "url": "http://127.0.0.1:8123/healthz"}
     for component in components:

@@ -12,7 +12,7 @@ import redis
 
 from pynomaly.domain.errors import Conflict, NotFound
 from pynomaly.domain.jobs import Job, JobStatus, check_transition, utcnow
-from pynomaly.storage.redis_client import KEY_PREFIX
+from pynomaly.storage.redis_client import KEY_PREFIX, update_document
 
 JOB_INDEX = f"{KEY_PREFIX}jobs"
 
@@ -75,24 +75,7 @@ class JobStore:
         return bool(self._r.exists(_job_key(job_id)))
 
     def update(self, job_id: str, change: Callable[[Job], None]) -> Job:
-        """Read-modify-write under WATCH so concurrent updates never lose one another."""
-        key = _job_key(job_id)
-        while True:
-            with self._r.pipeline() as pipe:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        raise NotFound(f"no job {job_id!r}")
-                    job = Job.from_dict(json.loads(raw))
-                    change(job)
-                    job.updated_at = utcnow()
-                    pipe.multi()
-                    pipe.set(key, json.dumps(job.as_dict()), keepttl=True)
-                    pipe.execute()
-                    return job
-                except redis.WatchError:
-                    continue
+        return update_document(self._r, _job_key(job_id), Job.from_dict, change, lambda: NotFound(f"no job {job_id!r}"))
 
     def transition(self, job_id: str, target: JobStatus, **fields: Any) -> Job:
         def change(job: Job) -> None:

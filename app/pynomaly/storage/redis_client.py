@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
 import redis
 
 from pynomaly.config import Settings
@@ -19,3 +23,43 @@ def redis_from_settings(settings: Settings, *, decode: bool = True) -> redis.Red
         health_check_interval=30,
         retry_on_timeout=True,
     )
+
+
+class Document(Protocol):
+    updated_at: str
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+D = TypeVar("D", bound=Document)
+
+
+def update_document(
+    client: redis.Redis,
+    key: str,
+    load: Callable[[dict[str, Any]], D],
+    change: Callable[[D], None],
+    missing: Callable[[], Exception],
+) -> D:
+    """Read-modify-write of a JSON document under WATCH, so concurrent updates never lose one another.
+
+    ``change`` may raise to refuse the update; the document keeps its TTL.
+    """
+    from pynomaly.domain.jobs import utcnow
+
+    while True:
+        with client.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                raw = pipe.get(key)
+                if raw is None:
+                    raise missing()
+                document = load(json.loads(raw))
+                change(document)
+                document.updated_at = utcnow()
+                pipe.multi()
+                pipe.set(key, json.dumps(document.as_dict()), keepttl=True)
+                pipe.execute()
+                return document
+            except redis.WatchError:
+                continue

@@ -13,9 +13,8 @@ from collections.abc import Callable
 import redis
 
 from pynomaly.domain.errors import Conflict, NotFound
-from pynomaly.domain.jobs import utcnow
 from pynomaly.domain.schedules import Schedule
-from pynomaly.storage.redis_client import KEY_PREFIX
+from pynomaly.storage.redis_client import KEY_PREFIX, update_document
 
 SCHEDULE_INDEX = f"{KEY_PREFIX}schedules"
 MAX_RUNS_KEPT = 1000
@@ -54,23 +53,9 @@ class ScheduleStore:
             return None
 
     def update(self, schedule_id: str, change: Callable[[Schedule], None]) -> Schedule:
-        key = _key(schedule_id)
-        while True:
-            with self._r.pipeline() as pipe:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        raise NotFound(f"no schedule {schedule_id!r}")
-                    schedule = Schedule.from_dict(json.loads(raw))
-                    change(schedule)
-                    schedule.updated_at = utcnow()
-                    pipe.multi()
-                    pipe.set(key, json.dumps(schedule.as_dict()))
-                    pipe.execute()
-                    return schedule
-                except redis.WatchError:
-                    continue
+        return update_document(
+            self._r, _key(schedule_id), Schedule.from_dict, change, lambda: NotFound(f"no schedule {schedule_id!r}")
+        )
 
     def list(self, offset: int = 0, limit: int = 50) -> tuple[list[Schedule], int]:
         total = int(self._r.zcard(SCHEDULE_INDEX))
