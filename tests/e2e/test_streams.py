@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -127,8 +128,13 @@ def _receive(ws: ClientConnection, timeout: float = 10.0) -> dict[str, Any]:
 def _until(ws: ClientConnection, match, timeout: float = 30.0) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     """Dashboard entries received until one matches (health beats are skipped)."""
     received = []
+    # One deadline for the whole wait: heartbeats keep arriving, so a per-message timeout never fires.
+    deadline = time.monotonic() + timeout
     while True:
-        message = _receive(ws, timeout)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no matching dashboard entry within {timeout:.0f}s; got {received[-5:]}")
+        message = _receive(ws, left)
         if message.get("stream") != S_DASHBOARD:
             continue
         received.append(message)

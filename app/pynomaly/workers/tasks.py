@@ -16,6 +16,7 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
+from celery.signals import task_postrun, task_prerun
 
 from pynomaly.config import load_settings
 from pynomaly.domain.errors import DomainError, JobCancelled
@@ -43,6 +44,22 @@ def pipeline() -> Pipeline:
     return Pipeline(c.jobs, c.messaging, c.settings.webhook_secret, c.settings.public_url)
 
 
+_task_started: dict[str, float] = {}
+
+
+@task_prerun.connect
+def _time_task(task_id: str, **_: Any) -> None:
+    _task_started[task_id] = time.perf_counter()
+
+
+@task_postrun.connect
+def _record_task(task_id: str, task: Task, **_: Any) -> None:
+    """Every task's run time, whatever it is (pipeline step, delivery, maintenance)."""
+    started = _task_started.pop(task_id, None)
+    if started is not None:
+        metrics.TASK_SECONDS.labels(task=task.name).observe(time.perf_counter() - started)
+
+
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """Full-jitter exponential backoff: uniform in [exp/2, exp], exp = base * 2**attempt, capped."""
     exp = min(cap, base * (2**attempt))
@@ -53,7 +70,6 @@ def run_step(task: Task, job_id: str, step: Step, work: Callable[[Pipeline, Any]
     settings = container().settings
     flow = pipeline()
     attempt = task.request.retries + 1
-    started = time.perf_counter()
     job = flow.begin(job_id, step, attempt)
     if job is None:
         metrics.TASKS.labels(task=task.name, outcome="cancelled").inc()
@@ -97,8 +113,6 @@ def run_step(task: Task, job_id: str, step: Step, work: Callable[[Pipeline, Any]
         metrics.TASKS.labels(task=task.name, outcome="dead_lettered").inc()
         task.request.chain = None
         return {"job_id": job_id, "status": "dead_lettered", "dead_letter_id": letter.id}
-    finally:
-        metrics.TASK_SECONDS.labels(task=task.name).observe(time.perf_counter() - started)
     metrics.TASKS.labels(task=task.name, outcome="succeeded").inc()
     return {"job_id": job_id, "status": "ok", **output}
 
