@@ -40,6 +40,15 @@ def _entry(stream: str, entry_id: str, fields: dict[str, str]) -> dict[str, obje
     return message
 
 
+async def _tail_id(client: redis.asyncio.Redis, stream: str) -> str:
+    """The id of the newest entry ever added to ``stream`` ("0-0" when it does not exist yet)."""
+    try:
+        info = await client.xinfo_stream(stream)
+    except redis.ResponseError:
+        return "0-0"
+    return str(info["last-generated-id"])
+
+
 @router.websocket("/v1/stream")
 async def stream(websocket: WebSocket) -> None:
     await websocket.accept()
@@ -66,7 +75,12 @@ async def stream(websocket: WebSocket) -> None:
 
     client: redis.asyncio.Redis = websocket.app.state.async_redis
     # The health stream is live only: a reconnecting dashboard wants jobs it missed, not old beats.
-    cursors = {S_DASHBOARD: last_id, S_HEALTH: "$"}
+    # "$" is pinned to the stream's current last id once: passed to every XREAD it would skip any
+    # entry added while the previous batch was being sent.
+    cursors = {
+        S_DASHBOARD: await _tail_id(client, S_DASHBOARD) if last_id == "$" else last_id,
+        S_HEALTH: await _tail_id(client, S_HEALTH),
+    }
     metrics.WEBSOCKET_CLIENTS.inc()
     await websocket.send_json({"type": "hello", "streams": list(cursors), "resume_from": last_id})
 

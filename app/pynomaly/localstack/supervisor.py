@@ -6,6 +6,7 @@ consumers touch a heartbeat file whose age tells whether they still make progres
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -187,7 +188,13 @@ class Supervisor:
         gone = []
         for running in self.running:
             code = running.proc.poll() if running.proc is not None else None
-            if code is not None or not running.record.alive():
+            if code is None and not running.record.alive():
+                # Seen as a zombie before poll() could reap it: reap now to learn how it ended.
+                if running.proc is not None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        code = running.proc.wait(timeout=2)
+                gone.append((running, code))
+            elif code is not None:
                 gone.append((running, code))
         return gone
 
@@ -195,7 +202,10 @@ class Supervisor:
         """Raise :class:`ComponentFailed` (with the log tail) if a component has exited."""
         for running, code in self.exited():
             name = running.component.name
-            how = f"with code {code}" if code is not None and code >= 0 else f"on signal {-(code or 0)}"
+            if code is None:
+                how = "(exit status unknown)"
+            else:
+                how = f"with code {code}" if code >= 0 else f"on signal {-code}"
             raise ComponentFailed(
                 name,
                 f"{name} exited {how}; last lines of {running.record.log}:",
