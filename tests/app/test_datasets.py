@@ -78,3 +78,19 @@ def test_payload_round_trip_keeps_nan_and_inf() -> None:
     back = Dataset.from_payload(payload)
     assert back.columns == ("a", "b")
     np.testing.assert_array_equal(back.values, values)
+
+
+def test_binary_round_trip_keeps_columns_nan_and_inf() -> None:
+    values = np.array([[1.5, np.nan, 3.0], [np.inf, -np.inf, -0.25]])
+    ds = Dataset(("temp", "ünïcode", "x,y"), values)
+    back = Dataset.from_bytes(ds.to_bytes())
+    assert back.columns == ("temp", "ünïcode", "x,y")
+    np.testing.assert_array_equal(back.values, values)
+
+
+def test_binary_form_refuses_a_matrix_that_does_not_fit_its_header() -> None:
+    raw = Dataset(("a", "b"), np.zeros((3, 2))).to_bytes()
+    size = int.from_bytes(raw[:4], "big")
+    lying = b'{"columns":["a"]}'
+    with pytest.raises(ValueError, match="shape"):
+        Dataset.from_bytes(len(lying).to_bytes(4, "big") + lying + raw[4 + size :])

@@ -10,11 +10,15 @@ from typing import Any
 
 import redis
 
+from pynomaly.domain.datasets import Dataset
 from pynomaly.domain.errors import Conflict, NotFound
 from pynomaly.domain.jobs import Job, JobStatus, check_transition, utcnow
 from pynomaly.storage.redis_client import KEY_PREFIX, update_document
 
 JOB_INDEX = f"{KEY_PREFIX}jobs"
+# Blob kinds holding a job's data: as submitted, and after preprocessing.
+DATASET = "dataset"
+PREPARED = "prepared"
 
 
 def _job_key(job_id: str) -> str:
@@ -45,9 +49,9 @@ class JobStore:
         self._ttl = ttl_seconds
 
     # -- jobs ----------------------------------------------------------------------------------
-    def create(self, job: Job, dataset_payload: dict[str, Any]) -> None:
+    def create(self, job: Job, dataset: Dataset) -> None:
         """Store the dataset first, then the job, so a visible job always has its data."""
-        self._b.set(_blob_key("dataset", job.id), _pack(dataset_payload), ex=self._ttl)
+        self.put_dataset(DATASET, job.id, dataset)
         pipe = self._r.pipeline(transaction=True)
         pipe.set(_job_key(job.id), json.dumps(job.as_dict()), ex=self._ttl)
         pipe.zadd(JOB_INDEX, {job.id: time.time()})
@@ -153,6 +157,17 @@ class JobStore:
         if raw is None:
             raise NotFound(f"no {kind} for job {job_id!r}")
         return _unpack(raw)
+
+    def put_dataset(self, kind: str, job_id: str, dataset: Dataset) -> str:
+        key = _blob_key(kind, job_id)
+        self._b.set(key, dataset.to_bytes(), ex=self._ttl)
+        return key
+
+    def get_dataset(self, kind: str, job_id: str) -> Dataset:
+        raw = self._b.get(_blob_key(kind, job_id))
+        if raw is None:
+            raise NotFound(f"no {kind} for job {job_id!r}")
+        return Dataset.from_bytes(raw)
 
     def has_blob(self, kind: str, job_id: str) -> bool:
         return bool(self._b.exists(_blob_key(kind, job_id)))

@@ -100,7 +100,7 @@ class JobService:
             existing = self._jobs.claim_idempotency_key(request.idempotency_key, job.id)
             if existing is not None and self._jobs.exists(existing):
                 return self._jobs.get(existing), False
-        self._jobs.create(job, request.dataset.to_payload())
+        self._jobs.create(job, request.dataset)
         # Announced before it is enqueued: a worker may start the job at once, and its job_started
         # (another producer) must not overtake job_submitted on the job's partition.
         self._announce(

@@ -20,7 +20,7 @@ from pynomaly.domain.jobs import Job, JobStatus, Step
 from pynomaly.domain.preprocessing import PreprocessOptions, preprocess
 from pynomaly.domain.reports import REPORT_FORMATS, render
 from pynomaly.messaging.service import MessageQueueService
-from pynomaly.storage.jobs import JobStore
+from pynomaly.storage.jobs import DATASET, PREPARED, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +128,15 @@ class Pipeline:
 
     # -- steps -----------------------------------------------------------------------------------
     def preprocess(self, job: Job) -> dict[str, Any]:
-        dataset = Dataset.from_payload(self._jobs.get_blob("dataset", job.id))
+        dataset = self._jobs.get_dataset(DATASET, job.id)
         options = PreprocessOptions.parse(job.preprocessing)
         values, report = preprocess(dataset.values, dataset.columns, options)
-        self._jobs.put_blob("prepared", job.id, Dataset(dataset.columns, values).to_payload())
+        self._jobs.put_dataset(PREPARED, job.id, Dataset(dataset.columns, values))
         return report.as_dict()
 
     def detect(self, job: Job) -> dict[str, Any]:
-        kind = "prepared" if self._jobs.has_blob("prepared", job.id) else "dataset"
-        dataset = Dataset.from_payload(self._jobs.get_blob(kind, job.id))
+        kind = PREPARED if self._jobs.has_blob(PREPARED, job.id) else DATASET
+        dataset = self._jobs.get_dataset(kind, job.id)
         result = run_detection(
             dataset.values,
             list(dataset.columns),
