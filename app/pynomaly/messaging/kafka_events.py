@@ -35,6 +35,11 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _publish_failed(event: EventEnvelope, exc: BaseException) -> None:
+    metrics.KAFKA_PUBLISH_FAILURES.labels(topic=event.topic, type=event.type).inc()
+    log.error("event %s (%s for %s) was not published: %s", event.id, event.type, event.subject, exc)
+
+
 class LazyPublisher:
     """Connects on first use, so a component starts (and reports not-ready) while Kafka is down.
 
@@ -52,8 +57,14 @@ class LazyPublisher:
                 self._publisher = KafkaEventPublisher(self._settings)
             return self._publisher
 
-    def publish(self, event: EventEnvelope) -> None:
-        self._get().publish(event)
+    def publish(self, event: EventEnvelope, wait: bool = True) -> None:
+        self._get().publish(event, wait=wait)
+
+    def flush(self) -> None:
+        with self._lock:
+            publisher = self._publisher
+        if publisher is not None:
+            publisher.flush()
 
     def connected(self) -> bool:
         return self._get().connected()
@@ -66,21 +77,37 @@ class LazyPublisher:
 
 
 class KafkaEventPublisher:
-    """Publishes envelopes; ``publish`` waits for the broker's ack so an event is never lost silently."""
+    """Publishes envelopes, never silently losing one.
+
+    ``publish(wait=True)`` returns once the broker acknowledged the event.  ``wait=False`` lets a
+    worker send a job's events back to back (linger batches them) and ``flush`` before its task
+    ends, so the next step's events, sent by another process, still come after them; a failed
+    send is logged and counted by its callback.
+    """
 
     def __init__(self, settings: Settings, timeout: float = 30.0) -> None:
         settings.require("kafka_bootstrap_servers")
         self._producer = KafkaProducer(**producer_config(settings))
         self._timeout = timeout
 
-    def publish(self, event: EventEnvelope) -> None:
+    def publish(self, event: EventEnvelope, wait: bool = True) -> None:
         # Re-validate on the way out: a malformed event must fail here, not in a consumer.
         EventEnvelope.decode(event.encode())
         started = time.perf_counter()
         future = self._producer.send(event.topic, key=event.subject.encode(), value=event.encode())
-        future.get(timeout=self._timeout)
-        metrics.KAFKA_PUBLISH_SECONDS.labels(topic=event.topic).observe(time.perf_counter() - started)
-        metrics.KAFKA_PUBLISHED.labels(topic=event.topic, type=event.type).inc()
+
+        def acknowledged(_: object) -> None:
+            metrics.KAFKA_PUBLISH_SECONDS.labels(topic=event.topic).observe(time.perf_counter() - started)
+            metrics.KAFKA_PUBLISHED.labels(topic=event.topic, type=event.type).inc()
+
+        if wait:
+            acknowledged(future.get(timeout=self._timeout))
+            return
+        future.add_callback(acknowledged)
+        future.add_errback(lambda exc: _publish_failed(event, exc))
+
+    def flush(self) -> None:
+        self._producer.flush(timeout=self._timeout)
 
     def connected(self) -> bool:
         """True when the cluster answers a metadata request (used by /readyz)."""

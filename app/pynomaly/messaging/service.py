@@ -30,7 +30,9 @@ STEP_TASKS: dict[Step, str] = {
 
 
 class EventPublisher(Protocol):
-    def publish(self, event: EventEnvelope) -> None: ...
+    def publish(self, event: EventEnvelope, wait: bool = True) -> None: ...
+
+    def flush(self) -> None: ...
 
     def connected(self) -> bool: ...
 
@@ -67,10 +69,14 @@ class MessageQueueService:
         return str(result.id)
 
     # -- Kafka -----------------------------------------------------------------------------------
-    def publish_event(self, event_type: str, subject: str, **data: Any) -> EventEnvelope:
+    def publish_event(self, event_type: str, subject: str, *, wait: bool = True, **data: Any) -> EventEnvelope:
+        """Publish and, by default, wait for the broker's ack; ``wait=False`` needs a later ``flush_events``."""
         event = make_event(event_type, subject, self.source, **data)
-        self._publisher.publish(event)
+        self._publisher.publish(event, wait=wait)
         return event
+
+    def flush_events(self) -> None:
+        self._publisher.flush()
 
     # -- Redis Streams ---------------------------------------------------------------------------
     def stream_update(self, stream: str, fields: dict[str, str]) -> str:

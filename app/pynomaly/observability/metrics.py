@@ -27,6 +27,9 @@ TASK_SECONDS = Histogram(
 TASK_RETRIES = Counter("pynomaly_task_retries_total", "Task retries scheduled", ["task"])
 DEAD_LETTERED = Counter("pynomaly_dead_lettered_total", "Tasks moved to the dead-letter queue", ["task"])
 JOBS_SUBMITTED = Counter("pynomaly_jobs_submitted_total", "Jobs accepted by the API", ["detector", "priority"])
+KAFKA_PUBLISH_FAILURES = Counter(
+    "pynomaly_kafka_publish_failures_total", "Events the broker never acknowledged", ["topic", "type"]
+)
 KAFKA_PUBLISHED = Counter("pynomaly_kafka_published_total", "Events published", ["topic", "type"])
 KAFKA_PUBLISH_SECONDS = Histogram(
     "pynomaly_kafka_publish_seconds",

@@ -189,9 +189,18 @@ class Pipeline:
     def _event(self, event_type: str, job: Job, **data: Any) -> None:
         try:
             # ``data`` may carry a fresher progress (checkpoints) than the job record read before it.
-            self._mq.publish_event(event_type, job.id, **{"status": job.status, "progress": job.progress, **data})
+            self._mq.publish_event(
+                event_type, job.id, wait=False, **{"status": job.status, "progress": job.progress, **data}
+            )
         except Exception:
             log.exception("could not publish %s for job %s", event_type, job.id)
+
+    def flush(self) -> None:
+        """Wait until every event this step sent is acknowledged (failures are logged per event)."""
+        try:
+            self._mq.flush_events()
+        except Exception:
+            log.exception("could not flush the job events")
 
 
 def _set(job: Job, **fields: Any) -> None:

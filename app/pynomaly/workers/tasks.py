@@ -67,8 +67,19 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
 
 
 def run_step(task: Task, job_id: str, step: Step, work: Callable[[Pipeline, Any], dict[str, Any]]) -> dict[str, Any]:
-    settings = container().settings
     flow = pipeline()
+    try:
+        return _run_step(task, flow, job_id, step, work)
+    finally:
+        # The step's events were sent without waiting; they must be on Kafka before the chain's
+        # next step (another process, another producer) publishes its own.
+        flow.flush()
+
+
+def _run_step(
+    task: Task, flow: Pipeline, job_id: str, step: Step, work: Callable[[Pipeline, Any], dict[str, Any]]
+) -> dict[str, Any]:
+    settings = container().settings
     attempt = task.request.retries + 1
     job = flow.begin(job_id, step, attempt)
     if job is None:
