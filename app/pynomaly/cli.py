@@ -213,6 +213,32 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any] | None:
     return params or None
 
 
+NOTIFY_HELP = (
+    "Notification target CHANNEL:TARGET[:ON[:THRESHOLD]] (repeatable), e.g. email:ops@example.com:failed, "
+    "email:ops@example.com:anomaly_rate:0.05 or webhook:https://hooks.example/x (ON defaults to completed)."
+)
+
+
+def _parse_notify(specs: tuple[str, ...], allow_json: bool = False) -> list[dict[str, Any]] | None:
+    """``--notify`` values as the API's notify list; a malformed one is a usage error naming it."""
+    from pynomaly.domain.errors import InvalidInput
+    from pynomaly.domain.notifications import parse_spec
+
+    targets: list[dict[str, Any]] = []
+    for spec in specs:
+        if allow_json and spec.lstrip().startswith("{"):
+            try:
+                targets.append(json.loads(spec))
+            except json.JSONDecodeError:
+                raise click.BadParameter(f"{spec!r} is not JSON", param_hint="--notify") from None
+            continue
+        try:
+            targets.append(parse_spec(spec))
+        except InvalidInput as exc:
+            raise click.BadParameter(str(exc), param_hint="--notify") from None
+    return targets or None
+
+
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--detector", "-d", default="iforest", show_default=True, help="See `pynomaly detectors`.")
@@ -226,6 +252,7 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any] | None:
 )
 @click.option("--scaling", type=click.Choice(["none", "standard", "robust", "minmax"]), help="Feature scaling.")
 @click.option("--webhook", help="URL that receives the signed completion notice.")
+@click.option("--notify", "notify", multiple=True, metavar="CHANNEL:TARGET[:ON[:THRESHOLD]]", help=NOTIFY_HELP)
 @click.option("--wait/--no-wait", default=False, help="Follow the job with a progress bar and print the anomalies.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait with --wait.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
@@ -241,6 +268,7 @@ def submit(
     missing: str | None,
     scaling: str | None,
     webhook: str | None,
+    notify: tuple[str, ...],
     wait: bool,
     timeout: float,
     as_json: bool,
@@ -249,6 +277,7 @@ def submit(
 ) -> None:
     """Submit DATASET (a CSV with a header row) for detection."""
     preprocessing = {k: v for k, v in (("missing", missing), ("scaling", scaling)) if v} or None
+    targets = _parse_notify(notify)
     with _client(api_url, api_key) as client:
         accepted = _call(
             lambda: client.submit_csv(
@@ -261,6 +290,7 @@ def submit(
                 steps=steps.split(",") if steps else None,
                 preprocessing=preprocessing,
                 webhook_url=webhook,
+                notify=targets,
             )
         )
         if not wait:
@@ -378,6 +408,36 @@ def job_command(job_id: str, api_url: str | None, api_key: str | None) -> None:
     """Show one job."""
     with _client(api_url, api_key) as client:
         click.echo(json.dumps(_call(lambda: client.job(job_id)), indent=2))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@_client_options
+def notifications(job_id: str, as_json: bool, api_url: str | None, api_key: str | None) -> None:
+    """A job's notification outcomes per target (queued, delivered, retrying, dead_lettered)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with _client(api_url, api_key) as client:
+        log = _call(lambda: client.notifications(job_id))
+    if as_json:
+        click.echo(json.dumps(log, indent=2))
+        return
+    if not log["items"]:
+        click.echo(f"job {job_id}: no notifications")
+        return
+    console = Console()
+    targets = Table("#", "channel", "target", "on", "status", "attempts", "detail", title=f"job {log['job_id']}")
+    for t in log["targets"]:
+        targets.add_row(
+            str(t["index"]), t["channel"], t["target"], t["on"], t["status"], str(t["attempts"]), t["detail"][:80]
+        )
+    console.print(targets)
+    history = Table("time", "#", "status", "attempt", "detail", title=f"{log['total']} outcome(s)")
+    for e in log["items"]:
+        history.add_row(e["time"] or e["id"], str(e["index"]), e["status"], str(e["attempt"]), e["detail"][:80])
+    console.print(history)
 
 
 @main.command()

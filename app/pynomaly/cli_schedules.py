@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from pynomaly.cli import _call, _client, _client_options, _parse_params, _settings, main
+from pynomaly.cli import _call, _client, _client_options, _parse_notify, _parse_params, _settings, main
 from pynomaly.config import SettingsError
 
 
@@ -57,8 +57,8 @@ def schedules() -> None:
     "--notify",
     "notify",
     multiple=True,
-    help='Notification target as JSON, e.g. \'{"channel":"email","target":"ops@example.com","on":"failed"}\' '
-    "(repeatable).",
+    help="Notification target CHANNEL:TARGET[:ON[:THRESHOLD]], e.g. email:ops@example.com:anomaly_rate:0.05, "
+    'or as JSON, e.g. \'{"channel":"email","target":"ops@example.com","on":"failed"}\' (repeatable).',
 )
 @click.option("--name", help="A label.")
 @click.option("--paused", is_flag=True, help="Create it paused.")
@@ -84,12 +84,7 @@ def schedules_create(
     api_key: str | None,
 ) -> None:
     """Create a schedule: one of --cron/--every and one of --dataset/--url."""
-    rules = []
-    for raw in notify:
-        try:
-            rules.append(json.loads(raw))
-        except json.JSONDecodeError:
-            raise click.BadParameter(f"{raw!r} is not JSON", param_hint="--notify") from None
+    rules = _parse_notify(notify, allow_json=True)
     body = {
         "name": name,
         "cron": cron,

@@ -52,8 +52,15 @@ class PynomalyClient:
         return response.text
 
     def submit_csv(self, path: Path, detector: str, **options: Any) -> dict[str, Any]:
+        # Multipart fields are strings: objects and the notify list as JSON, steps comma-separated.
         form = {
-            k: (json.dumps(v) if isinstance(v, dict) else ",".join(v) if isinstance(v, list) else str(v))
+            k: (
+                json.dumps(v)
+                if isinstance(v, dict) or k == "notify"
+                else ",".join(v)
+                if isinstance(v, list)
+                else str(v)
+            )
             for k, v in options.items()
             if v is not None
         }
@@ -80,6 +87,9 @@ class PynomalyClient:
     def report(self, job_id: str, fmt: str) -> str:
         body = self._call("GET", f"/v1/jobs/{job_id}/report", params={"format": fmt})
         return body if isinstance(body, str) else json.dumps(body, indent=2)
+
+    def notifications(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}/notifications")
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call("DELETE", f"/v1/jobs/{job_id}")

@@ -22,6 +22,7 @@ playwright_sync = pytest.importorskip("playwright.sync_api")
 REPO = Path(__file__).resolve().parents[2]
 SENSORS_CSV = REPO / "app" / "pynomaly" / "data" / "sensors.csv"
 SCREENSHOT = REPO / "artifacts" / "dashboard.png"
+PAGING_SCREENSHOT = REPO / "artifacts" / "dashboard-paging.png"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -67,8 +68,8 @@ def page(browser: Any) -> Iterator[Any]:
         context.close()
 
 
-def sign_in(page: Any, api_url: str, key: str) -> None:
-    page.goto(f"{api_url}/dashboard")
+def sign_in(page: Any, api_url: str, key: str, query: str = "") -> None:
+    page.goto(f"{api_url}/dashboard{query}")
     page.get_by_label("API key").fill(key)
     page.get_by_role("button", name="Open dashboard").click()
 
@@ -338,3 +339,62 @@ def test_dead_letter_view_replays_a_letter(local_system, page: Any) -> None:  # 
         f"{local_system.api_url}/v1/dlq/{letter.id}", headers={"X-API-Key": local_system.api_key}, timeout=10
     )
     assert gone.status_code == 404
+
+
+def test_component_health_is_filled_on_load_without_the_socket(local_system, page: Any) -> None:  # type: ignore[no-untyped-def]
+    """GET /v1/components fills the panel at sign-in: rows show although no WebSocket (no beat) ever connects."""
+    expect = playwright_sync.expect
+    page.add_init_script(TRACK_SOCKETS)
+    page.add_init_script("window.__blockSockets = true;")
+    sign_in(page, local_system.api_url, local_system.api_key)
+    expect(page.locator("#app")).to_be_visible()
+    for selector in ('[data-component="consumer:bridge"]', '[data-component^="worker:"]'):
+        row = page.locator(f'[data-testid="health-row"]{selector}').first
+        expect(row).to_be_visible()
+        expect(row).to_have_attribute("data-source", "components")
+        expect(row).to_have_attribute("data-state", "ok")
+    expect(page.get_by_test_id("health-empty")).to_be_hidden()
+    assert page.evaluate("window.__sockets.length") == 0, "a socket connected: rows may have come from a beat"
+    assert page.get_by_test_id("connection").get_attribute("data-state") != "live"
+
+
+def test_jobs_table_pages_with_prev_and_next(local_system, page: Any) -> None:  # type: ignore[no-untyped-def]
+    """With ?page_size=3 and more jobs than that, Next and Prev walk GET /v1/jobs by offset and limit."""
+    expect = playwright_sync.expect
+    for job_id in [_submit_small_job(local_system) for _ in range(4)]:
+        _wait_finished(local_system, job_id)
+    sign_in(page, local_system.api_url, local_system.api_key, query="?page_size=3")
+    with httpx.Client(base_url=local_system.api_url, headers={"X-API-Key": local_system.api_key}, timeout=10) as c:
+        first = c.get("/v1/jobs", params={"limit": 3, "offset": 0}).json()
+        second = c.get("/v1/jobs", params={"limit": 3, "offset": 3}).json()
+    total = first["total"]
+    assert total >= 4
+    rows = page.get_by_test_id("job-row")
+    prev, nxt, info = (
+        page.get_by_test_id("jobs-prev"),
+        page.get_by_test_id("jobs-next"),
+        page.get_by_test_id("jobs-page"),
+    )
+
+    def shown() -> list[str]:
+        return rows.evaluate_all("rows => rows.map(r => r.dataset.jobId)")
+
+    expect(info).to_have_text(f"1\u20133 of {total}")
+    expect(rows).to_have_count(3)
+    assert shown() == [j["id"] for j in first["items"]]
+    expect(prev).to_be_disabled()
+    expect(nxt).to_be_enabled()
+
+    nxt.click()
+    expect(info).to_have_text(f"4\u2013{3 + len(second['items'])} of {total}")
+    expect(rows).to_have_count(len(second["items"]))
+    assert shown() == [j["id"] for j in second["items"]]
+    expect(prev).to_be_enabled()
+    expect(page.get_by_test_id("jobs-pager")).to_have_attribute("data-offset", "3")
+    PAGING_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(PAGING_SCREENSHOT), full_page=True, animations="disabled")
+
+    prev.click()
+    expect(info).to_have_text(f"1\u20133 of {total}")
+    expect(prev).to_be_disabled()
+    assert shown() == [j["id"] for j in first["items"]]

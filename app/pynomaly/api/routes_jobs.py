@@ -9,7 +9,17 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import ValidationError
 
 from pynomaly.api.auth import require_api_key
-from pynomaly.api.schemas import JobAccepted, JobCreate, JobPage, JobStatusName, JobView, Links
+from pynomaly.api.schemas import (
+    JobAccepted,
+    JobCreate,
+    JobPage,
+    JobStatusName,
+    JobView,
+    Links,
+    NotificationEntry,
+    NotificationLog,
+    NotificationTargetState,
+)
 from pynomaly.domain.datasets import DatasetLimits, from_rows, parse_csv
 from pynomaly.domain.errors import Conflict, InvalidInput
 from pynomaly.domain.jobs import Job
@@ -49,7 +59,9 @@ _SUBMIT_BODY = {
 
 def links(job_id: str) -> Links:
     base = f"/v1/jobs/{job_id}"
-    return Links(self=base, result=f"{base}/result", report=f"{base}/report", cancel=base)
+    return Links(
+        self=base, result=f"{base}/result", report=f"{base}/report", cancel=base, notifications=f"{base}/notifications"
+    )
 
 
 def view(job: Job) -> JobView:
@@ -230,6 +242,37 @@ def get_report(
     )
     headers = {"Content-Disposition": f'inline; filename="pynomaly-{job_id}.{format}"'}
     return Response(body, media_type=MEDIA_TYPES[format], headers=headers)
+
+
+@router.get(
+    "/{job_id}/notifications",
+    response_model=NotificationLog,
+    summary="The job's notification outcomes (queued, delivered, retrying, dead_lettered) per target",
+)
+def get_notifications(job_id: str, request: Request, _: Caller) -> NotificationLog:
+    from pynomaly.consumers.stream_groups import notification_log
+
+    job = request.app.state.container.jobs.get(job_id)  # 404 for an unknown (or expired) job
+    entries = notification_log(request.app.state.container.redis, job.id)
+    latest: dict[int, NotificationTargetState] = {}
+    for entry in entries:
+        previous = latest.get(entry["index"])
+        latest[entry["index"]] = NotificationTargetState(
+            index=entry["index"],
+            channel=entry["channel"],
+            target=entry["target"],
+            on=entry["on"],
+            status=entry["status"],
+            attempts=max(entry["attempt"], previous.attempts if previous else 0),
+            detail=entry["detail"],
+            updated=entry["time"],
+        )
+    return NotificationLog(
+        job_id=job.id,
+        items=[NotificationEntry(**e) for e in entries],
+        targets=[latest[i] for i in sorted(latest)],
+        total=len(entries),
+    )
 
 
 @router.delete("/{job_id}", response_model=JobView, summary="Cancel a queued or running job")

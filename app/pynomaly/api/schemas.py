@@ -53,6 +53,7 @@ class Links(BaseModel):
     result: str
     report: str
     cancel: str
+    notifications: str | None = Field(None, description="The job's notification outcomes.")
 
 
 class JobAccepted(BaseModel):
@@ -96,6 +97,41 @@ class JobPage(BaseModel):
     total: int
     offset: int
     limit: int
+
+
+class NotificationEntry(BaseModel):
+    """One outcome on notifications:stream, as the ``notifiers`` stream group kept it."""
+
+    id: str = Field(description="The notifications:stream entry id (entries are sorted by it).")
+    time: str | None = Field(description="When the entry was added (from its stream id), ISO 8601 UTC.")
+    index: int = Field(description="The target's position in the job's notify list.")
+    channel: str
+    target: str
+    on: str
+    outcome: str = Field(description="What the rule saw: completed or failed.")
+    status: str = Field(description="queued, delivered, retrying or dead_lettered.")
+    attempt: int
+    detail: str
+
+
+class NotificationTargetState(BaseModel):
+    """Where one target stands: its latest outcome."""
+
+    index: int
+    channel: str
+    target: str
+    on: str
+    status: str = Field(description="The latest outcome of this target.")
+    attempts: int = Field(description="The highest attempt number seen for this target.")
+    detail: str
+    updated: str | None
+
+
+class NotificationLog(BaseModel):
+    job_id: str
+    items: list[NotificationEntry] = Field(description="Every outcome, oldest first.")
+    targets: list[NotificationTargetState] = Field(description="Per target (by index), the latest outcome.")
+    total: int
 
 
 class DeadLetterView(BaseModel):

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -148,6 +148,61 @@ def component_health(client: redis.Redis, stale_after: float) -> list[dict[str, 
         age = max(0.0, now - seen)
         rows.append({"id": key, **data, "age_seconds": round(age, 1), "stale": age > stale_after})
     return rows
+
+
+NOTIFICATION_STATUSES = ("queued", "delivered", "retrying", "dead_lettered")
+
+
+def _stream_id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return 0, 0
+
+
+def _as_int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def notification_log(client: redis.Redis, job_id: str) -> list[dict[str, Any]]:
+    """A job's delivery outcomes as the ``notifiers`` group kept them, sorted by stream id.
+
+    The hash also holds the bridge's copies of finished-job events (``job_completed`` ...); only the
+    delivery outcomes (an entry with a channel and one of :data:`NOTIFICATION_STATUSES`) are returned.
+    """
+    entries = []
+    for entry_id, raw in client.hgetall(f"{NOTIFICATION_LOG}{job_id}").items():
+        try:
+            fields = json.loads(raw)
+        except json.JSONDecodeError:
+            continue
+        if (
+            not isinstance(fields, dict)
+            or not fields.get("channel")
+            or fields.get("status") not in NOTIFICATION_STATUSES
+        ):
+            continue
+        ms, _seq = _stream_id_key(entry_id)
+        entries.append(
+            {
+                "id": entry_id,
+                "time": datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z") if ms else None,
+                "index": _as_int(fields.get("index")),
+                "channel": str(fields["channel"]),
+                "target": str(fields.get("target", "")),
+                "on": str(fields.get("on", "")),
+                "outcome": str(fields.get("outcome", "")),
+                "status": str(fields["status"]),
+                "attempt": _as_int(fields.get("attempt")),
+                "detail": str(fields.get("detail", "")),
+            }
+        )
+    entries.sort(key=lambda e: _stream_id_key(e["id"]))
+    return entries
 
 
 def stream_group_consumers(client: redis.Redis, result_ttl: int) -> list[StreamGroupConsumer]:

@@ -141,6 +141,52 @@ def parse_targets(raw: Any, webhook_url: str | None = None) -> list[Notification
     return targets
 
 
+def parse_spec(spec: str) -> dict[str, Any]:
+    """A target from the CLI's short form ``CHANNEL:TARGET[:ON[:THRESHOLD]]``, validated.
+
+    ``email:ops@example.com:anomaly_rate:0.05``, ``webhook:https://hooks.example/x`` (``on`` defaults
+    to completed).  A webhook URL keeps its own colons (scheme, port): only a trailing ``:ON`` or
+    ``:anomaly_rate:THRESHOLD`` after the URL's host is read as the rule.
+    """
+    usage = "use CHANNEL:TARGET[:ON[:THRESHOLD]], e.g. email:ops@example.com:anomaly_rate:0.05"
+    if not isinstance(spec, str) or not spec.strip():
+        raise InvalidInput(f"empty notification target; {usage}")
+    channel, sep, rest = spec.strip().partition(":")
+    if not sep or not rest:
+        raise InvalidInput(f"{spec!r} has no target; {usage}")
+    triggers = {t.value for t in Trigger}
+    if channel == Channel.EMAIL.value:
+        parts = rest.split(":")
+        if len(parts) > 3:
+            raise InvalidInput(f"{spec!r} has too many ':' parts; {usage}")
+    elif channel == Channel.WEBHOOK.value:
+        parts = [rest]
+        head, _, tail = rest.rpartition(":")
+        host_end = rest.find("/", rest.find("//") + 2) if "//" in rest else -1
+        if tail in triggers and head and (host_end == -1 or len(head) >= host_end):
+            parts = [head, tail]
+        elif head:
+            url, _, on = head.rpartition(":")
+            if on in triggers and url:
+                parts = [url, on, tail]
+            elif re.fullmatch(r"[A-Za-z_]+", tail) and host_end != -1 and len(head) >= host_end:
+                raise InvalidInput(f"{spec!r}: unknown rule {tail!r} (one of {sorted(triggers)}); {usage}")
+    else:
+        raise InvalidInput(f"{spec!r}: channel must be one of {[c.value for c in Channel]}; {usage}")
+    raw: dict[str, Any] = {"channel": channel, "target": parts[0]}
+    if len(parts) > 1:
+        raw["on"] = parts[1]
+    if len(parts) > 2:
+        try:
+            raw["threshold"] = float(parts[2])
+        except ValueError:
+            raise InvalidInput(f"{spec!r}: threshold {parts[2]!r} is not a number; {usage}") from None
+    try:
+        return parse_target(raw).as_dict()
+    except InvalidInput as exc:
+        raise InvalidInput(f"{spec!r}: {str(exc).removeprefix('notify[0]').lstrip('.: ')}") from None
+
+
 def matching(targets: list[dict[str, Any]], outcome: Outcome, anomaly_rate: float | None) -> list[int]:
     """Indexes of the stored targets (``Job.notify``) that fire for this outcome."""
     return [i for i, raw in enumerate(targets) if NotificationTarget.from_dict(raw).matches(outcome, anomaly_rate)]

@@ -10,7 +10,7 @@
 (() => {
   const KEY_STORE = "pynomaly.apiKey";
   const STALE_AFTER_S = 15;          // a component without a heartbeat for this long is stale
-  const JOB_PAGE = 100;              // jobs loaded by the REST snapshot
+  const JOB_PAGE = pageSize();       // jobs per page of the table (?page_size=N on /dashboard, 1-500)
   const EVENT_LOG_SIZE = 40;
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 15000;
@@ -36,9 +36,15 @@
     readiness: null,
     detectors: [],
     jobsTotal: 0,      // jobs matching the filter on the server (snapshot + new ones seen live)
+    offset: 0,         // first job of the table's page (GET /v1/jobs offset)
   };
 
   const $ = (id) => document.getElementById(id);
+
+  function pageSize() {
+    const wanted = Number(new URLSearchParams(window.location.search).get("page_size"));
+    return Number.isInteger(wanted) && wanted >= 1 && wanted <= 500 ? wanted : 100;
+  }
 
   function el(tag, props = {}, ...children) {
     const node = document.createElement(tag);
@@ -201,8 +207,10 @@
     $("jobs-body").replaceChildren();
     state.lastId = null;
     state.wsAttempt = 0;
+    state.offset = 0;
     loadJobs();
     loadDeadLetters();
+    loadComponents();
     pollReadiness();
     clearInterval(state.readyTimer);
     state.readyTimer = setInterval(pollReadiness, 10000);
@@ -277,6 +285,10 @@
         "ok",
       );
       node.dataset.jobId = accepted.id;
+      if (state.offset > 0) {
+        state.offset = 0;  // the new job is on the first page
+        loadJobs();
+      }
       upsertJob({ id: accepted.id, status: accepted.status, detector: $("detector").value,
         priority: $("priority").value, steps, progress: 0, created_at: new Date().toISOString() });
       selectJob(accepted.id);
@@ -291,15 +303,20 @@
   // -- jobs ------------------------------------------------------------------------------------
   async function loadJobs() {
     const filter = $("status-filter").value;
-    const query = new URLSearchParams({ limit: String(JOB_PAGE) });
+    const query = new URLSearchParams({ limit: String(JOB_PAGE), offset: String(state.offset) });
     if (filter) query.set("status", filter);
     try {
       const page = await api(`v1/jobs?${query}`);
+      if (!page.items.length && state.offset > 0 && page.total > 0) {
+        // The page emptied (jobs expired, or another filter): show the last page that has jobs.
+        state.offset = Math.floor((page.total - 1) / JOB_PAGE) * JOB_PAGE;
+        return loadJobs();
+      }
       const fresh = new Set(page.items.map((j) => j.id));
       for (const id of [...state.jobs.keys()]) {
         if (!fresh.has(id)) dropJob(id);  // outside the filter or the page
       }
-      for (const job of page.items.slice().reverse()) mergeSnapshot(job);
+      for (const job of page.items.slice().reverse()) mergeSnapshot(job, true);
       state.jobsTotal = page.total;
       renderCount();
       sortRows();
@@ -317,22 +334,42 @@
   }
 
   /** A REST snapshot: newer than what events told us, unless an event is more recent. */
-  function mergeSnapshot(job) {
+  function mergeSnapshot(job, onPage = false) {
     const local = state.jobs.get(job.id);
     if (local && parseTime(local.updated_at) > parseTime(job.updated_at)) {
       const keep = { status: local.status, progress: local.progress, message: local.message,
         anomaly_count: local.anomaly_count ?? job.anomaly_count, finished_at: local.finished_at,
         started_at: local.started_at ?? job.started_at, updated_at: local.updated_at };
-      upsertJob({ ...job, ...keep });
+      upsertJob({ ...job, ...keep }, onPage);
     } else {
-      upsertJob(job);
+      upsertJob(job, onPage);
     }
+  }
+
+  function renderPager(shown = state.rows.size) {
+    const total = Math.max(state.jobsTotal, state.offset + shown);
+    const prev = $("jobs-prev");
+    const next = $("jobs-next");
+    prev.disabled = state.offset === 0;
+    next.disabled = state.offset + JOB_PAGE >= total;
+    $("jobs-pager").hidden = prev.disabled && next.disabled;
+    $("jobs-pager").dataset.offset = String(state.offset);
+    $("jobs-pager").dataset.limit = String(JOB_PAGE);
+    $("jobs-page").textContent = shown ? `${state.offset + 1}–${state.offset + shown} of ${total}` : `0 of ${total}`;
+  }
+
+  function goToPage(direction) {
+    const offset = Math.max(0, state.offset + direction * JOB_PAGE);
+    if (offset === state.offset) return;
+    state.offset = offset;
+    loadJobs();
   }
 
   function renderCount() {
     const shown = state.rows.size;
     const total = Math.max(state.jobsTotal, shown);
     $("jobs-count").textContent = total > shown ? `(${shown} of ${total})` : `(${total})`;
+    renderPager();
   }
 
   function passesFilter(job) {
@@ -340,7 +377,8 @@
     return !filter || job.status === filter;
   }
 
-  function upsertJob(fields) {
+  /** ``onPage``: the job is on the table's current page (a GET /v1/jobs snapshot of it). */
+  function upsertJob(fields, onPage = false) {
     const job = { ...(state.jobs.get(fields.id) || { anomaly_count: null, progress: 0 }), ...fields };
     state.jobs.set(job.id, job);
     if (!passesFilter(job) && state.rows.has(job.id)) {
@@ -348,7 +386,8 @@
       state.jobs.set(job.id, job);
       return job;
     }
-    if (passesFilter(job)) renderJob(job);
+    // New jobs belong to the first page: a later page only updates the rows it shows.
+    if (passesFilter(job) && (onPage || state.offset === 0 || state.rows.has(job.id))) renderJob(job);
     return job;
   }
 
@@ -583,6 +622,30 @@
     renderHealth();
   }
 
+  /** Prefill from GET /v1/components (the health-monitor group's last beat of each component):
+   * the panel is filled on load instead of waiting for the next heartbeat on the socket. */
+  async function loadComponents() {
+    try {
+      const rows = await api("v1/components");
+      const now = Date.now();
+      for (const row of Array.isArray(rows) ? rows : []) {
+        const name = row.component || String(row.id || "unknown").split("@")[0];
+        const component = state.health.get(name) || { instances: new Map() };
+        const instance = `${row.host || "?"}:${row.pid || "?"}`;
+        const seen = now - Math.max(0, Number(row.age_seconds) || 0) * 1000;  // the server's age: no clock skew
+        const known = component.instances.get(instance);
+        if (!known || known.seen < seen) {
+          component.instances.set(instance, { seen, host: row.host, pid: row.pid, status: row.status || "ok",
+            time: row.time, source: "components" });
+        }
+        state.health.set(name, component);
+      }
+      renderHealth();
+    } catch (err) {
+      if (err.status !== 401) banner(`Could not load component health: ${describe(err)}`);
+    }
+  }
+
   async function pollReadiness() {
     let status = "down";
     let detail = "";
@@ -624,7 +687,8 @@
       const stale = now - latest.seen > STALE_AFTER_S * 1000;
       const healthState = stale ? "stale" : latest.status === "ok" ? "ok" : latest.status;
       const where = `pid ${latest.pid || "?"}${live > 1 ? ` +${live - 1}` : ""}`;
-      rows.push(el("tr", { "data-testid": "health-row", dataset: { component: name, state: healthState } },
+      rows.push(el("tr", { "data-testid": "health-row",
+        dataset: { component: name, state: healthState, source: latest.source || "stream" } },
         el("th", { scope: "row", text: name }),
         el("td", { class: "muted", text: where, title: `host ${latest.host || "?"}, ${live} live instance(s)` }),
         el("td", { class: "num when", text: fmtAge(now - latest.seen), title: latest.time || "" }),
@@ -968,6 +1032,7 @@
           // Missed entries are replayed from last_id; a snapshot also covers a trimmed stream.
           loadJobs();
           loadDeadLetters();
+          loadComponents();
         }
         return;
       }
@@ -1018,8 +1083,10 @@
     $("logout").addEventListener("click", () => signOut(""));
     $("submit-form").addEventListener("submit", onSubmitJob);
     $("detector").addEventListener("change", describeDetector);
-    $("status-filter").addEventListener("change", loadJobs);
+    $("status-filter").addEventListener("change", () => { state.offset = 0; loadJobs(); });
     $("jobs-refresh").addEventListener("click", loadJobs);
+    $("jobs-prev").addEventListener("click", () => goToPage(-1));
+    $("jobs-next").addEventListener("click", () => goToPage(1));
     $("dlq-refresh").addEventListener("click", loadDeadLetters);
     $("dlq-purge").addEventListener("click", purge);
     $("report-button").addEventListener("click", openReport);
