@@ -477,7 +477,7 @@ def report(job_id: str, fmt: str, output: Path | None, api_url: str | None, api_
         output.write_text(body)
         click.echo(f"wrote {output}")
     else:
-        click.echo(body)
+        click.echo(body, nl=not body.endswith("\n"))
 
 
 @main.command()

@@ -87,6 +87,10 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+def new_run_token() -> str:
+    return uuid.uuid4().hex[:16]
+
+
 def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -122,6 +126,10 @@ class Job:
     cancel_requested: bool = False
     anomaly_count: int | None = None
     schedule_id: str | None = None  # set on runs of a recurring schedule
+    # Each enqueue (submit, retry) gets a new token and its messages carry it: a message left
+    # over from an earlier run (a cancelled job retried before its old message was skipped) is
+    # recognised as stale and skipped instead of running the job twice.
+    run_token: str | None = None
 
     @property
     def state(self) -> JobStatus:

@@ -54,7 +54,7 @@ class MessageQueueService:
         for step in (Step(s) for s in job.steps):
             name = STEP_TASKS[step]
             signatures.append(
-                self._celery.signature(name, args=(job.id,), immutable=True).set(
+                self._celery.signature(name, args=(job.id,), kwargs={"run_token": job.run_token}, immutable=True).set(
                     queue=TOPOLOGY.task(name).queue, priority=priority
                 )
             )

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 from pynomaly.domain.datasets import Dataset
 from pynomaly.domain.detectors import get_detector, validate_contamination
 from pynomaly.domain.errors import Conflict, DomainError, InvalidInput
-from pynomaly.domain.jobs import Job, JobStatus, new_job_id, parse_priority, parse_steps
+from pynomaly.domain.jobs import Job, JobStatus, new_job_id, new_run_token, parse_priority, parse_steps
 from pynomaly.domain.notifications import parse_targets
 from pynomaly.domain.preprocessing import PreprocessOptions
 from pynomaly.messaging.service import MessageQueueService
@@ -95,6 +95,7 @@ class JobService:
             idempotency_key=request.idempotency_key,
             submitted_by=request.submitted_by,
             schedule_id=request.schedule_id,
+            run_token=new_run_token(),
         )
         if request.idempotency_key:
             existing = self._jobs.claim_idempotency_key(request.idempotency_key, job.id)
@@ -134,6 +135,7 @@ class JobService:
             message="queued again",
             error=None,
             cancel_requested=False,
+            run_token=new_run_token(),
             finished_at=None,
         )
         self._announce("job_submitted", job, detector=job.detector, priority=job.priority, steps=job.steps, retry=True)

@@ -49,9 +49,15 @@ class Pipeline:
         self._last_progress_event = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def begin(self, job_id: str, step: Step, attempt: int) -> Job | None:
-        """Mark the step running; None when the job was cancelled (the step must not run)."""
+    def begin(self, job_id: str, step: Step, attempt: int, run_token: str | None = None) -> Job | None:
+        """Mark the step running; None when the step must not run (cancelled, stale or finished)."""
         job = self._jobs.get(job_id)
+        if run_token and job.run_token and run_token != job.run_token:
+            log.info("job %s: skipping a %s message of an earlier run", job_id, step.value)
+            return None
+        if job.state in (JobStatus.COMPLETED, JobStatus.FAILED):
+            log.info("job %s is already %s: skipping a duplicate %s message", job_id, job.status, step.value)
+            return None
         if job.cancel_requested or job.state is JobStatus.CANCELLED:
             self.cancelled(job)
             return None
@@ -194,6 +200,9 @@ class Pipeline:
             )
         except Exception:
             log.exception("could not publish %s for job %s", event_type, job.id)
+
+    def job_exists(self, job_id: str) -> bool:
+        return self._jobs.exists(job_id)
 
     def flush(self) -> None:
         """Wait until every event this step sent is acknowledged (failures are logged per event)."""

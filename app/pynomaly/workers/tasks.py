@@ -66,10 +66,16 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     return random.uniform(exp / 2, exp)
 
 
-def run_step(task: Task, job_id: str, step: Step, work: Callable[[Pipeline, Any], dict[str, Any]]) -> dict[str, Any]:
+def run_step(
+    task: Task,
+    job_id: str,
+    step: Step,
+    work: Callable[[Pipeline, Any], dict[str, Any]],
+    run_token: str | None = None,
+) -> dict[str, Any]:
     flow = pipeline()
     try:
-        return _run_step(task, flow, job_id, step, work)
+        return _run_step(task, flow, job_id, step, work, run_token)
     finally:
         # The step's events were sent without waiting; they must be on Kafka before the chain's
         # next step (another process, another producer) publishes its own.
@@ -77,15 +83,22 @@ def run_step(task: Task, job_id: str, step: Step, work: Callable[[Pipeline, Any]
 
 
 def _run_step(
-    task: Task, flow: Pipeline, job_id: str, step: Step, work: Callable[[Pipeline, Any], dict[str, Any]]
+    task: Task,
+    flow: Pipeline,
+    job_id: str,
+    step: Step,
+    work: Callable[[Pipeline, Any], dict[str, Any]],
+    run_token: str | None,
 ) -> dict[str, Any]:
     settings = container().settings
     attempt = task.request.retries + 1
-    job = flow.begin(job_id, step, attempt)
-    if job is None:
-        metrics.TASKS.labels(task=task.name, outcome="cancelled").inc()
-        return {"job_id": job_id, "status": "cancelled"}
     try:
+        # Inside the try: a Redis blip while marking the step running is retried like any other.
+        job = flow.begin(job_id, step, attempt, run_token)
+        if job is None:
+            metrics.TASKS.labels(task=task.name, outcome="not_run").inc()
+            task.request.chain = None
+            return {"job_id": job_id, "status": "not_run"}
         output = work(flow, job)
         flow.step_done(job, step, **output)
     except JobCancelled:
@@ -93,6 +106,9 @@ def _run_step(
         metrics.TASKS.labels(task=task.name, outcome="cancelled").inc()
         return {"job_id": job_id, "status": "cancelled"}
     except (DomainError, PermanentFailure) as exc:
+        if not flow.job_exists(job_id):  # expired or deleted meanwhile: nothing left to fail
+            log.warning("job %s no longer exists; dropping its %s message", job_id, step.value)
+            return {"job_id": job_id, "status": "missing"}
         flow.failed(job_id, str(exc))
         metrics.TASKS.labels(task=task.name, outcome="failed").inc()
         # Stop the chain: later steps must not run on a failed job.
@@ -129,23 +145,23 @@ def _run_step(
 
 
 @shared_task(bind=True, name=TASK_PREPROCESS, max_retries=None)
-def preprocess_data(self: Task, job_id: str) -> dict[str, Any]:
-    return run_step(self, job_id, Step.PREPROCESS, lambda flow, job: flow.preprocess(job))
+def preprocess_data(self: Task, job_id: str, run_token: str | None = None) -> dict[str, Any]:
+    return run_step(self, job_id, Step.PREPROCESS, lambda flow, job: flow.preprocess(job), run_token)
 
 
 @shared_task(bind=True, name=TASK_DETECT, max_retries=None)
-def detect_anomalies(self: Task, job_id: str) -> dict[str, Any]:
-    return run_step(self, job_id, Step.DETECT, lambda flow, job: flow.detect(job))
+def detect_anomalies(self: Task, job_id: str, run_token: str | None = None) -> dict[str, Any]:
+    return run_step(self, job_id, Step.DETECT, lambda flow, job: flow.detect(job), run_token)
 
 
 @shared_task(bind=True, name=TASK_REPORT, max_retries=None)
-def generate_report(self: Task, job_id: str) -> dict[str, Any]:
-    return run_step(self, job_id, Step.REPORT, lambda flow, job: flow.report(job))
+def generate_report(self: Task, job_id: str, run_token: str | None = None) -> dict[str, Any]:
+    return run_step(self, job_id, Step.REPORT, lambda flow, job: flow.report(job), run_token)
 
 
 @shared_task(bind=True, name=TASK_NOTIFY, max_retries=None)
-def send_notification(self: Task, job_id: str) -> dict[str, Any]:
-    return run_step(self, job_id, Step.NOTIFY, lambda flow, job: flow.notify(job))
+def send_notification(self: Task, job_id: str, run_token: str | None = None) -> dict[str, Any]:
+    return run_step(self, job_id, Step.NOTIFY, lambda flow, job: flow.notify(job), run_token)
 
 
 # Beat's tasks (scheduled runs, maintenance, health checks) live in their own module.
