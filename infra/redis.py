@@ -369,18 +369,9 @@ def _redis_conf(cfg: RedisConfig) -> str:
     ])
 
 
-# Writes the password and replication settings to an in-memory file redis.conf includes, so the
-# password never appears on a command line; asks the sentinels for the current master first.
-START_REDIS = r"""#!/bin/sh
-set -eu
-FQDN_SUFFIX="$HEADLESS.$POD_NAMESPACE.svc.cluster.local"
-ME="$HOSTNAME.$FQDN_SUFFIX"
-{
-  printf 'requirepass "%s"\n' "$REDIS_PASSWORD"
-  printf 'masterauth "%s"\n' "$REDIS_PASSWORD"
-} > /run/redis/runtime.conf
-if [ "$SENTINEL" = "yes" ]; then
-  printf 'replica-announce-ip %s\n' "$ME" >> /run/redis/runtime.conf
+# Both scripts ask the other pods' sentinels for the current master (the first pod when none
+# answers yet), so a restarted pod rejoins as a replica instead of becoming a second master.
+FIND_MASTER = r"""find_master() {
   MASTER=""
   i=0
   while [ "$i" -lt "$REPLICAS" ]; do
@@ -393,6 +384,24 @@ if [ "$SENTINEL" = "yes" ]; then
     i=$((i + 1))
   done
   [ -n "$MASTER" ] || MASTER="$SERVER-0.$FQDN_SUFFIX"
+}
+"""
+
+
+# Writes the password and replication settings to an in-memory file redis.conf includes, so the
+# password never appears on a command line; asks the sentinels for the current master first.
+START_REDIS = r"""#!/bin/sh
+set -eu
+FQDN_SUFFIX="$HEADLESS.$POD_NAMESPACE.svc.cluster.local"
+ME="$HOSTNAME.$FQDN_SUFFIX"
+""" + FIND_MASTER + r"""
+{
+  printf 'requirepass "%s"\n' "$REDIS_PASSWORD"
+  printf 'masterauth "%s"\n' "$REDIS_PASSWORD"
+} > /run/redis/runtime.conf
+if [ "$SENTINEL" = "yes" ]; then
+  printf 'replica-announce-ip %s\n' "$ME" >> /run/redis/runtime.conf
+  find_master
   if [ "$MASTER" != "$ME" ]; then
     printf 'replicaof %s 6379\n' "$MASTER" >> /run/redis/runtime.conf
   fi
@@ -404,18 +413,8 @@ START_SENTINEL = r"""#!/bin/sh
 set -eu
 FQDN_SUFFIX="$HEADLESS.$POD_NAMESPACE.svc.cluster.local"
 ME="$HOSTNAME.$FQDN_SUFFIX"
-MASTER=""
-i=0
-while [ "$i" -lt "$REPLICAS" ]; do
-  PEER="$SERVER-$i.$FQDN_SUFFIX"
-  if [ "$PEER" != "$ME" ]; then
-    MASTER="$(REDISCLI_AUTH="$REDIS_PASSWORD" timeout 3 redis-cli -h "$PEER" -p 26379 \
-      sentinel get-master-addr-by-name pynomaly 2>/dev/null | head -n 1 || true)"
-    [ -n "$MASTER" ] && break
-  fi
-  i=$((i + 1))
-done
-[ -n "$MASTER" ] || MASTER="$SERVER-0.$FQDN_SUFFIX"
+""" + FIND_MASTER + r"""
+find_master
 QUORUM=$((REPLICAS / 2 + 1))
 cat > /run/sentinel/sentinel.conf <<EOF
 port 26379

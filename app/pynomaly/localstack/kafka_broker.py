@@ -19,7 +19,7 @@ from pynomaly.localstack.errors import LocalStackError
 from pynomaly.localstack.java import check_java
 from pynomaly.localstack.kafka_jars import KafkaJars
 from pynomaly.localstack.ports import LOOPBACK, pick_port
-from pynomaly.localstack.procs import ProcessRecord, log_tail, spawn, stop_process
+from pynomaly.localstack.procs import ManagedServer, ProcessRecord, log_tail, spawn
 from pynomaly.localstack.progress import Progress, as_progress
 
 NODE_ID = 1
@@ -45,11 +45,14 @@ def read_meta_properties(data_dir: Path) -> dict[str, str]:
     return values
 
 
-class KafkaBroker:
+class KafkaBroker(ManagedServer):
     """One ``kafka.Kafka`` JVM with its configuration, data and logs under ``state_dir``.
 
     ``libs_dir`` is the jar cache (shared between state dirs, e.g. by the tests and ``local up``).
     """
+
+    # SIGTERM = controlled shutdown (flushes logs, writes a clean-shutdown marker): give it time.
+    stop_grace = 30.0
 
     def __init__(
         self,
@@ -98,10 +101,6 @@ class KafkaBroker:
     @property
     def bootstrap_servers(self) -> str:
         return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.record.pid if self.record else None
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, timeout: float = 120.0, progress: Progress | None = None) -> KafkaBroker:
@@ -260,16 +259,3 @@ class KafkaBroker:
             time.sleep(0.5)
         raise LocalStackError(f"Kafka did not accept clients within {timeout:.0f}s ({last}); see {self.server_log}")
 
-    def running(self) -> bool:
-        return bool(self.record and self.record.alive())
-
-    def stop(self, grace: float = 30.0) -> None:
-        # SIGTERM = controlled shutdown (flushes logs, writes a clean-shutdown marker).
-        if self.record is not None:
-            stop_process(self.record, grace=grace, proc=self._proc)
-
-    def __enter__(self) -> KafkaBroker:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

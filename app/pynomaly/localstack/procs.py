@@ -173,3 +173,35 @@ def log_tail(path: str | Path, lines: int = 30) -> str:
     except OSError:
         return ""
     return "\n".join(data.splitlines()[-lines:])
+
+
+class ManagedServer:
+    """Lifecycle shared by the servers the local system runs (Redis, Kafka): pid, liveness, stop
+    by pid (SIGTERM, then SIGKILL after ``stop_grace``), and use as a context manager.
+
+    Subclasses set ``record``/``_proc`` in their ``start`` (from :func:`spawn`) and return self.
+    """
+
+    stop_grace = 10.0
+    record: ProcessRecord | None
+    _proc: subprocess.Popen[bytes] | None
+
+    def start(self, *args: object, **kwargs: object) -> ManagedServer:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self.record.pid if self.record else None
+
+    def running(self) -> bool:
+        return bool(self.record and self.record.alive())
+
+    def stop(self, grace: float | None = None) -> None:
+        if self.record is not None:
+            stop_process(self.record, grace=self.stop_grace if grace is None else grace, proc=self._proc)
+
+    def __enter__(self) -> ManagedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

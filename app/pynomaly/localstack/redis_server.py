@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from pynomaly.localstack.errors import LocalStackError
 from pynomaly.localstack.ports import LOOPBACK, pick_port
-from pynomaly.localstack.procs import ProcessRecord, log_tail, spawn, stop_process
+from pynomaly.localstack.procs import ManagedServer, ProcessRecord, log_tail, spawn
 from pynomaly.localstack.progress import Progress, as_progress
 
 REDIS_PACKAGE = "redis-server"
@@ -56,7 +56,7 @@ def _which_redis() -> str | None:
     return None
 
 
-class RedisServer:
+class RedisServer(ManagedServer):
     """One ``redis-server`` process with its data in ``data_dir``.
 
     ``start()`` returns once an authenticated PING answers; ``stop()`` stops it by pid.
@@ -166,19 +166,3 @@ class RedisServer:
             time.sleep(0.1)
         raise LocalStackError(f"Redis did not answer PING within {timeout:.0f}s ({last}); see {self.log_path}")
 
-    @property
-    def pid(self) -> int | None:
-        return self.record.pid if self.record else None
-
-    def running(self) -> bool:
-        return bool(self.record and self.record.alive())
-
-    def stop(self, grace: float = 10.0) -> None:
-        if self.record is not None:
-            stop_process(self.record, grace=grace, proc=self._proc)
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
