@@ -167,3 +167,44 @@ def test_fetch_checks_every_redirect_hop_and_caps_the_size() -> None:
         fetch("big-chunked")
     with pytest.raises(FetchFailed, match="HTTP 404"):
         fetch("missing")
+
+
+def test_fetch_connects_to_the_checked_address_not_a_second_lookup() -> None:
+    """The host below resolves only through the check's resolver: the system DNS cannot find it,
+    so a fetch that looked the name up again (and could be rebound) would fail."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen_hosts: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen_hosts.append(self.headers.get("Host", ""))
+            body = b"a,b\n1,2\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        resolved: list[str] = []
+
+        def resolver(host: str, _port: int) -> list[str]:
+            resolved.append(host)
+            return ["127.0.0.1"]
+
+        url = f"http://pinned-data.invalid:{port}/x.csv"
+        body = fetch_dataset(url, UrlPolicy.parse("127.0.0.0/8"), 5.0, 1024, resolve=resolver)
+        assert body == b"a,b\n1,2\n"
+        assert resolved == ["pinned-data.invalid"]
+        assert seen_hosts == [f"pinned-data.invalid:{port}"]  # the server still sees the real name
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -5,6 +5,10 @@ link-local (cloud metadata at 169.254.169.254), shared, multicast, reserved and 
 addresses are refused, unless the host or address is in ``dataset_url_allowlist``.  The check runs
 when the schedule is created and again before every fetch (and on every redirect hop), since DNS
 answers change.  Redirects are followed by hand, at most ``MAX_REDIRECTS``, each one checked.
+
+The fetch connects to the very address that passed the check (the URL's host is replaced by it;
+the Host header and, for https, the TLS server name and certificate check keep the real name), so
+a DNS answer that changes between check and connect (rebinding) cannot steer it elsewhere.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import ipaddress
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
 
@@ -80,6 +84,30 @@ def system_resolver(host: str, port: int) -> list[str]:
 
 def check_url(url: str, policy: UrlPolicy, resolve: Resolver = system_resolver) -> str:
     """Return ``url`` if it may be fetched; raise :class:`InvalidInput` saying why not."""
+    _checked(url, policy, resolve)
+    return url
+
+
+@dataclass(frozen=True)
+class PinnedRequest:
+    """Where to connect (a checked address) and which name the server must see."""
+
+    url: str
+    host_header: str
+    server_name: str | None  # TLS SNI and certificate name; None for plain http
+
+
+def pin(url: str, policy: UrlPolicy, resolve: Resolver = system_resolver) -> PinnedRequest:
+    parts, host, address = _checked(url, policy, resolve)
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+    host_header = parts.netloc.rsplit("@", 1)[-1]
+    is_tls = parts.scheme.lower() == "https"
+    return PinnedRequest(parts._replace(netloc=netloc).geturl(), host_header, host if is_tls else None)
+
+
+def _checked(url: str, policy: UrlPolicy, resolve: Resolver) -> tuple[SplitResult, str, IPAddress]:
+    """The URL's parts, host and the first of its addresses, after every address passed the policy."""
     if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
         raise InvalidInput(f"dataset_url must be an http(s) URL of at most {MAX_URL_LENGTH} characters")
     parts = urlsplit(url)
@@ -103,7 +131,7 @@ def check_url(url: str, policy: UrlPolicy, resolve: Resolver = system_resolver) 
                 f"dataset_url host {host!r} resolves to {address}, a private, loopback, link-local or reserved "
                 "address: not allowed (see PYNOMALY_DATASET_URL_ALLOWLIST)"
             )
-    return url
+    return parts, host, addresses[0]
 
 
 def _addresses(host: str, port: int, resolve: Resolver) -> list[IPAddress]:
@@ -125,9 +153,11 @@ def fetch_dataset(
     """GET ``url`` (checked at every hop), at most ``max_bytes`` of body within ``timeout`` seconds."""
     with httpx.Client(timeout=timeout, follow_redirects=False, transport=transport, trust_env=False) as client:
         for _hop in range(MAX_REDIRECTS + 1):
-            check_url(url, policy, resolve)
+            target = pin(url, policy, resolve)
+            extensions = {"sni_hostname": target.server_name} if target.server_name else {}
+            headers = {"Accept": "text/csv, */*;q=0.5", "Host": target.host_header}
             try:
-                with client.stream("GET", url, headers={"Accept": "text/csv, */*;q=0.5"}) as response:
+                with client.stream("GET", target.url, headers=headers, extensions=extensions) as response:
                     if response.is_redirect:
                         location = response.headers.get("location")
                         if not location:
