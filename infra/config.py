@@ -122,8 +122,11 @@ class KafkaConfig:
     controllers: int = 0  # 0 = combined broker+controller nodes
     storage_size: str = "5Gi"
     storage_class: str | None = None
-    image: str = "apache/kafka:4.1.0"
-    version: str = "4.1.0"  # broker protocol version, also given to KEDA's kafka scaler
+    # The same Kafka release the local system and the tests run (app/pynomaly/localstack/pom.xml).
+    image: str = "apache/kafka:4.4.0"
+    # Protocol version KEDA's kafka scaler speaks (the chart's default too); Kafka 4.x brokers
+    # refuse clients older than 2.1, so it must be set explicitly.
+    version: str = "4.0.0"
     resources: Resources = field(default_factory=lambda: Resources("250m", "1Gi", None, "1Gi"))
     heap: str = "512m"
     sasl: bool = True

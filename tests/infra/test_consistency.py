@@ -162,3 +162,15 @@ def test_chart_renders_valid_objects_with_the_program_values(env: str, tmp_path:
                    for c in o["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])
                    for ref in [e.get("valueFrom") or {}] if "secretKeyRef" in ref}
     assert secret_refs == {_values(env)["secrets"]["existingSecret"]}
+
+
+def test_cluster_kafka_is_the_release_the_tests_run() -> None:
+    """The in-cluster image and the local system's jars (what every test runs on) are one release."""
+    import re
+
+    from infra.config import KafkaConfig
+
+    pom = (ROOT / "app" / "pynomaly" / "localstack" / "pom.xml").read_text()
+    match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom)
+    assert match is not None
+    assert KafkaConfig.image.rsplit(":", 1)[1] == match.group(1)
