@@ -11,7 +11,6 @@ import base64
 import contextlib
 import fcntl
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -236,26 +235,20 @@ class KafkaBroker(ManagedServer):
     def _wait_ready(self, timeout: float) -> None:
         from kafka import KafkaAdminClient  # heavy import, only here
 
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.poll() is not None:
-                raise LocalStackError(
-                    f"Kafka exited with code {self._proc.returncode} at start; see {self.server_log}",
-                    detail=log_tail(self.server_log, 20) + "\n" + log_tail(self.log_dir / "kafka.out", 10),
-                )
+        def probe() -> str | None:
             try:
                 admin = KafkaAdminClient(
                     bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000, client_id="pynomaly-local"
                 )
                 try:
-                    cluster = admin.describe_cluster()
-                    if cluster.get("brokers"):
-                        return
+                    return None if admin.describe_cluster().get("brokers") else "no broker registered yet"
                 finally:
                     admin.close()
             except Exception as exc:  # any client error means "not yet"
-                last = f"{type(exc).__name__}: {exc}"
-            time.sleep(0.5)
-        raise LocalStackError(f"Kafka did not accept clients within {timeout:.0f}s ({last}); see {self.server_log}")
+                return f"{type(exc).__name__}: {exc}"
+
+        self._wait_until_ready(
+            probe, timeout, 0.5, "Kafka", "Kafka did not accept clients", self.server_log,
+            lambda: log_tail(self.server_log, 20) + "\n" + log_tail(self.log_dir / "kafka.out", 10),
+        )  # fmt: skip
 

@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -199,6 +199,33 @@ class ManagedServer:
     def stop(self, grace: float | None = None) -> None:
         if self.record is not None:
             stop_process(self.record, grace=self.stop_grace if grace is None else grace, proc=self._proc)
+
+    def _wait_until_ready(
+        self,
+        probe: Callable[[], str | None],
+        timeout: float,
+        interval: float,
+        process_name: str,
+        not_ready: str,
+        log: Path,
+        crash_detail: Callable[[], str],
+    ) -> None:
+        """Poll ``probe`` (None = ready, else why not yet) until ``timeout``; a child that exits meanwhile
+        is reported at once with ``crash_detail()``, a timeout with the last reason."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise LocalStackError(
+                    f"{process_name} exited with code {self._proc.returncode} at start; see {log}",
+                    detail=crash_detail(),
+                )
+            reason = probe()
+            if reason is None:
+                return
+            last = reason
+            time.sleep(interval)
+        raise LocalStackError(f"{not_ready} within {timeout:.0f}s ({last}); see {log}")
 
     def __enter__(self) -> ManagedServer:
         return self.start()

@@ -10,7 +10,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -143,26 +142,21 @@ class RedisServer(ManagedServer):
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.poll() is not None:
-                raise LocalStackError(
-                    f"redis-server exited with code {self._proc.returncode} at start; see {self.log_path}",
-                    detail=log_tail(self.log_path) or log_tail(self.log_path.with_suffix(".out")),
-                )
+        def probe() -> str | None:
             client = redis.Redis(
                 host=LOOPBACK, port=self.port, password=self.password, socket_timeout=1, retry=Retry(NoBackoff(), 0)
             )
             try:
-                if client.ping():
-                    return
+                return None if client.ping() else "no PONG"
             except redis.exceptions.BusyLoadingError:
-                last = "still loading its append-only file"
+                return "still loading its append-only file"
             except redis.exceptions.RedisError as exc:
-                last = str(exc)
+                return str(exc)
             finally:
                 client.close()
-            time.sleep(0.1)
-        raise LocalStackError(f"Redis did not answer PING within {timeout:.0f}s ({last}); see {self.log_path}")
+
+        self._wait_until_ready(
+            probe, timeout, 0.1, "redis-server", "Redis did not answer PING", self.log_path,
+            lambda: log_tail(self.log_path) or log_tail(self.log_path.with_suffix(".out")),
+        )  # fmt: skip
 
