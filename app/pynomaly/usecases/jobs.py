@@ -22,6 +22,7 @@ from pynomaly.observability import metrics
 from pynomaly.storage.dead_letters import DeadLetter, DeadLetterStore
 from pynomaly.storage.jobs import JobStore
 from pynomaly.topology import TASK_DELIVER, Priority
+from pynomaly.usecases.audit import record_audit
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +194,7 @@ class JobService:
         self._audit(event_type.replace("_", "."), job.id, job.submitted_by)
 
     def _audit(self, action: str, subject: str, actor: str | None, **data: Any) -> None:
-        try:
-            self._mq.publish_event("audit_record", subject, action=action, actor=actor or "anonymous", **data)
-        except Exception:
-            log.exception("could not publish the audit record %s for %s", action, subject)
+        record_audit(self._mq, action, subject, actor, **data)
 
 
 def _mark_unqueued(job: Job, error: str) -> None:

@@ -24,6 +24,7 @@ from pynomaly.messaging.service import MessageQueueService
 from pynomaly.storage.datasets import DatasetStore, StoredDataset, new_dataset_id
 from pynomaly.storage.jobs import JobStore
 from pynomaly.storage.schedules import ScheduleStore
+from pynomaly.usecases.audit import record_audit
 from pynomaly.usecases.jobs import JobService, ServiceUnavailable, SubmitRequest, validate_webhook_url
 from pynomaly.usecases.remote_datasets import UrlPolicy, check_url, fetch_dataset
 
@@ -103,12 +104,7 @@ class DatasetService:
         self._audit("dataset.delete", dataset_id, actor)
 
     def _audit(self, action: str, subject: str, actor: str | None, **data: Any) -> None:
-        if self._mq is None:
-            return
-        try:
-            self._mq.publish_event("audit_record", subject, action=action, actor=actor or "anonymous", **data)
-        except Exception:
-            log.exception("could not publish the audit record %s for %s", action, subject)
+        record_audit(self._mq, action, subject, actor, **data)
 
 
 class ScheduleService:
@@ -292,12 +288,7 @@ class ScheduleService:
         return job
 
     def _audit(self, action: str, subject: str, actor: str | None, **data: Any) -> None:
-        if self._mq is None:
-            return
-        try:
-            self._mq.publish_event("audit_record", subject, action=action, actor=actor or "anonymous", **data)
-        except Exception:
-            log.exception("could not publish the audit record %s for %s", action, subject)
+        record_audit(self._mq, action, subject, actor, **data)
 
 
 def _validate_notify(rules: Any, webhook: str | None) -> list[dict[str, Any]]:
