@@ -38,21 +38,6 @@ def rows(n: int = 40) -> list[list[float]]:
     return data
 
 
-@pytest.fixture(scope="module")
-def api(local_system) -> Iterator[PynomalyClient]:  # type: ignore[no-untyped-def]
-    with PynomalyClient(local_system.api_url, local_system.api_key, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def store(local_system) -> Iterator[redis.Redis]:  # type: ignore[no-untyped-def]
-    client = redis.Redis.from_url(local_system.settings.redis_url, decode_responses=True)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
 @pytest.fixture
 def receiver() -> Iterator[HttpReceiver]:
     with http_receiver(fail_paths=("/broken",)) as server:
@@ -69,7 +54,7 @@ def signed(headers: dict[str, str], body: bytes) -> bool:
 
 
 def test_email_arrives_with_top_anomalies_while_a_failing_webhook_is_dead_lettered(
-    api: PynomalyClient, smtp_sink: SmtpSink, receiver: HttpReceiver, store: redis.Redis, local_system
+    api: PynomalyClient, smtp_sink: SmtpSink, receiver: HttpReceiver, system_redis: redis.Redis, local_system
 ) -> None:  # type: ignore[no-untyped-def]
     settings = local_system.settings
     broken = receiver.url("/broken")
@@ -123,7 +108,7 @@ def test_email_arrives_with_top_anomalies_while_a_failing_webhook_is_dead_letter
 
     # Every outcome is on notifications:stream, and the notifiers group keeps it per job.
     def outcomes() -> list[tuple[str, str, str]]:
-        return [(e["channel"], e["status"], e["attempt"]) for e in stream_entries(store, job_id)]
+        return [(e["channel"], e["status"], e["attempt"]) for e in stream_entries(system_redis, job_id)]
 
     wait_for(lambda: ("webhook", "dead_lettered", "3") in outcomes(), 30, what="the dead_lettered entry")
     assert sorted(outcomes()) == sorted(
@@ -137,7 +122,9 @@ def test_email_arrives_with_top_anomalies_while_a_failing_webhook_is_dead_letter
         ]
     )
     log_key = f"{NOTIFICATION_LOG}{job_id}"
-    kept = wait_for(lambda: store.hlen(log_key) >= 6 and store.hvals(log_key), 30, what="the notifiers group")
+    kept = wait_for(
+        lambda: system_redis.hlen(log_key) >= 6 and system_redis.hvals(log_key), 30, what="the notifiers group"
+    )
     assert {json.loads(v).get("status") for v in kept} >= {"delivered", "dead_lettered"}
 
     # Replaying the dead letter delivers it once the receiver works, and leaves the job completed.
@@ -148,7 +135,7 @@ def test_email_arrives_with_top_anomalies_while_a_failing_webhook_is_dead_letter
 
 
 def test_rules_on_failure_and_anomaly_rate(
-    api: PynomalyClient, smtp_sink: SmtpSink, receiver: HttpReceiver, store: redis.Redis
+    api: PynomalyClient, smtp_sink: SmtpSink, receiver: HttpReceiver, system_redis: redis.Redis
 ) -> None:
     # A job that fails for good (missing values rejected) tells only its 'failed' targets.
     bad = rows(30)
@@ -186,7 +173,7 @@ def test_rules_on_failure_and_anomaly_rate(
 
     # What was queued is decided in one step per outcome: the others were never enqueued.
     def queued(job_id: str) -> set[str]:
-        return {e["target"] for e in stream_entries(store, job_id) if e["status"] == "queued"}
+        return {e["target"] for e in stream_entries(system_redis, job_id) if e["status"] == "queued"}
 
     assert queued(failing) == {"failed@example.com"}
     assert queued(rated) == {"low@example.com", receiver.url("/ok")}
