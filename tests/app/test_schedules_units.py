@@ -9,6 +9,7 @@ from pynomaly.domain.errors import InvalidInput
 from pynomaly.domain.schedules import Schedule, parse_cron, validate_interval, validate_notify, validate_timing
 from pynomaly.messaging.beat import celery_schedule
 from pynomaly.usecases.remote_datasets import FetchFailed, UrlPolicy, check_url, fetch_dataset
+from tests.support.http import QuietHandler, serving
 
 NO_LIST = UrlPolicy()
 
@@ -172,12 +173,9 @@ def test_fetch_checks_every_redirect_hop_and_caps_the_size() -> None:
 def test_fetch_connects_to_the_checked_address_not_a_second_lookup() -> None:
     """The host below resolves only through the check's resolver: the system DNS cannot find it,
     so a fetch that looked the name up again (and could be rebound) would fail."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     seen_hosts: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             seen_hosts.append(self.headers.get("Host", ""))
             body = b"a,b\n1,2\n"
@@ -186,13 +184,7 @@ def test_fetch_connects_to_the_checked_address_not_a_second_lookup() -> None:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *_: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as server:
         port = server.server_address[1]
         resolved: list[str] = []
 
@@ -205,6 +197,3 @@ def test_fetch_connects_to_the_checked_address_not_a_second_lookup() -> None:
         assert body == b"a,b\n1,2\n"
         assert resolved == ["pinned-data.invalid"]
         assert seen_hosts == [f"pinned-data.invalid:{port}"]  # the server still sees the real name
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +19,7 @@ from kafka import KafkaConsumer, TopicPartition
 from pynomaly.config import Settings
 from pynomaly.messaging.kafka_admin import connection_config
 from pynomaly.topology import TOPOLOGY
+from tests.support.http import QuietHandler, serving
 
 DATA = Path(__file__).resolve().parents[2] / "app" / "pynomaly" / "data"
 SENSORS_CSV = DATA / "sensors.csv"
@@ -108,7 +108,7 @@ def webhook_server(status: int = 200) -> Iterator[WebhookReceiver]:
     """Serve on 127.0.0.1 (a free port) until the block ends; every POST is recorded."""
     receiver: WebhookReceiver
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
@@ -117,16 +117,6 @@ def webhook_server(status: int = 200) -> Iterator[WebhookReceiver]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, *_: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    receiver = WebhookReceiver(server, status)
-    thread = threading.Thread(target=server.serve_forever, name="webhook-receiver", daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as server:
+        receiver = WebhookReceiver(server, status)
         yield receiver
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

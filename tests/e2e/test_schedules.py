@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from pynomaly.localstack.procs import log_tail, spawn, stop_process
 from pynomaly.localstack.system import pynomaly_argv
 from pynomaly.messaging.beat import BEAT_KEY_PREFIX, BEAT_LOCK_KEY, entry_name
 from tests.e2e.support import wait_for
+from tests.support.http import QuietHandler, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -195,7 +194,7 @@ def test_interval_schedule_runs_pauses_resumes_and_is_deleted(
 
 @contextlib.contextmanager
 def csv_server() -> Iterator[str]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             body = CSV.encode()
             self.send_response(200)
@@ -204,18 +203,8 @@ def csv_server() -> Iterator[str]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *_: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as server:
         yield f"http://127.0.0.1:{server.server_address[1]}/data.csv"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_url_source_is_fetched_at_run_time(http: httpx.Client) -> None:

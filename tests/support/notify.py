@@ -16,14 +16,18 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-LOOPBACK = "127.0.0.1"
+from tests.support.http import (
+    LOOPBACK,
+    QuietHandler,
+    serving,
+)
 
 
 def free_port() -> int:
@@ -128,7 +132,7 @@ def http_receiver(status: int = 200, fail_paths: tuple[str, ...] = ()) -> Iterat
     """Serve on 127.0.0.1 until the block ends; POSTs to ``fail_paths`` (``receiver.failing``) get 503."""
     receiver: HttpReceiver
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             receiver.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
@@ -141,16 +145,6 @@ def http_receiver(status: int = 200, fail_paths: tuple[str, ...] = ()) -> Iterat
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-    receiver = HttpReceiver(server, status, failing=set(fail_paths))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as server:
+        receiver = HttpReceiver(server, status, failing=set(fail_paths))
         yield receiver
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
