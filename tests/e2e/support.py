@@ -40,6 +40,22 @@ def wait_for(check: Callable[[], T], timeout: float = 60.0, interval: float = 0.
         time.sleep(interval)
 
 
+@contextlib.contextmanager
+def own_redis_db(settings: Settings, redis_server: Any, db: int, **updates: Any) -> Iterator[Settings]:
+    """``settings`` moved to Redis database ``db`` of the session server, empty before and after,
+    for a test that runs its own worker and must not see (or leave) anyone else's queues."""
+    from pynomaly.storage.redis_client import redis_from_settings
+
+    value = settings.model_copy(update={"redis_url": redis_server.url_for_db(db), **updates})
+    client = redis_from_settings(value)
+    client.flushdb()
+    try:
+        yield value
+    finally:
+        client.flushdb()
+        client.close()
+
+
 def small_rows(n: int = 40, seed: int = 0) -> list[list[float]]:
     """A tiny 2-column dataset with one obvious outlier in the last row."""
     import numpy as np

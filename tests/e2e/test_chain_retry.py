@@ -35,7 +35,7 @@ from pynomaly.storage.redis_client import redis_from_settings
 from pynomaly.topology import Q_DETECTION, Q_PROCESSING, T_JOB
 from pynomaly.usecases.jobs import JobService, SubmitRequest
 from pynomaly.wiring import Container
-from tests.e2e.support import read_topic, small_rows, wait_for
+from tests.e2e.support import own_redis_db, read_topic, small_rows, wait_for
 
 pytestmark = pytest.mark.services
 
@@ -106,14 +106,8 @@ def flaky_relay(upstream: tuple[str, int], drop: Callable[[bytes], bool]) -> Ite
 
 @pytest.fixture
 def isolated(settings: Settings, redis_server) -> Iterator[Settings]:  # type: ignore[no-untyped-def]
-    value = settings.model_copy(update={"redis_url": redis_server.url_for_db(CHAIN_RETRY_DB)})
-    client = redis_from_settings(value)
-    client.flushdb()
-    try:
+    with own_redis_db(settings, redis_server, CHAIN_RETRY_DB) as value:
         yield value
-    finally:
-        client.flushdb()
-        client.close()
 
 
 def _event_time(event: EventEnvelope) -> float:

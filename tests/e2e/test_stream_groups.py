@@ -27,7 +27,7 @@ from pynomaly.consumers.stream_groups import (
 from pynomaly.observability.heartbeat import Heartbeat
 from pynomaly.storage.redis_client import redis_from_settings
 from pynomaly.topology import S_HEALTH
-from tests.e2e.support import wait_for
+from tests.e2e.support import own_redis_db, wait_for
 
 pytestmark = pytest.mark.services
 
@@ -37,13 +37,12 @@ MIN_IDLE_MS = 300
 
 @pytest.fixture
 def client(settings: Settings, redis_server) -> Iterator[redis.Redis]:  # type: ignore[no-untyped-def]
-    value = redis_from_settings(settings.model_copy(update={"redis_url": redis_server.url_for_db(STREAM_GROUPS_DB)}))
-    value.flushdb()
-    try:
-        yield value
-    finally:
-        value.flushdb()
-        value.close()
+    with own_redis_db(settings, redis_server, STREAM_GROUPS_DB) as isolated:
+        value = redis_from_settings(isolated)
+        try:
+            yield value
+        finally:
+            value.close()
 
 
 def _names() -> tuple[str, str]:

@@ -19,12 +19,11 @@ from pynomaly.config import Settings, env_for
 from pynomaly.domain.datasets import DatasetLimits, from_rows
 from pynomaly.localstack.procs import log_tail, spawn, stop_process
 from pynomaly.localstack.system import pynomaly_argv
-from pynomaly.storage.redis_client import redis_from_settings
 from pynomaly.topology import Q_DETECTION, Q_NOTIFICATIONS, Q_REPORTS
 from pynomaly.usecases.jobs import JobService, SubmitRequest
 from pynomaly.usecases.pipeline import SIGNATURE_HEADER
 from pynomaly.wiring import Container
-from tests.e2e.support import queue_lengths, small_rows, wait_for, webhook_server
+from tests.e2e.support import own_redis_db, queue_lengths, small_rows, wait_for, webhook_server
 
 pytestmark = pytest.mark.services
 
@@ -35,16 +34,8 @@ WEBHOOK_STEPS = ["detect", "report", "notify"]
 
 @pytest.fixture
 def isolated(settings: Settings, redis_server) -> Iterator[Settings]:  # type: ignore[no-untyped-def]
-    value = settings.model_copy(
-        update={"redis_url": redis_server.url_for_db(PRIORITY_DB), "webhook_secret": SECRET, "worker_concurrency": 1}
-    )
-    client = redis_from_settings(value)
-    client.flushdb()
-    try:
+    with own_redis_db(settings, redis_server, PRIORITY_DB, webhook_secret=SECRET, worker_concurrency=1) as value:
         yield value
-    finally:
-        client.flushdb()
-        client.close()
 
 
 def test_critical_job_starts_before_100_queued_low_ones_and_webhooks_are_signed(
