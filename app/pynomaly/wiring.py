@@ -55,9 +55,6 @@ class Container:
 
         return MessageQueueService(self.celery, LazyPublisher(self.settings), self.streams, self.component)
 
-    def messaging_connected(self) -> bool:
-        return bool(self.messaging.publisher_connected())
-
     def close(self) -> None:
         if "messaging" in self.__dict__:
             self.messaging.close()

@@ -56,7 +56,7 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     app.state.api_keys = keys
     app.state.job_service = JobService(container.jobs, container.messaging, container.dead_letters)
     app.state.audit_log = AuditLog(container.redis)
-    app.state.kafka_ready = lambda: container.messaging_connected()
+    app.state.kafka_ready = container.messaging.publisher_connected
 
     registry = CollectorRegistry()
     registry.register(RedisStateCollector(container.redis))
