@@ -86,7 +86,10 @@ class Pipeline:
         )
         return done
 
-    def cancelled(self, job: Job) -> None:
+    def cancelled(self, job: Job | str) -> None:
+        """Record a cancel that took effect (``job`` as read, or its id to read it now)."""
+        if isinstance(job, str):
+            job = self._jobs.get(job)
         if job.state is not JobStatus.CANCELLED:
             job = self._jobs.transition(
                 job.id, JobStatus.CANCELLED, message="cancelled while running", current_step=None

@@ -102,7 +102,7 @@ def _run_step(
         output = work(flow, job)
         flow.step_done(job, step, **output)
     except JobCancelled:
-        flow.cancelled(flow._jobs.get(job_id))
+        flow.cancelled(job_id)
         metrics.TASKS.labels(task=task.name, outcome="cancelled").inc()
         return {"job_id": job_id, "status": "cancelled"}
     except (DomainError, PermanentFailure) as exc:
