@@ -5,7 +5,8 @@ from the stack config, the Redis and Kafka components and the messaging topology
   never ``latest``.
 - One Secret (``<release>-app``) with the chart's key names (read from the chart's ``values.yaml``,
   ``secrets.keys``): the Redis password, the Kafka SASL password, API keys and the webhook key,
-  the last two generated with pulumi-random when the stack does not set them.
+  the last two generated once (``infra.generated``, kept in the stack state) when the stack does not
+  set them.
 - Worker and consumer pools come from ``TOPOLOGY`` (queues, concurrency, batch, consumer groups,
   topics with their partitions); nothing is re-typed.
 - The chart's own KEDA/HPA switches are off: the Autoscaling component owns those targets, and the
@@ -24,9 +25,9 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
-import pulumi_random as random
 import yaml
 
+from infra import generated
 from infra import k8s as kx
 from infra.config import PoolScaling, StackConfig
 from infra.kafka import Kafka
@@ -81,11 +82,9 @@ class Application(pulumi.ComponentResource):
         if secrets.api_keys is not None:
             self.api_key = pulumi.Output.secret(secrets.api_keys)
         else:
-            self.api_key = pulumi.Output.secret(random.RandomPassword(
-                f"{name}-api-key", length=40, special=False, opts=kx.child(self)).result)
+            self.api_key = generated.password(f"{name}-api-key", 40, parent=self)
         webhook = (pulumi.Output.secret(secrets.webhook_secret) if secrets.webhook_secret is not None else
-                   pulumi.Output.secret(random.RandomPassword(
-                       f"{name}-webhook-secret", length=48, special=False, opts=kx.child(self)).result))
+                   generated.password(f"{name}-webhook-secret", 48, parent=self))
         api_keys_file = self.api_key.apply(lambda v: "\n".join(k.strip() for k in v.split(",") if k.strip()) + "\n")
         secret = k8s.core.v1.Secret(
             f"{name}-secret",

@@ -7,8 +7,9 @@ naming each offending key, before a single resource is declared.
 
 Secrets (passwords, API keys, SASL credentials, an external Redis URL) are never plain config:
 :func:`load` accepts them only when Pulumi marks them secret (``pulumi config set --secret``) and
-the components generate any that are absent with pulumi-random, which keeps them stable across
-updates (the random value lives in the stack state).
+the components generate any that are absent with :class:`infra.generated.GeneratedSecret`, a
+``pulumi.dynamic`` resource that makes the value once with :mod:`secrets` and keeps it in the stack
+state as a secret, so it is stable across updates.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ class KubernetesConfig:
     namespace: str
     context: str | None = None
     kubeconfig: str | None = None  # a path (``~`` expanded) or the kubeconfig text itself
+    # Render mode: the provider writes the manifests into this folder instead of applying them.
+    render_yaml_to_directory: str | None = None
 
 
 @dataclass(frozen=True)
@@ -259,6 +262,9 @@ class _Reader:
             value = value.lower() == "true"
         if kind is int and isinstance(value, str) and value.strip().isdigit():
             value = int(value)
+        if kind is str and isinstance(value, int) and not isinstance(value, bool):
+            # `pulumi config set --path ... 1` stores a number: a CPU quantity or a tag of digits is still text.
+            value = str(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             self._bad(key, f"must be {kind.__name__}, got {value!r}")
             return default
@@ -346,11 +352,12 @@ def parse_config(raw: Mapping[str, Any], environment: str, *, default_tag: str) 
     env = top.get("environment", str, environment, _one_of(*ENVIRONMENTS))
     storage_class = top.get("storageClass", str, "", _match(_NAME, "a StorageClass name")) or None
 
-    k = top.child("kubernetes", {"namespace", "context", "kubeconfig"})
+    k = top.child("kubernetes", {"namespace", "context", "kubeconfig", "renderYamlToDirectory"})
     kubernetes = KubernetesConfig(
         namespace=k.get("namespace", str, "pynomaly", _match(_NAME, "a DNS-1123 label")),
         context=k.get("context", str, "") or None,
         kubeconfig=k.get("kubeconfig", str, "") or None,
+        render_yaml_to_directory=k.get("renderYamlToDirectory", str, "") or None,
     )
 
     i = top.child("image", {"repository", "tag", "pullPolicy"})

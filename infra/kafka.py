@@ -8,10 +8,11 @@ In-cluster (``pynomaly:kafka.mode: inCluster``):
 - One headless Service with ``publishNotReadyAddresses`` gives every pod a stable DNS name before
   it is ready (the quorum must form before anything is ready), used for the per-pod advertised
   listeners; the client Service ``<name>`` is for bootstrap.
-- The cluster id and the controllers' directory ids are generated once with pulumi-random and kept
-  in a Secret.  An init container renders ``server.properties`` and formats the storage on first
-  start only (``kafka-storage.sh format`` with the dynamic quorum's ``--initial-controllers``, whose
-  directory ids must be known up front — hence the Secret).
+- The cluster id and the controllers' directory ids are generated once (``infra.generated``, kept
+  in the stack state as secrets) and kept in a Secret.  An init container renders
+  ``server.properties`` and formats the storage on first start only (``kafka-storage.sh format``
+  with the dynamic quorum's ``--initial-controllers``, whose directory ids must be known up front —
+  hence the Secret).
 - RF 3 and ``min.insync.replicas`` 2 where there are at least 3 brokers (RF = brokers below that),
   PDB ``maxUnavailable: 1``, topology spread over zones and nodes, ``broker.rack`` from the node's
   zone label (an init container with a token that can only read nodes), SASL/SCRAM-SHA-512 with an
@@ -29,8 +30,8 @@ from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_kubernetes as k8s
-import pulumi_random as random
 
+from infra import generated
 from infra import k8s as kx
 from infra.config import KafkaConfig
 from pynomaly.topology import Topology
@@ -157,28 +158,24 @@ class Kafka(pulumi.ComponentResource):
     def _password(self, resource_name: str, configured: pulumi.Input[str] | None) -> pulumi.Output[str]:
         if configured is not None:
             return pulumi.Output.secret(configured)
-        return pulumi.Output.secret(
-            random.RandomPassword(resource_name, length=32, special=False, opts=kx.child(self)).result)
+        return generated.password(resource_name, 32, parent=self)
 
     # -- in-cluster KRaft ---------------------------------------------------------------------------
 
     def _cluster(self, name: str) -> None:
         args, cfg, ns = self._args, self._args.config, self._args.namespace
         controller_role = self.roles[0]
-        cluster_id = random.RandomId(f"{name}-cluster-id", byte_length=16, opts=kx.child(self))
-        dir_ids = [random.RandomId(f"{name}-controller-{i}-directory-id", byte_length=16, opts=kx.child(self))
+        # Kafka UUIDs (16 bytes, URL-safe base64 without padding), generated once and kept in the state.
+        cluster_id = generated.kafka_id(f"{name}-cluster-id", parent=self)
+        dir_ids = [generated.kafka_id(f"{name}-controller-{i}-directory-id", parent=self)
                    for i in range(controller_role.replicas)]
 
-        def uuid(rid: random.RandomId) -> pulumi.Output[str]:
-            # Kafka UUIDs are 16 bytes in URL-safe base64 without padding: exactly RandomId.b64_url.
-            return rid.b64_url.apply(lambda v: v.rstrip("="))
-
         cluster_data: dict[str, pulumi.Input[str]] = {
-            KEY_CLUSTER_ID: uuid(cluster_id),
+            KEY_CLUSTER_ID: cluster_id,
             KEY_ADMIN_PASSWORD: self.admin_password,
         }
-        for i, rid in enumerate(dir_ids):
-            cluster_data[f"controller-{i}-directory-id"] = uuid(rid)
+        for i, dir_id in enumerate(dir_ids):
+            cluster_data[f"controller-{i}-directory-id"] = dir_id
         cluster_secret = k8s.core.v1.Secret(
             f"{name}-cluster",
             metadata=kx.meta(f"{args.name}-cluster", ns, kx.labels(args.name, "kafka", args.labels)),
@@ -282,7 +279,7 @@ class Kafka(pulumi.ComponentResource):
         return sa_name
 
     def _statefulset(self, name: str, role: _Role, bootstrap_controllers: pulumi.Output[str],
-                     controller_fqdn: pulumi.Output[list[str]], dir_ids: list[random.RandomId],
+                     controller_fqdn: pulumi.Output[list[str]], dir_ids: list[pulumi.Output[str]],
                      service_account: str | None, deps: list[pulumi.Resource]) -> k8s.apps.v1.StatefulSet:
         args, cfg, ns = self._args, self._args.config, self._args.namespace
         sel = kx.selector_labels(args.name, role.component)
@@ -296,8 +293,8 @@ class Kafka(pulumi.ComponentResource):
                 secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret, key=key))
 
         # "0@host-0:9093:<dir id>,..." for formatting the dynamic quorum's first voters.
-        initial_controllers = pulumi.Output.all(controller_fqdn, *[d.b64_url for d in dir_ids]).apply(
-            lambda a: ",".join(f"{i}@{h}:{CONTROLLER_PORT}:{d.rstrip('=')}" for i, (h, d) in enumerate(
+        initial_controllers = pulumi.Output.all(controller_fqdn, *dir_ids).apply(
+            lambda a: ",".join(f"{i}@{h}:{CONTROLLER_PORT}:{d}" for i, (h, d) in enumerate(
                 zip(a[0], a[1:], strict=True))))
         env = [
             k8s.core.v1.EnvVarArgs(name="POD_NAMESPACE", value_from=k8s.core.v1.EnvVarSourceArgs(

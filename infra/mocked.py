@@ -8,7 +8,6 @@ arrive with camelCase keys and numbers as floats).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import Mapping
@@ -22,11 +21,11 @@ from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime.sync_await import _sync_await
 
 from infra import config as stack_config
-from infra import program
+from infra import generated, program
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_DIR = ROOT / "environments"
-NOT_OBJECTS = ("pulumi:", "pynomaly:", "random:", "kubernetes:helm.sh/")
+NOT_OBJECTS = ("pulumi:", "pulumi-python:", "pynomaly:", "kubernetes:helm.sh/")
 
 
 def stack_file(env: str) -> dict[str, Any]:
@@ -43,6 +42,7 @@ class Registration:
     parent: str
     custom: bool
     inputs: dict[str, Any]
+    secret_outputs: tuple[str, ...] = ()  # the registration's additional_secret_outputs
 
     @property
     def is_kubernetes_object(self) -> bool:
@@ -110,12 +110,13 @@ class _Mocks(pulumi.runtime.Mocks):
         self.inputs[(args.typ, args.name)] = dict(args.inputs)
         outputs = dict(args.inputs)
         digest = hashlib.sha256(f"{args.typ}/{args.name}".encode()).digest()
-        if args.typ == "random:index/randomPassword:RandomPassword":
-            outputs["result"] = digest.hex()[: int(args.inputs.get("length", 32))]
-        elif args.typ == "random:index/randomId:RandomId":
-            raw = digest[: int(args.inputs.get("byteLength", 16))]
-            outputs.update(b64Url=base64.urlsafe_b64encode(raw).decode().rstrip("="),
-                           b64Std=base64.b64encode(raw).decode(), hex=raw.hex(), dec=str(int.from_bytes(raw)))
+        if args.typ == generated.TYPE:
+            # Deterministic stand-ins for the values the dynamic provider makes once on a real `up`.
+            outputs.pop("__provider", None)
+            if args.inputs.get("kind") == "kafka-uuid":
+                outputs["value"] = generated.kafka_uuid(digest[:16])
+            else:
+                outputs["value"] = digest.hex()[: int(args.inputs.get("length", 32))]
         return f"{args.name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
@@ -125,11 +126,12 @@ class _Mocks(pulumi.runtime.Mocks):
 class _Monitor(pulumi_mocks.MockMonitor):
     def __init__(self, mocks: _Mocks):
         super().__init__(mocks)
-        self.registered: list[tuple[str, str, str, str, bool]] = []
+        self.registered: list[tuple[str, str, str, str, bool, tuple[str, ...]]] = []
 
     def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)
-        self.registered.append((response.urn, request.type, request.name, request.parent, bool(request.custom)))
+        self.registered.append((response.urn, request.type, request.name, request.parent, bool(request.custom),
+                                tuple(request.additionalSecretOutputs)))
         return response
 
 
@@ -163,7 +165,7 @@ def run(env: str, config: Mapping[str, Any] | None = None, secrets: Mapping[str,
     _program()
     secret_outputs = {k for k, fut in holder["secret"].items() if _sync_await(fut)}
     registrations = [
-        Registration(urn, type_, name, parent, custom, mocks.inputs.get((type_, name), {}))
-        for urn, type_, name, parent, custom in monitor.registered
+        Registration(urn, type_, name, parent, custom, mocks.inputs.get((type_, name), {}), secret_outputs)
+        for urn, type_, name, parent, custom, secret_outputs in monitor.registered
     ]
     return MockedRun(env, holder["deployment"], registrations, holder["outputs"], secret_outputs)

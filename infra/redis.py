@@ -12,8 +12,8 @@ Modes (``pynomaly:redis.mode``):
 - ``external``: a managed Redis; nothing is deployed and its URL (a Pulumi secret) goes to the Secret.
 
 Always: AOF with ``appendfsync everysec`` and ``maxmemory-policy noeviction`` (a broker must never
-evict queued tasks), the password from a Secret (generated with pulumi-random when not configured,
-so it is stable across updates), PVCs of the environment's storage class, probes, pod security.
+evict queued tasks), the password from a Secret (generated once by ``infra.generated``
+when not configured, so it is stable across updates), PVCs of the environment's storage class, probes, pod security.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from urllib.parse import quote, urlsplit
 
 import pulumi
 import pulumi_kubernetes as k8s
-import pulumi_random as random
 
+from infra import generated
 from infra import k8s as kx
 from infra.config import RedisConfig
 
@@ -81,9 +81,7 @@ class Redis(pulumi.ComponentResource):
             if args.password is not None:
                 self.password = pulumi.Output.secret(args.password)
             else:
-                generated = random.RandomPassword(
-                    f"{name}-password", length=32, special=False, opts=kx.child(self))
-                self.password = pulumi.Output.secret(generated.result)
+                self.password = generated.password(f"{name}-password", 32, parent=self)
             self.host = pulumi.Output.from_input(ns).apply(lambda n: f"{args.name}.{n}.svc.cluster.local")
             self.port = pulumi.Output.from_input(PORT)
             self.url = pulumi.Output.secret(pulumi.Output.all(self.password, self.host).apply(

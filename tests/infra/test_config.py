@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from infra import mocked
+from infra import generated, mocked
 from infra.config import ENVIRONMENTS, ConfigError, parse_config
 from tests.infra.conftest import kinds, named
 
@@ -70,8 +70,8 @@ def test_a_plain_secret_in_the_stack_fails_before_any_resource() -> None:
 
 def test_configured_secrets_replace_the_generated_ones() -> None:
     run = mocked.run("dev", secrets={"redisPassword": "s3cretRedis", "apiKeys": "k1,k2"})
-    generated = {r.name for r in run.by_type("random:index/randomPassword:RandomPassword")}
-    assert "redis-password" not in generated and "app-api-key" not in generated
+    made = {r.name for r in run.by_type(generated.TYPE)}
+    assert "redis-password" not in made and "app-api-key" not in made
     app = named(run, "Secret", "pynomaly-app")["stringData"]
     assert app["redis-password"] == "s3cretRedis" and app["api-keys"] == "k1\nk2\n"
     assert "apiKey" in run.secret_outputs

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
+from infra import generated, mocked
 from infra import kafka as kafka_mod
-from infra import mocked
 from infra.autoscaling import trigger_name
 from infra.config import ENVIRONMENTS
 from infra.program import app_version
@@ -80,7 +80,8 @@ def test_secrets_are_secret_and_generated_not_configured(env_run: mocked.MockedR
         if reg.type == "kubernetes:core/v1:Secret":
             assert mocked.is_secret_input(reg.inputs["stringData"]), f"{reg.name}: stringData is not a secret"
     assert {"apiKey"} <= env_run.secret_outputs
-    passwords = {r.name for r in env_run.by_type("random:index/randomPassword:RandomPassword")}
+    generated_secrets = env_run.by_type(generated.TYPE)
+    passwords = {r.name for r in generated_secrets if r.inputs["kind"] == "password"}
     assert {"redis-password", "kafka-app-password", "kafka-admin-password", "app-api-key",
             "app-webhook-secret"} <= passwords
     assert env_run.deployment.redis.password is not None

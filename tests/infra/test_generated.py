@@ -1,0 +1,58 @@
+"""infra/generated.py: the dynamic provider that replaces pulumi-random, called as the engine would."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+
+from infra import generated, mocked
+
+PROVIDER = generated.GeneratedSecretProvider()
+
+
+def test_password_is_alphanumeric_of_its_length_and_new_each_create() -> None:
+    a = PROVIDER.create({"kind": "password", "length": 40.0, "value": None})
+    b = PROVIDER.create({"kind": "password", "length": 40, "value": None})
+    assert re.fullmatch(r"[A-Za-z0-9]{40}", a.outs["value"])
+    assert a.outs["value"] != b.outs["value"] and a.id != b.id
+    assert a.outs["kind"] == "password" and a.outs["length"] == 40
+
+
+def test_kafka_uuid_is_16_bytes_url_safe_base64_without_padding() -> None:
+    for _ in range(200):
+        value = PROVIDER.create({"kind": "kafka-uuid", "length": 16}).outs["value"]
+        assert re.fullmatch(r"[A-Za-z0-9_-]{22}", value) and not value.startswith("-")
+        raw = base64.urlsafe_b64decode(value + "==")
+        assert len(raw) == 16 and raw not in (bytes(16), bytes(15) + b"\x01")
+    with pytest.raises(ValueError):
+        generated.kafka_uuid(b"short")
+
+
+def test_value_never_changes_on_update_and_parameters_replace() -> None:
+    outs = PROVIDER.create({"kind": "password", "length": 32}).outs
+    same = PROVIDER.diff("id", outs, {"kind": "password", "length": 32.0, "value": None})
+    assert not same.changes and same.replaces == []
+    longer = PROVIDER.diff("id", outs, {"kind": "password", "length": 48, "value": None})
+    assert longer.changes and longer.replaces == ["length"]
+    assert PROVIDER.update("id", outs, {"kind": "password", "length": 32}).outs["value"] == outs["value"]
+    assert PROVIDER.read("id", outs).outs == outs
+
+
+def test_check_refuses_bad_parameters() -> None:
+    assert PROVIDER.check({}, {"kind": "password", "length": 32}).failures == []
+    assert [f.property for f in PROVIDER.check({}, {"kind": "pin", "length": 4}).failures] == ["kind"]
+    assert [f.property for f in PROVIDER.check({}, {"kind": "password", "length": 4}).failures] == ["length"]
+
+
+def test_every_generated_value_is_a_secret_output_and_mocks_are_deterministic() -> None:
+    first, second = mocked.run("onprem"), mocked.run("onprem")
+    regs = first.by_type(generated.TYPE)
+    assert {r.name for r in regs} >= {"redis-password", "kafka-cluster-id", "kafka-controller-2-directory-id"}
+    cluster = next(o for o in first.objects() if o["metadata"]["name"] == "pynomaly-kafka-cluster")
+    again = next(o for o in second.objects() if o["metadata"]["name"] == "pynomaly-kafka-cluster")
+    assert cluster["stringData"] == again["stringData"]
+    for reg in regs:
+        assert reg.custom and reg.inputs["kind"] in generated.KINDS
+        assert reg.secret_outputs == ("value",), f"{reg.name}: value is not kept as a secret in the state"
