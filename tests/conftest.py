@@ -92,6 +92,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     def order(item: pytest.Item) -> int:
         if item.get_closest_marker("kafka_solo"):
             return 0
+        if item.get_closest_marker("cluster"):
+            return 3  # the deploy tier last: its cluster starts only when the rest is done
         return 2 if item.get_closest_marker("e2e") else 1
 
     items.sort(key=order)

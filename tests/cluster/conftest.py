@@ -1,0 +1,85 @@
+"""The deploy tier: the project's own Kubernetes cluster (tools/cluster), started once per session.
+
+``local_cluster`` builds what is missing (the Go tools, the images), starts the cluster in a
+temporary folder with every image loaded, and stops it at the end (restoring the host).  Tests in
+this folder are marked ``cluster`` and run after every other test (tests/conftest.py orders them),
+one at a time: each leaves the cluster as it found it (namespaces deleted, real node schedulable).
+"""
+
+from __future__ import annotations
+
+import atexit
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cluster.deploying import get_json
+from tools import images
+from tools.cluster import LocalCluster
+
+
+@pytest.fixture(scope="session")
+def built_images() -> dict[str, images.Built]:
+    return images.build()
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory,
+                  built_images: dict[str, images.Built]) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"), die_with_parent=True)
+    atexit.register(cluster.down, quiet=True)  # an interrupted session still restores the host
+    refs = images.image_refs(built_images)
+    started = time.monotonic()
+    cluster.up([b.archive for b in built_images.values()], pause_image=refs["pause"], dns_image=refs["coredns"])
+    print(f"\n[cluster] up with {len(built_images)} images in {time.monotonic() - started:.1f} s")
+    try:
+        yield cluster
+    finally:
+        cluster.down(quiet=True)
+
+
+def run_pod(cluster: LocalCluster, namespace: str, name: str, image: str, command: list[str],
+            timeout: float = 120) -> tuple[str, str]:
+    """Run a one-shot pod that satisfies the 'restricted' standard; return (phase, logs)."""
+    pod = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": {"pynomaly.io/local-node": "real"},
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "main", "image": image, "imagePullPolicy": "Never", "command": command,
+                "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}},
+                "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
+            }],
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(pod))
+    deadline = time.monotonic() + timeout
+    phase = ""
+    while time.monotonic() < deadline:
+        phase = get_json(cluster, "-n", namespace, "pod", name)["status"].get("phase", "")
+        if phase in ("Succeeded", "Failed"):
+            break
+        time.sleep(1)
+    logs = cluster.kubectl("-n", namespace, "logs", name, check=False).stdout
+    cluster.kubectl("-n", namespace, "delete", "pod", name, "--wait=false", check=False)
+    return phase, logs
+
+
+def restricted_namespace(cluster: LocalCluster, name: str) -> str:
+    cluster.apply([{
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "restricted",
+                                              "pod-security.kubernetes.io/enforce-version": "latest"}},
+    }])
+    return name
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]

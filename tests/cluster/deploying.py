@@ -1,0 +1,135 @@
+"""Deploying a stack onto the local cluster with the real Pulumi engine (tools/deploy.py), and checks
+on what it created.  Shared by the dev (real pods) and onprem/cloud (fake nodes) tests."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pulumi import automation as auto
+
+from tools import deploy, images
+from tools.cluster import LocalCluster
+
+# Kinds Pulumi records that are not objects in the cluster (the provider, components, the chart wrapper).
+_NOT_OBJECTS = ("pulumi:", "pynomaly:", "kubernetes:helm.sh/")
+
+
+def _progress_writer(env: str) -> deploy.Progress:
+    # pytest captures stdout; a deploy takes minutes and should show what it is doing.
+    return deploy.Progress(write=lambda line: print(f"[deploy {env}] {line}", file=sys.__stderr__, flush=True))
+
+
+@dataclass
+class DeployedStack:
+    env: str
+    stack: auto.Stack
+    state_dir: Path
+    overrides: dict[str, str]
+    counts: dict[str, int]
+    seconds: float
+
+    @property
+    def namespace(self) -> str:
+        return str(self.outputs()["namespace"])
+
+    def outputs(self, show_secrets: bool = False) -> dict[str, Any]:
+        return deploy.outputs(self.stack, show_secrets=show_secrets)
+
+    def reopen(self, cluster: LocalCluster, extra: Mapping[str, str]) -> auto.Stack:
+        """The same stack with its whole config set again plus ``extra`` overrides."""
+        self.overrides = {**self.overrides, **extra}
+        self.stack = deploy.open_stack(self.env, kubeconfig=cluster.kubeconfig, overrides=self.overrides,
+                                       state_dir=self.state_dir)
+        return self.stack
+
+    def preview(self) -> dict[str, int]:
+        return deploy.preview(self.stack, on_event=_progress_writer(self.env))
+
+    def up(self) -> dict[str, int]:
+        return deploy.up(self.stack, on_event=_progress_writer(self.env))
+
+    def destroy(self) -> dict[str, int]:
+        return deploy.destroy(self.stack, on_event=_progress_writer(self.env))
+
+
+def image_overrides(built: Mapping[str, images.Built]) -> dict[str, str]:
+    """Stack config that makes a stack run the images tools/images.py built and the cluster loaded."""
+    return {f"pynomaly:{key}": value for key, value in images.stack_config(dict(built)).items()}
+
+
+def deploy_env(cluster: LocalCluster, env: str, built: Mapping[str, images.Built], state_dir: Path,
+               extra: Mapping[str, str] | None = None) -> DeployedStack:
+    overrides = {**image_overrides(built), **(extra or {})}
+    stack = deploy.open_stack(env, kubeconfig=cluster.kubeconfig, overrides=overrides, state_dir=state_dir)
+    started = time.monotonic()
+    counts = deploy.up(stack, on_event=_progress_writer(env))
+    seconds = time.monotonic() - started
+    print(f"\n[deploy {env}] up in {seconds:.0f} s: {counts}", file=sys.__stderr__, flush=True)
+    return DeployedStack(env, stack, state_dir, overrides, counts, seconds)
+
+
+def state_objects(stack: auto.Stack) -> list[dict[str, str]]:
+    """Every Kubernetes object the stack's state says it manages: kind, apiVersion, namespace, name."""
+    found = []
+    for resource in stack.export_stack().deployment["resources"]:
+        if not resource.get("custom") or not resource["type"].startswith("kubernetes:"):
+            continue
+        if resource["type"].startswith(_NOT_OBJECTS) or resource["type"] == "pulumi:providers:kubernetes":
+            continue
+        outputs = resource.get("outputs") or {}
+        meta = outputs.get("metadata") or {}
+        found.append({"apiVersion": str(outputs.get("apiVersion")), "kind": str(outputs.get("kind")),
+                      "namespace": str(meta.get("namespace") or ""), "name": str(meta.get("name"))})
+    return found
+
+
+def missing_objects(cluster: LocalCluster, objects: list[dict[str, str]]) -> list[str]:
+    missing = []
+    for obj in objects:
+        kind = f"{obj['kind']}.{obj['apiVersion'].split('/')[0]}" if "/" in obj["apiVersion"] else obj["kind"]
+        args = ["get", kind, obj["name"], "-o", "name"]
+        if obj["namespace"]:
+            args += ["-n", obj["namespace"]]
+        if cluster.kubectl(*args, check=False, timeout=30).returncode != 0:
+            missing.append(f"{obj['kind']}/{obj['namespace']}/{obj['name']}")
+    return missing
+
+
+def get_json(cluster: LocalCluster, *args: str) -> dict[str, Any]:
+    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+
+
+def workload_problems(cluster: LocalCluster, namespace: str) -> list[str]:
+    """Deployments/StatefulSets short of ready replicas, Jobs not complete, pods refused by admission."""
+    problems = []
+    for kind in ("deployment", "statefulset"):
+        for item in get_json(cluster, "-n", namespace, kind)["items"]:
+            want = item["spec"].get("replicas", 1)
+            ready = item.get("status", {}).get("readyReplicas", 0)
+            if ready < want:
+                problems.append(f"{kind}/{item['metadata']['name']}: {ready}/{want} ready")
+    for job in get_json(cluster, "-n", namespace, "job")["items"]:
+        if not job.get("status", {}).get("succeeded"):
+            problems.append(f"job/{job['metadata']['name']}: not complete")
+    for event in get_json(cluster, "-n", namespace, "events")["items"]:
+        if event.get("reason") == "FailedCreate":
+            problems.append(f"{event['involvedObject']['kind']}/{event['involvedObject']['name']}: "
+                            f"{event.get('message', '')[:300]}")
+    return problems
+
+
+def wait_for(check: Any, timeout: float, interval: float = 2.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if not last:
+            return last
+        time.sleep(interval)
+    return last

@@ -1,0 +1,52 @@
+"""Last in the deploy tier: `down` stops every process the cluster started and puts the host back."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tools.cluster import LocalCluster
+from tools.cluster.local import BRIDGE, _kube_chains, _mounts_under, _run
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+
+
+def test_down_stops_everything_and_restores_the_host(local_cluster: LocalCluster) -> None:
+    state = local_cluster.state
+    processes = list(state.processes)
+    assert {p.name for p in processes} >= {"etcd", "kube-apiserver", "kubelet", "containerd", "kube-proxy"}
+    shims_before = _shims(local_cluster)
+    assert shims_before, "no pod was running: the tier ran nothing"
+    saved_sysctls = dict(state.sysctls)
+    chains_before = set(state.kube_chains_before)
+    netns_before = set(state.netns_before)
+
+    assert local_cluster.down(quiet=True)
+
+    assert [p.name for p in processes if p.alive()] == []
+    assert _shims(local_cluster) == []
+    assert _run(["ip", "link", "show", BRIDGE], check=False).returncode != 0
+    assert _kube_chains() <= chains_before
+    forward = _run(["iptables", "-w", "-S", "FORWARD"], check=False).stdout
+    assert BRIDGE not in forward
+    for name, value in saved_sysctls.items():
+        assert Path("/proc/sys", name).read_text().strip() == value, name
+    assert _mounts_under(local_cluster.state_dir) == []
+    netns = set(os.listdir("/run/netns")) if Path("/run/netns").is_dir() else set()
+    assert {n for n in netns - netns_before if n.startswith("cni-")} == set()
+
+
+def _shims(cluster: LocalCluster) -> list[int]:
+    needle = str(cluster.containerd_sock).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"containerd-shim" in cmdline and needle in cmdline:
+                found.append(int(entry.name))
+    return found
