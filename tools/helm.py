@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The real helm v3 binary for this project, built from the Go module proxy and cached.
 
-    python tools/helm.py ensure      # builds .cache/bin/helm when missing, prints its path
+    python tools/helm.py ensure      # builds helm into the machine cache when missing, prints its path
     python tools/helm.py version     # the version this project pins
     python tools/helm.py template ENV [helm args]   # charts/pynomaly rendered with
                                      # environments/helm/ENV.values.yaml (helm-alone install)
@@ -10,8 +10,9 @@ Importable: ``ensure_helm() -> Path``, ``run_helm(*args)`` and ``template_chart(
 (used by the chart tests; the infra program's tests can render the chart with their values too).
 
 The binary is built with ``go install helm.sh/helm/v3/cmd/helm@<HELM_VERSION>`` with GOBIN set to
-``.cache/bin`` (git-ignored).  Go's own module and build caches are used, so later builds (another
-checkout, a version bump) reuse what was downloaded.  An existing binary is reused when
+the per-machine tool cache (``tools/toolchain.py``: ``$PYNOMALY_CACHE_DIR`` or
+``~/.cache/pynomaly/bin``), so another checkout (CI's fresh clone) reuses it; Go's own module and
+build caches serve a version bump.  An existing binary is reused when
 ``helm version`` reports the pinned version.
 """
 
@@ -29,7 +30,12 @@ HELM_VERSION = "v3.22.0"
 HELM_MODULE = "helm.sh/helm/v3"
 HELM_COMMAND = f"{HELM_MODULE}/cmd/helm"
 ROOT = Path(__file__).resolve().parent.parent
-BIN_DIR = ROOT / ".cache" / "bin"
+if str(ROOT) not in sys.path:  # run as a script
+    sys.path.insert(0, str(ROOT))
+
+from tools import toolchain  # noqa: E402
+
+BIN_DIR = toolchain.bin_dir()
 HELM = BIN_DIR / "helm"
 CHART = ROOT / "charts" / "pynomaly"
 HELM_ENV_DIR = ROOT / "environments" / "helm"

@@ -5,7 +5,7 @@
     ./dev render cloud --summary     objects per kind (all environments with --summary and no ENV)
     ./dev render onprem --values     the values the program passes to charts/pynomaly; pipe them into
                                      helm to see the application's objects too:
-        ./dev render onprem --values | .cache/bin/helm template pynomaly charts/pynomaly -n pynomaly -f -
+        ./dev render onprem --values | ~/.cache/pynomaly/bin/helm template pynomaly charts/pynomaly -n pynomaly -f -
 
 The program runs under Pulumi mocks with environments/Pulumi.<ENV>.yaml as its config.  Secret
 values are shown as <secret>: generated passwords only exist after a real `pulumi up`.  The chart is
