@@ -51,12 +51,16 @@ def provider_args(cfg: StackConfig) -> dict[str, Any]:
     if kubeconfig and "\n" not in kubeconfig:
         # A path: the provider takes the file's contents (or a path), expand ~ for the user.
         kubeconfig = os.path.expanduser(kubeconfig)
-    return {
+    args: dict[str, Any] = {
         "kubeconfig": kubeconfig,
         "context": cfg.kubernetes.context,
         "namespace": cfg.kubernetes.namespace,
         "enable_server_side_apply": True,
     }
+    if cfg.kubernetes.render_yaml_to_directory:
+        # Render mode (no cluster): the provider writes every manifest under this folder.
+        args["render_yaml_to_directory"] = os.path.expanduser(cfg.kubernetes.render_yaml_to_directory)
+    return args
 
 
 def build(cfg: StackConfig) -> Deployment:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +59,20 @@ def test_every_generated_value_is_a_secret_output_and_mocks_are_deterministic() 
     for reg in regs:
         assert reg.custom and reg.inputs["kind"] in generated.KINDS
         assert reg.secret_outputs == ("value",), f"{reg.name}: value is not kept as a secret in the state"
+
+
+def test_the_provider_loads_where_the_repository_is_not_importable(tmp_path: Path) -> None:
+    """The engine runs the dynamic provider in infra/ (``pulumi up``) or a workspace: no ``infra`` package."""
+    from pulumi.dynamic.dynamic import serialize_provider
+
+    (tmp_path / "provider.b64").write_text(serialize_provider(generated.GeneratedSecretProvider()))
+    script = (
+        "import base64, dill, importlib.util\n"
+        "assert importlib.util.find_spec('infra') is None\n"
+        "p = dill.loads(base64.b64decode(open('provider.b64').read()))\n"
+        "print(p.create({'kind': 'kafka-uuid', 'length': 16}).outs['value'])\n"
+    )
+    result = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}\n", result.stdout)
