@@ -878,8 +878,15 @@ class Built:
     role: str
 
 
+def _shared_code() -> str:
+    """The build helpers every recipe uses: a change there rebuilds every image."""
+    helpers = (run_in_rootfs, _chroot_sh, _apt_install, _add_user, _dpkg_version, _index, _Entry, _diff,
+               _write_layer, _write_archive, _config)
+    return "".join(inspect.getsource(h) for h in helpers)
+
+
 def _key(recipe: Recipe, base_key: str) -> str:
-    return _fingerprint(FORMAT, recipe.name, base_key if recipe.on_base else "",
+    return _fingerprint(FORMAT, _shared_code(), recipe.name, base_key if recipe.on_base else "",
                         json.dumps(recipe.config, sort_keys=True), inspect.getsource(recipe.populate),
                         str(sorted(recipe.xattrs)), *recipe.inputs())
 
