@@ -324,6 +324,21 @@ def crd_files() -> list[Path]:
     return files
 
 
+def kwok_stage_files() -> list[Path]:
+    """kwok's own "fast" stages (nodes Ready with a lease heartbeat; pods Ready at once, Jobs' pods
+    completed, deleted pods removed), from its module: kwok runs nothing without stages."""
+    stages = module_dir(f"sigs.k8s.io/kwok@{KWOK_VERSION}") / "kustomize" / "stage"
+    files = [
+        stages / "node" / "fast" / "node-initialize.yaml",
+        stages / "node" / "heartbeat-with-lease" / "node-heartbeat-with-lease.yaml",
+        *(stages / "pod" / "fast" / f"pod-{name}.yaml" for name in ("ready", "complete", "delete")),
+    ]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ToolchainError(f"kwok stage files missing from its module: {missing}")
+    return files
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tools/toolchain.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)

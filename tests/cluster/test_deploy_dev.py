@@ -107,8 +107,11 @@ def test_up_creates_every_object_and_every_pod_becomes_ready(local_cluster: Loca
 def test_demo_job_runs_through_the_api_service(local_cluster: LocalCluster, dev: DeployedStack) -> None:
     outputs = dev.outputs(show_secrets=True)
     api_key = str(outputs["apiKey"]).split(",")[0].strip()
-    service = outputs["apiUrl"].split("//", 1)[1].split(".", 1)[0]
-    forward = PortForward(local_cluster, dev.namespace, f"svc/{service}", 8000)
+    # What `pulumi stack output apiAccess` tells a user to run, on a free local port instead of 8000.
+    access = str(outputs["apiAccess"]).split()
+    assert access[:4] == ["kubectl", "-n", dev.namespace, "port-forward"], access
+    target, remote_port = access[4], int(access[5].split(":")[1])
+    forward = PortForward(local_cluster, dev.namespace, target, remote_port)
     try:
         dataset, planted = demo_dataset()
         with PynomalyClient(forward.url, api_key, timeout=60) as client:

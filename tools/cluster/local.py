@@ -483,6 +483,7 @@ class LocalCluster:
                 kwok, f"--kubeconfig={self.kubeconfig}",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 "--node-lease-duration-seconds=40", f"--server-address={LOOPBACK}:{free_port()}",
+                *(f"--config={stage}" for stage in toolchain.kwok_stage_files()),
             ])
         names = [f"fake-{zone}-{i}" for zone in zones for i in range(per_zone)]
         objects: list[dict[str, Any]] = []

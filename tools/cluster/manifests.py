@@ -113,7 +113,7 @@ def storage_class() -> dict[str, Any]:
     }
 
 
-def local_volume(name: str, node: str, path: str, size: str = "20Gi", fake: bool = False) -> dict[str, Any]:
+def local_volume(name: str, node: str, path: str, size: str = "500Gi", fake: bool = False) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "PersistentVolume",
         "metadata": {"name": name, "labels": {"pynomaly.io/local-volume": "fake" if fake else "real"}},
