@@ -102,11 +102,22 @@ class Application(pulumi.ComponentResource):
             opts=kx.child(self),
         )
         self.secret_name = secret.metadata.apply(lambda m: m.name)
+        # The pods' ServiceAccount is made here, before the chart, not by the chart: the chart's objects are
+        # applied in parallel, and a pool whose ReplicaSet came first got "serviceaccount not found" from
+        # admission (FailedCreate events, seen on the real cluster) until the account existed.
+        account = k8s.core.v1.ServiceAccount(
+            f"{name}-service-account",
+            metadata=kx.meta(self.fullname, args.namespace, kx.labels(self.fullname, "app", args.labels)),
+            automount_service_account_token=False,
+            opts=kx.child(self),
+        )
+        self.service_account = account.metadata.apply(lambda m: m.name)
 
         self.values = pulumi.Output.all(
             redis_host=args.redis.host, redis_port=args.redis.port, kafka_bootstrap=args.kafka.bootstrap_servers,
-            secret_name=self.secret_name,
-        ).apply(lambda o: self._values(o["redis_host"], o["redis_port"], o["kafka_bootstrap"], o["secret_name"]))
+            secret_name=self.secret_name, account=self.service_account,
+        ).apply(lambda o: self._values(o["redis_host"], o["redis_port"], o["kafka_bootstrap"], o["secret_name"],
+                                       o["account"]))
 
         self.chart = k8s.helm.v4.Chart(
             f"{name}-chart",
@@ -114,7 +125,7 @@ class Application(pulumi.ComponentResource):
             name=args.release,
             namespace=args.namespace,
             values=self.values,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[secret], transforms=[self._leave_replicas]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[secret, account], transforms=[self._leave_replicas]),
         )
         self.api_url, self.api_access = self._access()
         self.register_outputs({
@@ -147,7 +158,8 @@ class Application(pulumi.ComponentResource):
 
     # -- values -------------------------------------------------------------------------------------
 
-    def _values(self, redis_host: str, redis_port: int, kafka_bootstrap: str, secret_name: str) -> dict[str, Any]:
+    def _values(self, redis_host: str, redis_port: int, kafka_bootstrap: str, secret_name: str,
+                service_account: str) -> dict[str, Any]:
         args, stack = self._args, self._args.stack
         topo, app, scaling, smtp = args.topology, stack.app, stack.autoscaling, stack.smtp
         defaults = chart_defaults(args.chart_path)
@@ -202,6 +214,7 @@ class Application(pulumi.ComponentResource):
 
         return {
             "fullnameOverride": self.fullname,
+            "serviceAccount": {"create": False, "name": service_account},
             "commonLabels": {**args.labels, "pynomaly.io/environment": stack.environment},
             "image": {"repository": stack.image.repository, "tag": stack.image.tag,
                       "pullPolicy": stack.image.pull_policy},

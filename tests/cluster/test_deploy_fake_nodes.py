@@ -43,20 +43,22 @@ def test_stack_on_fake_nodes_deploys_admits_every_pod_and_destroys_clean(
             objects = state_objects(deployed.stack)
             print(f"\n[deploy {env}] {len(objects)} objects on fake nodes, up took {deployed.seconds:.0f} s")
             assert missing_objects(local_cluster, objects) == []
-            assert wait_for(lambda: workload_problems(local_cluster, namespace), timeout=180) == []
+            problems = wait_for(lambda: workload_problems(local_cluster, namespace), timeout=180)
+            assert problems == [], problems
             pods = get_json(local_cluster, "-n", namespace, "pods")["items"]
             assert pods and {p["spec"].get("nodeName") for p in pods} <= set(fake_nodes)
-            # Three Kafka brokers over the three zones (spread constraint + broker.rack); three Redis pods.
+            # Three Kafka pods per role over the three zones (spread constraint + broker.rack); three Redis pods.
             zones = {n: n.split("-")[2] for n in fake_nodes}  # fake-zone-a-0 -> a
             by_set: dict[str, list[str]] = {}
             for pod in pods:
                 owner = (pod["metadata"].get("ownerReferences") or [{}])[0]
                 if owner.get("kind") == "StatefulSet":
                     by_set.setdefault(owner["name"], []).append(zones[pod["spec"]["nodeName"]])
-            kafka = [z for name, placed in by_set.items() if "kafka" in name for z in placed]
-            redis = [z for name, placed in by_set.items() if "redis" in name for z in placed]
-            assert len(kafka) == 3 and set(kafka) == {"a", "b", "c"}, by_set
-            assert len(redis) == 3, by_set
+            assert any("kafka" in name for name in by_set) and any("redis" in name for name in by_set), by_set
+            for name, placed in by_set.items():  # brokers, dedicated controllers (cloud), Redis
+                assert len(placed) == 3, by_set
+                if "kafka" in name:
+                    assert set(placed) == {"a", "b", "c"}, by_set
 
             assert set(deployed.preview()) == {"same"}
             deployed.reopen(local_cluster, {"pynomaly:autoscaling.workers.detection.max": "7"})
@@ -109,7 +111,8 @@ def test_helm_alone_install_noop_upgrade_and_clean_uninstall_on_fake_nodes(
             installed = run_helm("install", release, str(CHART), *kube, *values, "--wait", "--timeout", "4m",
                                  timeout=300)
             assert installed.returncode == 0, installed.stderr
-            assert wait_for(lambda: workload_problems(local_cluster, namespace), timeout=120) == []
+            problems = wait_for(lambda: workload_problems(local_cluster, namespace), timeout=120)
+            assert problems == [], problems
             declared = [{"apiVersion": o["apiVersion"], "kind": o["kind"], "name": o["metadata"]["name"],
                          "namespace": namespace if o["kind"] not in CLUSTER_KINDS else ""}
                         for o in yaml.safe_load_all(run_helm("get", "manifest", release, *kube).stdout) if o]

@@ -25,10 +25,9 @@ pytestmark = [pytest.mark.images, pytest.mark.timeout(3600)]
 BASE_ENV = {"debian:bookworm-slim": {"PATH": images.PATH_ENV}}
 # What `python3 -m venv` puts in every venv before the Dockerfile's pip command runs.
 VENV_BOOTSTRAP = {"pip", "setuptools"}
-# constraints.txt is a `pip freeze` of a CPython 3.11.7 venv; Debian's 3.11.2 also needs what redis
-# requires below 3.11.3 (async-timeout), which the freeze could not see: installed unpinned until
-# constraints.txt pins it (the test fails when this set is out of date, either way).
-UNPINNED = {"async-timeout"}
+# Distributions the image installs without a pin in constraints.txt: none (async-timeout, which redis
+# needs only on Debian's Python 3.11.2, is pinned by hand there).  The test fails when this goes stale.
+UNPINNED: set[str] = set()
 MARKER_ENV = {"python_version": "3.11", "python_full_version": "3.11.2", "sys_platform": "linux",
               "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
               "implementation_name": "cpython", "platform_python_implementation": "CPython"}

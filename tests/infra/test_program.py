@@ -19,16 +19,17 @@ from tests.support.k8s import baseline_violations, count_kinds, format_kind_coun
 EXPECTED_COUNTS = {
     "dev": {
         "ConfigMap": 2, "HorizontalPodAutoscaler": 6, "Job": 1, "Namespace": 1, "NetworkPolicy": 1,
-        "PodDisruptionBudget": 1, "Secret": 4, "Service": 4, "StatefulSet": 2,
+        "PodDisruptionBudget": 1, "Secret": 4, "Service": 4, "ServiceAccount": 1, "StatefulSet": 2,
     },
     "onprem": {
         "ConfigMap": 3, "Deployment": 1, "Job": 1, "Namespace": 1, "NetworkPolicy": 1, "PodDisruptionBudget": 3,
-        "ScaledObject": 6, "Secret": 4, "Service": 5, "StatefulSet": 2, "TriggerAuthentication": 2,
+        "ScaledObject": 6, "Secret": 4, "Service": 5, "ServiceAccount": 1, "StatefulSet": 2,
+        "TriggerAuthentication": 2,
     },
     "cloud": {
         "ClusterRole": 1, "ClusterRoleBinding": 1, "ConfigMap": 3, "Deployment": 1, "Job": 1, "Namespace": 1,
         "NetworkPolicy": 1, "PodDisruptionBudget": 4, "ScaledObject": 6, "Secret": 4, "Service": 5,
-        "ServiceAccount": 1, "StatefulSet": 3, "TriggerAuthentication": 2,
+        "ServiceAccount": 2, "StatefulSet": 3, "TriggerAuthentication": 2,
     },
 }
 POOL_DEPLOYMENTS = {f"pynomaly-worker-{p.name}" for p in TOPOLOGY.worker_pools} | {

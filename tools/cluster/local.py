@@ -508,6 +508,9 @@ class LocalCluster:
 
     def remove_fake_nodes(self) -> None:
         for name in self.state.fake_nodes:
+            # Pods still bound to a fake node would stay Terminating once kwok no longer answers for it.
+            self.kubectl("delete", "pods", "--all-namespaces", f"--field-selector=spec.nodeName={name}",
+                         "--grace-period=0", "--force", "--ignore-not-found", check=False)
             self.kubectl("delete", "node", name, "--ignore-not-found", "--wait=false", check=False)
         self.kubectl("delete", "pv", "-l", "pynomaly.io/local-volume=fake", "--ignore-not-found", "--wait=false",
                      check=False)
