@@ -201,11 +201,8 @@ def _assign(tree: dict[str, Any], path: str, value: Any) -> None:
 
 def engine_tools() -> dict[str, Path]:
     """The Pulumi CLI, the Kubernetes provider and the dynamic-provider shim (built when missing)."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import toolchain
-    finally:
-        sys.path.pop(0)
+    from tools import toolchain  # builds with Go on first use: imported only when needed
+
     try:
         return {name: toolchain.ensure(name) for name in ENGINE_TOOLS}
     except toolchain.ToolchainError as exc:

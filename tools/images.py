@@ -23,7 +23,7 @@ Importable: :func:`build`, :func:`load`, :func:`image_refs`, :func:`stack_config
 from __future__ import annotations
 
 import argparse
-import fcntl
+import contextlib
 import hashlib
 import importlib
 import inspect
@@ -39,12 +39,17 @@ import tarfile
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script
+    sys.path.insert(0, str(ROOT))
+
+from tools import toolchain  # noqa: E402
+
 SUITE = "bookworm"
 # Every mtime in every layer, and SOURCE_DATE_EPOCH inside the build chroots: bookworm's release day.
 EPOCH = 1686355200
@@ -52,7 +57,7 @@ EPOCH = 1686355200
 FORMAT = "3"
 PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-KUBERNETES_VERSION = "v1.35.4"  # pause.c comes from this release's module source
+KUBERNETES_VERSION = toolchain.KUBERNETES_VERSION  # pause.c comes from this release's module source
 PAUSE_TAG = "3.10"  # the sandbox image name the cluster's containerd config uses
 
 # The users the manifests run as (infra/redis.py, infra/kafka.py, the chart's podIdentity).
@@ -93,30 +98,15 @@ class Skipped(ImageError):
 
 
 def cache_dir() -> Path:
-    explicit = os.environ.get("PYNOMALY_CACHE_DIR")
-    base = Path(explicit).expanduser() if explicit else (
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pynomaly")
-    return base / "images"
+    return toolchain.cache_dir() / "images"
 
 
 def _fingerprint(*parts: str | bytes) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part.encode() if isinstance(part, str) else part)
-        digest.update(b"\0")
-    return digest.hexdigest()[:20]
+    return toolchain.fingerprint(*parts)
 
 
-@contextmanager
-def _locked(name: str) -> Iterator[None]:
-    locks = cache_dir() / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with (locks / f"{name}.lock").open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _locked(name: str) -> contextlib.AbstractContextManager[None]:
+    return toolchain.locked(name, cache_dir() / "locks")
 
 
 def _say(message: str) -> None:
@@ -732,41 +722,28 @@ def _populate_kafka(root: Path) -> str:
 _QUERY_ONLY = False
 
 
-def _toolchain_binary(name: str, warm: Path | None = None) -> Path:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    try:
-        toolchain = importlib.import_module("tools.toolchain")
-    except ImportError:
-        toolchain = None
-    ensure = getattr(toolchain, "ensure", None)
-    if ensure is not None and _QUERY_ONLY:
-        built = Path(toolchain.bin_dir()) / name  # type: ignore[union-attr]
+def _toolchain_binary(name: str) -> Path:
+    if _QUERY_ONLY:
+        built = toolchain.bin_dir() / name
         if built.is_file():
             return built
-    elif ensure is not None:
-        try:
-            return Path(ensure(name))
-        except Exception as exc:  # the toolchain's own error says why (a Go build failed, ...)
-            if warm is None or not warm.is_file():
-                raise Skipped(f"tools.toolchain.ensure({name!r}) failed: {exc}") from exc
-    if warm is not None and warm.is_file():
-        return warm
-    raise Skipped(f"no {name} binary yet: tools.toolchain.ensure({name!r}) "
-                  + ("has not built it" if ensure is not None else "is not available")
-                  + (f" and {warm} does not exist" if warm else ""))
+        raise Skipped(f"no {name} binary yet: tools/toolchain.py has not built it")
+    try:
+        return toolchain.ensure(name)
+    except toolchain.ToolchainError as exc:
+        raise ImageError(f"cannot build {name} for its image: {exc}") from exc
 
 
-def _binary_inputs(name: str, warm: Path | None = None) -> Callable[[], list[str | bytes]]:
+def _binary_inputs(name: str) -> Callable[[], list[str | bytes]]:
     def inputs() -> list[str | bytes]:
-        path = _toolchain_binary(name, warm)
+        path = _toolchain_binary(name)
         with path.open("rb") as fh:
             return [name, hashlib.file_digest(fh, "sha256").hexdigest()]
     return inputs
 
 
 def _populate_kubectl(root: Path) -> str:
-    binary = _toolchain_binary("kubectl", Path("/root/.cache/pynomaly/warm/kubectl"))
+    binary = _toolchain_binary("kubectl")
     target = root / "usr/local/bin/kubectl"
     shutil.copyfile(binary, target)
     target.chmod(0o755)
@@ -829,7 +806,6 @@ def _populate_pause(root: Path) -> str:
 
 
 def recipes() -> dict[str, Recipe]:
-    warm_kubectl = Path("/root/.cache/pynomaly/warm/kubectl")
     return {r.name: r for r in [
         _app_recipe(),
         Recipe("redis", "pynomaly/redis", "redis", _populate_redis,
@@ -851,7 +827,7 @@ def recipes() -> dict[str, Recipe]:
                                str(KAFKA_SCRIPTS), _KAFKA_RUN_CLASS, _KAFKA_LOG4J, _KAFKA_TOOLS_LOG4J]),
         Recipe("kubectl", "pynomaly/kubectl", "kafka-rack-init", _populate_kubectl,
                _config(["version", "--client"], f"{KAFKA_UID}:{KAFKA_UID}", entrypoint=["kubectl"]),
-               inputs=_binary_inputs("kubectl", warm_kubectl)),
+               inputs=_binary_inputs("kubectl")),
         Recipe("coredns", "pynomaly/coredns", "coredns", _populate_coredns,
                _config(None, f"{NONROOT_UID}:{NONROOT_UID}", entrypoint=["/coredns"],
                        ports=["1053/tcp", "1053/udp"]),

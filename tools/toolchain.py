@@ -167,7 +167,8 @@ def _go_version() -> str:
     return subprocess.run([_go(), "env", "GOVERSION"], capture_output=True, text=True, check=False).stdout.strip()
 
 
-def _fingerprint(*parts: str | bytes) -> str:
+def fingerprint(*parts: str | bytes) -> str:
+    """A short hash of build inputs: the cache key of a binary or an image."""
     digest = hashlib.sha256()
     for part in parts:
         digest.update(part.encode() if isinstance(part, str) else part)
@@ -180,8 +181,9 @@ def _module_inputs(directory: Path) -> list[bytes]:
 
 
 @contextmanager
-def _locked(name: str) -> Iterator[None]:
-    locks = cache_dir() / "locks"
+def locked(name: str, locks: Path | None = None) -> Iterator[None]:
+    """Hold a per-machine file lock: two processes never build the same thing at once."""
+    locks = locks or cache_dir() / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     with (locks / f"{name}.lock").open("w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -240,8 +242,8 @@ def _prepare_pulumi_kubernetes(wrapper: Path) -> Path:
 
 def _build_go_tool(tool: GoTool) -> Path:
     wrapper = TOOLS / tool.module_dir
-    key = _fingerprint(tool.version, tool.package, " ".join(tool.ldflags), _go_version(), *_module_inputs(wrapper))
-    with _locked(tool.name):
+    key = fingerprint(tool.version, tool.package, " ".join(tool.ldflags), _go_version(), *_module_inputs(wrapper))
+    with locked(tool.name):
         if (hit := _cached(tool.name, key)) is not None:
             return hit
         build_dir = _prepare_pulumi_kubernetes(wrapper) if tool.prepare == "pulumi-kubernetes" else wrapper
@@ -256,8 +258,8 @@ def _build_go_tool(tool: GoTool) -> Path:
 
 
 def _build_kwok() -> Path:
-    key = _fingerprint(KWOK_VERSION, _go_version())
-    with _locked("kwok"):
+    key = fingerprint(KWOK_VERSION, _go_version())
+    with locked("kwok"):
         if (hit := _cached("kwok", key)) is not None:
             return hit
         print(f"building kwok {KWOK_VERSION}: go install sigs.k8s.io/kwok/cmd/kwok", file=sys.stderr)
@@ -279,8 +281,8 @@ def _build_kwok() -> Path:
 def _install_python_shim() -> Path:
     """The dynamic-provider launcher shipped in the Pulumi SDK module (a shell script)."""
     name = "pulumi-resource-pulumi-python"
-    key = _fingerprint(PULUMI_VERSION, name)
-    with _locked(name):
+    key = fingerprint(PULUMI_VERSION, name)
+    with locked(name):
         if (hit := _cached(name, key)) is not None:
             return hit
         source = module_dir(f"github.com/pulumi/pulumi/sdk/v3@{PULUMI_VERSION}") / "python" / "dist" / name

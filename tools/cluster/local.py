@@ -346,25 +346,23 @@ class LocalCluster:
         self._spawn("api-forwarder", [
             "socat", f"TCP-LISTEN:{ports['apiserver']},bind={GATEWAY},reuseaddr,fork",
             f"TCP:{LOOPBACK}:{ports['apiserver']}"])
-        kcm_conf = self.state_dir / "controller-manager.kubeconfig"
         self._spawn("kube-controller-manager", [
-            self.bins["kube-controller-manager"],
-            f"--kubeconfig={kcm_conf}", f"--authentication-kubeconfig={kcm_conf}",
-            f"--authorization-kubeconfig={kcm_conf}",
-            f"--bind-address={LOOPBACK}", f"--secure-port={ports['kcm']}", f"--cert-dir={data / 'kcm'}",
+            self.bins["kube-controller-manager"], *self._controller_args("controller-manager", ports["kcm"]),
             f"--service-account-private-key-file={p / 'sa.key'}", f"--root-ca-file={p / 'ca.crt'}",
             f"--cluster-signing-cert-file={p / 'ca.crt'}", f"--cluster-signing-key-file={p / 'ca.key'}",
-            "--use-service-account-credentials=true", "--leader-elect=false",
-            f"--service-cluster-ip-range={SERVICE_CIDR}", "--profiling=false",
+            "--use-service-account-credentials=true", f"--service-cluster-ip-range={SERVICE_CIDR}",
         ])
-        sched_conf = self.state_dir / "scheduler.kubeconfig"
         self._spawn("kube-scheduler", [
-            self.bins["kube-scheduler"],
-            f"--kubeconfig={sched_conf}", f"--authentication-kubeconfig={sched_conf}",
-            f"--authorization-kubeconfig={sched_conf}",
-            f"--bind-address={LOOPBACK}", f"--secure-port={ports['scheduler']}", f"--cert-dir={data / 'scheduler'}",
-            "--leader-elect=false", "--profiling=false",
+            self.bins["kube-scheduler"], *self._controller_args("scheduler", ports["scheduler"]),
         ])
+
+    def _controller_args(self, identity: str, port: int) -> list[str]:
+        """What the controller-manager and the scheduler share: their kubeconfig for everything, a
+        loopback port, their own serving certificates, a single instance (no leader election)."""
+        conf = self.state_dir / f"{identity}.kubeconfig"
+        return [f"--kubeconfig={conf}", f"--authentication-kubeconfig={conf}", f"--authorization-kubeconfig={conf}",
+                f"--bind-address={LOOPBACK}", f"--secure-port={port}",
+                f"--cert-dir={self.state_dir / 'data' / identity}", "--leader-elect=false", "--profiling=false"]
 
     def _readyz(self) -> str | None:
         result = self.kubectl("get", "--raw", "/readyz", check=False, timeout=10)
