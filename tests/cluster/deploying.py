@@ -33,10 +33,7 @@ class DeployedStack:
     overrides: dict[str, str]
     counts: dict[str, int]
     seconds: float
-
-    @property
-    def namespace(self) -> str:
-        return str(self.outputs()["namespace"])
+    namespace: str  # from the outputs of the first up (a destroyed stack has none)
 
     def outputs(self, show_secrets: bool = False) -> dict[str, Any]:
         return deploy.outputs(self.stack, show_secrets=show_secrets)
@@ -71,7 +68,8 @@ def deploy_env(cluster: LocalCluster, env: str, built: Mapping[str, images.Built
     counts = deploy.up(stack, on_event=_progress_writer(env))
     seconds = time.monotonic() - started
     print(f"\n[deploy {env}] up in {seconds:.0f} s: {counts}", file=sys.__stderr__, flush=True)
-    return DeployedStack(env, stack, state_dir, overrides, counts, seconds)
+    namespace = str(deploy.outputs(stack)["namespace"])
+    return DeployedStack(env, stack, state_dir, overrides, counts, seconds, namespace)
 
 
 def state_objects(stack: auto.Stack) -> list[dict[str, str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -50,3 +51,35 @@ def _shims(cluster: LocalCluster) -> list[int]:
             if b"containerd-shim" in cmdline and needle in cmdline:
                 found.append(int(entry.name))
     return found
+
+
+def test_a_cluster_killed_without_down_is_cleaned_up_by_the_next_up(
+        local_cluster: LocalCluster, built_images: dict, tmp_path: Path) -> None:
+    """CI ends a run's processes by force; the bridge, iptables rules and sysctls would stay. The next
+    `up` finds the machine record (outside the state folder, which may be gone too) and restores first."""
+    import shutil
+    import signal
+
+    from tools import images
+
+    assert not local_cluster.running()  # the session's cluster is down (test above)
+    refs = images.image_refs(built_images)
+    minimal = [b.archive for b in built_images.values() if b.role in ("pause", "coredns")]
+    killed = LocalCluster(tmp_path / "killed")
+    killed.up(minimal, pause_image=refs["pause"], dns_image=refs["coredns"])
+    for record in killed.state.processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(record.pid, signal.SIGKILL)
+    shutil.rmtree(killed.state_dir, ignore_errors=True)
+    assert _run(["ip", "link", "show", BRIDGE], check=False).returncode == 0  # left behind
+
+    again = LocalCluster(tmp_path / "again")
+    try:
+        again.up(minimal, pause_image=refs["pause"], dns_image=refs["coredns"])
+        started = list(again.state.processes)
+        assert again.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
+    finally:
+        again.down(quiet=True)
+    assert _run(["ip", "link", "show", BRIDGE], check=False).returncode != 0
+    assert BRIDGE not in _run(["iptables", "-w", "-S", "FORWARD"], check=False).stdout
+    assert not [p.name for p in killed.state.processes + started if p.alive()]

@@ -78,6 +78,14 @@ K8S_TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedule
              "kubectl")
 
 
+MACHINE_RECORD = Path("/run/pynomaly/cluster.json")
+
+
+def _recorded_state_dir() -> str | None:
+    text = _read(MACHINE_RECORD)
+    return json.loads(text).get("state_dir") if text else None
+
+
 class ClusterError(RuntimeError):
     """The cluster cannot start or stop; the message is one line saying why and what to do."""
 
@@ -168,6 +176,15 @@ class LocalCluster:
     def _save_state(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._state_file.write_text(self.state.to_json())
+        # A copy for the machine, outside the state folder (which a test run may delete): the next `up`
+        # finds a cluster that was killed without `down` and restores the host first.  /run is cleared at
+        # boot, like the host settings it describes.
+        if self.state.processes or self.state.bridge_created or self.state.forward_rules:
+            MACHINE_RECORD.parent.mkdir(parents=True, exist_ok=True)
+            MACHINE_RECORD.write_text(json.dumps({"state_dir": str(self.state_dir),
+                                                  "state": json.loads(self.state.to_json())}))
+        elif _recorded_state_dir() == str(self.state_dir):
+            MACHINE_RECORD.unlink(missing_ok=True)
 
     def running(self) -> bool:
         return any(p.alive() for p in self.state.processes)
@@ -209,9 +226,26 @@ class LocalCluster:
             raise ClusterError("bridge netfilter is unavailable (modprobe br_netfilter): Services need it")
         if self.running():
             raise ClusterError(f"a cluster already runs from {self.state_dir}: `./dev cluster down` first")
+        self._clean_up_after_a_killed_cluster()
         if _run(["ip", "link", "show", BRIDGE], check=False).returncode == 0 and not self.state.bridge_created:
             raise ClusterError(f"network interface {BRIDGE} already exists: another cluster may be running "
                                f"(`ip link del {BRIDGE}` if not)")
+
+    def _clean_up_after_a_killed_cluster(self) -> None:
+        recorded = _read(MACHINE_RECORD)
+        if not recorded:
+            return
+        record = json.loads(recorded)
+        other = LocalCluster(Path(record["state_dir"]))
+        other.state = ClusterState.from_json(json.dumps(record["state"]))
+        if other.running():
+            raise ClusterError(f"a cluster already runs from {other.state_dir}: "
+                               f"`./dev cluster --state-dir {other.state_dir} down` first")
+        _say(f"restoring the host after a cluster that was not stopped ({other.state_dir})")
+        other.down(quiet=True)
+        MACHINE_RECORD.unlink(missing_ok=True)
+        if other.state_dir == self.state_dir:
+            self.state = other.state
 
     def up(self, archives: Sequence[Path], *, pause_image: str, dns_image: str, timeout: float = 240) -> None:
         """Start everything and load ``archives`` (image tarballs, among them the sandbox image
