@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,9 @@ def test_a_cluster_killed_without_down_is_cleaned_up_by_the_next_up(
     for record in killed.state.processes:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(record.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while any(p.alive() for p in killed.state.processes) and time.monotonic() < deadline:
+        time.sleep(0.2)
     shutil.rmtree(killed.state_dir, ignore_errors=True)
     assert _run(["ip", "link", "show", BRIDGE], check=False).returncode == 0  # left behind
 
