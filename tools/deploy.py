@@ -8,6 +8,7 @@
     python tools/deploy.py dev --kubeconfig ~/.kube/lab --context lab \\
         --set 'pynomaly:image.repository=registry.lab/pynomaly' --set 'kafka.heap=768m'
     python tools/deploy.py dev --set 'kubernetes.renderYamlToDirectory=out/dev' --yes   # render, no cluster
+    python tools/deploy.py dev --local-cluster --yes   # onto `./dev cluster up`, with the images it loaded
 
 The program is exactly the one ``pulumi up`` runs (``infra.program.main``), run inline by this
 process.  Its config is ``environments/Pulumi.<ENV>.yaml`` plus ``--set KEY=VALUE`` overrides
@@ -432,6 +433,26 @@ def _confirm(question: str) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
+def local_cluster_kubeconfig() -> Path:
+    from tools.cluster.local import DEFAULT_STATE_DIR as CLUSTER_DIR
+
+    path = CLUSTER_DIR / "kubeconfig"
+    if not path.is_file():
+        raise DeployError(f"no local cluster ({path} is missing): start it with `./dev cluster up`")
+    return path
+
+
+def local_cluster_overrides() -> dict[str, str]:
+    """The images the local cluster loaded and its StorageClass, as stack config."""
+    from tools import images
+    from tools.cluster.manifests import STORAGE_CLASS
+
+    refs = images.stack_config()
+    if "image.repository" not in refs:
+        raise DeployError("the images are not built: run `./dev images` (or `./dev cluster up`, which builds them)")
+    return {f"{PROJECT}:{key}": value for key, value in {**refs, "storageClass": STORAGE_CLASS}.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -446,6 +467,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--refresh", action="store_true", help="read the cluster's state into the stack")
     parser.add_argument("--yes", action="store_true", help="do not ask before changing anything")
     parser.add_argument("--show-secrets", action="store_true", help="print secret outputs in clear")
+    parser.add_argument("--local-cluster", action="store_true",
+                        help="the project's own cluster (./dev cluster up): its kubeconfig, its StorageClass and "
+                             "the images ./dev images built and it loaded (--set still wins)")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
                         help=f"backend, passphrase and workspace (default: {DEFAULT_STATE_DIR.relative_to(ROOT)})")
     args = parser.parse_args(argv)
@@ -454,6 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     verb = "preview" if args.preview else "destroy" if args.destroy else "refresh" if args.refresh else "update"
     try:
         overrides = parse_set(args.overrides)
+        if args.local_cluster:
+            args.kubeconfig = args.kubeconfig or str(local_cluster_kubeconfig())
+            overrides = {**local_cluster_overrides(), **overrides}
         config = stack_config(args.env, kubeconfig=args.kubeconfig, context=args.context, overrides=overrides)
         render_dir = config.get(f"{PROJECT}:kubernetes.renderYamlToDirectory")
         if render_dir is not None and args.refresh:
