@@ -513,8 +513,10 @@ def pip_env(root: Path) -> dict[str, str]:
     ``PIP_*`` and proxy variables, and the CA bundle pip trusts on the host, copied into ``/tmp``."""
     env = {k: v for k, v in os.environ.items()
            if k.startswith("PIP_") or k.lower() in ("http_proxy", "https_proxy", "no_proxy")}
-    for var in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
-        bundle = os.environ.get(var)
+    # The host's pip (with truststore) trusts the system store even when no variable names it; the
+    # chroot's older pip only reads a bundle file, so hand it the same store.
+    candidates = [os.environ.get(var) for var in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")]
+    for bundle in [*candidates, "/etc/ssl/certs/ca-certificates.crt"]:
         if bundle and Path(bundle).is_file():
             (root / "tmp").mkdir(exist_ok=True)
             shutil.copyfile(bundle, root / "tmp/pip-ca.pem")
