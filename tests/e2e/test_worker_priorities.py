@@ -17,6 +17,7 @@ import pytest
 
 from pynomaly.config import Settings, env_for
 from pynomaly.domain.datasets import DatasetLimits, from_rows
+from pynomaly.domain.jobs import utcnow
 from pynomaly.localstack.procs import log_tail, spawn, stop_process
 from pynomaly.localstack.system import pynomaly_argv
 from pynomaly.topology import Q_DETECTION, Q_NOTIFICATIONS, Q_REPORTS
@@ -70,10 +71,13 @@ def test_critical_job_starts_before_100_queued_low_ones_and_webhooks_are_signed(
             )
             # While low jobs keep running, a critical webhook job still goes first, and is signed.
             with webhook_server() as receiver:
-                waiting = [j for j in lows if container.jobs.get(j).started_at is None]
                 hooked, _ = service.submit(
                     SubmitRequest(dataset, "ecod", priority="critical", webhook_url=receiver.url, steps=WEBHOOK_STEPS)
                 )
+                # Which lows were still waiting is decided by their start times afterwards, counted from
+                # when the job was surely enqueued (submit returned): on a busy machine, reading 100 records
+                # or the submit itself takes long enough for lows to start meanwhile.
+                enqueued_at = utcnow()
                 done = wait_for(
                     lambda: (job := container.jobs.get(hooked.id)).status in ("completed", "failed") and job,
                     60,
@@ -97,6 +101,10 @@ def test_critical_job_starts_before_100_queued_low_ones_and_webhooks_are_signed(
         # The webhook job, submitted while lows were waiting, overtook them.
         hooked_started = container.jobs.get(hooked.id).started_at
         assert hooked_started is not None
-        assert len(waiting) > 50 and all(started[j] is None or started[j] > hooked_started for j in waiting[5:])
+        waiting = [j for j in lows if started[j] is None or started[j] > enqueued_at]
+        overtook_it = [j for j in waiting if started[j] is not None and started[j] < hooked_started]
+        # One worker process: only the low it was taking from the queue at that moment (and, at a step
+        # boundary, the next one) may start first.
+        assert len(waiting) > 50 and len(overtook_it) <= 2, (len(waiting), overtook_it)
     finally:
         container.close()

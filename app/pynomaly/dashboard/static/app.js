@@ -341,9 +341,18 @@
         anomaly_count: local.anomaly_count ?? job.anomaly_count, finished_at: local.finished_at,
         started_at: local.started_at ?? job.started_at, updated_at: local.updated_at };
       upsertJob({ ...job, ...keep }, onPage);
+    } else if (local && sameRun(local, job)) {
+      // A snapshot read while events were in flight may lag them: within one run, never go back.
+      upsertJob({ ...job, progress: Math.max(Number(local.progress) || 0, Number(job.progress) || 0) }, onPage);
     } else {
       upsertJob(job, onPage);
     }
+  }
+
+  /** Only a retry starts a new run: a failed or cancelled job that is active again. */
+  function sameRun(local, snapshot) {
+    const ended = local.status === "failed" || local.status === "cancelled";
+    return !(ended && (snapshot.status === "queued" || snapshot.status === "running"));
   }
 
   function renderPager(shown = state.rows.size) {
@@ -539,7 +548,9 @@
         break;
       case "job_started":
         Object.assign(patch, { started_at: job.started_at || at, current_step: data.step,
-          message: `${data.step || "job"} running`, progress: Number(data.progress ?? job.progress) || 0 });
+          message: `${data.step || "job"} running`,
+          // A step's start never lowers the bar of its run (a retry resets it at job_submitted).
+          progress: Math.max(Number(job.progress) || 0, Number(data.progress) || 0) });
         break;
       case "job_progress":
         Object.assign(patch, { progress: Math.max(Number(job.progress) || 0, Number(data.progress) || 0),
