@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import yaml
@@ -79,7 +78,3 @@ def restricted_namespace(cluster: LocalCluster, name: str) -> str:
                                               "pod-security.kubernetes.io/enforce-version": "latest"}},
     }])
     return name
-
-
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
+from tests.cluster.conftest import restricted_namespace
 from tests.cluster.deploying import deploy_env, get_json, missing_objects, state_objects, wait_for, workload_problems
 from tools import deploy
 from tools.cluster import LocalCluster
@@ -97,8 +98,7 @@ def test_helm_alone_install_noop_upgrade_and_clean_uninstall_on_fake_nodes(
     from tools.helm import CHART, env_values_file, run_helm
 
     namespace, release = f"helm-{env}", "pynomaly"
-    local_cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": {
-        "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}}}])
+    restricted_namespace(local_cluster, namespace)
     # The README's helm-alone steps: a Secret made by hand, then `helm install` with the environment's values.
     local_cluster.kubectl("-n", namespace, "create", "secret", "generic", "pynomaly-secrets",
                           "--from-literal=redis-password=r3dis-pass", "--from-literal=api-keys=an-api-key",
