@@ -86,7 +86,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("filterwarnings", r"ignore:(open_text|read_text) is deprecated:DeprecationWarning")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--cluster-chaos", action="store_true",
+                     help="also collect the on-prem live tier (tests marked chaos; `./dev test --cluster-chaos`)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The on-prem live tier takes most of an hour on 2 cores: it runs only when asked for, before a
+    # submission, and its figures are committed under benchmarks/results/.
+    if not config.getoption("--cluster-chaos"):
+        chaos = [item for item in items if item.get_closest_marker("chaos")]
+        if chaos:
+            config.hook.pytest_deselected(items=chaos)
+            items[:] = [item for item in items if not item.get_closest_marker("chaos")]
     # A test with its own broker goes first (never two JVMs at once on a small machine); e2e goes
     # last, so the application's workers and consumers never compete with other tests' ones.
     def order(item: pytest.Item) -> int:

@@ -98,6 +98,7 @@ class GoTool:
     module_dir: str  # under tools/
     ldflags: tuple[str, ...] = ()
     prepare: str | None = None  # "pulumi-kubernetes": build in a prepared copy (_prepare_pulumi_kubernetes)
+    tier: str = "ci"  # "chaos": only the on-prem live tier (`./dev test --cluster-chaos`) needs it
 
 
 K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl")
@@ -133,6 +134,14 @@ GO_TOOLS: dict[str, GoTool] = {
 # Tools that are not a `go build` in a wrapper module.
 OTHER_TOOLS = {"kwok": KWOK_VERSION, "pulumi-resource-pulumi-python": PULUMI_VERSION}
 ALL_TOOLS = (*GO_TOOLS, *OTHER_TOOLS)
+TIERS = ("ci", "chaos")
+
+
+def tier_tools(tier: str = "ci") -> tuple[str, ...]:
+    """The tools a test tier needs: "ci" (the default suite), "chaos" (that and the on-prem live tier's)."""
+    if tier not in TIERS:
+        raise ToolchainError(f"unknown tier {tier!r}; known: {', '.join(TIERS)}")
+    return tuple(name for name in ALL_TOOLS if tier == "chaos" or name not in GO_TOOLS or GO_TOOLS[name].tier == "ci")
 
 
 def _go() -> str:
@@ -346,11 +355,12 @@ def main(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     ens = sub.add_parser("ensure", help="build what is missing and print the paths")
     ens.add_argument("names", nargs="*", metavar="NAME", help=f"one of: {', '.join(ALL_TOOLS)}")
+    ens.add_argument("--tier", choices=TIERS, default="ci", help="without names: the tools this test tier needs")
     sub.add_parser("list", help="every tool, its version, and whether it is built")
     args = parser.parse_args(argv)
     try:
         if args.command == "ensure":
-            for name, path in ensure_all(args.names or ALL_TOOLS).items():
+            for name, path in ensure_all(args.names or tier_tools(args.tier)).items():
                 print(f"{name}\t{path}")
         else:
             for name in ALL_TOOLS:
