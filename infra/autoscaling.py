@@ -130,6 +130,10 @@ class Autoscaling(pulumi.ComponentResource):
             "cooldownPeriod": cfg.cooldown_period,
             "minReplicaCount": 0 if target.scale_to_zero else max(1, target.scaling.min_replicas),
             "maxReplicaCount": target.scaling.max_replicas,
+            # cooldownPeriod only governs the last replica (to zero); below max the HPA's scale-down
+            # window does: the same wait for both, so "cooldown" means one thing.
+            "advanced": {"horizontalPodAutoscalerConfig": {
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": cfg.cooldown_period}}}},
         }
 
     def _worker_scaled_object(self, name: str, target: Target, auth: str) -> None:
@@ -152,17 +156,12 @@ class Autoscaling(pulumi.ComponentResource):
             for lst in lists
         ]
         spec = self._common_spec(target)
-        spec["advanced"] = {
-            "scalingModifiers": {
-                # KEDA takes the max over triggers; the backlog of a pool is the sum of its lists.
-                "formula": " + ".join(t["name"] for t in triggers),
-                "target": str(target.scaling.target),
-                "activationTarget": "0",
-                "metricType": "AverageValue",
-            },
-            "horizontalPodAutoscalerConfig": {
-                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
-            },
+        spec["advanced"]["scalingModifiers"] = {
+            # KEDA takes the max over triggers; the backlog of a pool is the sum of its lists.
+            "formula": " + ".join(t["name"] for t in triggers),
+            "target": str(target.scaling.target),
+            "activationTarget": "0",
+            "metricType": "AverageValue",
         }
         spec["triggers"] = triggers
         self._scaled_object(name, target, spec)

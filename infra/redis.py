@@ -138,6 +138,7 @@ class Redis(pulumi.ComponentResource):
                 "redis.conf": _redis_conf(cfg),
                 "start-redis.sh": START_REDIS,
                 "start-sentinel.sh": START_SENTINEL,
+                "handover.sh": HANDOVER,
             },
             opts=kx.child(self),
         )
@@ -184,6 +185,9 @@ class Redis(pulumi.ComponentResource):
                     failure_threshold=6),
                 readiness_probe=k8s.core.v1.ProbeArgs(
                     exec_=k8s.core.v1.ExecActionArgs(command=probe_cmd), period_seconds=5, timeout_seconds=3),
+                # A stopping master hands over to a replica first (HANDOVER): no second master, no lost write.
+                lifecycle=k8s.core.v1.LifecycleArgs(pre_stop=k8s.core.v1.LifecycleHandlerArgs(
+                    exec_=k8s.core.v1.ExecActionArgs(command=["sh", "/config/handover.sh"]))) if sentinel else None,
                 volume_mounts=volume_mounts,
             )
         ]
@@ -369,15 +373,18 @@ def _redis_conf(cfg: RedisConfig) -> str:
 
 # Both scripts ask the other pods' sentinels for the current master (the first pod when none
 # answers yet), so a restarted pod rejoins as a replica instead of becoming a second master.
+DOWN_AFTER_MS = 5000  # Sentinel's down-after-milliseconds: how long a master may be silent before failover
+
 FIND_MASTER = r"""find_master() {
   MASTER=""
+  ANSWERED=no
   i=0
   while [ "$i" -lt "$REPLICAS" ]; do
     PEER="$SERVER-$i.$FQDN_SUFFIX"
     if [ "$PEER" != "$ME" ]; then
       MASTER="$(REDISCLI_AUTH="$REDIS_PASSWORD" timeout 3 redis-cli -h "$PEER" -p 26379 \
         sentinel get-master-addr-by-name pynomaly 2>/dev/null | head -n 1 || true)"
-      [ -n "$MASTER" ] && break
+      [ -n "$MASTER" ] && { ANSWERED=yes; break; }
     fi
     i=$((i + 1))
   done
@@ -400,6 +407,14 @@ ME="$HOSTNAME.$FQDN_SUFFIX"
 if [ "$SENTINEL" = "yes" ]; then
   printf 'replica-announce-ip %s\n' "$ME" >> /run/redis/runtime.conf
   find_master
+  # Sentinels still naming this restarting pod may not have noticed it went away: starting as master
+  # now could make a second one if they fail over a moment later.  Stay down past their down-after
+  # time and ask again: then they have either failed over (follow the new master) or, with no
+  # replica to promote, still name this pod (start as master, from its own data).
+  if [ "$ANSWERED" = yes ] && [ "$MASTER" = "$ME" ]; then
+    sleep """ + str(DOWN_AFTER_MS // 1000 + 5) + r"""
+    find_master
+  fi
   if [ "$MASTER" != "$ME" ]; then
     printf 'replicaof %s 6379\n' "$MASTER" >> /run/redis/runtime.conf
   fi
@@ -424,11 +439,57 @@ requirepass "$REDIS_PASSWORD"
 sentinel sentinel-pass "$REDIS_PASSWORD"
 sentinel monitor pynomaly $MASTER 6379 $QUORUM
 sentinel auth-pass pynomaly "$REDIS_PASSWORD"
-sentinel down-after-milliseconds pynomaly 5000
+sentinel down-after-milliseconds pynomaly """ + str(DOWN_AFTER_MS) + r"""
 sentinel failover-timeout pynomaly 60000
 sentinel parallel-syncs pynomaly 1
 EOF
 exec redis-sentinel /run/sentinel/sentinel.conf
+"""
+
+
+# The redis container's preStop hook (sentinel mode).  Without it, a deleted master's pod comes back
+# within Sentinel's down-after time, is still named master, starts as one while the sentinels fail
+# over anyway: two masters for a moment, and the writes the old one took are dropped when it is made
+# a replica.  So a stopping master holds writes (replication goes on, the replicas catch up), has a
+# peer's sentinel fail over (its own is stopping with it), and waits until the sentinels name
+# another master and HAProxy has cut its sessions; the held writers then see a closed connection
+# and reconnect, through HAProxy, to the new master.  A replica or a lone master stops at once.
+HANDOVER = r"""#!/bin/sh
+set -u
+FQDN_SUFFIX="$HEADLESS.$POD_NAMESPACE.svc.cluster.local"
+ME="$HOSTNAME.$FQDN_SUFFIX"
+info="$(redis-cli -p 6379 info replication | tr -d '\r')"
+echo "$info" | grep -q '^role:master' || exit 0
+echo "$info" | grep -q '^connected_slaves:0' && exit 0
+redis-cli -p 6379 client pause 25000 write >/dev/null
+i=0
+while [ "$i" -lt "$REPLICAS" ]; do
+  PEER="$SERVER-$i.$FQDN_SUFFIX"
+  if [ "$PEER" != "$ME" ] && timeout 3 redis-cli -h "$PEER" -p 26379 sentinel failover pynomaly 2>/dev/null |
+      grep -q OK; then
+    break
+  fi
+  i=$((i + 1))
+done
+tries=0
+while [ "$tries" -lt 40 ]; do
+  i=0
+  while [ "$i" -lt "$REPLICAS" ]; do
+    PEER="$SERVER-$i.$FQDN_SUFFIX"
+    if [ "$PEER" != "$ME" ]; then
+      MASTER="$(timeout 2 redis-cli -h "$PEER" -p 26379 sentinel get-master-addr-by-name pynomaly 2>/dev/null |
+        head -n 1 || true)"
+      if [ -n "$MASTER" ] && [ "$MASTER" != "$ME" ]; then
+        sleep 3  # HAProxy's check (1 s, fall 2) marks this server down and shuts its sessions
+        exit 0
+      fi
+    fi
+    i=$((i + 1))
+  done
+  sleep 0.5
+  tries=$((tries + 1))
+done
+exit 0
 """
 
 

@@ -4,6 +4,8 @@ on what it created.  Shared by the dev (real pods) and onprem/cloud (fake nodes)
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -131,3 +133,78 @@ def wait_for(check: Any, timeout: float, interval: float = 2.0) -> Any:
             return last
         time.sleep(interval)
     return last
+
+
+class PortForward:
+    """`kubectl port-forward` to a Service, on a free loopback port, stopped by pid."""
+
+    def __init__(self, cluster: LocalCluster, namespace: str, target: str, remote_port: int) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        kubectl = cluster.bins.get("kubectl")
+        self.proc = subprocess.Popen(
+            [str(kubectl), "--kubeconfig", str(cluster.kubeconfig), "-n", namespace, "port-forward",
+             "--address", "127.0.0.1", target, f"{self.port}:{remote_port}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        self.close()
+        raise AssertionError(f"port-forward to {target} did not open")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def a_pod(cluster: LocalCluster, namespace: str, component: str) -> str:
+    for pod in get_json(cluster, "-n", namespace, "pods")["items"]:
+        labels = pod["metadata"].get("labels", {})
+        if component in labels.get("app.kubernetes.io/component", "") and pod["status"]["phase"] == "Running":
+            return str(pod["metadata"]["name"])
+    raise AssertionError(f"no running {component} pod in {namespace}")
+
+
+def api_forward(cluster: LocalCluster, deployed: DeployedStack) -> tuple[PortForward, str]:
+    """A port-forward to the API Service and the first API key: what `pulumi stack output apiAccess`
+    tells a user to run (on a free port), or, when the stack exposes the API through an Ingress no
+    controller serves here, the same forward to the API Service the Ingress routes to."""
+    outputs = deployed.outputs(show_secrets=True)
+    access = str(outputs["apiAccess"]).split()
+    if access[:1] == ["kubectl"]:
+        assert access[:4] == ["kubectl", "-n", deployed.namespace, "port-forward"], access
+        target, remote_port = access[4], int(access[5].split(":")[1])
+    else:
+        service = get_json(cluster, "-n", deployed.namespace, "service", "-l", "app.kubernetes.io/component=api")
+        (api,) = service["items"]
+        target, remote_port = f"svc/{api['metadata']['name']}", int(api["spec"]["ports"][0]["port"])
+    api_key = str(outputs["apiKey"]).split(",")[0].strip()
+    return PortForward(cluster, deployed.namespace, target, remote_port), api_key
+
+
+POD_SCRIPTS = Path(__file__).parent / "pod_scripts"
+
+
+def pod_python(cluster: LocalCluster, namespace: str, pod: str, script: str, *args: str,
+               timeout: float = 300) -> Any:
+    """Run ``pod_scripts/<script>`` with the pod's python3 (its settings come from the pod's environment);
+    the script's last stdout line is JSON, returned parsed."""
+    result = cluster.kubectl("-n", namespace, "exec", "-i", pod, "--", "python3", "-", *args,
+                             input=(POD_SCRIPTS / script).read_text(), timeout=timeout, check=False)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise AssertionError(f"{script} in {pod} failed ({result.returncode}): {result.stderr.strip()[-1500:]}")
+    return json.loads(lines[-1])

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 
@@ -21,6 +19,8 @@ from pynomaly.client import PynomalyClient
 from pynomaly.demo import demo_dataset
 from tests.cluster.deploying import (
     DeployedStack,
+    a_pod,
+    api_forward,
     deploy_env,
     get_json,
     missing_objects,
@@ -50,41 +50,6 @@ def get_json_or_none(cluster: LocalCluster, *args: str) -> dict | None:
     return json.loads(result.stdout) if result.returncode == 0 else None
 
 
-class PortForward:
-    """`kubectl port-forward` to a Service, on a free loopback port, stopped by pid."""
-
-    def __init__(self, cluster: LocalCluster, namespace: str, target: str, remote_port: int) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        kubectl = cluster.bins.get("kubectl")
-        self.proc = subprocess.Popen(
-            [str(kubectl), "--kubeconfig", str(cluster.kubeconfig), "-n", namespace, "port-forward",
-             "--address", "127.0.0.1", target, f"{self.port}:{remote_port}"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.3)
-        self.close()
-        raise AssertionError(f"port-forward to {target} did not open")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 def test_up_creates_every_object_and_every_pod_becomes_ready(local_cluster: LocalCluster,
                                                             dev: DeployedStack) -> None:
     objects = state_objects(dev.stack)
@@ -105,13 +70,7 @@ def test_up_creates_every_object_and_every_pod_becomes_ready(local_cluster: Loca
 
 
 def test_demo_job_runs_through_the_api_service(local_cluster: LocalCluster, dev: DeployedStack) -> None:
-    outputs = dev.outputs(show_secrets=True)
-    api_key = str(outputs["apiKey"]).split(",")[0].strip()
-    # What `pulumi stack output apiAccess` tells a user to run, on a free local port instead of 8000.
-    access = str(outputs["apiAccess"]).split()
-    assert access[:4] == ["kubectl", "-n", dev.namespace, "port-forward"], access
-    target, remote_port = access[4], int(access[5].split(":")[1])
-    forward = PortForward(local_cluster, dev.namespace, target, remote_port)
+    forward, api_key = api_forward(local_cluster, dev)
     try:
         dataset, planted = demo_dataset()
         with PynomalyClient(forward.url, api_key, timeout=60) as client:
@@ -133,7 +92,7 @@ def test_demo_job_runs_through_the_api_service(local_cluster: LocalCluster, dev:
         script = ("import sys; from pynomaly.config import load_settings; from pynomaly.demo import find_kafka_event\n"
                   f"found = find_kafka_event(load_settings(), {job_id!r}, 'job_completed', timeout=60)\n"
                   "print(found[0].topic if found else 'missing')\n")
-        worker = _a_pod(local_cluster, dev.namespace, "worker")
+        worker = a_pod(local_cluster, dev.namespace, "worker")
         out = local_cluster.kubectl("-n", dev.namespace, "exec", worker, "--", "python3", "-c", script,
                                     timeout=120).stdout
         assert out.strip().splitlines()[-1] == "job_events"
@@ -158,14 +117,6 @@ async def _websocket_sees(port: int, api_key: str, job_id: str) -> str:
             if message.get("subject") == job_id and message.get("type") == "job_completed":
                 return str(message["type"])
     return "not seen"
-
-
-def _a_pod(cluster: LocalCluster, namespace: str, component: str) -> str:
-    for pod in get_json(cluster, "-n", namespace, "pods")["items"]:
-        labels = pod["metadata"].get("labels", {})
-        if component in labels.get("app.kubernetes.io/component", "") and pod["status"]["phase"] == "Running":
-            return str(pod["metadata"]["name"])
-    raise AssertionError(f"no running {component} pod in {namespace}")
 
 
 def test_every_container_runs_as_its_declared_user_on_a_read_only_root(local_cluster: LocalCluster,

@@ -18,7 +18,9 @@ def free_port() -> int:
 
 def port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # No SO_REUSEADDR: a port held by a listener or in TIME_WAIT both count as busy, like the servers see it.
+        # SO_REUSEADDR, as redis-server and the JVM bind: a listener makes the port busy, connections
+        # of a stopped server lingering in TIME_WAIT do not (a restart on the same port must work).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((LOOPBACK, port))
         except OSError:

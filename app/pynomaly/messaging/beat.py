@@ -29,13 +29,14 @@ BEAT_KEY_PREFIX = f"{KEY_PREFIX}beat:"
 # RedBeat derives its sorted set of due times and its lock from the prefix.
 BEAT_SCHEDULE_KEY = BEAT_KEY_PREFIX + ":schedule"
 BEAT_LOCK_KEY = BEAT_KEY_PREFIX + ":lock"
+BEAT_SCHEDULER = "pynomaly.messaging.beat_scheduler:OutageTolerantScheduler"
 MAINTENANCE_ENTRY = "pynomaly-maintenance"
 HEALTH_CHECK_ENTRY = "pynomaly-health-check"
 
 
 def beat_config(settings: Settings) -> dict[str, Any]:
     return {
-        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "beat_scheduler": BEAT_SCHEDULER,
         "beat_max_loop_interval": settings.beat_max_loop_interval,
         "redbeat_redis_url": settings.redis_url,
         # Explicit, so RedBeat does not fall back to the broker's transport options.
@@ -136,7 +137,7 @@ def run_beat(settings: Settings) -> None:
     try:
         app.Beat(
             loglevel=settings.log_level,
-            scheduler="redbeat.RedBeatScheduler",
+            scheduler=BEAT_SCHEDULER,
             max_interval=settings.beat_max_loop_interval,
             quiet=True,
         ).run()

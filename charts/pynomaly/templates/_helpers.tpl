@@ -396,3 +396,14 @@ spec:
             medium: Memory
             sizeLimit: 1Mi
 {{- end -}}
+
+{{/*
+KEDA's cooldownPeriod only governs the last replica (scaling to zero); below max the HPA's scale-down
+window does.  Both wait the same, so "cooldown" means one thing.
+*/}}
+{{- define "pynomaly.kedaScaleDown" -}}
+horizontalPodAutoscalerConfig:
+  behavior:
+    scaleDown:
+      stabilizationWindowSeconds: {{ .cooldownPeriod | int }}
+{{- end }}
