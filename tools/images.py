@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The container images the stacks run, built without Docker and without a registry.
 
-    python tools/images.py build [NAME ...]                  # build what changed (all when no NAME)
+    python tools/images.py build [NAME ...]                  # build what changed (the defaults when no NAME)
     python tools/images.py list                              # every image, its ref and whether it is built
     python tools/images.py load --address /run/containerd/containerd.sock [NAME ...]
 
@@ -460,6 +460,7 @@ class Recipe:
     inputs: Callable[[], list[str | bytes]] = list
     on_base: bool = True
     xattrs: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    by_default: bool = True  # False: built only when asked for by name (KEDA: the on-prem live tier)
 
 
 def _config(cmd: list[str] | None, user: str, *, entrypoint: list[str] | None = None, env: Sequence[str] = (),
@@ -776,6 +777,20 @@ def _populate_coredns(root: Path) -> str:
     return match.group(1)
 
 
+def _populate_keda(root: Path) -> str:
+    # Both KEDA binaries in one image (the Deployments pick one by `command`), as distroless "nonroot".
+    for name, target in (("keda-operator", "keda"), ("keda-adapter", "keda-adapter")):
+        shutil.copyfile(_toolchain_binary(name), root / target)
+        (root / target).chmod(0o755)
+    for d in ("etc", "tmp"):
+        (root / d).mkdir(mode=0o755)
+    (root / "tmp").chmod(0o1777)
+    (root / "etc/passwd").write_text(f"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:{NONROOT_UID}:{NONROOT_UID}::"
+                                     "/home/nonroot:/sbin/nologin\n")
+    (root / "etc/group").write_text(f"root:x:0:\nnonroot:x:{NONROOT_UID}:\n")
+    return toolchain.KEDA_VERSION.removeprefix("v")
+
+
 def _pause_source() -> Path:
     go = shutil.which("go")
     if go is None:
@@ -839,7 +854,18 @@ def recipes() -> dict[str, Recipe]:
         Recipe("pause", "pynomaly/pause", "pause", _populate_pause,
                _config(None, f"{PAUSE_UID}:{PAUSE_UID}", entrypoint=["/pause"]),
                inputs=_pause_inputs, on_base=False),
+        # Only the on-prem live tier runs KEDA (tools/cluster/keda.py): its Go build is long, so a plain
+        # `build()` (what CI runs) skips it.
+        Recipe("keda", "pynomaly/keda", "keda", _populate_keda,
+               _config(None, f"{NONROOT_UID}:{NONROOT_UID}", entrypoint=["/keda"]),
+               inputs=lambda: [*_binary_inputs("keda-operator")(), *_binary_inputs("keda-adapter")()],
+               on_base=False, by_default=False),
     ]}
+
+
+def default_names() -> list[str]:
+    """The images ``build()`` and ``archives()`` cover when given no names (not the opt-in ones)."""
+    return [name for name, recipe in recipes().items() if recipe.by_default]
 
 
 # -- building ---------------------------------------------------------------------------------------
@@ -927,10 +953,10 @@ def build_one(recipe: Recipe) -> Built:
 
 
 def build(names: Iterable[str] = (), *, skip_missing: bool = True) -> dict[str, Built]:
-    """Build (or reuse) the named images, all when none; images whose toolchain binary is not
-    available yet are left out with a message when ``skip_missing``."""
+    """Build (or reuse) the named images, every default one when none; images whose toolchain binary
+    is not available yet are left out with a message when ``skip_missing``."""
     table = recipes()
-    wanted = list(names) or list(table)
+    wanted = list(names) or default_names()
     unknown = [n for n in wanted if n not in table]
     if unknown:
         raise ImageError(f"unknown image(s) {unknown}; known: {', '.join(table)}")
@@ -946,14 +972,14 @@ def build(names: Iterable[str] = (), *, skip_missing: bool = True) -> dict[str, 
 
 
 def archives(names: Iterable[str] = ()) -> dict[str, Built]:
-    """The images already built for this checkout's inputs (nothing is built)."""
+    """The images already built for this checkout's inputs (nothing is built); the default ones when no names."""
     global _QUERY_ONLY
     table = recipes()
     base_key = _base_key()
     out = {}
     _QUERY_ONLY = True
     try:
-        for name in list(names) or list(table):
+        for name in list(names) or default_names():
             try:
                 hit = _cached(table[name], _key(table[name], base_key if table[name].on_base else ""))
             except Skipped:
@@ -1060,7 +1086,7 @@ def main(argv: list[str]) -> int:
                 print(f"{b_.name}\t{b_.ref}\t{b_.archive}")
             _say(f"images ready in {time.monotonic() - started:.0f} s")
         elif args.command == "list":
-            done = archives()
+            done = archives(recipes())
             for name, recipe in recipes().items():
                 hit = done.get(name)
                 print(f"{name}\t{hit.ref if hit else recipe.repository + ':?'}\t{recipe.role}\t"

@@ -32,6 +32,7 @@ def test_kubernetes_wrapper_pins_the_release_and_its_staging_modules() -> None:
     ("pulumi", "github.com/pulumi/pulumi/pkg/v3", toolchain.PULUMI_VERSION),
     ("pulumi-kubernetes", "github.com/pulumi/pulumi-kubernetes/provider/v4",
      toolchain.PULUMI_KUBERNETES_MODULE_VERSION),
+    ("keda", "github.com/kedacore/keda/v2", toolchain.KEDA_VERSION),
 ])
 def test_each_wrapper_module_pins_what_the_toolchain_says(module_dir: str, module: str, version: str) -> None:
     assert _requires(module_dir).get(module) == version
@@ -64,3 +65,12 @@ def test_the_cache_is_per_machine_not_per_checkout(monkeypatch: pytest.MonkeyPat
     assert toolchain.bin_dir() == tmp_path / "pynomaly" / "bin"
     monkeypatch.setenv("PYNOMALY_CACHE_DIR", str(tmp_path / "elsewhere"))
     assert toolchain.bin_dir() == tmp_path / "elsewhere" / "bin"
+
+
+def test_keda_is_built_only_for_the_on_prem_live_tier() -> None:
+    keda = {"keda-operator", "keda-adapter"}
+    assert keda <= set(toolchain.tier_tools("chaos"))
+    assert not keda & set(toolchain.tier_tools("ci"))
+    assert {toolchain.GO_TOOLS[name].module_dir for name in keda} == {"keda"}
+    # KEDA's own replace directive does not reach a dependent module: the wrapper carries it.
+    assert "replace github.com/nexus-rpc/nexus-proto-annotations v0.1.0 =>" in (TOOLS / "keda" / "go.mod").read_text()
