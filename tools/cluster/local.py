@@ -51,6 +51,7 @@ API_SERVICE_IP = "10.96.0.1"
 DNS_SERVICE_IP = "10.96.0.10"
 CLUSTER_DOMAIN = "cluster.local"
 LB_ADDRESS = "10.244.0.250"  # announced for LoadBalancer Services and Ingresses; never bound
+FRONT_PROXY_CLIENT = "front-proxy-client"  # the aggregation layer's client certificate CN
 NOWHERE_PROXY = "http://127.0.0.1:9"  # discard port: nothing listens, so a pull fails at once
 
 # Host settings changed while the cluster runs (by us, the kubelet or kube-proxy): saved and restored.
@@ -316,6 +317,10 @@ class LocalCluster:
             pki.Identity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"),
         ):
             pki.make_client_cert(p, identity)
+        # The aggregation layer (an extension API server such as KEDA's metrics server): the API server
+        # proxies to it as this client, vouching for the user in headers that only this CA may sign for.
+        pki.make_signing_ca(p, "front-proxy-ca", "pynomaly-local-front-proxy-ca")
+        pki.make_client_cert(p, pki.Identity("front-proxy-client", FRONT_PROXY_CLIENT), ca="front-proxy-ca")
 
     def _spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> ProcessRecord:
         _proc, record = spawn(name, [str(a) for a in argv], self.logs / f"{name}.log", env=env,
@@ -374,6 +379,15 @@ class LocalCluster:
             f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
             "--kubelet-preferred-address-types=InternalIP,Hostname",
             "--profiling=false", "--anonymous-auth=false",
+            # The aggregation layer; routing to the endpoint (pod IP, reachable from the host over the bridge)
+            # rather than the Service IP, which the host reaches only through kube-proxy's rules.
+            f"--requestheader-client-ca-file={p / 'front-proxy-ca.crt'}",
+            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={p / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={p / 'front-proxy-client.key'}",
+            "--enable-aggregator-routing=true",
         ])
         self._wait("etcd", lambda: None if _tcp_open(ports["etcd"]) else "not listening", 30, etcd)
         self._wait("kube-apiserver", self._readyz, timeout, apiserver)
