@@ -1,7 +1,8 @@
 """The deploy tier: the project's own Kubernetes cluster (tools/cluster), started once per session.
 
 ``local_cluster`` builds what is missing (the Go tools, the images), starts the cluster in a
-temporary folder with every image loaded, and stops it at the end (restoring the host).  Tests in
+temporary folder with every image loaded, and stops it at the end (restoring the host).  ``keda``
+(the on-prem live tier only) adds KEDA to it.  Tests in
 this folder are marked ``cluster`` and run after every other test (tests/conftest.py orders them),
 one at a time: each leaves the cluster as it found it (namespaces deleted, real node schedulable).
 """
@@ -42,6 +43,23 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory,
         yield cluster
     finally:
         cluster.down(quiet=True)
+
+
+@pytest.fixture(scope="session")
+def keda(local_cluster: LocalCluster) -> Iterator[str]:
+    """KEDA running on the cluster (tools/cluster/keda.py); yields its image ref.  Its image is built
+    here only (the first time a long Go build: the default image set leaves it out), then loaded."""
+    from tools.cluster import keda as keda_addon
+
+    started = time.monotonic()
+    built = images.build(["keda"], skip_missing=False)["keda"]
+    local_cluster.load_images([built.archive])
+    print(f"\n[keda] image {built.ref} built and loaded in {time.monotonic() - started:.1f} s")
+    print(f"[keda] installed, external metrics API Available in {keda_addon.install(local_cluster, built.ref):.1f} s")
+    try:
+        yield built.ref
+    finally:
+        keda_addon.uninstall(local_cluster)
 
 
 def run_pod(cluster: LocalCluster, namespace: str, name: str, image: str, command: list[str],

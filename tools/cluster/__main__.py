@@ -21,6 +21,8 @@ def main(argv: list[str]) -> int:
     up.add_argument("--no-images", action="store_true", help="load no application images (DNS and pause only)")
     up.add_argument("--fake-nodes", type=int, default=0, metavar="N",
                     help="also N kwok fake nodes per zone (zone-a..c), for stacks bigger than this machine")
+    up.add_argument("--keda", action="store_true",
+                    help="also run KEDA (operator + metrics API server; built from source the first time)")
     sub.add_parser("down", help="stop every process it started and restore the host settings")
     sub.add_parser("status", help="processes, API readiness and nodes")
     args = parser.parse_args(argv)
@@ -34,6 +36,12 @@ def main(argv: list[str]) -> int:
             cluster.up([b.archive for b in built.values()], pause_image=refs["pause"], dns_image=refs["coredns"])
             if args.fake_nodes:
                 cluster.add_fake_nodes(per_zone=args.fake_nodes)
+            if args.keda:
+                from tools.cluster import keda
+
+                image = images.build(["keda"], skip_missing=False)["keda"]
+                cluster.load_images([image.archive])
+                print(f"cluster: KEDA ready in {keda.install(cluster, image.ref):.0f} s", file=sys.stderr)
             print(f"export KUBECONFIG={cluster.kubeconfig}")
         elif args.command == "down":
             cluster.down()
