@@ -9,7 +9,9 @@ Each image is a docker-archive tarball (``ctr -n k8s.io images import`` loads it
 bookworm base layer made by ``debootstrap --variant=minbase`` (debootstrap's default archive), plus
 one layer per image holding what its recipe changed (Debian packages installed in a chroot, the
 application's venv from wheels downloaded on the host, Kafka's jars from the project's pom, Go
-binaries from ``tools/toolchain.py``).  ``pause`` and ``coredns`` are single-layer images.
+binaries from ``tools/toolchain.py``).  ``pause`` and ``coredns`` are single-layer images, and so is
+``keda`` (KEDA's operator and metrics server), which is opt-in: built only when named, never by a plain
+``build()``.
 
 Layers are deterministic: entries sorted, every mtime :data:`EPOCH`, numeric owners, no host
 names; Python bytecode is hash-based so the fixed mtimes do not invalidate it.  Builds are cached
