@@ -153,6 +153,13 @@ class Settings(BaseModel):
         """Redis redelivers an unacked task after this; it must outlast the hard limit (acks_late)."""
         return self.task_time_limit + 300
 
+    @property
+    def heartbeat_stale_after(self) -> float:
+        """A heartbeat older than this means the component stopped (probes, ``/v1/components``, health
+        alerts, a worker's deliveries handed to others): a few missed beats (a busy machine, a long GC)
+        are not a failure, a stopped loop is."""
+        return max(15.0, 4 * self.heartbeat_interval)
+
     def require(self, *names: str) -> None:
         missing = [n for n in names if not getattr(self, n)]
         if missing:

@@ -71,7 +71,7 @@ def components(request: Request, _: Caller) -> list[dict[str, Any]]:
     from pynomaly.consumers.stream_groups import component_health
 
     settings = request.app.state.settings
-    return component_health(request.app.state.container.redis, stale_after=max(15.0, 4 * settings.heartbeat_interval))
+    return component_health(request.app.state.container.redis, stale_after=settings.heartbeat_stale_after)
 
 
 @router.get("/v1/dlq", tags=["dead letters"], response_model=DeadLetterPage, summary="Dead letters, newest first")

@@ -78,6 +78,9 @@ class JobView(BaseModel):
     message: str
     current_step: str | None
     attempts: int
+    redeliveries: int = Field(
+        0, description="Runs started from a redelivered message: the worker holding it was lost (killed, OOM)."
+    )
     error: str | None
     webhook_url: str | None
     notify: list[dict[str, Any]] = []

@@ -130,10 +130,20 @@ class Job:
     # over from an earlier run (a cancelled job retried before its old message was skipped) is
     # recognised as stale and skipped instead of running the job twice.
     run_token: str | None = None
+    # Runs that started from a redelivered message: the worker holding it was lost (killed, out of
+    # memory, its node gone).  Per step too, for the dead-letter decision; a retry or replay resets those.
+    redeliveries: int = 0
+    step_redeliveries: dict[str, int] = field(default_factory=dict)
 
     @property
     def state(self) -> JobStatus:
         return JobStatus(self.status)
+
+    def record_redelivery(self, step: str) -> int:
+        """Count one redelivery of ``step``; returns how often that step has been redelivered."""
+        self.redeliveries += 1
+        self.step_redeliveries[step] = self.step_redeliveries.get(step, 0) + 1
+        return self.step_redeliveries[step]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

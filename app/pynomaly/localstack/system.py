@@ -54,11 +54,6 @@ def pynomaly_argv(*args: str) -> tuple[str, ...]:
     return (sys.executable, "-c", "import sys; from pynomaly.cli import main; sys.argv[0] = 'pynomaly'; main()", *args)
 
 
-def heartbeat_max_age(settings: Settings) -> float:
-    # A few missed beats (a busy machine, a long GC) are not a failure; a stopped loop is.
-    return max(15.0, 4 * settings.heartbeat_interval)
-
-
 def local_components(settings: Settings, state_dir: Path | str) -> list[Component]:
     """The application's processes: the API, a worker per topology pool, a consumer per consumer group, beat."""
     from pynomaly.observability.heartbeat import HEARTBEAT_FILE
@@ -81,7 +76,7 @@ def local_components(settings: Settings, state_dir: Path | str) -> list[Componen
             stop_grace=10.0,
         )
     ]
-    max_age = heartbeat_max_age(settings)
+    max_age = settings.heartbeat_stale_after
     for pool in TOPOLOGY.worker_pools:
         name = f"worker-{pool.name}"
         components.append(

@@ -25,6 +25,12 @@ TASK_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
 )
 TASK_RETRIES = Counter("pynomaly_task_retries_total", "Task retries scheduled", ["task"])
+DELIVERIES_RECOVERED = Counter(
+    "pynomaly_deliveries_recovered_total", "Task messages of a dead worker put back on their queue", ["task"]
+)
+TASK_REDELIVERIES = Counter(
+    "pynomaly_task_redeliveries_total", "Task runs from a redelivered message (its worker was lost)", ["task"]
+)
 DEAD_LETTERED = Counter("pynomaly_dead_lettered_total", "Tasks moved to the dead-letter queue", ["task"])
 JOBS_SUBMITTED = Counter("pynomaly_jobs_submitted_total", "Jobs accepted by the API", ["detector", "priority"])
 KAFKA_PUBLISH_FAILURES = Counter(

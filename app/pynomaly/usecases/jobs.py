@@ -138,6 +138,7 @@ class JobService:
             cancel_requested=False,
             run_token=new_run_token(),
             finished_at=None,
+            step_redeliveries={},  # a new run: its steps start with a clean slate
         )
         self._announce("job_submitted", job, detector=job.detector, priority=job.priority, steps=job.steps, retry=True)
         self._enqueue(job)
@@ -156,6 +157,7 @@ class JobService:
                     message="replayed from the dead-letter queue",
                     error=None,
                     finished_at=None,
+                    step_redeliveries={},
                 )
             priority = Priority(job.priority)
         else:

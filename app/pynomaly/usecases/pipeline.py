@@ -34,6 +34,11 @@ class PermanentFailure(Exception):
     """A failure retrying cannot fix (bad data, a 4xx from a webhook)."""
 
 
+class RedeliveredTooOften(Exception):
+    """The step's message came back more often than retries allow: its worker was lost every time
+    (a job that runs out of memory each time would otherwise loop forever)."""
+
+
 def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
@@ -49,8 +54,20 @@ class Pipeline:
         self._last_progress_event = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def begin(self, job_id: str, step: Step, attempt: int, run_token: str | None = None) -> Job | None:
-        """Mark the step running; None when the step must not run (cancelled, stale or finished)."""
+    def begin(
+        self,
+        job_id: str,
+        step: Step,
+        attempt: int,
+        run_token: str | None = None,
+        redelivered: bool = False,
+        max_redeliveries: int | None = None,
+    ) -> Job | None:
+        """Mark the step running; None when the step must not run (cancelled, stale or finished).
+
+        ``redelivered``: the step's message came back after its worker was lost; counted on the job,
+        and past ``max_redeliveries`` of this step :class:`RedeliveredTooOften` is raised.
+        """
         job = self._jobs.get(job_id)
         if run_token and job.run_token and run_token != job.run_token:
             log.info("job %s: skipping a %s message of an earlier run", job_id, step.value)
@@ -61,6 +78,15 @@ class Pipeline:
         if job.cancel_requested or job.state is JobStatus.CANCELLED:
             self.cancelled(job)
             return None
+        if redelivered:
+            job = self._jobs.update(job_id, lambda j: j.record_redelivery(step.value))
+            count = job.step_redeliveries[step.value]
+            log.warning("job %s: %s redelivered (%d time(s)): its worker was lost", job_id, step.value, count)
+            if max_redeliveries is not None and count > max_redeliveries:
+                raise RedeliveredTooOften(
+                    f"the {step.value} step was redelivered {count} times: its worker was lost every time "
+                    "(killed, out of memory?)"
+                )
         first = job.state is not JobStatus.RUNNING
         job = self._jobs.transition(
             job_id,

@@ -5,13 +5,20 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from typing import TYPE_CHECKING
 
 from celery import bootsteps
 
 from pynomaly.config import Settings
 from pynomaly.topology import TOPOLOGY
 
+if TYPE_CHECKING:
+    from pynomaly.workers.reaper import WorkerDeliveries
+
 log = logging.getLogger(__name__)
+# Dead workers' deliveries are looked for every this many heartbeats: a dead worker's task waits at
+# most the stale threshold plus this long before it is back on its queue.
+RECOVER_EVERY_BEATS = 2
 
 
 def run_worker(settings: Settings, pool: str | None, queues: list[str] | None, concurrency: int | None) -> None:
@@ -40,8 +47,11 @@ def run_worker(settings: Settings, pool: str | None, queues: list[str] | None, c
     app.set_current()
     import pynomaly.workers.notify_tasks  # (the notification delivery task)
     import pynomaly.workers.tasks  # noqa: F401  (registers the task bodies on this app)
+    from pynomaly.workers.reaper import WorkerDeliveries, install
 
-    app.steps["worker"].add(_heartbeat_step(settings, f"worker:{node}"))
+    deliveries = WorkerDeliveries(settings)
+    install(deliveries)  # before the pool forks: children forget their own receipts
+    app.steps["worker"].add(_heartbeat_step(settings, f"worker:{node}", deliveries))
     if settings.metrics_port:
         _serve_metrics(settings.metrics_port)
     argv = [
@@ -57,15 +67,21 @@ def run_worker(settings: Settings, pool: str | None, queues: list[str] | None, c
     app.worker_main(argv)
 
 
-def _heartbeat_step(settings: Settings, component: str) -> type[bootsteps.StartStopStep]:
-    """A bootstep that beats from the worker's own timer: if the event loop hangs, beats stop."""
+def _heartbeat_step(
+    settings: Settings, component: str, deliveries: WorkerDeliveries | None = None
+) -> type[bootsteps.StartStopStep]:
+    """A bootstep that beats from the worker's own timer: if the event loop hangs, beats stop.
+
+    With ``deliveries`` each beat also refreshes this worker's alive key, and every few beats (and
+    once at start) the worker puts the messages of workers whose alive key expired back on their queue.
+    """
 
     class HeartbeatStep(bootsteps.StartStopStep):
         requires = {"celery.worker.components:Timer"}
 
         def __init__(self, worker, **kwargs):  # type: ignore[no-untyped-def]
             super().__init__(worker, **kwargs)
-            self.tref = None
+            self.trefs: list[object] = []
             self.heartbeat = None
 
         def start(self, worker):  # type: ignore[no-untyped-def]
@@ -78,12 +94,28 @@ def _heartbeat_step(settings: Settings, component: str) -> type[bootsteps.StartS
                 component,
                 stream_add=lambda s, f: client.xadd(s, f, maxlen=settings.stream_maxlen, approximate=True),
             )
-            self.heartbeat.beat()
-            self.tref = worker.timer.call_repeatedly(settings.heartbeat_interval, self.heartbeat.beat)
+            heartbeat = self.heartbeat
+            if deliveries is not None:
+                # Alive before the consumer starts: nothing is received (and recorded) before this.
+                deliveries.start(worker.app, worker.hostname)
+
+            def beat() -> None:
+                heartbeat.beat()
+                if deliveries is not None:
+                    deliveries.beat()
+
+            beat()
+            self.trefs.append(worker.timer.call_repeatedly(settings.heartbeat_interval, beat))
+            if deliveries is not None:
+                deliveries.recover()
+                interval = RECOVER_EVERY_BEATS * settings.heartbeat_interval
+                self.trefs.append(worker.timer.call_repeatedly(interval, deliveries.recover))
 
         def stop(self, worker):  # type: ignore[no-untyped-def]
-            if self.tref is not None:
-                self.tref.cancel()
+            for tref in self.trefs:
+                tref.cancel()  # type: ignore[attr-defined]
+            if deliveries is not None:
+                deliveries.stop()
 
     return HeartbeatStep
 

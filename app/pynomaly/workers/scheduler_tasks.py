@@ -127,7 +127,7 @@ def health_check() -> dict[str, Any]:
     c = container()
     settings = c.settings
     r = c.redis
-    stale_after = max(15.0, 4 * settings.heartbeat_interval)
+    stale_after = settings.heartbeat_stale_after
     components = component_health(r, stale_after=stale_after)
     forgotten = [row["id"] for row in components if row["age_seconds"] > FORGET_COMPONENT_AFTER]
     if forgotten:

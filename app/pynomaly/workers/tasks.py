@@ -24,7 +24,7 @@ from pynomaly.domain.jobs import Step
 from pynomaly.observability import metrics
 from pynomaly.storage.dead_letters import DeadLetter
 from pynomaly.topology import TASK_DETECT, TASK_NOTIFY, TASK_PREPROCESS, TASK_REPORT, TOPOLOGY
-from pynomaly.usecases.pipeline import PermanentFailure, Pipeline
+from pynomaly.usecases.pipeline import PermanentFailure, Pipeline, RedeliveredTooOften
 from pynomaly.wiring import Container
 
 log = logging.getLogger(__name__)
@@ -92,9 +92,14 @@ def _run_step(
 ) -> dict[str, Any]:
     settings = container().settings
     attempt = task.request.retries + 1
+    # kombu marks a message it put back (reject-requeue after a pool child died, the visibility
+    # timeout, or our reaper after the whole worker died); Celery passes the mark on.
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+    if redelivered:
+        metrics.TASK_REDELIVERIES.labels(task=task.name).inc()
     try:
         # Inside the try: a Redis blip while marking the step running is retried like any other.
-        job = flow.begin(job_id, step, attempt, run_token)
+        job = flow.begin(job_id, step, attempt, run_token, redelivered, max_redeliveries=settings.max_retries)
         if job is None:
             metrics.TASKS.labels(task=task.name, outcome="not_run").inc()
             task.request.chain = None
@@ -116,6 +121,9 @@ def _run_step(
         return {"job_id": job_id, "status": "failed", "error": str(exc)}
     except Retry:
         raise
+    except RedeliveredTooOften as exc:
+        # Like an exhausted retry: running it again would only lose another worker.
+        return _dead_letter(task, flow, job_id, f"{type(exc).__name__}: {exc}", attempt)
     except (Exception, SoftTimeLimitExceeded) as exc:
         error = f"{type(exc).__name__}: {exc}"
         if task.request.retries < settings.max_retries:
@@ -123,25 +131,30 @@ def _run_step(
             flow.retrying(job_id, error, attempt, delay)
             metrics.TASK_RETRIES.labels(task=task.name).inc()
             raise task.retry(exc=exc, countdown=delay, max_retries=settings.max_retries) from exc
-        letter = container().dead_letters.add(
-            DeadLetter(
-                task=task.name,
-                args=list(task.request.args or [job_id]),
-                kwargs=dict(task.request.kwargs or {}),
-                error=error,
-                traceback=traceback.format_exc(),
-                attempts=attempt,
-                job_id=job_id,
-                queue=TOPOLOGY.task(task.name).queue,
-            )
-        )
-        flow.failed(job_id, error, dead_letter_id=letter.id)
-        metrics.DEAD_LETTERED.labels(task=task.name).inc()
-        metrics.TASKS.labels(task=task.name, outcome="dead_lettered").inc()
-        task.request.chain = None
-        return {"job_id": job_id, "status": "dead_lettered", "dead_letter_id": letter.id}
+        return _dead_letter(task, flow, job_id, error, attempt)
     metrics.TASKS.labels(task=task.name, outcome="succeeded").inc()
     return {"job_id": job_id, "status": "ok", **output}
+
+
+def _dead_letter(task: Task, flow: Pipeline, job_id: str, error: str, attempt: int) -> dict[str, Any]:
+    """The task, its arguments, the error and traceback go to the DLQ; the job fails, the chain stops."""
+    letter = container().dead_letters.add(
+        DeadLetter(
+            task=task.name,
+            args=list(task.request.args or [job_id]),
+            kwargs=dict(task.request.kwargs or {}),
+            error=error,
+            traceback=traceback.format_exc(),
+            attempts=attempt,
+            job_id=job_id,
+            queue=TOPOLOGY.task(task.name).queue,
+        )
+    )
+    flow.failed(job_id, error, dead_letter_id=letter.id)
+    metrics.DEAD_LETTERED.labels(task=task.name).inc()
+    metrics.TASKS.labels(task=task.name, outcome="dead_lettered").inc()
+    task.request.chain = None
+    return {"job_id": job_id, "status": "dead_lettered", "dead_letter_id": letter.id}
 
 
 @shared_task(bind=True, name=TASK_PREPROCESS, max_retries=None)
