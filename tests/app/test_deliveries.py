@@ -196,3 +196,38 @@ def test_a_leaked_record_of_a_dead_worker_is_dropped_without_pushing(client: red
     assert _reaper(client, broker).recover() == []
     assert client.hlen(DELIVERIES) == 0
     assert not any(queue_lengths(client).values())
+
+
+def test_a_redelivered_step_is_counted_and_past_max_retries_refused(isolated: Settings) -> None:
+    import numpy as np
+
+    from pynomaly.domain.datasets import Dataset
+    from pynomaly.domain.jobs import Job, JobStatus, Step, new_job_id, new_run_token
+    from pynomaly.usecases.jobs import JobService
+    from pynomaly.usecases.pipeline import Pipeline, RedeliveredTooOften
+    from pynomaly.wiring import Container
+
+    c = Container(isolated, "tests")
+    try:
+        job = Job(new_job_id(), "iforest", {}, 0.1, None, "normal", ["detect"], {}, {"rows": 3},
+                  run_token=new_run_token())  # fmt: skip
+        c.jobs.create(job, Dataset(("a",), np.array([[1.0], [2.0], [3.0]])))
+        flow = Pipeline(c.jobs, c.messaging)
+        limit = isolated.max_retries
+        assert flow.begin(job.id, Step.DETECT, 1, job.run_token, max_redeliveries=limit) is not None
+        for n in range(1, limit + 1):  # each worker lost; the step runs again
+            running = flow.begin(job.id, Step.DETECT, 1, job.run_token, redelivered=True, max_redeliveries=limit)
+            assert running is not None and running.redeliveries == n
+        with pytest.raises(RedeliveredTooOften, match=f"redelivered {limit + 1} times"):
+            flow.begin(job.id, Step.DETECT, 1, job.run_token, redelivered=True, max_redeliveries=limit)
+        assert c.jobs.get(job.id).redeliveries == limit + 1
+        # A message of a finished job is skipped, not counted.
+        c.jobs.transition(job.id, JobStatus.FAILED)
+        assert flow.begin(job.id, Step.DETECT, 1, job.run_token, redelivered=True, max_redeliveries=limit) is None
+        assert c.jobs.get(job.id).redeliveries == limit + 1
+        # Run again by hand: its steps start over (the total stays as history).
+        service = JobService(c.jobs, c.messaging, c.dead_letters)
+        again = service.retry(job.id)
+        assert again.step_redeliveries == {} and again.redeliveries == limit + 1
+    finally:
+        c.close()

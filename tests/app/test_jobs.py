@@ -75,3 +75,12 @@ def test_job_round_trip_ignores_unknown_fields() -> None:
     job = Job("j1", "ecod", {}, 0.1, None, "normal", ["detect"], {}, {"rows": 3})
     data = job.as_dict() | {"added_later": 1}
     assert Job.from_dict(data) == job
+
+
+def test_redeliveries_are_counted_per_step_and_in_total() -> None:
+    job = Job("j", "iforest", {}, 0.1, None, "normal", ["preprocess", "detect"], {}, {})
+    assert job.record_redelivery("preprocess") == 1
+    assert job.record_redelivery("detect") == 1
+    assert job.record_redelivery("detect") == 2
+    assert job.redeliveries == 3 and job.step_redeliveries == {"preprocess": 1, "detect": 2}
+    assert Job.from_dict(job.as_dict()).step_redeliveries == {"preprocess": 1, "detect": 2}

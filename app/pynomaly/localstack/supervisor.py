@@ -145,6 +145,19 @@ class Supervisor:
             self.on_change(self.running)
         return running
 
+    def restart(self, name: str) -> Running:
+        """Start component ``name`` again in place of its exited process (after a crash or a kill)."""
+        index, old = next((i, r) for i, r in enumerate(self.running) if r.component.name == name)
+        if old.record.alive():
+            raise LocalStackError(f"{name} (pid {old.record.pid}) is still running")
+        if old.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                old.proc.wait(timeout=2)
+        del self.running[index]
+        new = self.start(old.component)
+        self.running.insert(index, self.running.pop())  # keep the stop order
+        return new
+
     def start_all(
         self, components: Sequence[Component], timeout: float = 180.0, progress: Progress | None = None
     ) -> None:

@@ -87,7 +87,8 @@ class Pipeline:
                     f"the {step.value} step was redelivered {count} times: its worker was lost every time "
                     "(killed, out of memory?)"
                 )
-        first = job.state is not JobStatus.RUNNING
+        # A redelivered run announces itself again: the lost run's events may never have left its worker.
+        first = job.state is not JobStatus.RUNNING or redelivered
         job = self._jobs.transition(
             job_id,
             JobStatus.RUNNING,
@@ -97,7 +98,8 @@ class Pipeline:
             progress=self._overall(job, step, 0.0),
         )
         if first:
-            self._event("job_started", job, step=step.value, attempt=attempt)
+            again = {"redelivered": True, "redeliveries": job.redeliveries} if redelivered else {}
+            self._event("job_started", job, step=step.value, attempt=attempt, **again)
         return job
 
     def step_done(self, job: Job, step: Step, **data: Any) -> Job:
