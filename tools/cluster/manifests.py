@@ -1,4 +1,4 @@
-"""Objects the local cluster applies once it is up: cluster DNS and local storage.
+"""Objects the local cluster applies once it is up: cluster DNS, local storage, the policy agent's RBAC.
 
 Built as dicts (dumped to YAML for ``kubectl apply``), so names and ports come from one place.
 """
@@ -143,3 +143,24 @@ def fake_node(name: str, zone: str, cpu: str = "8", memory: str = "32Gi") -> dic
         "status": {"allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
                    "capacity": {"cpu": cpu, "memory": memory, "pods": "110"}},
     }
+
+
+def network_policy_agent_rbac(user: str) -> list[dict[str, Any]]:
+    """What kube-network-policies reads (and the events it records), bound to its certificate's user."""
+    name = "pynomaly:network-policies"
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name},
+            "rules": [
+                {"apiGroups": [""], "resources": ["pods", "namespaces", "nodes"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+                 "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        },
+    ]
