@@ -8,7 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 DNS_NAMESPACE = "kube-system"
-DNS_PORT = 1053  # inside the pod: above 1024, so CoreDNS needs no capability
+# Inside the pod too, as on real clusters: NetworkPolicies match the pod's port (after the Service's DNAT),
+# and the chart's egress rule allows DNS on 53.  The pod's own sysctl lets a process without any
+# capability bind it (net.ipv4.ip_unprivileged_port_start: a safe, per-network-namespace sysctl).
+DNS_PORT = 53
 STORAGE_CLASS = "local"
 
 
@@ -66,7 +69,9 @@ def coredns(image: str, cluster_ip: str, domain: str) -> list[dict[str, Any]]:
                         "nodeSelector": {"pynomaly.io/local-node": "real"},
                         "tolerations": [{"operator": "Exists"}],
                         "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
-                                            "seccompProfile": {"type": "RuntimeDefault"}},
+                                            "seccompProfile": {"type": "RuntimeDefault"},
+                                            "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start",
+                                                         "value": str(DNS_PORT)}]},
                         "containers": [{
                             "name": "coredns",
                             "image": image,
