@@ -169,7 +169,7 @@ def test_the_charts_network_policies_are_enforced(local_cluster: LocalCluster, d
 
     redis_ip = running_ip(dev.namespace, "app.kubernetes.io/name", "pynomaly-redis")
     dns_ip = running_ip("kube-system", "k8s-app", "kube-dns")
-    worker = _a_pod(local_cluster, dev.namespace, "worker")
+    worker = a_pod(local_cluster, dev.namespace, "worker")
 
     def from_worker(host: str, port: int) -> str:
         return local_cluster.kubectl("-n", dev.namespace, "exec", worker, "--", "python3", "-c", CONNECT, host,
