@@ -850,8 +850,9 @@ def recipes() -> dict[str, Recipe]:
         Recipe("coredns", "pynomaly/coredns", "coredns", _populate_coredns,
                _config(None, f"{NONROOT_UID}:{NONROOT_UID}", entrypoint=["/coredns"],
                        ports=["1053/tcp", "1053/udp"]),
-               # No file capability: the cluster's Corefile listens on 1053, and a binary with one
-               # cannot even start under `capabilities: drop: [ALL]` (the kernel refuses the exec).
+               # No file capability: the cluster's pod binds 53 through its own unprivileged-port sysctl
+               # (tools/cluster/manifests.py), and a binary with a capability cannot even start under
+               # `capabilities: drop: [ALL]` (the kernel refuses the exec).
                inputs=_binary_inputs("coredns"), on_base=False),
         Recipe("pause", "pynomaly/pause", "pause", _populate_pause,
                _config(None, f"{PAUSE_UID}:{PAUSE_UID}", entrypoint=["/pause"]),

@@ -18,6 +18,10 @@ What is built, and from which pinned module (each wrapper module's go.sum is com
   ``pulumi-resource-pulumi-python`` from the Pulumi SDK module.
 - KEDA v2.21.0's operator and metrics API server (``tools/keda``, tier "chaos": ``keda-operator``,
   ``keda-adapter``; its own replace directive carried over).
+- kube-network-policies v0.8.0 (``tools/kube-network-policies``: Kubernetes SIG Network's NetworkPolicy
+  agent, nfqueue + nftables) for the local cluster, with a main of our own (kubeconfig, SIGTERM) and one
+  build-time patch: its ``queue`` rules use xtables' NFQUEUE target through nft_compat, since this
+  machine's kernel lacks nft_queue (``_prepare_kube_network_policies``).
 - The CRD files the stacks use, straight from their projects' modules: KEDA v2.21.0 and the
   Prometheus operator v0.85.0 (``crd_files()``).
 
@@ -55,6 +59,7 @@ PULUMI_VERSION = "v3.274.1"
 PULUMI_KUBERNETES_VERSION = "4.25.0"
 # The only version of the provider module the proxy serves; it is the v4.25.0 tag's commit.
 PULUMI_KUBERNETES_MODULE_VERSION = "v4.0.0-20260115033456-f47bc2d6f199"
+KUBE_NETWORK_POLICIES_VERSION = "v0.8.0"
 KEDA_VERSION = "v2.21.0"
 PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
 
@@ -99,7 +104,9 @@ class GoTool:
     package: str
     module_dir: str  # under tools/
     ldflags: tuple[str, ...] = ()
-    prepare: str | None = None  # "pulumi-kubernetes": build in a prepared copy (_prepare_pulumi_kubernetes)
+    # "pulumi-kubernetes": build in a prepared copy (_prepare_pulumi_kubernetes);
+    # "kube-network-policies": build against a patched copy (_prepare_kube_network_policies)
+    prepare: str | None = None
     tier: str = "ci"  # "chaos": only the on-prem live tier (`./dev test --cluster-chaos`) needs it
     nice: int = 0  # > 0: the build yields the (shared, 2-core) CPU to other work
 
@@ -141,6 +148,10 @@ GO_TOOLS: dict[str, GoTool] = {
         )
         for name, cmd in (("keda-operator", "operator"), ("keda-adapter", "adapter"))
     },
+    "kube-network-policies": GoTool(
+        "kube-network-policies", KUBE_NETWORK_POLICIES_VERSION, ".", "kube-network-policies",
+        prepare="kube-network-policies",
+    ),
 }
 
 # Tools that are not a `go build` in a wrapper module.
@@ -263,13 +274,58 @@ def _prepare_pulumi_kubernetes(wrapper: Path) -> Path:
     return work
 
 
+# kube-network-policies' controller.go queues packets with nftables' `queue` expression (twice, in its
+# postrouting and prerouting chains): the kernel module nft_queue, which this machine's kernel was built
+# without (`nft add rule ... queue num 100` fails with "No such file or directory").  Each stanza becomes
+# a call to xtQueue (tools/kube-network-policies/patch/xt_queue.go): xtables' NFQUEUE target run by
+# nft_compat, which the kernel has.
+KNP_QUEUE_STANZA = ("\tqueue := &expr.Queue{Num: uint16(c.config.QueueID)}\n"
+                    "\tif c.config.FailOpen {\n\t\tqueue.Flag = expr.QueueFlagBypass\n\t}\n")
+KNP_QUEUE_PATCHED = "\tqueue := xtQueue(uint16(c.config.QueueID), c.config.FailOpen)\n"
+
+
+def _knp_patch_inputs(wrapper: Path) -> list[str | bytes]:
+    return [KNP_QUEUE_STANZA, KNP_QUEUE_PATCHED, (wrapper / "patch" / "xt_queue.go").read_bytes()]
+
+
+def _prepare_kube_network_policies(wrapper: Path) -> Path:
+    """A build folder: the wrapper module plus a patched copy of the agent's module, used through a
+    `replace` (Go refuses to overlay files in its module cache).  The copy is taken from the module the
+    proxy served (checked against the checksum database by ``go mod download``)."""
+    upstream = module_dir(f"sigs.k8s.io/kube-network-policies@{KUBE_NETWORK_POLICIES_VERSION}")
+    source = (upstream / "pkg" / "networkpolicy" / "controller.go").read_text()
+    if source.count(KNP_QUEUE_STANZA) != 2:
+        raise ToolchainError("kube-network-policies: controller.go no longer has the two `expr.Queue` stanzas "
+                             "the NFQUEUE patch replaces; review tools/toolchain.py KNP_QUEUE_STANZA")
+    work = cache_dir() / "src" / "kube-network-policies"
+    shutil.rmtree(work, ignore_errors=True)
+    copy = work / "upstream"
+    shutil.copytree(upstream, copy)
+    for path in [copy, *copy.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o200)
+    package = copy / "pkg" / "networkpolicy"
+    (package / "controller.go").write_text(source.replace(KNP_QUEUE_STANZA, KNP_QUEUE_PATCHED))
+    shutil.copy2(wrapper / "patch" / "xt_queue.go", package / "xt_queue.go")
+    for name in ("go.mod", "go.sum", "main.go"):
+        shutil.copy2(wrapper / name, work / name)
+    _run_go(["mod", "edit", "-replace", "sigs.k8s.io/kube-network-policies=./upstream"], work,
+            "pointing the build at the patched copy")
+    return work
+
+
 def _build_go_tool(tool: GoTool) -> Path:
     wrapper = TOOLS / tool.module_dir
-    key = fingerprint(tool.version, tool.package, " ".join(tool.ldflags), _go_version(), *_module_inputs(wrapper))
+    extra = _knp_patch_inputs(wrapper) if tool.prepare == "kube-network-policies" else []
+    key = fingerprint(tool.version, tool.package, " ".join(tool.ldflags), _go_version(), *_module_inputs(wrapper),
+                      *extra)
     with locked(tool.name):
         if (hit := _cached(tool.name, key)) is not None:
             return hit
-        build_dir = _prepare_pulumi_kubernetes(wrapper) if tool.prepare == "pulumi-kubernetes" else wrapper
+        build_dir = wrapper
+        if tool.prepare == "pulumi-kubernetes":
+            build_dir = _prepare_pulumi_kubernetes(wrapper)
+        elif tool.prepare == "kube-network-policies":
+            build_dir = _prepare_kube_network_policies(wrapper)
         bin_dir().mkdir(parents=True, exist_ok=True)
         print(f"building {tool.name} {tool.version} from the Go module proxy (first time: minutes)", file=sys.stderr)
         started = time.monotonic()

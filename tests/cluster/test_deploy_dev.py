@@ -140,6 +140,50 @@ def test_every_container_runs_as_its_declared_user_on_a_read_only_root(local_clu
     assert checked >= 8
 
 
+# Connect only (no protocol): "ok", "timeout" (the SYN was dropped), "refused", or the error.
+CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()
+    print("ok")
+except socket.timeout:
+    print("timeout")
+except ConnectionRefusedError:
+    print("refused")
+except OSError as exc:
+    print(f"error:{exc}")
+"""
+
+
+def test_the_charts_network_policies_are_enforced(local_cluster: LocalCluster, dev: DeployedStack,
+                                                  built_images: dict) -> None:
+    """The release's egress policy (DNS, Redis, Kafka only): a worker reaches Redis and CoreDNS' port 53,
+    not CoreDNS' readiness port, which a pod without the release's labels in the same namespace does
+    reach (so the denial is the policy's).  Pod to pod: traffic to the host itself (the API forwarder)
+    is not judged by kube-network-policies, which hooks only packets the host forwards."""
+    from tests.cluster.conftest import run_pod
+
+    def running_ip(namespace: str, label: str, value: str) -> str:
+        pods = get_json(local_cluster, "-n", namespace, "pods", "-l", f"{label}={value}")["items"]
+        return next(str(p["status"]["podIP"]) for p in pods if p["status"]["phase"] == "Running")
+
+    redis_ip = running_ip(dev.namespace, "app.kubernetes.io/name", "pynomaly-redis")
+    dns_ip = running_ip("kube-system", "k8s-app", "kube-dns")
+    worker = a_pod(local_cluster, dev.namespace, "worker")
+
+    def from_worker(host: str, port: int) -> str:
+        return local_cluster.kubectl("-n", dev.namespace, "exec", worker, "--", "python3", "-c", CONNECT, host,
+                                     str(port), timeout=60).stdout.strip()
+
+    assert from_worker(redis_ip, 6379) == "ok"
+    assert from_worker(dns_ip, 53) == "ok"
+    assert from_worker(dns_ip, 8181) == "timeout"
+    app = next(b.ref for b in built_images.values() if b.role == "app")
+    phase, logs = run_pod(local_cluster, dev.namespace, "netpol-unlabelled", app,
+                          ["python3", "-c", CONNECT, dns_ip, "8181"])
+    assert (phase, logs.strip()) == ("Succeeded", "ok")
+
+
 def test_a_second_up_changes_nothing(dev: DeployedStack) -> None:
     preview = dev.preview()
     assert set(preview) == {"same"}, preview

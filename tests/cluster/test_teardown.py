@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tools.cluster import LocalCluster
-from tools.cluster.local import BRIDGE, _kube_chains, _mounts_under, _run
+from tools.cluster.local import BRIDGE, NETPOL_QUEUE, NETPOL_TABLE, _kube_chains, _mounts_under, _queue_bound, _run
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
@@ -18,7 +18,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 def test_down_stops_everything_and_restores_the_host(local_cluster: LocalCluster) -> None:
     state = local_cluster.state
     processes = list(state.processes)
-    assert {p.name for p in processes} >= {"etcd", "kube-apiserver", "kubelet", "containerd", "kube-proxy"}
+    assert {p.name for p in processes} >= {"etcd", "kube-apiserver", "kubelet", "containerd", "kube-proxy",
+                                           "kube-network-policies"}
+    assert _nft_table_exists()
     shims_before = _shims(local_cluster)
     assert shims_before, "no pod was running: the tier ran nothing"
     saved_sysctls = dict(state.sysctls)
@@ -38,6 +40,12 @@ def test_down_stops_everything_and_restores_the_host(local_cluster: LocalCluster
     assert _mounts_under(local_cluster.state_dir) == []
     netns = set(os.listdir("/run/netns")) if Path("/run/netns").is_dir() else set()
     assert {n for n in netns - netns_before if n.startswith("cni-")} == set()
+    assert not _nft_table_exists()
+    assert not _queue_bound(NETPOL_QUEUE)
+
+
+def _nft_table_exists() -> bool:
+    return _run(["nft", "list", "table", "inet", NETPOL_TABLE], check=False).returncode == 0
 
 
 def _shims(cluster: LocalCluster) -> list[int]:
@@ -76,6 +84,7 @@ def test_a_cluster_killed_without_down_is_cleaned_up_by_the_next_up(
         time.sleep(0.2)
     shutil.rmtree(killed.state_dir, ignore_errors=True)
     assert _run(["ip", "link", "show", BRIDGE], check=False).returncode == 0  # left behind
+    assert _nft_table_exists()  # so are the killed policy agent's rules (fail closed)
 
     again = LocalCluster(tmp_path / "again")
     try:
@@ -86,4 +95,5 @@ def test_a_cluster_killed_without_down_is_cleaned_up_by_the_next_up(
         again.down(quiet=True)
     assert _run(["ip", "link", "show", BRIDGE], check=False).returncode != 0
     assert BRIDGE not in _run(["iptables", "-w", "-S", "FORWARD"], check=False).stdout
+    assert not _nft_table_exists()
     assert not [p.name for p in killed.state.processes + started if p.alive()]

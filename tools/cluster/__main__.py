@@ -23,6 +23,8 @@ def main(argv: list[str]) -> int:
                     help="also N kwok fake nodes per zone (zone-a..c), for stacks bigger than this machine")
     up.add_argument("--keda", action="store_true",
                     help="also run KEDA (operator + metrics API server; built from source the first time)")
+    up.add_argument("--no-network-policies", action="store_true",
+                    help="do not run the NetworkPolicy agent (kube-network-policies): policies are then not enforced")
     sub.add_parser("down", help="stop every process it started and restore the host settings")
     sub.add_parser("status", help="processes, API readiness and nodes")
     args = parser.parse_args(argv)
@@ -33,7 +35,8 @@ def main(argv: list[str]) -> int:
 
             built = images.build(("pause", "coredns") if args.no_images else ())
             refs = images.image_refs(built)
-            cluster.up([b.archive for b in built.values()], pause_image=refs["pause"], dns_image=refs["coredns"])
+            cluster.up([b.archive for b in built.values()], pause_image=refs["pause"], dns_image=refs["coredns"],
+                       network_policies=not args.no_network_policies)
             if args.fake_nodes:
                 cluster.add_fake_nodes(per_zone=args.fake_nodes)
             if args.keda:

@@ -2,7 +2,10 @@
 
 etcd, kube-apiserver, kube-controller-manager, kube-scheduler, a kubelet on Debian's containerd and
 runc, kube-proxy (iptables) and CoreDNS as a pod: the binaries come from ``tools/toolchain.py``
-(Kubernetes v1.35.4 from the Go module proxy), the images from ``tools/images.py``.
+(Kubernetes v1.35.4 from the Go module proxy), the images from ``tools/images.py``.  NetworkPolicies
+are enforced by kube-network-policies (SIG Network's agent) as a host process: the bridge CNI enforces
+none.  It sends the first packet of each connection to or from a pod that a policy selects to an
+nfqueue, judges it against the policies and drops what they deny (fail closed while it runs).
 
 Loopback only: every component listens on 127.0.0.1 (ports picked free at ``up``); the node is named
 ``127.0.0.1``.  Pods live on a host-only bridge (``pnbr0``, 10.244.0.0/24) with no route off the
@@ -73,6 +76,12 @@ REQUIRED_COMMANDS = {
     "containerd": "containerd", "runc": "runc", "ctr": "containerd", "iptables": "iptables",
     "socat": "socat", "openssl": "openssl", "ip": "iproute2", "mount": "mount",
 }
+# The NetworkPolicy agent: its nftables table (removed by `down`, also after a killed cluster, with
+# Debian's `nft`), the nfqueue it reads, and the user of its client certificate (RBAC: read-only).
+NETPOL_TABLE = "pynomaly-network-policies"
+NETPOL_QUEUE = 100
+NETPOL_USER = "pynomaly-network-policies"
+NFQUEUE_PROC = Path("/proc/net/netfilter/nfnetlink_queue")
 CNI_BIN_DIR = Path("/usr/lib/cni")
 LOCAL_VOLUMES_PER_NODE = 8
 K8S_TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy",
@@ -107,6 +116,7 @@ class ClusterState:
     kube_chains_before: list[str] = field(default_factory=list)
     bridge_created: bool = False
     fake_nodes: list[str] = field(default_factory=list)
+    nft_table: str = ""  # the policy agent's, while it may exist
 
     def to_json(self) -> str:
         data = {**self.__dict__, "processes": [p.to_dict() for p in self.processes]}
@@ -209,10 +219,11 @@ class LocalCluster:
 
     # -- up ---------------------------------------------------------------------------------------
 
-    def preflight(self) -> None:
+    def preflight(self, network_policies: bool = True) -> None:
         if os.geteuid() != 0:
             raise ClusterError("the local cluster needs root (it runs a kubelet, containerd and iptables)")
-        missing = sorted({pkg for cmd, pkg in REQUIRED_COMMANDS.items() if shutil.which(cmd) is None})
+        required = {**REQUIRED_COMMANDS, **({"nft": "nftables"} if network_policies else {})}
+        missing = sorted({pkg for cmd, pkg in required.items() if shutil.which(cmd) is None})
         if missing:
             raise ClusterError(f"missing Debian packages: {' '.join(missing)} (apt-get install {' '.join(missing)})")
         if not (CNI_BIN_DIR / "bridge").is_file():
@@ -231,6 +242,9 @@ class LocalCluster:
         if _run(["ip", "link", "show", BRIDGE], check=False).returncode == 0 and not self.state.bridge_created:
             raise ClusterError(f"network interface {BRIDGE} already exists: another cluster may be running "
                                f"(`ip link del {BRIDGE}` if not)")
+        if network_policies and _queue_bound(NETPOL_QUEUE):
+            raise ClusterError(f"nfqueue {NETPOL_QUEUE} is already read by another process (a policy agent?): "
+                               "the cluster's NetworkPolicy agent needs it")
 
     def _clean_up_after_a_killed_cluster(self) -> None:
         recorded = _read(MACHINE_RECORD)
@@ -248,14 +262,15 @@ class LocalCluster:
         if other.state_dir == self.state_dir:
             self.state = other.state
 
-    def up(self, archives: Sequence[Path], *, pause_image: str, dns_image: str, timeout: float = 240) -> None:
+    def up(self, archives: Sequence[Path], *, pause_image: str, dns_image: str, timeout: float = 240,
+           network_policies: bool = True) -> None:
         """Start everything and load ``archives`` (image tarballs, among them the sandbox image
         ``pause_image`` and CoreDNS ``dns_image``); on any failure stop what was started and restore
-        the host, then raise."""
+        the host, then raise.  ``network_policies``: run the agent that enforces them."""
         started = time.monotonic()
         self.pause_image, self.dns_image = pause_image, dns_image
-        self.preflight()
-        self.bins = toolchain.ensure_all(K8S_TOOLS)
+        self.preflight(network_policies)
+        self.bins = toolchain.ensure_all((*K8S_TOOLS, *(("kube-network-policies",) if network_policies else ())))
         self._reset_dirs()
         self.state = ClusterState()
         self._save_state()
@@ -265,6 +280,8 @@ class LocalCluster:
             self._control_plane(timeout)
             self._containerd(archives)
             self._node(timeout)
+            if network_policies:
+                self._network_policy_agent(timeout)
             self._addons(timeout)
         except BaseException:
             _say("start failed; stopping what was started")
@@ -315,6 +332,7 @@ class LocalCluster:
             pki.Identity("kubelet", f"system:node:{NODE_NAME}", "system:nodes"),
             pki.Identity("kube-proxy", "system:kube-proxy"),
             pki.Identity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"),
+            pki.Identity("network-policies", NETPOL_USER),
         ):
             pki.make_client_cert(p, identity)
         # The aggregation layer (an extension API server such as KEDA's metrics server): the API server
@@ -358,7 +376,7 @@ class LocalCluster:
             "--listen-metrics-urls", "", "--log-level", "warn", "--quota-backend-bytes", str(2 << 30),
         ])
         server = f"https://{LOOPBACK}:{ports['apiserver']}"
-        for name in ("admin", "controller-manager", "scheduler", "kubelet", "kube-proxy"):
+        for name in ("admin", "controller-manager", "scheduler", "kubelet", "kube-proxy", "network-policies"):
             pki.kubeconfig(p, name, server, self.state_dir / f"{name}.kubeconfig")
         shutil.copy2(self.state_dir / "admin.kubeconfig", self.kubeconfig)
         apiserver = self._spawn("kube-apiserver", [
@@ -499,6 +517,23 @@ class LocalCluster:
             "--conntrack-tcp-timeout-established=0", "--conntrack-tcp-timeout-close-wait=0",
         ])
 
+    def _network_policy_agent(self, timeout: float) -> None:
+        """kube-network-policies on the host, before any pod but CoreDNS: policies hold from the first app pod."""
+        self.apply(manifests.network_policy_agent_rbac(NETPOL_USER))
+        self.state.nft_table = NETPOL_TABLE  # recorded first: a crash after it made the table still cleans up
+        self._save_state()
+        record = self._spawn("kube-network-policies", [
+            self.bins["kube-network-policies"], f"--kubeconfig={self.state_dir / 'network-policies.kubeconfig'}",
+            f"--hostname-override={NODE_NAME}", f"--nfqueue-id={NETPOL_QUEUE}", f"--nftables-table={NETPOL_TABLE}",
+        ])
+
+        def ready() -> str | None:
+            if _run(["nft", "list", "table", "inet", NETPOL_TABLE], check=False, timeout=10).returncode != 0:
+                return "no nftables table yet"
+            return None if _queue_bound(NETPOL_QUEUE) else f"nfqueue {NETPOL_QUEUE} not read yet"
+
+        self._wait("the NetworkPolicy agent", ready, min(timeout, 60), record)
+
     def _node_ready(self) -> str | None:
         result = self.kubectl("get", "node", NODE_NAME, "-o",
                               "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False, timeout=10)
@@ -618,7 +653,7 @@ class LocalCluster:
         """Stop everything recorded in the state file and restore the host.  True when anything ran."""
         state = self._load_state() or self.state
         self.state = state
-        if not state.processes and not state.bridge_created and not state.forward_rules:
+        if not state.processes and not state.bridge_created and not state.forward_rules and not state.nft_table:
             if not quiet:
                 _say(f"no cluster recorded in {self.state_dir}")
             return False
@@ -629,7 +664,8 @@ class LocalCluster:
                 if name in records:
                     stop_process(records[name], grace=grace)
 
-        stop("kwok", "kube-controller-manager", "kube-scheduler")
+        # The agent first: on SIGTERM it removes its nftables table itself.
+        stop("kube-network-policies", "kwok", "kube-controller-manager", "kube-scheduler")
         if all(name in records and records[name].alive() for name in ("kubelet", "kube-apiserver")):
             self._drain_pods()
         stop("kubelet", "kube-proxy", grace=15.0)
@@ -668,6 +704,11 @@ class LocalCluster:
                     while _run(["iptables", "-w", "-D", "FORWARD", *rule], check=False).returncode == 0:
                         pass
                 state.forward_rules = False
+        if state.nft_table:
+            # Left by an agent that was killed (fail closed: its queue rules would drop pods' packets).
+            if shutil.which("nft"):
+                _run(["nft", "delete", "table", "inet", state.nft_table], check=False)
+            state.nft_table = ""
         if Path("/run/netns").is_dir():
             for name in sorted(set(os.listdir("/run/netns")) - set(state.netns_before)):
                 if name.startswith("cni-"):
@@ -697,6 +738,12 @@ def _tcp_open(port: int) -> bool:
     from pynomaly.localstack.ports import can_connect
 
     return can_connect(port)
+
+
+def _queue_bound(queue: int) -> bool:
+    """Whether a process reads nfqueue ``queue`` (first column of the kernel's queue table)."""
+    lines = (_read(NFQUEUE_PROC) or "").splitlines()
+    return any(line.split()[:1] == [str(queue)] for line in lines)
 
 
 def _containerd_config(root: Path, state: Path, sock: Path, net_dir: Path, pause_image: str) -> str:

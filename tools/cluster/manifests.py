@@ -1,4 +1,4 @@
-"""Objects the local cluster applies once it is up: cluster DNS and local storage.
+"""Objects the local cluster applies once it is up: cluster DNS, local storage, the policy agent's RBAC.
 
 Built as dicts (dumped to YAML for ``kubectl apply``), so names and ports come from one place.
 """
@@ -8,7 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 DNS_NAMESPACE = "kube-system"
-DNS_PORT = 1053  # inside the pod: above 1024, so CoreDNS needs no capability
+# Inside the pod too, as on real clusters: NetworkPolicies match the pod's port (after the Service's DNAT),
+# and the chart's egress rule allows DNS on 53.  The pod's own sysctl lets a process without any
+# capability bind it (net.ipv4.ip_unprivileged_port_start: a safe, per-network-namespace sysctl).
+DNS_PORT = 53
 STORAGE_CLASS = "local"
 
 
@@ -66,7 +69,9 @@ def coredns(image: str, cluster_ip: str, domain: str) -> list[dict[str, Any]]:
                         "nodeSelector": {"pynomaly.io/local-node": "real"},
                         "tolerations": [{"operator": "Exists"}],
                         "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
-                                            "seccompProfile": {"type": "RuntimeDefault"}},
+                                            "seccompProfile": {"type": "RuntimeDefault"},
+                                            "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start",
+                                                         "value": str(DNS_PORT)}]},
                         "containers": [{
                             "name": "coredns",
                             "image": image,
@@ -143,3 +148,24 @@ def fake_node(name: str, zone: str, cpu: str = "8", memory: str = "32Gi") -> dic
         "status": {"allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
                    "capacity": {"cpu": cpu, "memory": memory, "pods": "110"}},
     }
+
+
+def network_policy_agent_rbac(user: str) -> list[dict[str, Any]]:
+    """What kube-network-policies reads (and the events it records), bound to its certificate's user."""
+    name = "pynomaly:network-policies"
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name},
+            "rules": [
+                {"apiGroups": [""], "resources": ["pods", "namespaces", "nodes"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+                 "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        },
+    ]
