@@ -208,3 +208,41 @@ def pod_python(cluster: LocalCluster, namespace: str, pod: str, script: str, *ar
     if result.returncode != 0 or not lines:
         raise AssertionError(f"{script} in {pod} failed ({result.returncode}): {result.stderr.strip()[-1500:]}")
     return json.loads(lines[-1])
+
+
+class ForwardedApi:
+    """The API client through a port-forward that is opened again when the API cannot be reached (a
+    forward ends with its pod: a rollout, a drain).  Any PynomalyClient method; a call is tried on a
+    fresh forward up to twice more, and a POST repeated that way may make a second job (the caller
+    counts the ids it got back)."""
+
+    def __init__(self, cluster: LocalCluster, deployed: DeployedStack) -> None:
+        self._cluster, self._deployed = cluster, deployed
+        self._open()
+
+    def _open(self) -> None:
+        from pynomaly.client import PynomalyClient
+
+        self.forward, api_key = api_forward(self._cluster, self._deployed)
+        self.client = PynomalyClient(self.forward.url, api_key, timeout=60)
+
+    def close(self) -> None:
+        self.client.close()
+        self.forward.close()
+
+    def __getattr__(self, name: str) -> Any:
+        from pynomaly.client import ApiError
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            for attempt in range(3):
+                try:
+                    return getattr(self.client, name)(*args, **kwargs)
+                except ApiError as exc:
+                    if exc.status != 0 or attempt == 2:  # an answer from the API, or out of tries
+                        raise
+                    self.close()
+                    time.sleep(2)
+                    self._open()
+            raise AssertionError("unreachable")
+
+        return call

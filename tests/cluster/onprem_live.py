@@ -21,4 +21,12 @@ LIVE_OVERRIDES: dict[str, str] = {
     "pynomaly:app.resources.api.cpu": "20m",
     "pynomaly:app.resources.worker.cpu": "20m",
     "pynomaly:app.resources.consumer.cpu": "20m",
+    # A task's hard limit sets the workers' grace period (warm shutdown) and the broker's visibility
+    # timeout: an hour would make a scale-down or a redelivery too slow to watch.
+    "pynomaly:app.taskTimeLimit": "90",
+    "pynomaly:app.taskSoftTimeLimit": "80",
+    # KEDA: poll often, scale down after 30 s (not 5 min), at most 4 detection workers on 2 cores.
+    "pynomaly:autoscaling.pollingInterval": "5",
+    "pynomaly:autoscaling.cooldownPeriod": "30",
+    "pynomaly:autoscaling.workers.detection.max": "4",
 }

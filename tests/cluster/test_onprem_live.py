@@ -19,13 +19,12 @@ from typing import Any
 
 import pytest
 
-from pynomaly.client import PynomalyClient
 from pynomaly.demo import demo_dataset
 from tests.cluster.deploying import (
     POD_SCRIPTS,
     DeployedStack,
+    ForwardedApi,
     a_pod,
-    api_forward,
     deploy_env,
     get_json,
     pod_python,
@@ -43,7 +42,8 @@ TERMINAL = ("completed", "failed", "cancelled")
 
 @pytest.fixture(scope="module")
 def onprem(local_cluster: LocalCluster, built_images: dict, tmp_path_factory: pytest.TempPathFactory,
-           chaos_figures: dict[str, Any]) -> Iterator[DeployedStack]:
+           chaos_figures: dict[str, Any], keda: str) -> Iterator[DeployedStack]:
+    """The stack as in production: KEDA running first, so its ScaledObjects own the pools' replicas."""
     namespace = deploy.stack_file("onprem")["pynomaly:kubernetes"]["namespace"]
     # No ingress controller here: stand in for it, so the deploy's wait for the Ingress ends.
     with local_cluster.announced_load_balancers(namespace):
@@ -60,13 +60,12 @@ def onprem(local_cluster: LocalCluster, built_images: dict, tmp_path_factory: py
 
 
 @pytest.fixture(scope="module")
-def api(local_cluster: LocalCluster, onprem: DeployedStack) -> Iterator[PynomalyClient]:
-    forward, api_key = api_forward(local_cluster, onprem)
+def api(local_cluster: LocalCluster, onprem: DeployedStack) -> Iterator[ForwardedApi]:
+    client = ForwardedApi(local_cluster, onprem)
     try:
-        with PynomalyClient(forward.url, api_key, timeout=60) as client:
-            yield client
+        yield client
     finally:
-        forward.close()
+        client.close()
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -111,13 +110,13 @@ def _app_restarts(cluster: LocalCluster, namespace: str) -> dict[str, int]:
     return restarts
 
 
-def _submit_small_jobs(client: PynomalyClient, count: int, seed: int) -> list[str]:
+def _submit_small_jobs(client: ForwardedApi, count: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     rows = [[rng.gauss(0, 1) for _ in range(4)] for _ in range(60)]
     return [client.submit_rows(rows, "hbos")["id"] for _ in range(count)]
 
 
-def _wait_terminal(client: PynomalyClient, job_ids: list[str], timeout: float) -> tuple[dict[str, str], float]:
+def _wait_terminal(client: ForwardedApi, job_ids: list[str], timeout: float) -> tuple[dict[str, str], float]:
     """Poll every job until all are terminal (or the timeout); (id -> status, seconds waited).
     A failed poll (the API answering 5xx during a fault) is retried, not counted."""
     started = time.monotonic()
@@ -169,7 +168,7 @@ def test_three_brokers_form_a_quorum_and_three_redis_pods_elect_one_master(
 
 
 def test_a_detection_job_completes_end_to_end(local_cluster: LocalCluster, onprem: DeployedStack,
-                                              api: PynomalyClient) -> None:
+                                              api: ForwardedApi) -> None:
     dataset, planted = demo_dataset()
     job_id = api.submit_csv(dataset, "iforest", contamination=0.03, steps=["preprocess", "detect", "report"])["id"]
     job = api.wait(job_id, timeout=300, interval=1)
@@ -221,7 +220,7 @@ def test_deleting_a_kafka_broker_mid_stream_loses_no_event_and_keeps_key_order(
 
 
 def test_deleting_the_redis_master_fails_over_and_loses_no_job(
-        local_cluster: LocalCluster, onprem: DeployedStack, api: PynomalyClient,
+        local_cluster: LocalCluster, onprem: DeployedStack, api: ForwardedApi,
         chaos_figures: dict[str, Any]) -> None:
     ns = onprem.namespace
     roles = _roles(local_cluster, ns)
@@ -259,3 +258,241 @@ def test_deleting_the_redis_master_fails_over_and_loses_no_job(
         "promoted_after_s": round(failover_s, 1), "all_done_after_s": round(waited),
         "app_restarts": len(restarted),
     }
+
+
+# -- KEDA on real backlog -------------------------------------------------------------------------
+
+def _replicas(cluster: LocalCluster, namespace: str, deployment: str) -> int:
+    return int(get_json(cluster, "-n", namespace, "deployment", deployment)["spec"].get("replicas", 1))
+
+
+def _steady_pod(cluster: LocalCluster, namespace: str) -> str:
+    """A running pod of the default worker pool, to run pod scripts from: no test scales or deletes it."""
+    for pod in _pods(cluster, namespace, "worker"):
+        if pod["metadata"]["name"].startswith("pynomaly-worker-default-") and pod["status"].get("phase") == "Running":
+            return str(pod["metadata"]["name"])
+    raise AssertionError("no running default worker")
+
+
+def _write_csv(path: Any, rows: int, columns: int, seed: int) -> Any:
+    rng = random.Random(seed)
+    lines = [",".join(f"f{i}" for i in range(columns))]
+    lines += [",".join(f"{rng.gauss(0, 1):.5f}" for _ in range(columns)) for _ in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class ReplicaWatch:
+    """Samples a Deployment's replicas every 2 s in a thread: the most it ever had, and when it first grew."""
+
+    def __init__(self, cluster: LocalCluster, namespace: str, deployment: str) -> None:
+        import threading
+
+        self.cluster, self.namespace, self.deployment = cluster, namespace, deployment
+        self.start_replicas = _replicas(cluster, namespace, deployment)
+        self.most = self.start_replicas
+        self.grew_at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(2):
+            try:
+                now = _replicas(self.cluster, self.namespace, self.deployment)
+            except Exception:  # an API hiccup under load: sample again
+                continue
+            if now > self.start_replicas and self.grew_at is None:
+                self.grew_at = time.monotonic()
+            self.most = max(self.most, now)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def test_a_low_priority_backlog_scales_its_pool_up_and_back_down_without_killing_a_task(
+        local_cluster: LocalCluster, onprem: DeployedStack, api: ForwardedApi, keda: str,
+        chaos_figures: dict[str, Any], tmp_path: Any) -> None:
+    ns, deployment = onprem.namespace, "pynomaly-worker-detection"
+    scaled = get_json(local_cluster, "-n", ns, "scaledobject", deployment)["spec"]
+    low, most = scaled["minReplicaCount"], scaled["maxReplicaCount"]
+    assert not wait_for(lambda: _replicas(local_cluster, ns, deployment) != low, timeout=180), "not at its minimum"
+    dataset = _write_csv(tmp_path / "wide.csv", 20_000, 8, seed=3)  # ocsvm: seconds per job, so a backlog forms
+
+    watch = ReplicaWatch(local_cluster, ns, deployment)
+    submitted = time.monotonic()
+    job_ids = [api.submit_csv(dataset, "ocsvm", priority="low", steps=["detect"])["id"] for _ in range(16)]
+    worker = _steady_pod(local_cluster, ns)
+    lists = pod_python(local_cluster, ns, worker, "queue_lengths.py")
+    try:
+        grew = not wait_for(lambda: watch.grew_at is None, timeout=240, interval=1)
+        assert grew, "the backlog did not scale the pool"
+        scale_up_s = watch.grew_at - submitted  # type: ignore[operator]
+        # The backlog waited on the lowest-priority list only: the trigger on `:9` is what scaled it.
+        detection_lists = {name: n for name, n in lists.items() if name.startswith("anomaly_detection")}
+        assert detection_lists.get("anomaly_detection:9", 0) > 0, detection_lists
+        assert sum(detection_lists.values()) == detection_lists["anomaly_detection:9"], detection_lists
+
+        # The lists empty while the last jobs still run; after the cooldown the pool goes back to its
+        # minimum, and the replicas it removes stop by warm shutdown (grace period > the task's hard
+        # limit): no task is cut short, none comes back as a redelivery.
+        def backlog() -> int:
+            return sum(n for name, n in pod_python(local_cluster, ns, worker, "queue_lengths.py").items()
+                       if name.startswith("anomaly_detection"))
+
+        assert not wait_for(backlog, timeout=900, interval=3), "the backlog never drained"
+        emptied = time.monotonic()
+        assert not wait_for(lambda: _replicas(local_cluster, ns, deployment) != low, timeout=300, interval=2)
+        scale_down_s = time.monotonic() - emptied
+        running_at_scale_down = sum(1 for j in job_ids if api.job(j)["status"] == "running")
+        status, drained = _wait_terminal(api, job_ids, timeout=900)
+    finally:
+        watch.stop()
+    assert list(status.values()).count("completed") == len(job_ids), status
+    assert low < watch.most <= most, (low, watch.most, most)
+    jobs = [api.job(j) for j in job_ids]
+    assert [(j["attempts"], j["redeliveries"]) for j in jobs] == [(1, 0)] * len(jobs), jobs
+    print(f"\n[keda] {len(job_ids)} low-priority jobs: {low} -> {watch.most} replicas, first new one "
+          f"{scale_up_s:.0f} s after submitting; lists empty -> back to {low} in {scale_down_s:.0f} s with "
+          f"{running_at_scale_down} jobs still running; all done {drained:.0f} s after that")
+    chaos_figures["keda_worker_backlog"] = {
+        "jobs": len(job_ids), "priority": "low (list anomaly_detection:9)", "min": low, "max": most,
+        "most_replicas": watch.most, "backlog_to_new_replica_s": round(scale_up_s),
+        "lists_empty_to_min_s": round(scale_down_s), "jobs_running_at_scale_down": running_at_scale_down,
+        "cooldown_s": int(LIVE_OVERRIDES["pynomaly:autoscaling.cooldownPeriod"]), "attempts_1_redeliveries_0": True,
+    }
+
+
+def test_consumer_lag_scales_the_audit_pool_within_its_partitions(
+        local_cluster: LocalCluster, onprem: DeployedStack, keda: str, chaos_figures: dict[str, Any]) -> None:
+    ns, deployment = onprem.namespace, "pynomaly-consumer-audit"
+    scaled = get_json(local_cluster, "-n", ns, "scaledobject", deployment)["spec"]
+    low = scaled["minReplicaCount"]
+    worker = _steady_pod(local_cluster, ns)
+    partitions = len(pod_python(local_cluster, ns, worker, "kafka_topology.py")["topics"]["audit_events"]["partitions"])
+    assert not wait_for(lambda: _replicas(local_cluster, ns, deployment) != low, timeout=180)
+
+    watch = ReplicaWatch(local_cluster, ns, deployment)
+    started = time.monotonic()
+    try:
+        flood = pod_python(local_cluster, ns, worker, "audit_flood.py", "60000", timeout=600)
+        assert not wait_for(lambda: watch.grew_at is None, timeout=240, interval=1), "lag did not scale the pool"
+        scale_up_s = watch.grew_at - started  # type: ignore[operator]
+        assert not wait_for(lambda: _replicas(local_cluster, ns, deployment) != low, timeout=600, interval=3)
+    finally:
+        watch.stop()
+    assert low < watch.most <= partitions, (low, watch.most, partitions)
+    print(f"\n[keda] {flood['produced']} audit events in {flood['seconds']} s: {low} -> {watch.most} consumers "
+          f"(partitions {partitions}), first new one {scale_up_s:.0f} s after the flood began")
+    chaos_figures["keda_consumer_lag"] = {
+        "events": flood["produced"], "partitions": partitions, "min": low, "most_replicas": watch.most,
+        "flood_to_new_replica_s": round(scale_up_s),
+    }
+
+
+# -- workers and upgrades -------------------------------------------------------------------------
+
+def test_deleting_a_worker_pod_mid_job_lets_the_job_finish(
+        local_cluster: LocalCluster, onprem: DeployedStack, api: ForwardedApi,
+        chaos_figures: dict[str, Any], tmp_path: Any) -> None:
+    ns = onprem.namespace
+    dataset = _write_csv(tmp_path / "long.csv", 40_000, 8, seed=5)
+    job_id = api.submit_csv(dataset, "ocsvm", priority="high", steps=["detect"])["id"]
+    assert not wait_for(lambda: api.job(job_id)["status"] != "running", timeout=180, interval=0.5)
+    time.sleep(3)  # inside the fit
+    pods = [p["metadata"]["name"] for p in _pods(local_cluster, ns, "worker")
+            if p["metadata"]["name"].startswith("pynomaly-worker-detection-") and p["status"].get("phase") == "Running"]
+    assert pods
+    # Every detection worker gets SIGTERM: the one running the job finishes it (warm shutdown within
+    # the grace period), the others stop at once; the Deployment starts new ones meanwhile.
+    local_cluster.kubectl("-n", ns, "delete", "pod", *pods, "--wait=false")
+    deleted = time.monotonic()
+    job = api.wait(job_id, timeout=300, interval=1)
+    assert job["status"] == "completed" and job["attempts"] == 1, job
+    chaos_figures["worker_pod_delete"] = {
+        "graceful": True, "completed_after_delete_s": round(time.monotonic() - deleted), "attempts": job["attempts"]}
+
+
+def test_force_deleting_a_worker_pod_mid_job_runs_the_job_again_elsewhere(
+        local_cluster: LocalCluster, onprem: DeployedStack, api: ForwardedApi,
+        chaos_figures: dict[str, Any], tmp_path: Any) -> None:
+    """What an OOM kill or a lost node does: no SIGTERM, no warm shutdown.  The task's message stays
+    unacked; another worker sees the dead one's alive key expire and puts it back on its queue."""
+    ns = onprem.namespace
+    dataset = _write_csv(tmp_path / "long.csv", 30_000, 8, seed=6)
+    job_id = api.submit_csv(dataset, "ocsvm", priority="high", steps=["detect"])["id"]
+    assert not wait_for(lambda: api.job(job_id)["status"] != "running", timeout=180, interval=0.5)
+    time.sleep(2)
+    pods = [p["metadata"]["name"] for p in _pods(local_cluster, ns, "worker")
+            if p["metadata"]["name"].startswith("pynomaly-worker-detection-") and p["status"].get("phase") == "Running"]
+    local_cluster.kubectl("-n", ns, "delete", "pod", *pods, "--grace-period=0", "--force", "--wait=false")
+    killed = time.monotonic()
+    job = api.wait(job_id, timeout=600, interval=1)
+    done_s = time.monotonic() - killed
+    assert job["status"] == "completed", job
+    assert job["redeliveries"] == 1, job
+    print(f"\n[worker fault] {len(pods)} detection pods force-deleted mid-job: completed {done_s:.0f} s later, "
+          f"redeliveries {job['redeliveries']}")
+    chaos_figures["worker_pod_force_delete"] = {"completed_after_kill_s": round(done_s),
+                                                "redeliveries": job["redeliveries"]}
+
+
+def test_upgrading_the_app_rolls_every_pool_without_losing_a_job_and_leaves_replicas_to_keda(
+        local_cluster: LocalCluster, onprem: DeployedStack, api: ForwardedApi, keda: str,
+        chaos_figures: dict[str, Any]) -> None:
+    import threading
+
+    ns = onprem.namespace
+    old_ref = str(onprem.outputs()["imageRef"])
+    repository, old_tag = old_ref.rsplit(":", 1)
+    new_tag = f"{old_tag}-next"
+    # The "next release": the same bits under a new tag (a new tag is what rolls every pod).
+    local_cluster.ctr("images", "tag", "--force", f"docker.io/{old_ref}", f"docker.io/{repository}:{new_tag}")
+
+    job_ids: list[str] = []
+    refused: list[str] = []
+    stop = threading.Event()
+
+    def keep_submitting() -> None:
+        seed = 100
+        while not stop.is_set():
+            try:
+                job_ids.extend(_submit_small_jobs(api, 1, seed=seed))
+            except Exception as exc:  # not accepted (the client got no id): counted, not a lost job
+                refused.append(repr(exc)[:200])
+            seed += 1
+            stop.wait(1.0)
+
+    submitter = threading.Thread(target=keep_submitting, daemon=True)
+    submitter.start()
+    try:
+        onprem.reopen(local_cluster, {"pynomaly:image.tag": new_tag})
+        started = time.monotonic()
+        counts = onprem.up()
+        rolled_s = time.monotonic() - started
+    finally:
+        stop.set()
+        submitter.join(timeout=30)
+    assert counts.get("update", 0) >= 5, counts  # the API, beat, every worker and consumer Deployment
+    status, _ = _wait_terminal(api, job_ids, timeout=600)
+    counted = {s: list(status.values()).count(s) for s in set(status.values())}
+    assert counted == {"completed": len(job_ids)} and len(job_ids) >= 10, counted
+
+    app_pods = get_json(local_cluster, "-n", ns, "pods", "-l", "app.kubernetes.io/name=pynomaly")["items"]
+    images_running = {c["image"] for p in app_pods if p["status"].get("phase") == "Running"
+                      for c in p["spec"]["containers"]}
+    assert images_running == {f"{repository}:{new_tag}"}, images_running
+    # No replica fight: the program and chart leave replicas alone, KEDA's HPAs keep setting them,
+    # and a second preview finds nothing to change.
+    for hpa in get_json(local_cluster, "-n", ns, "hpa")["items"]:
+        target = hpa["spec"]["scaleTargetRef"]["name"]
+        assert hpa["metadata"]["name"].startswith("keda-hpa-"), hpa["metadata"]["name"]
+        desired = hpa["status"].get("desiredReplicas")
+        assert desired is None or _replicas(local_cluster, ns, target) == desired, (target, desired)
+    assert set(onprem.preview()) == {"same"}
+    print(f"\n[upgrade] {len(job_ids)} jobs accepted during the rollout, all completed; {len(refused)} "
+          f"submits refused: {refused[:3]}")
+    chaos_figures["upgrade"] = {"jobs_during_rollout": len(job_ids), "completed": counted.get("completed", 0),
+                                "submits_refused": len(refused),
+                                "up_seconds": round(rolled_s), "updated": counts.get("update", 0)}
