@@ -172,6 +172,7 @@ class AutoscalingConfig:
     memory_utilization: int | None = None
     workers: Mapping[str, PoolScaling] = field(default_factory=dict)
     consumers: Mapping[str, PoolScaling] = field(default_factory=dict)
+    keda_namespace: str = "keda"  # where KEDA's operator runs: its pods may read Redis list lengths
 
 
 @dataclass(frozen=True)
@@ -431,7 +432,7 @@ def parse_config(raw: Mapping[str, Any], environment: str, *, default_tag: str) 
     if kafka.tls_secret and not kafka.sasl:
         problems.append(f"{PROJECT}.kafka.tlsSecret: TLS is only offered together with SASL (sasl: true)")
 
-    a = top.child("autoscaling", {"keda", "pollingInterval", "cooldownPeriod", "scaleToZeroBatch",
+    a = top.child("autoscaling", {"keda", "kedaNamespace", "pollingInterval", "cooldownPeriod", "scaleToZeroBatch",
                                   "cpuUtilization", "memoryUtilization", "workers", "consumers"})
     autoscaling = AutoscalingConfig(
         keda=a.get("keda", bool, False),
@@ -442,6 +443,7 @@ def parse_config(raw: Mapping[str, Any], environment: str, *, default_tag: str) 
         memory_utilization=a.get("memoryUtilization", int, 0, _int_range(10, 100)) or None,
         workers=_pools(a, "workers", [p.name for p in TOPOLOGY.worker_pools], PoolScaling(1, 4, 10)),
         consumers=_pools(a, "consumers", [g.pool for g in TOPOLOGY.consumer_groups], PoolScaling(1, 3, 100)),
+        keda_namespace=a.get("kedaNamespace", str, "keda", _match(_NAME, "a DNS-1123 label")),
     )
     for group in TOPOLOGY.consumer_groups:
         limit = TOPOLOGY.max_partitions(group)

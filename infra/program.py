@@ -88,7 +88,8 @@ def build(cfg: StackConfig) -> Deployment:
 
     redis = Redis("redis", RedisArgs(
         config=cfg.redis, namespace=ns, password=cfg.secrets.redis_password,
-        external_url=cfg.secrets.redis_url, labels=dict(cfg.labels)), opts=in_ns)
+        external_url=cfg.secrets.redis_url, labels=dict(cfg.labels),
+        scaler_namespace=cfg.autoscaling.keda_namespace if cfg.autoscaling.keda else None), opts=in_ns)
     kafka = Kafka("kafka", KafkaArgs(
         config=cfg.kafka, namespace=ns, topology=TOPOLOGY, password=cfg.secrets.kafka_password,
         admin_password=cfg.secrets.kafka_admin_password, labels=dict(cfg.labels)), opts=in_ns)

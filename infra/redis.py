@@ -31,6 +31,7 @@ from infra.config import RedisConfig
 PORT = 6379
 SENTINEL_PORT = 26379
 MASTER_SET = "pynomaly"
+APP_NAME = "pynomaly"  # the chart's app.kubernetes.io/name: the application's pods
 UID = 999  # the redis user of the official image
 HAPROXY_UID = 99  # the haproxy user of the official image
 
@@ -48,6 +49,8 @@ class RedisArgs:
     password: pulumi.Input[str] | None = None  # a configured secret; generated when None
     external_url: pulumi.Input[str] | None = None  # required when config.mode is external
     labels: dict[str, str] = field(default_factory=dict)
+    # KEDA's operator reads the queues' list lengths from there; None: only this namespace's pods.
+    scaler_namespace: str | None = None
 
 
 class Redis(pulumi.ComponentResource):
@@ -104,6 +107,8 @@ class Redis(pulumi.ComponentResource):
         elif cfg.mode == "sentinel":
             self._server(name, replicas=cfg.replicas, sentinel=True)
             self._proxy(name)
+        if cfg.mode != "external":
+            self._ingress_policy(name)
 
         self.register_outputs({
             "host": self.host, "port": self.port, "address": self.address, "url": self.url,
@@ -256,6 +261,32 @@ class Redis(pulumi.ComponentResource):
                     max_unavailable=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels=sel)),
                 opts=kx.child(self),
             ))
+
+    # -- who may connect -------------------------------------------------------------------------------
+
+    def _ingress_policy(self, name: str) -> None:
+        """Redis, its Sentinels and HAProxy answer only the application's pods and each other in this
+        namespace (and KEDA's operator, for list lengths): any other pod's connection is dropped, the
+        password notwithstanding."""
+        args = self._args
+        peers = k8s.networking.v1.NetworkPolicyPeerArgs(pod_selector=k8s.meta.v1.LabelSelectorArgs(
+            match_expressions=[k8s.meta.v1.LabelSelectorRequirementArgs(
+                key="app.kubernetes.io/name", operator="In", values=[APP_NAME, args.name])]))
+        ports = [k8s.networking.v1.NetworkPolicyPortArgs(port=p, protocol="TCP") for p in (PORT, SENTINEL_PORT)]
+        rules = [k8s.networking.v1.NetworkPolicyIngressRuleArgs(from_=[peers], ports=ports)]
+        if args.scaler_namespace:
+            rules.append(k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+                from_=[k8s.networking.v1.NetworkPolicyPeerArgs(namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+                    match_labels={"kubernetes.io/metadata.name": args.scaler_namespace}))],
+                ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=PORT, protocol="TCP")]))
+        self.objects.append(k8s.networking.v1.NetworkPolicy(
+            f"{name}-ingress",
+            metadata=kx.meta(args.name, args.namespace, kx.labels(args.name, "redis", args.labels)),
+            spec=k8s.networking.v1.NetworkPolicySpecArgs(
+                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app.kubernetes.io/name": args.name}),
+                policy_types=["Ingress"], ingress=rules),
+            opts=kx.child(self),
+        ))
 
     # -- HAProxy in front of the current master (sentinel mode) -------------------------------------
 

@@ -18,17 +18,17 @@ from tests.support.k8s import baseline_violations, count_kinds, format_kind_coun
 # What each environment declares (the chart's objects come on top; see tests/charts).
 EXPECTED_COUNTS = {
     "dev": {
-        "ConfigMap": 2, "HorizontalPodAutoscaler": 6, "Job": 1, "Namespace": 1, "NetworkPolicy": 1,
+        "ConfigMap": 2, "HorizontalPodAutoscaler": 6, "Job": 1, "Namespace": 1, "NetworkPolicy": 2,
         "PodDisruptionBudget": 1, "Secret": 4, "Service": 4, "ServiceAccount": 1, "StatefulSet": 2,
     },
     "onprem": {
-        "ConfigMap": 3, "Deployment": 1, "Job": 1, "Namespace": 1, "NetworkPolicy": 1, "PodDisruptionBudget": 3,
+        "ConfigMap": 3, "Deployment": 1, "Job": 1, "Namespace": 1, "NetworkPolicy": 2, "PodDisruptionBudget": 3,
         "ScaledObject": 6, "Secret": 4, "Service": 5, "ServiceAccount": 1, "StatefulSet": 2,
         "TriggerAuthentication": 2,
     },
     "cloud": {
         "ClusterRole": 1, "ClusterRoleBinding": 1, "ConfigMap": 3, "Deployment": 1, "Job": 1, "Namespace": 1,
-        "NetworkPolicy": 1, "PodDisruptionBudget": 4, "ScaledObject": 6, "Secret": 4, "Service": 5,
+        "NetworkPolicy": 2, "PodDisruptionBudget": 4, "ScaledObject": 6, "Secret": 4, "Service": 5,
         "ServiceAccount": 2, "StatefulSet": 3, "TriggerAuthentication": 2,
     },
 }
@@ -196,6 +196,28 @@ def test_redis_mode_and_broker_safety(env: str, mode: str) -> None:
         proxy = named(run, "ConfigMap", "pynomaly-redis-proxy")["data"]["haproxy.cfg"]
         assert "role:master" in proxy and proxy.count(" server redis") == 3
         assert sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+
+
+@pytest.mark.parametrize(("env", "keda"), [("dev", False), ("onprem", True), ("cloud", True)])
+def test_redis_answers_only_the_app_its_own_pods_and_keda(env: str, keda: bool) -> None:
+    run = run_env(env)
+    policy = named(run, "NetworkPolicy", "pynomaly-redis")["spec"]
+    selected = policy["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+    # Every Redis pod (servers, Sentinels, HAProxy) carries the name the policy selects.
+    for kind in ("StatefulSet", "Deployment"):
+        for obj in kinds(run, kind):
+            if obj["metadata"]["name"].startswith("pynomaly-redis"):
+                assert obj["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == selected
+    assert policy["policyTypes"] == ["Ingress"]
+    peers, *scaler = policy["ingress"]
+    (expression,) = peers["from"][0]["podSelector"]["matchExpressions"]
+    assert expression["operator"] == "In" and set(expression["values"]) == {"pynomaly", "pynomaly-redis"}
+    assert {p["port"] for p in peers["ports"]} == {6379, 26379}
+    if keda:
+        assert scaler[0]["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "keda"}
+        assert [p["port"] for p in scaler[0]["ports"]] == [6379]
+    else:
+        assert scaler == []
 
 
 # -- autoscaling ------------------------------------------------------------------------------------
