@@ -29,6 +29,12 @@ class Settings(BaseModel):
     redis_url: str = Field(
         "", description="Celery broker, result backend, job store and streams (redis:// or rediss://)."
     )
+    redis_tls_cert_reqs: str = Field(
+        "required", description="Server certificate check of rediss:// URLs: required, optional or none."
+    )
+    redis_tls_ca_file: str = Field(
+        "", description="CA bundle that signs Redis's certificate with rediss:// ('' = the system's CAs)."
+    )
     kafka_bootstrap_servers: str = Field("", description="Comma-separated host:port list of Kafka brokers.")
     kafka_security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL.")
     kafka_sasl_mechanism: str = Field("SCRAM-SHA-512", description="SASL mechanism when SASL is on.")
@@ -119,6 +125,14 @@ class Settings(BaseModel):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("redis_tls_cert_reqs")
+    @classmethod
+    def _cert_reqs(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"required", "optional", "none"}:
+            raise ValueError("must be required, optional or none")
+        return value
+
     @field_validator("smtp_security")
     @classmethod
     def _smtp_security(cls, value: str) -> str:
@@ -159,6 +173,25 @@ class Settings(BaseModel):
         alerts, a worker's deliveries handed to others): a few missed beats (a busy machine, a long GC)
         are not a failure, a stopped loop is."""
         return max(15.0, 4 * self.heartbeat_interval)
+
+    @property
+    def redis_tls(self) -> bool:
+        return self.redis_url.startswith("rediss://")
+
+    def redis_ssl_options(self) -> dict[str, Any]:
+        """TLS options of every Redis client (redis-py, Celery broker and backend, RedBeat); {} without TLS.
+
+        Celery's Redis result backend refuses a rediss:// URL unless ssl_cert_reqs is given, so it is
+        always spelled out (required by default: an unchecked certificate is no TLS at all)."""
+        if not self.redis_tls:
+            return {}
+        import ssl
+
+        reqs = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+        options: dict[str, Any] = {"ssl_cert_reqs": reqs[self.redis_tls_cert_reqs]}
+        if self.redis_tls_ca_file:
+            options["ssl_ca_certs"] = self.redis_tls_ca_file
+        return options
 
     def require(self, *names: str) -> None:
         missing = [n for n in names if not getattr(self, n)]

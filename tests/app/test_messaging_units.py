@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import ssl
 
 import pytest
 
@@ -78,3 +79,28 @@ def test_celery_settings_follow_the_seed() -> None:
     assert conf["task_compression"] == "gzip" and conf["timezone"] == "UTC"
     routes = conf["task_routes"]
     assert {r["queue"] for r in routes.values()} == {q.name for q in TOPOLOGY.queues}  # type: ignore[union-attr]
+
+
+def test_rediss_urls_carry_the_certificate_check_to_broker_backend_beat_and_clients() -> None:
+    from pynomaly.messaging.celery_app import create_celery
+    from pynomaly.storage.redis_client import redis_from_settings
+
+    plain = celery_config(Settings(redis_url="redis://127.0.0.1:1/0"))
+    assert plain["broker_use_ssl"] is None and plain["redis_backend_use_ssl"] is None
+
+    tls = Settings(redis_url="rediss://redis.example:6380/0", redis_tls_ca_file="/etc/pynomaly/redis-ca.pem")
+    conf = celery_config(tls)
+    expected = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/etc/pynomaly/redis-ca.pem"}
+    assert conf["broker_use_ssl"] == conf["redis_backend_use_ssl"] == conf["redbeat_redis_use_ssl"] == expected
+    # Celery builds its result backend from this (no connection yet); a bare rediss:// URL raised here.
+    backend = create_celery(tls).backend
+    assert backend.connparams["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+    assert backend.connparams["ssl_ca_certs"] == "/etc/pynomaly/redis-ca.pem"
+    client = redis_from_settings(tls)
+    assert client.connection_pool.connection_kwargs["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+    client.close()
+
+    relaxed = Settings(redis_url="rediss://redis.example:6380/0", redis_tls_cert_reqs="NONE")
+    assert create_celery(relaxed).backend.connparams["ssl_cert_reqs"] == ssl.CERT_NONE
+    with pytest.raises(ValueError, match="required, optional or none"):
+        Settings(redis_url="rediss://h/0", redis_tls_cert_reqs="sometimes")

@@ -39,7 +39,9 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
-        app.state.async_redis = redis.asyncio.Redis.from_url(settings.redis_url, decode_responses=True)
+        app.state.async_redis = redis.asyncio.Redis.from_url(
+            settings.redis_url, decode_responses=True, **settings.redis_ssl_options()
+        )
         yield
         await app.state.async_redis.aclose()
         container.close()

@@ -41,6 +41,7 @@ def beat_config(settings: Settings) -> dict[str, Any]:
         "redbeat_redis_url": settings.redis_url,
         # Explicit, so RedBeat does not fall back to the broker's transport options.
         "redbeat_redis_options": {},
+        "redbeat_redis_use_ssl": settings.redis_ssl_options() or None,
         "redbeat_key_prefix": BEAT_KEY_PREFIX,
         "redbeat_lock_key": BEAT_LOCK_KEY,
         "redbeat_lock_timeout": int(settings.beat_lock_timeout),

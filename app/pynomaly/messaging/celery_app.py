@@ -29,6 +29,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
         "broker_connection_retry_on_startup": True,
+        # rediss://: the certificate check for broker and backend alike (the backend refuses the URL
+        # without one); None keeps kombu's plain TCP for redis://.
+        "broker_use_ssl": settings.redis_ssl_options() or None,
+        "redis_backend_use_ssl": settings.redis_ssl_options() or None,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],

@@ -22,6 +22,7 @@ def redis_from_settings(settings: Settings, *, decode: bool = True) -> redis.Red
         socket_timeout=30,
         health_check_interval=30,
         retry_on_timeout=True,
+        **settings.redis_ssl_options(),
     )
 
 
