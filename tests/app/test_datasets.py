@@ -63,6 +63,10 @@ def test_json_rows_lists_objects_and_default_names() -> None:
         ([[1]] * 6, None, "6 rows; the limit is 5"),
         ([[1, 2, 3, 4]], None, "4 columns"),
         ([[1, 2]], ["a", "a"], "duplicate"),
+        # Non-finite numbers (the NaN/Infinity tokens Python's json and pydantic let through) are not JSON.
+        ([[1, 2], [3, float("nan")]], None, r"row 1, column 'x1': nan is not a JSON number; send null"),
+        ([{"t": 1}, {"t": float("inf")}], None, r"row 1, column 't': inf is not a JSON number"),
+        ([[float("-inf"), 2]], None, r"row 0, column 'x0': -inf is not a JSON number"),
     ],
 )
 def test_json_rows_rejections(rows: list, columns: list[str] | None, message: str) -> None:

@@ -181,7 +181,14 @@ def _json_number(value: Any, row: int, column: str) -> float:
     if isinstance(value, bool):
         raise InvalidInput(f"row {row}, column {column!r}: booleans are not numbers")
     if isinstance(value, int | float):
-        return float(value)
+        number = float(value)
+        # NaN, Infinity and -Infinity are not JSON (Python's parser takes them anyway; so does an
+        # overflowing 1e999): a missing cell is null, as an empty CSV cell is.
+        if not math.isfinite(number):
+            raise InvalidInput(
+                f"row {row}, column {column!r}: {value!r} is not a JSON number; send null for a missing cell"
+            )
+        return number
     if isinstance(value, str):
         return _parse_cell(value, row, column)
     raise InvalidInput(f"row {row}, column {column!r}: {type(value).__name__} is not a number")

@@ -67,6 +67,17 @@ class PreprocessReport:
         }
 
 
+REJECT_HINT = "choose preprocessing.missing impute_median, impute_mean or drop_rows to accept them"
+
+
+def refuse_non_finite(values: np.ndarray, columns: tuple[str, ...] | list[str], hint: str) -> None:
+    """Raise :class:`InvalidInput` naming the first NaN/inf cell (row = 0-based data row), if any."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise InvalidInput(f"{int(bad.sum())} NaN/inf cell(s), first at row {row}, column {columns[col]!r}; {hint}")
+
+
 def preprocess(
     values: np.ndarray, columns: tuple[str, ...] | list[str], options: PreprocessOptions
 ) -> tuple[np.ndarray, PreprocessReport]:
@@ -77,11 +88,7 @@ def preprocess(
     kept: list[int] | None = None
     if bad.any():
         if options.missing is MissingPolicy.REJECT:
-            row, col = (int(i) for i in np.argwhere(bad)[0])
-            raise InvalidInput(
-                f"{int(bad.sum())} NaN/inf cell(s), first at row {row}, column {columns[col]!r}; "
-                "choose preprocessing.missing impute_median, impute_mean or drop_rows to accept them"
-            )
+            refuse_non_finite(values, columns, REJECT_HINT)
         if options.missing is MissingPolicy.DROP_ROWS:
             keep = ~bad.any(axis=1)
             kept = [int(i) for i in np.flatnonzero(keep)]
