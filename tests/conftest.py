@@ -53,6 +53,7 @@ TEST_OVERRIDES: dict[str, Any] = {
     "beat_max_loop_interval": 0.5,
     "beat_lock_timeout": 3.0,
     "dataset_url_allowlist": "127.0.0.0/8",
+    "webhook_url_allowlist": "127.0.0.0/8",  # the tests' webhook receivers listen on loopback
 }
 
 _started: list[ProcessRecord] = []

@@ -96,6 +96,11 @@ class Settings(BaseModel):
         description="Comma-separated hosts or CIDRs a dataset URL may reach although private, loopback or "
         "link-local (default: none; public addresses only).",
     )
+    webhook_url_allowlist: str = Field(
+        "",
+        description="Comma-separated hosts or CIDRs a webhook target may reach although private, loopback or "
+        "link-local (default: none; public addresses only).",
+    )
     beat_max_loop_interval: float = Field(
         5.0, gt=0, le=300, description="Most seconds beat sleeps between schedule checks."
     )

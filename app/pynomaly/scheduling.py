@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pynomaly.storage.datasets import DatasetStore
 from pynomaly.storage.schedules import ScheduleStore
-from pynomaly.usecases.jobs import JobService
+from pynomaly.usecases.jobs import JobService, webhook_policy
 from pynomaly.usecases.schedules import DatasetService, ScheduleService
 from pynomaly.wiring import Container
 
@@ -25,6 +25,13 @@ def dataset_service(container: Container) -> DatasetService:
     return DatasetService(dataset_store(container), container.settings, container.messaging)
 
 
+def job_service_for(container: Container) -> JobService:
+    settings = container.settings
+    return JobService(
+        container.jobs, container.messaging, container.dead_letters, webhook_policy(settings.webhook_url_allowlist)
+    )
+
+
 def schedule_service(container: Container, job_service: JobService | None = None) -> ScheduleService:
     from pynomaly.messaging.beat import RedBeatTimer
 
@@ -32,7 +39,7 @@ def schedule_service(container: Container, job_service: JobService | None = None
         schedule_store(container),
         dataset_store(container),
         container.jobs,
-        job_service or JobService(container.jobs, container.messaging, container.dead_letters),
+        job_service or job_service_for(container),
         RedBeatTimer(container.celery),
         container.settings,
         container.messaging,

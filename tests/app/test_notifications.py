@@ -19,6 +19,8 @@ from pynomaly.domain.notifications import NotificationTarget, Outcome, matching,
 from pynomaly.topology import Q_NOTIFICATIONS, S_NOTIFICATIONS, TASK_DELIVER, TOPOLOGY, Priority
 from pynomaly.usecases.notifications import Deliverer, SmtpConfig, dispatch, email_html, email_text, job_targets
 from pynomaly.usecases.pipeline import SIGNATURE_HEADER, PermanentFailure
+from pynomaly.usecases.remote_datasets import WEBHOOK_ALLOWLIST, UrlPolicy
+from tests.support.http import QuietHandler, serving
 from tests.support.notify import free_port, http_receiver, self_signed_cert, smtp_server
 
 SECRET = "s3cret-webhook-key"
@@ -220,8 +222,14 @@ def test_html_body_escapes_what_users_control() -> None:
 # -- delivery over the wire -----------------------------------------------------------------------
 
 
-def deliverer(job: Job, mq: Messaging, smtp: SmtpConfig | None = None) -> Deliverer:
-    return Deliverer(Jobs(job, RESULT), mq, SECRET, "https://pynomaly.example", smtp)  # type: ignore[arg-type]
+# The receivers here listen on loopback: allowlisted, as PYNOMALY_WEBHOOK_URL_ALLOWLIST does in the e2e tests.
+LOOPBACK_ALLOWED = UrlPolicy.parse("127.0.0.0/8", WEBHOOK_ALLOWLIST)
+
+
+def deliverer(
+    job: Job, mq: Messaging, smtp: SmtpConfig | None = None, webhooks: UrlPolicy = LOOPBACK_ALLOWED, **kw: Any
+) -> Deliverer:
+    return Deliverer(Jobs(job, RESULT), mq, SECRET, "https://pynomaly.example", smtp, webhooks, **kw)  # type: ignore[arg-type]
 
 
 def test_email_is_delivered_with_text_html_and_credentials() -> None:
@@ -327,3 +335,73 @@ def test_unknown_target_index_is_permanent() -> None:
     job = make_job([])
     with pytest.raises(PermanentFailure, match="no notification target #3"):
         deliverer(job, Messaging()).deliver("job-123", 3, "completed", 1)
+
+
+# -- webhook targets against the outbound-URL policy at delivery time ------------------------------
+
+
+def test_a_host_that_resolves_inside_now_is_refused_at_delivery_and_nothing_is_sent() -> None:
+    """DNS rebinding: the name passed at submit; at delivery it answers with loopback."""
+    job = make_job([{"channel": "webhook", "target": "", "on": "completed"}])
+    with http_receiver() as receiver:
+        port = receiver.server.server_address[1]
+        job.notify[0]["target"] = f"http://hooks.example:{port}/hook"
+        rebound = {"resolve": lambda host, _port: ["127.0.0.1"] if host == "hooks.example" else []}
+        for policy in (UrlPolicy(setting=WEBHOOK_ALLOWLIST), UrlPolicy.parse("10.0.0.0/8", WEBHOOK_ALLOWLIST)):
+            with pytest.raises(
+                PermanentFailure, match=r"hooks\.example' resolves to 127\.0\.0\.1.*WEBHOOK_URL_ALLOWLIST"
+            ):
+                deliverer(job, Messaging(), webhooks=policy, **rebound).deliver("job-123", 0, "completed", 1)
+        # The default Deliverer (no policy given) refuses too.
+        plain = Deliverer(Jobs(job, RESULT), Messaging(), SECRET, resolve=rebound["resolve"])  # type: ignore[arg-type]
+        with pytest.raises(PermanentFailure, match=r"resolves to 127\.0\.0\.1"):
+            plain.deliver("job-123", 0, "completed", 1)
+        assert receiver.requests == []
+        # Opened on purpose by name: delivered to the checked address, the Host header keeps the name.
+        named = UrlPolicy.parse("hooks.example", WEBHOOK_ALLOWLIST)
+        assert deliverer(job, Messaging(), webhooks=named, **rebound).deliver("job-123", 0, "completed", 1)
+        ((path, headers, _body),) = receiver.requests
+        assert path == "/hook" and headers["host"] == f"hooks.example:{port}"
+
+
+def test_redirects_are_checked_and_only_body_keeping_ones_followed() -> None:
+    job = make_job([{"channel": "webhook", "target": "", "on": "completed"}])
+    with http_receiver() as inside:
+        inside_url = inside.url()
+        answers: list[tuple[int, str]] = []
+
+        class Redirecting(QuietHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                code, location = answers.pop(0)
+                self.send_response(code)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        with serving(Redirecting) as server:
+            job.notify[0]["target"] = f"http://front.example:{server.server_address[1]}/hook"
+            # Only front.example is open: its redirect to 127.0.0.1 (or to cloud metadata) is refused.
+            front_only = UrlPolicy.parse("front.example", WEBHOOK_ALLOWLIST)
+            resolve = {"resolve": lambda host, _port: ["127.0.0.1"] if host == "front.example" else []}
+            for location in (inside_url, "http://169.254.169.254/latest/meta-data/", "http://[::ffff:127.0.0.1]:1/"):
+                answers[:] = [(307, location)]
+                with pytest.raises(PermanentFailure, match="refused: webhook target host"):
+                    deliverer(job, Messaging(), webhooks=front_only, **resolve).deliver("job-123", 0, "completed", 1)
+            assert inside.requests == [], "a refused redirect reached its target"
+            # A 302 would turn the POST into a GET: not followed, and not a delivery either.
+            answers[:] = [(302, inside_url)]
+            with pytest.raises(PermanentFailure, match="302"):
+                deliverer(job, Messaging(), webhooks=LOOPBACK_ALLOWED, **resolve).deliver("job-123", 0, "completed", 1)
+            assert inside.requests == []
+            # An allowed 308 is followed with the same signed body.
+            answers[:] = [(308, inside_url)]
+            out = deliverer(job, Messaging(), webhooks=LOOPBACK_ALLOWED, **resolve).deliver(
+                "job-123", 0, "completed", 1
+            )
+            assert out["detail"] == "HTTP 200"
+            ((_path, headers, body),) = inside.requests
+            assert (
+                headers[SIGNATURE_HEADER.lower()]
+                == "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+            )

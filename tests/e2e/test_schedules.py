@@ -92,6 +92,18 @@ def test_bad_input_is_a_problem_and_schedules_nothing(
         ({"dataset_id": None, "dataset_url": "http://10.0.0.1/x.csv"}, "10.0.0.1"),
         ({"dataset_id": None, "dataset_url": "http://[::1]:6379/"}, "::1"),
         ({"notify": [{"channel": "sms", "target": "x"}]}, "channel"),
+        # Webhook targets: the dataset URLs' policy (the e2e allowlist opens 127.0.0.0/8 only).
+        ({"webhook_url": "http://169.254.169.254/latest/meta-data/"}, "webhook_url host '169.254.169.254'"),
+        (
+            {
+                "notify": [
+                    {"channel": "email", "target": "a@example.com"},
+                    {"channel": "webhook", "target": "http://[::ffff:10.0.0.1]/"},
+                ]
+            },
+            "notify[1].target host '::ffff:10.0.0.1' resolves to ::ffff:10.0.0.1",
+        ),
+        ({"notify": [{"channel": "webhook", "target": "http://[fd00::1]:8080/x"}]}, "PYNOMALY_WEBHOOK_URL_ALLOWLIST"),
         ({"priority": "urgent"}, "priority"),
     ]
     for change, why in cases:

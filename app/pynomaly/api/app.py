@@ -22,8 +22,8 @@ from pynomaly.api.routes_schedules import router as schedules_router
 from pynomaly.api.websocket import router as ws_router
 from pynomaly.config import Settings, SettingsError
 from pynomaly.observability.metrics import RedisStateCollector
+from pynomaly.scheduling import job_service_for
 from pynomaly.storage.audit import AuditLog
-from pynomaly.usecases.jobs import JobService
 from pynomaly.wiring import Container
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     app.state.settings = settings
     app.state.container = container
     app.state.api_keys = keys
-    app.state.job_service = JobService(container.jobs, container.messaging, container.dead_letters)
+    app.state.job_service = job_service_for(container)
     app.state.audit_log = AuditLog(container.redis)
     app.state.kafka_ready = container.messaging.publisher_connected
 

@@ -14,15 +14,16 @@ from urllib.parse import urlparse
 from pynomaly.domain.datasets import Dataset
 from pynomaly.domain.detectors import get_detector, validate_contamination
 from pynomaly.domain.errors import Conflict, DomainError, InvalidInput
-from pynomaly.domain.jobs import Job, JobStatus, new_job_id, new_run_token, parse_priority, parse_steps
-from pynomaly.domain.notifications import parse_targets
-from pynomaly.domain.preprocessing import PreprocessOptions
+from pynomaly.domain.jobs import Job, JobStatus, Step, new_job_id, new_run_token, parse_priority, parse_steps
+from pynomaly.domain.notifications import Channel, NotificationTarget, parse_targets
+from pynomaly.domain.preprocessing import REJECT_HINT, MissingPolicy, PreprocessOptions, refuse_non_finite
 from pynomaly.messaging.service import MessageQueueService
 from pynomaly.observability import metrics
 from pynomaly.storage.dead_letters import DeadLetter, DeadLetterStore
 from pynomaly.storage.jobs import JobStore
 from pynomaly.topology import TASK_DELIVER, Priority
 from pynomaly.usecases.audit import record_audit
+from pynomaly.usecases.remote_datasets import WEBHOOK_ALLOWLIST, Resolver, UrlPolicy, check_url, system_resolver
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,11 @@ class SubmitRequest:
     schedule_id: str | None = None  # runs of a recurring schedule
 
 
+def webhook_policy(allowlist: str) -> UrlPolicy:
+    """The outbound-URL policy of webhook targets (``webhook_url_allowlist``), the dataset URLs' own."""
+    return UrlPolicy.parse(allowlist, WEBHOOK_ALLOWLIST)
+
+
 def validate_webhook_url(url: str | None) -> str | None:
     if url is None:
         return None
@@ -61,10 +67,30 @@ def validate_webhook_url(url: str | None) -> str | None:
 
 
 class JobService:
-    def __init__(self, jobs: JobStore, messaging: MessageQueueService, dead_letters: DeadLetterStore) -> None:
+    def __init__(
+        self,
+        jobs: JobStore,
+        messaging: MessageQueueService,
+        dead_letters: DeadLetterStore,
+        webhooks: UrlPolicy | None = None,
+        resolve: Resolver = system_resolver,
+    ) -> None:
         self._jobs = jobs
         self._mq = messaging
         self._dlq = dead_letters
+        # Default: public addresses only; the process wiring passes PYNOMALY_WEBHOOK_URL_ALLOWLIST.
+        self._webhooks = webhooks or webhook_policy("")
+        self._resolve = resolve
+
+    def check_targets(self, targets: list[NotificationTarget], has_webhook_url: bool) -> None:
+        """Refuse webhook targets whose host resolves (now) to an address the policy does not allow.
+
+        ``parse_targets`` puts ``webhook_url`` first: the refusal names the field the caller sent.
+        """
+        for i, target in enumerate(targets):
+            if target.channel == Channel.WEBHOOK.value:
+                field = "webhook_url" if has_webhook_url and i == 0 else f"notify[{i - has_webhook_url}].target"
+                check_url(target.target, self._webhooks, self._resolve, field)
 
     def submit(self, request: SubmitRequest) -> tuple[Job, bool]:
         """Returns the job and whether it was created (False: the idempotency key matched)."""
@@ -75,9 +101,11 @@ class JobService:
             raise InvalidInput("threshold must be a number")
         webhook = validate_webhook_url(request.webhook_url)
         targets = parse_targets(request.notify, webhook)
+        self.check_targets(targets, webhook is not None)
         steps = parse_steps(request.steps, has_webhook=bool(targets))
         priority = parse_priority(request.priority)
         preprocessing = PreprocessOptions.parse(request.preprocessing)
+        _refuse_data_the_job_would_fail_on(request.dataset, preprocessing, steps)
         if request.idempotency_key is not None and not 1 <= len(request.idempotency_key) <= 128:
             raise InvalidInput("Idempotency-Key must be 1 to 128 characters")
 
@@ -197,6 +225,15 @@ class JobService:
 
     def _audit(self, action: str, subject: str, actor: str | None, **data: Any) -> None:
         record_audit(self._mq, action, subject, actor, **data)
+
+
+def _refuse_data_the_job_would_fail_on(dataset: Dataset, options: PreprocessOptions, steps: list[Step]) -> None:
+    """Missing (null, empty, NA) and infinite cells are refused here, not by a failing job, when
+    nothing would impute them: ``missing: reject``, or no preprocess step (detection needs finite data)."""
+    if options.missing is MissingPolicy.REJECT and Step.PREPROCESS in steps:
+        refuse_non_finite(dataset.values, dataset.columns, f"preprocessing.missing is reject; {REJECT_HINT}")
+    elif Step.PREPROCESS not in steps:
+        refuse_non_finite(dataset.values, dataset.columns, "add the preprocess step to impute or drop them")
 
 
 def _mark_unqueued(job: Job, error: str) -> None:

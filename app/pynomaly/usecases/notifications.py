@@ -25,12 +25,22 @@ from typing import Any
 
 import httpx
 
+from pynomaly.domain.errors import InvalidInput
 from pynomaly.domain.jobs import Job
 from pynomaly.domain.notifications import Channel, NotificationTarget, Outcome, matching
 from pynomaly.messaging.service import MessageQueueService
 from pynomaly.storage.jobs import JobStore
 from pynomaly.topology import S_NOTIFICATIONS, TASK_DELIVER, Priority
 from pynomaly.usecases.pipeline import SIGNATURE_HEADER, WEBHOOK_TIMEOUT, PermanentFailure, sign
+from pynomaly.usecases.remote_datasets import (
+    BODY_KEEPING_REDIRECTS,
+    WEBHOOK_ALLOWLIST,
+    FetchFailed,
+    Resolver,
+    UrlPolicy,
+    checked_request,
+    system_resolver,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +134,17 @@ class Deliverer:
         webhook_secret: str = "",
         public_url: str = "",
         smtp: SmtpConfig | None = None,
+        webhooks: UrlPolicy | None = None,
+        resolve: Resolver = system_resolver,
     ) -> None:
         self._jobs = jobs
         self._mq = messaging
         self._secret = webhook_secret
         self._public_url = public_url.rstrip("/")
         self._smtp = smtp or SmtpConfig()
+        # Checked again here, against what the host resolves to now (DNS rebinding after submit).
+        self._webhooks = webhooks or UrlPolicy(setting=WEBHOOK_ALLOWLIST)
+        self._resolve = resolve
 
     def target(self, job: Job, index: int) -> dict[str, Any]:
         targets = job_targets(job)
@@ -175,14 +190,26 @@ class Deliverer:
         if self._secret:
             headers[SIGNATURE_HEADER] = sign(self._secret, body)
         try:
-            response = httpx.post(url, content=body, headers=headers, timeout=WEBHOOK_TIMEOUT)
+            # trust_env=False: no proxy from the environment; the request goes to the checked address.
+            with (
+                httpx.Client(timeout=WEBHOOK_TIMEOUT, follow_redirects=False, trust_env=False) as client,
+                checked_request(
+                    client, "POST", url, self._webhooks, field="webhook target", headers=headers, content=body,
+                    resolve=self._resolve, follow=lambda r: r.status_code in BODY_KEEPING_REDIRECTS,
+                ) as (final, response),
+            ):  # fmt: skip
+                status = response.status_code
+        except InvalidInput as exc:  # refused by the policy (now, or at a redirect): no retry helps
+            raise PermanentFailure(f"webhook {url} refused: {exc}") from exc
+        except FetchFailed as exc:
+            raise PermanentFailure(f"webhook {url}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise ConnectionError(f"webhook {url}: {exc}") from exc
-        if response.status_code >= 500 or response.status_code == 429:
-            raise ConnectionError(f"webhook {url} answered {response.status_code}")
-        if response.status_code >= 400:
-            raise PermanentFailure(f"webhook {url} rejected the notification: {response.status_code}")
-        return f"HTTP {response.status_code}"
+        if status >= 500 or status == 429:
+            raise ConnectionError(f"webhook {final} answered {status}")
+        if status >= 300:  # 4xx, or a redirect that would turn the POST into a GET
+            raise PermanentFailure(f"webhook {final} rejected the notification: {status}")
+        return f"HTTP {status}"
 
     # -- e-mail ----------------------------------------------------------------------------------
     def message(self, to: str, summary: dict[str, Any]) -> EmailMessage:

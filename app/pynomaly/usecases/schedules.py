@@ -18,6 +18,7 @@ from pynomaly.domain.datasets import Dataset, DatasetLimits, from_rows, parse_cs
 from pynomaly.domain.detectors import get_detector, validate_contamination
 from pynomaly.domain.errors import Conflict, InvalidInput, NotFound
 from pynomaly.domain.jobs import Job, parse_priority, parse_steps, utcnow
+from pynomaly.domain.notifications import parse_targets
 from pynomaly.domain.preprocessing import PreprocessOptions
 from pynomaly.domain.schedules import Schedule, new_schedule_id, validate_notify, validate_timing
 from pynomaly.messaging.service import MessageQueueService
@@ -141,6 +142,8 @@ class ScheduleService:
             raise InvalidInput("threshold must be a number")
         webhook = validate_webhook_url(spec.get("webhook_url"))
         notify = _validate_notify(spec.get("notify"), webhook)
+        # Webhook hosts against the outbound-URL policy now (each run's submit checks them again).
+        self._job_service.check_targets(parse_targets(notify or None, webhook), webhook is not None)
         steps = spec.get("steps")
         if steps is not None:
             steps = [s.value for s in parse_steps(steps, has_webhook=webhook is not None or bool(notify))]

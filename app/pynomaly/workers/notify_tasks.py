@@ -22,6 +22,7 @@ from pynomaly.domain.errors import NotFound
 from pynomaly.observability import metrics
 from pynomaly.storage.dead_letters import DeadLetter
 from pynomaly.topology import TASK_DELIVER, TOPOLOGY
+from pynomaly.usecases.jobs import webhook_policy
 from pynomaly.usecases.notifications import Deliverer, SmtpConfig, record
 from pynomaly.usecases.pipeline import PermanentFailure
 from pynomaly.workers.tasks import backoff_delay, container
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 def deliverer() -> Deliverer:
     c = container()
     s = c.settings
-    return Deliverer(c.jobs, c.messaging, s.webhook_secret, s.public_url, SmtpConfig.from_settings(s))
+    webhooks = webhook_policy(s.webhook_url_allowlist)
+    return Deliverer(c.jobs, c.messaging, s.webhook_secret, s.public_url, SmtpConfig.from_settings(s), webhooks)
 
 
 @shared_task(bind=True, name=TASK_DELIVER, max_retries=None)
