@@ -178,14 +178,14 @@ def test_schedules_create_takes_the_short_form_and_json(local_system, http: http
         "schedules", "create", "--every", "3600", "--dataset", dataset["id"],
         "--detector", "ecod", "--paused", "--json",
         "--notify", "email:ops@example.com:anomaly_rate:0.05",
-        "--notify", '{"channel": "webhook", "target": "https://hooks.example/x", "on": "failed"}',
+        "--notify", '{"channel": "webhook", "target": "http://127.0.0.1:9/x", "on": "failed"}',
     )  # fmt: skip
     assert created.exit_code == 0, created.output
     schedule = json.loads(created.output)
     try:
         assert schedule["notify"] == [
             {"channel": "email", "target": "ops@example.com", "on": "anomaly_rate", "threshold": 0.05},
-            {"channel": "webhook", "target": "https://hooks.example/x", "on": "failed"},
+            {"channel": "webhook", "target": "http://127.0.0.1:9/x", "on": "failed"},
         ]
         bad = cli(local_system, "schedules", "create", "--every", "3600", "--dataset", dataset["id"], "--notify", "x")
         assert bad.exit_code == 2 and "--notify" in bad.output, bad.output
