@@ -137,13 +137,14 @@ def test_email_arrives_with_top_anomalies_while_a_failing_webhook_is_dead_letter
 def test_rules_on_failure_and_anomaly_rate(
     api: PynomalyClient, smtp_sink: SmtpSink, receiver: HttpReceiver, system_redis: redis.Redis
 ) -> None:
-    # A job that fails for good (missing values rejected) tells only its 'failed' targets.
+    # A job that fails for good (a column with nothing to impute from; missing values with
+    # missing=reject are refused at submit now) tells only its 'failed' targets.
     bad = rows(30)
-    bad[3][1] = None  # type: ignore[call-overload]
+    for row in bad:
+        row[1] = None  # type: ignore[call-overload]
     failing = api.submit_rows(
         bad,
         "hbos",
-        preprocessing={"missing": "reject"},
         notify=[
             {"channel": "email", "target": "failed@example.com", "on": "failed"},
             {"channel": "email", "target": "done@example.com", "on": "completed"},
@@ -163,7 +164,7 @@ def test_rules_on_failure_and_anomaly_rate(
     (failure,) = wait_for(lambda: smtp_sink.to("failed@example.com"), 90, what="the failure e-mail")
     assert api.job(failing)["status"] == "failed"
     assert failure["Subject"] == f"[pynomaly] job {failing[:8]} failed"
-    assert "missing" in failure.get_body(("plain",)).get_content().lower()
+    assert "no finite value to impute from" in failure.get_body(("plain",)).get_content().lower()
 
     wait_for(lambda: smtp_sink.to("low@example.com"), 90, what="the anomaly-rate e-mail")
     ((headers, body),) = wait_for(lambda: receiver.hits("/ok"), 60, what="the webhook")

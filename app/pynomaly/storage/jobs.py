@@ -29,6 +29,27 @@ def _blob_key(kind: str, job_id: str) -> str:
     return f"{KEY_PREFIX}{kind}:{job_id}"
 
 
+def _idempotency_key(key: str) -> str:
+    return f"{KEY_PREFIX}idempotency:{key}"
+
+
+# Compare-and-act on "job_id fingerprint" values, so a late call never touches another job's claim.
+_CONFIRM = """
+local v = redis.call('GET', KEYS[1])
+if v and (v == ARGV[1] or string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ' ') then
+  return redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+local v = redis.call('GET', KEYS[1])
+if v and (v == ARGV[1] or string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ' ') then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 def _pack(data: Any) -> bytes:
     return gzip.compress(json.dumps(data, separators=(",", ":")).encode(), compresslevel=5)
 
@@ -57,17 +78,30 @@ class JobStore:
         pipe.zadd(JOB_INDEX, {job.id: time.time()})
         pipe.execute()
 
-    def claim_idempotency_key(self, key: str, job_id: str) -> str | None:
-        """Reserve ``key`` for ``job_id``; returns the job that already holds it, if any."""
-        name = f"{KEY_PREFIX}idempotency:{key}"
-        if self._r.set(name, job_id, nx=True, ex=self._ttl):
+    def claim_idempotency_key(
+        self, key: str, job_id: str, fingerprint: str, pending_seconds: int
+    ) -> tuple[str, str | None] | None:
+        """Atomically reserve ``key`` for ``job_id`` (SET NX): None when this call won it, else the
+        holder's (job id, request fingerprint; None for a claim stored without one).
+
+        The claim lives ``pending_seconds`` until :meth:`confirm_idempotency_key`: a process that dies
+        between claim and create does not block the key for the whole result TTL.
+        """
+        name = _idempotency_key(key)
+        if self._r.set(name, f"{job_id} {fingerprint}", nx=True, ex=pending_seconds):
             return None
-        return self._r.get(name)
+        raw = self._r.get(name)
+        if raw is None:  # expired (or released) between the two calls: claim it again
+            return self.claim_idempotency_key(key, job_id, fingerprint, pending_seconds)
+        holder, _, held_fingerprint = raw.partition(" ")
+        return holder, held_fingerprint or None
+
+    def confirm_idempotency_key(self, key: str, job_id: str) -> None:
+        """The job exists: keep the key as long as the job (only if it still names this job)."""
+        self._r.eval(_CONFIRM, 1, _idempotency_key(key), job_id, self._ttl)
 
     def release_idempotency_key(self, key: str, job_id: str) -> None:
-        name = f"{KEY_PREFIX}idempotency:{key}"
-        if self._r.get(name) == job_id:
-            self._r.delete(name)
+        self._r.eval(_RELEASE, 1, _idempotency_key(key), job_id)
 
     def get(self, job_id: str) -> Job:
         raw = self._r.get(_job_key(job_id))

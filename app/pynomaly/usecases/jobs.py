@@ -6,14 +6,17 @@ trace; once stored, a job is either enqueued or marked failed with the reason (n
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
 from pynomaly.domain.datasets import Dataset
 from pynomaly.domain.detectors import get_detector, validate_contamination
-from pynomaly.domain.errors import Conflict, DomainError, InvalidInput
+from pynomaly.domain.errors import Conflict, DomainError, InvalidInput, NotFound
 from pynomaly.domain.jobs import Job, JobStatus, Step, new_job_id, new_run_token, parse_priority, parse_steps
 from pynomaly.domain.notifications import Channel, NotificationTarget, parse_targets
 from pynomaly.domain.preprocessing import REJECT_HINT, MissingPolicy, PreprocessOptions, refuse_non_finite
@@ -26,6 +29,11 @@ from pynomaly.usecases.audit import record_audit
 from pynomaly.usecases.remote_datasets import WEBHOOK_ALLOWLIST, Resolver, UrlPolicy, check_url, system_resolver
 
 log = logging.getLogger(__name__)
+
+# An Idempotency-Key claim lives this long until its job is stored (then as long as the job): a
+# submit that dies in between frees the key.  Another request with the key waits this long for it.
+CLAIM_PENDING_SECONDS = 60
+CLAIM_WAIT_SECONDS = 2.0
 
 
 class ServiceUnavailable(DomainError):
@@ -127,10 +135,12 @@ class JobService:
             run_token=new_run_token(),
         )
         if request.idempotency_key:
-            existing = self._jobs.claim_idempotency_key(request.idempotency_key, job.id)
-            if existing is not None and self._jobs.exists(existing):
-                return self._jobs.get(existing), False
+            existing = self._claim(request.idempotency_key, job, request.dataset)
+            if existing is not None:
+                return existing, False
         self._jobs.create(job, request.dataset)
+        if request.idempotency_key:
+            self._jobs.confirm_idempotency_key(request.idempotency_key, job.id)
         # Announced before it is enqueued: a worker may start the job at once, and its job_started
         # (another producer) must not overtake job_submitted on the job's partition.
         self._announce(
@@ -204,6 +214,31 @@ class JobService:
         return count
 
     # -- internals -------------------------------------------------------------------------------
+    def _claim(self, key: str, job: Job, dataset: Dataset) -> Job | None:
+        """Claim ``key`` for ``job`` atomically: None when this request won it (and creates the job),
+        else the job an earlier request with the same key and body made.
+
+        A different body under the key is a 422; a claim whose job is not stored yet (the winner is
+        between claim and create) is waited for briefly, then a 409 to retry.
+        """
+        fingerprint = _fingerprint(job, dataset)
+        deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+        while True:
+            held = self._jobs.claim_idempotency_key(key, job.id, fingerprint, CLAIM_PENDING_SECONDS)
+            if held is None:
+                return None
+            holder, held_fingerprint = held
+            if held_fingerprint is not None and held_fingerprint != fingerprint:
+                raise InvalidInput("Idempotency-Key was already used with a different request; use a new key")
+            try:
+                return self._jobs.get(holder)
+            except NotFound:
+                if time.monotonic() >= deadline:
+                    raise Conflict(
+                        "a request with this Idempotency-Key is still being processed; retry in a moment"
+                    ) from None
+                time.sleep(0.02)
+
     def _enqueue(self, job: Job) -> None:
         try:
             self._mq.enqueue_job(job)
@@ -225,6 +260,18 @@ class JobService:
 
     def _audit(self, action: str, subject: str, actor: str | None, **data: Any) -> None:
         record_audit(self._mq, action, subject, actor, **data)
+
+
+def _fingerprint(job: Job, dataset: Dataset) -> str:
+    """What makes two submits the same request: the validated fields and the dataset's bytes."""
+    fields = {
+        name: getattr(job, name)
+        for name in ("detector", "params", "contamination", "threshold", "priority", "steps", "preprocessing",
+                     "webhook_url", "notify", "schedule_id", "submitted_by")
+    }  # fmt: skip
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode())
+    digest.update(dataset.to_bytes())
+    return digest.hexdigest()
 
 
 def _refuse_data_the_job_would_fail_on(dataset: Dataset, options: PreprocessOptions, steps: list[Step]) -> None:
