@@ -87,6 +87,30 @@ def test_json_rows_with_idempotency_key_return_the_same_job(http: httpx.Client, 
     assert job["dataset"]["columns"] == ["a", "b"] and job["priority"] == "low" and job["detector"] == "copod"
 
 
+def test_concurrent_submits_with_one_idempotency_key_make_one_job(
+    http: httpx.Client, local_system, system_redis: redis.Redis
+) -> None:  # type: ignore[no-untyped-def]
+    from concurrent.futures import ThreadPoolExecutor
+
+    headers = {**_auth(local_system), "Idempotency-Key": "e2e-idem-race"}
+    body = {"rows": small_rows(30, seed=7), "detector": "hbos", "steps": ["detect"]}
+    before = system_redis.zcard(JOB_INDEX)
+
+    def post(_: int) -> httpx.Response:
+        with httpx.Client(base_url=local_system.api_url, timeout=60) as own:  # one connection each
+            return own.post("/v1/jobs", json=body, headers=headers)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        responses = list(pool.map(post, range(12)))
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(202) == 1 and set(codes) <= {200, 202, 409}, codes
+    assert len({r.json()["id"] for r in responses if r.status_code != 409}) == 1
+    assert system_redis.zcard(JOB_INDEX) == before + 1
+    other = http.post("/v1/jobs", json={**body, "detector": "copod"}, headers=headers)
+    assert "different request" in assert_problem(other, 422)["detail"]
+    assert system_redis.zcard(JOB_INDEX) == before + 1
+
+
 def test_listing_filters_by_status_and_detector_and_pages(api: PynomalyClient) -> None:
     ids = [api.submit_rows(small_rows(20, seed=i), "pca", steps=["detect"])["id"] for i in range(3)]
     for job_id in ids:
