@@ -289,8 +289,12 @@
         state.offset = 0;  // the new job is on the first page
         loadJobs();
       }
-      upsertJob({ id: accepted.id, status: accepted.status, detector: $("detector").value,
-        priority: $("priority").value, steps, progress: 0, created_at: new Date().toISOString() });
+      // The job's first events may have come over the WebSocket before this answer: keep their
+      // status and progress instead of resetting them to the submit's "queued, 0 %".
+      const seen = state.jobs.get(accepted.id);
+      upsertJob({ id: accepted.id, detector: $("detector").value, priority: $("priority").value, steps,
+        created_at: seen?.created_at ?? new Date().toISOString(),
+        ...(seen ? {} : { status: accepted.status, progress: 0 }) });
       selectJob(accepted.id);
       refreshJob(accepted.id);
     } catch (err) {
