@@ -9,6 +9,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 PART_OF = "pynomaly"
+APP_NAME = "pynomaly"  # the chart's app.kubernetes.io/name: the application's pods
 MANAGED_BY = "pulumi"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
@@ -113,3 +114,16 @@ def pvc_template(name: str, size: str, storage_class: str | None,
 
 def child(parent: pulumi.Resource, **extra: Any) -> pulumi.ResourceOptions:
     return pulumi.ResourceOptions(parent=parent, **extra)
+
+
+def app_or_own_pods(own_name: str) -> k8s.networking.v1.NetworkPolicyPeerArgs:
+    """NetworkPolicy peer: the application's pods and the component's own, in the policy's namespace."""
+    return k8s.networking.v1.NetworkPolicyPeerArgs(pod_selector=k8s.meta.v1.LabelSelectorArgs(
+        match_expressions=[k8s.meta.v1.LabelSelectorRequirementArgs(
+            key="app.kubernetes.io/name", operator="In", values=[APP_NAME, own_name])]))
+
+
+def namespace_peer(namespace: str) -> k8s.networking.v1.NetworkPolicyPeerArgs:
+    """NetworkPolicy peer: every pod of another namespace (e.g. KEDA's operator)."""
+    return k8s.networking.v1.NetworkPolicyPeerArgs(namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+        match_labels={"kubernetes.io/metadata.name": namespace}))

@@ -66,6 +66,8 @@ class KafkaArgs:
     password: pulumi.Input[str] | None = None  # application user's SASL password; generated when None
     admin_password: pulumi.Input[str] | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # KEDA's operator reads consumer lag from there; None: only this namespace's pods are clients.
+    scaler_namespace: str | None = None
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,11 @@ class Kafka(pulumi.ComponentResource):
                                                   service_account,
                                                   [cluster_secret, self._client_secret, headless, scripts]))
 
-        # Controllers talk only to Kafka pods; clients (the app, KEDA's operator) only reach 9092.
+        # Controllers talk only to Kafka pods; clients (the app's pods, the topics Job, KEDA's operator)
+        # only reach 9092, and no other pod reaches it, SASL password or not.
+        clients = [kx.app_or_own_pods(args.name)]
+        if args.scaler_namespace:
+            clients.append(kx.namespace_peer(args.scaler_namespace))
         self.objects.append(k8s.networking.v1.NetworkPolicy(
             f"{name}-ingress",
             metadata=kx.meta(args.name, ns, kx.labels(args.name, "kafka", args.labels)),
@@ -245,8 +251,7 @@ class Kafka(pulumi.ComponentResource):
                         ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=p, protocol="TCP")
                                for p in (CLIENT_PORT, CONTROLLER_PORT)]),
                     k8s.networking.v1.NetworkPolicyIngressRuleArgs(
-                        from_=[k8s.networking.v1.NetworkPolicyPeerArgs(
-                            namespace_selector=k8s.meta.v1.LabelSelectorArgs())],
+                        from_=clients,
                         ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=CLIENT_PORT, protocol="TCP")]),
                 ]),
             opts=kx.child(self),

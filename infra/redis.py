@@ -31,7 +31,6 @@ from infra.config import RedisConfig
 PORT = 6379
 SENTINEL_PORT = 26379
 MASTER_SET = "pynomaly"
-APP_NAME = "pynomaly"  # the chart's app.kubernetes.io/name: the application's pods
 UID = 999  # the redis user of the official image
 HAPROXY_UID = 99  # the haproxy user of the official image
 
@@ -269,15 +268,12 @@ class Redis(pulumi.ComponentResource):
         namespace (and KEDA's operator, for list lengths): any other pod's connection is dropped, the
         password notwithstanding."""
         args = self._args
-        peers = k8s.networking.v1.NetworkPolicyPeerArgs(pod_selector=k8s.meta.v1.LabelSelectorArgs(
-            match_expressions=[k8s.meta.v1.LabelSelectorRequirementArgs(
-                key="app.kubernetes.io/name", operator="In", values=[APP_NAME, args.name])]))
+        peers = kx.app_or_own_pods(args.name)
         ports = [k8s.networking.v1.NetworkPolicyPortArgs(port=p, protocol="TCP") for p in (PORT, SENTINEL_PORT)]
         rules = [k8s.networking.v1.NetworkPolicyIngressRuleArgs(from_=[peers], ports=ports)]
         if args.scaler_namespace:
             rules.append(k8s.networking.v1.NetworkPolicyIngressRuleArgs(
-                from_=[k8s.networking.v1.NetworkPolicyPeerArgs(namespace_selector=k8s.meta.v1.LabelSelectorArgs(
-                    match_labels={"kubernetes.io/metadata.name": args.scaler_namespace}))],
+                from_=[kx.namespace_peer(args.scaler_namespace)],
                 ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=PORT, protocol="TCP")]))
         self.objects.append(k8s.networking.v1.NetworkPolicy(
             f"{name}-ingress",

@@ -159,8 +159,8 @@ def test_the_charts_network_policies_are_enforced(local_cluster: LocalCluster, d
                                                   built_images: dict) -> None:
     """The release's egress policy (DNS, Redis, Kafka only): a worker reaches Redis and CoreDNS' port 53,
     not CoreDNS' readiness port, which a pod without the release's labels in the same namespace does
-    reach (so the denial is the policy's); that pod in turn cannot reach Redis (Redis' ingress
-    policy).  Pod to pod: traffic to the host itself (the API forwarder) is not judged by
+    reach (so the denial is the policy's); that pod in turn cannot reach Redis or Kafka (their
+    ingress policies).  Pod to pod: traffic to the host itself (the API forwarder) is not judged by
     kube-network-policies, which hooks only packets the host forwards."""
     from tests.cluster.conftest import run_pod
 
@@ -183,11 +183,14 @@ def test_the_charts_network_policies_are_enforced(local_cluster: LocalCluster, d
     phase, logs = run_pod(local_cluster, dev.namespace, "netpol-unlabelled", app,
                           ["python3", "-c", CONNECT, dns_ip, "8181"])
     assert (phase, logs.strip()) == ("Succeeded", "ok")
-    # Redis' own ingress policy (infra/redis.py): the worker got through, a pod that is not the
+    # Redis' and Kafka's own ingress policies (infra/): the worker gets through, a pod that is not the
     # application's does not, password or not.
-    phase, logs = run_pod(local_cluster, dev.namespace, "netpol-unlabelled-redis", app,
-                          ["python3", "-c", CONNECT, redis_ip, "6379"])
-    assert (phase, logs.strip()) == ("Succeeded", "timeout")
+    kafka_ip = running_ip(dev.namespace, "app.kubernetes.io/name", "pynomaly-kafka")
+    assert from_worker(kafka_ip, 9092) == "ok"
+    for target, ip, port in (("redis", redis_ip, "6379"), ("kafka", kafka_ip, "9092")):
+        phase, logs = run_pod(local_cluster, dev.namespace, f"netpol-unlabelled-{target}", app,
+                              ["python3", "-c", CONNECT, ip, port])
+        assert (phase, logs.strip()) == ("Succeeded", "timeout"), target
 
 
 def test_a_second_up_changes_nothing(dev: DeployedStack) -> None:

@@ -220,6 +220,22 @@ def test_redis_answers_only_the_app_its_own_pods_and_keda(env: str, keda: bool) 
         assert scaler == []
 
 
+@pytest.mark.parametrize(("env", "keda"), [("dev", False), ("onprem", True), ("cloud", True)])
+def test_kafka_clients_are_the_app_its_own_pods_and_keda(env: str, keda: bool) -> None:
+    policy = named(run_env(env), "NetworkPolicy", "pynomaly-kafka")["spec"]
+    brokers, clients = policy["ingress"]
+    assert {p["port"] for p in brokers["ports"]} == {9092, 9093}  # controllers: Kafka pods only
+    assert brokers["from"] == [{"podSelector": {"matchLabels": policy["podSelector"]["matchLabels"]}}]
+    assert [p["port"] for p in clients["ports"]] == [9092]
+    own_and_app, *scaler = clients["from"]
+    (expression,) = own_and_app["podSelector"]["matchExpressions"]
+    assert expression["operator"] == "In" and set(expression["values"]) == {"pynomaly", "pynomaly-kafka"}
+    assert all("namespaceSelector" not in peer or peer["namespaceSelector"].get("matchLabels")
+               for peer in clients["from"])  # never "every namespace"
+    assert scaler == ([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}]
+                      if keda else [])
+
+
 # -- autoscaling ------------------------------------------------------------------------------------
 
 
