@@ -228,9 +228,16 @@ def test_deleting_the_redis_master_fails_over_and_loses_no_job(
     (master,) = [pod for pod, role in roles.items() if role == "master"]
     restarts_before = _app_restarts(local_cluster, ns)
 
-    # Three steps each on 1,500 rows: enough work that most of the 200 still wait when the master goes.
-    job_ids = _submit_small_jobs(api, 200, seed=7, rows=1500, steps=["preprocess", "detect", "report"])
+    # Three steps each on 1,500 rows, submitted by 8 clients at once: faster than the workers drain them,
+    # so most of the 200 still wait when the master goes.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        job_ids = [j for batch in pool.map(
+            lambda seed: _submit_small_jobs(api, 25, seed=seed, rows=1500, steps=["preprocess", "detect", "report"]),
+            range(8)) for j in batch]
     queued = sum(pod_python(local_cluster, ns, _steady_pod(local_cluster, ns), "queue_lengths.py").values())
+    assert queued >= 20, f"only {queued} task messages waiting: the fault would hit an idle system"
     local_cluster.kubectl("-n", ns, "delete", "pod", master, "--wait=false")
     deleted = time.monotonic()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from typing import TYPE_CHECKING
 
 from celery import bootsteps
@@ -116,6 +117,10 @@ def _heartbeat_step(
                 tref.cancel()  # type: ignore[attr-defined]
             if deliveries is not None:
                 deliveries.stop()
+                # The timer stops here, but a warm shutdown still runs the pool's tasks: keep vouching for
+                # them until the process exits (a SIGKILL ends the thread, and the key then expires).
+                threading.Thread(target=deliveries.keep_alive, args=(settings.heartbeat_interval,),
+                                 name="alive-until-exit", daemon=True).start()
 
     return HeartbeatStep
 

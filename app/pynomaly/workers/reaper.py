@@ -88,8 +88,15 @@ class WorkerDeliveries:
         return len(recovered)
 
     def stop(self) -> None:
-        # The alive key is left to expire: a warm shutdown still finishes running tasks after this.
         self._close_connection()
+
+    def keep_alive(self, interval: float) -> None:
+        """Refresh the alive key until this process exits (run from a daemon thread once the worker
+        begins a warm shutdown): its pool still finishes the running tasks, up to the grace period, and
+        a key left to expire meanwhile would let another worker run them a second time."""
+        while True:
+            self.beat()
+            time.sleep(interval)
 
     def _kombu_layout(self, app: Celery) -> QueueLayout:
         if self._layout is None:
