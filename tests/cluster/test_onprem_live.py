@@ -361,7 +361,10 @@ def test_a_low_priority_backlog_scales_its_pool_up_and_back_down_without_killing
     assert list(status.values()).count("completed") == len(job_ids), status
     assert low < watch.most <= most, (low, watch.most, most)
     jobs = [api.job(j) for j in job_ids]
-    assert [(j["attempts"], j["redeliveries"]) for j in jobs] == [(1, 0)] * len(jobs), jobs
+    assert [j["attempts"] for j in jobs] == [1] * len(jobs), jobs  # no task failed or was cut short
+    # A message a removed replica had reserved but not started goes back to the queue when it stops
+    # (kombu restores a closing channel's unacked messages) and counts as a redelivery: reported.
+    handed_back = sum(j["redeliveries"] for j in jobs)
     print(f"\n[keda] {len(job_ids)} low-priority jobs: {low} -> {watch.most} replicas, first new one "
           f"{scale_up_s:.0f} s after submitting; lists empty -> back to {low} in {scale_down_s:.0f} s with "
           f"{running_at_scale_down} jobs still running; all done {drained:.0f} s after that")
@@ -369,7 +372,8 @@ def test_a_low_priority_backlog_scales_its_pool_up_and_back_down_without_killing
         "jobs": len(job_ids), "priority": "low (list anomaly_detection:9)", "min": low, "max": most,
         "most_replicas": watch.most, "backlog_to_new_replica_s": round(scale_up_s),
         "lists_empty_to_min_s": round(scale_down_s), "jobs_running_at_scale_down": running_at_scale_down,
-        "cooldown_s": int(LIVE_OVERRIDES["pynomaly:autoscaling.cooldownPeriod"]), "attempts_1_redeliveries_0": True,
+        "cooldown_s": int(LIVE_OVERRIDES["pynomaly:autoscaling.cooldownPeriod"]), "attempts_all_1": True,
+        "redeliveries": handed_back,
     }
 
 
