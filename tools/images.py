@@ -762,16 +762,21 @@ def _populate_kubectl(root: Path) -> str:
 # cap_net_bind_service=+ep (VFS_CAP_REVISION_2): CoreDNS binds :53 as a non-root user, as upstream's image.
 
 
-def _populate_coredns(root: Path) -> str:
-    binary = _toolchain_binary("coredns")
-    shutil.copyfile(binary, root / "coredns")
-    (root / "coredns").chmod(0o755)
+def _nonroot_skeleton(root: Path) -> None:
+    """The /etc and /tmp a single static binary needs to run as distroless' "nonroot" user."""
     for d in ("etc", "tmp"):
         (root / d).mkdir(mode=0o755)
     (root / "tmp").chmod(0o1777)
     (root / "etc/passwd").write_text(f"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:{NONROOT_UID}:{NONROOT_UID}::"
                                      "/home/nonroot:/sbin/nologin\n")
     (root / "etc/group").write_text(f"root:x:0:\nnonroot:x:{NONROOT_UID}:\n")
+
+
+def _populate_coredns(root: Path) -> str:
+    binary = _toolchain_binary("coredns")
+    shutil.copyfile(binary, root / "coredns")
+    (root / "coredns").chmod(0o755)
+    _nonroot_skeleton(root)
     out = subprocess.run([str(root / "coredns"), "-version"], capture_output=True, text=True, check=True).stdout
     match = re.search(r"CoreDNS-(\d+\.\d+\.\d+)", out)
     if not match:
@@ -784,12 +789,7 @@ def _populate_keda(root: Path) -> str:
     for name, target in (("keda-operator", "keda"), ("keda-adapter", "keda-adapter")):
         shutil.copyfile(_toolchain_binary(name), root / target)
         (root / target).chmod(0o755)
-    for d in ("etc", "tmp"):
-        (root / d).mkdir(mode=0o755)
-    (root / "tmp").chmod(0o1777)
-    (root / "etc/passwd").write_text(f"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:{NONROOT_UID}:{NONROOT_UID}::"
-                                     "/home/nonroot:/sbin/nologin\n")
-    (root / "etc/group").write_text(f"root:x:0:\nnonroot:x:{NONROOT_UID}:\n")
+    _nonroot_skeleton(root)
     return toolchain.KEDA_VERSION.removeprefix("v")
 
 
