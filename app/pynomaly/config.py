@@ -42,6 +42,18 @@ class Settings(BaseModel):
     kafka_sasl_password: str = Field("", description="SASL password (from a Secret).")
     kafka_replication_factor: int = Field(1, ge=1, description="Replication of topics created at start.")
     kafka_min_insync_replicas: int = Field(1, ge=1, description="min.insync.replicas of topics created at start.")
+    kafka_delivery_timeout_seconds: float = Field(
+        30.0,
+        ge=1,
+        description="How long the API's outbox relay tries to deliver a batch before it backs off and "
+        "retries it (the events stay in the outbox: none is lost).",
+    )
+    outbox_max_events: int = Field(
+        100_000,
+        ge=100,
+        description="Most events the API's Redis outbox holds while Kafka is away; at the bound "
+        "requests that emit events get 503 (nothing accepted is dropped).",
+    )
 
     api_keys: str = Field("", description="Comma-separated API keys (plain). Prefer api_keys_file.")
     api_keys_file: str = Field("", description="File with one API key, or one sha256:<hex> hash, per line.")

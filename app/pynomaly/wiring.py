@@ -6,6 +6,7 @@ Components (API, worker, consumer) ask for a ``Container``; nothing else constru
 from __future__ import annotations
 
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import redis
 from celery import Celery
@@ -17,11 +18,15 @@ from pynomaly.storage.dead_letters import DeadLetterStore
 from pynomaly.storage.jobs import JobStore
 from pynomaly.storage.redis_client import redis_from_settings
 
+if TYPE_CHECKING:
+    from pynomaly.messaging.outbox import OutboxRelay
+
 
 class Container:
     def __init__(self, settings: Settings, component: str) -> None:
         self.settings = settings
         self.component = component
+        self.relay: OutboxRelay | None = None  # the API's outbox relay, made with ``messaging``
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -51,6 +56,15 @@ class Container:
 
     @cached_property
     def messaging(self) -> MessageQueueService:
+        if self.component == "api":
+            # The API never waits for Kafka: its events go to the Redis outbox, published by the relay.
+            from pynomaly.messaging.outbox import Outbox, OutboxPublisher, OutboxRelay
+
+            outbox = Outbox(self.redis, self.settings.outbox_max_events)
+            self.relay = OutboxRelay(outbox, self.settings)
+            publisher = OutboxPublisher(outbox, self.relay)
+            return MessageQueueService(self.celery, publisher, self.streams, self.component, outbox=outbox)
+        # Workers, beat and consumers publish directly (and wait for acks off any event loop).
         from pynomaly.messaging.kafka_events import LazyPublisher
 
         return MessageQueueService(self.celery, LazyPublisher(self.settings), self.streams, self.component)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -42,9 +43,11 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
         app.state.async_redis = redis.asyncio.Redis.from_url(
             settings.redis_url, decode_responses=True, **settings.redis_ssl_options()
         )
+        if container.relay is not None:
+            container.relay.start()  # publishes the outbox to Kafka off the event loop
         yield
         await app.state.async_redis.aclose()
-        container.close()
+        await asyncio.to_thread(container.close)  # stops the relay; must not block the loop either
 
     app = FastAPI(
         title="Pynomaly",
