@@ -19,14 +19,14 @@ from pynomaly.storage.jobs import JobStore
 from pynomaly.storage.redis_client import redis_from_settings
 
 if TYPE_CHECKING:
-    from pynomaly.messaging.outbox import OutboxRelay
+    from pynomaly.messaging.outbox import Outbox, OutboxRelay
 
 
 class Container:
     def __init__(self, settings: Settings, component: str) -> None:
         self.settings = settings
         self.component = component
-        self.relay: OutboxRelay | None = None  # the API's outbox relay, made with ``messaging``
+        self.relay: OutboxRelay | None = None  # set by ``start_relay``
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -55,21 +55,33 @@ class Container:
         return create_celery(self.settings)
 
     @cached_property
+    def outbox(self) -> Outbox:
+        from pynomaly.messaging.outbox import Outbox
+
+        return Outbox(self.redis, self.settings.outbox_max_events)
+
+    @cached_property
     def messaging(self) -> MessageQueueService:
-        if self.component == "api":
-            # The API never waits for Kafka: its events go to the Redis outbox, published by the relay.
-            from pynomaly.messaging.outbox import Outbox, OutboxPublisher, OutboxRelay
+        # Every process writes its events to the Redis outbox: nothing waits for Kafka, and one
+        # relay publishes them in the order they were written (messaging/outbox.py).
+        from pynomaly.messaging.outbox import OutboxPublisher
 
-            outbox = Outbox(self.redis, self.settings.outbox_max_events)
-            self.relay = OutboxRelay(outbox, self.settings)
-            publisher = OutboxPublisher(outbox, self.relay)
-            return MessageQueueService(self.celery, publisher, self.streams, self.component, outbox=outbox)
-        # Workers, beat and consumers publish directly (and wait for acks off any event loop).
-        from pynomaly.messaging.kafka_events import LazyPublisher
+        return MessageQueueService(
+            self.celery, OutboxPublisher(self.outbox), self.streams, self.component, outbox=self.outbox
+        )
 
-        return MessageQueueService(self.celery, LazyPublisher(self.settings), self.streams, self.component)
+    def start_relay(self) -> OutboxRelay:
+        """Run an outbox relay in this process (the API's; it stands by while another holds the lease)."""
+        from pynomaly.messaging.outbox import OutboxRelay
+
+        if self.relay is None:
+            self.relay = OutboxRelay(self.outbox, self.settings)
+            self.relay.start()
+        return self.relay
 
     def close(self) -> None:
+        if self.relay is not None:
+            self.relay.stop()
         if "messaging" in self.__dict__:
             self.messaging.close()
         for name in ("redis", "redis_bytes"):

@@ -84,12 +84,13 @@ def test_relay_publishes_in_order_and_removes_only_acknowledged_events(settings:
         client.close()
 
 
-def test_a_full_outbox_refuses_instead_of_dropping(settings: Settings, redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_a_full_outbox_refuses_new_work_but_keeps_accepted_events(settings: Settings, redis_server) -> None:  # type: ignore[no-untyped-def]
     with own_redis_db(settings, redis_server, OUTBOX_DB) as value:
         client = redis.Redis.from_url(value.redis_url, decode_responses=True)
         outbox = Outbox(client, max_events=4)
         outbox.add(_events(["a"]))
-        with pytest.raises(OutboxFull):
-            outbox.add(_events(["b"]))
-        assert outbox.depth() == 3
+        with pytest.raises(OutboxFull):  # a new job's events: refused before anything is written
+            outbox.check_room(len(_events(["b"])))
+        outbox.add(_events(["c"]))  # an accepted job's events: always written, never dropped
+        assert outbox.depth() == 6
         client.close()

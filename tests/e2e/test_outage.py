@@ -24,12 +24,12 @@ from typing import Any
 import pytest
 import redis
 
-from pynomaly.config import Settings, env_for
+from pynomaly.config import Settings
 from pynomaly.localstack.kafka_broker import KafkaBroker
 from pynomaly.localstack.ports import LOOPBACK, free_port
 from pynomaly.localstack.procs import log_tail, pid_alive, spawn, stop_process
 from pynomaly.localstack.redis_server import RedisServer
-from pynomaly.localstack.system import pynomaly_argv
+from pynomaly.localstack.system import child_env, pynomaly_argv
 from pynomaly.messaging.kafka_admin import ensure_topics
 from pynomaly.messaging.outbox import OUTBOX_STREAM
 from pynomaly.topology import TOPOLOGY
@@ -122,7 +122,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             max_upload_bytes=1024 * 1024,
         )
         ensure_topics(own.settings)
-        env = {**os.environ, **env_for(own.settings), "PYTHONUNBUFFERED": "1"}
+        env = child_env(own.settings)
         _, own.api_record = spawn("api", pynomaly_argv("api"), own.api_log, env=env)
         wait_for(lambda: _healthy(own.settings.api_port), 60, what=f"the API\n{log_tail(own.api_log)}")
         yield own

@@ -43,8 +43,7 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
         app.state.async_redis = redis.asyncio.Redis.from_url(
             settings.redis_url, decode_responses=True, **settings.redis_ssl_options()
         )
-        if container.relay is not None:
-            container.relay.start()  # publishes the outbox to Kafka off the event loop
+        container.start_relay()  # publishes the outbox to Kafka, in its own thread
         yield
         await app.state.async_redis.aclose()
         await asyncio.to_thread(container.close)  # stops the relay; must not block the loop either
@@ -61,7 +60,6 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     app.state.api_keys = keys
     app.state.job_service = job_service_for(container)
     app.state.audit_log = AuditLog(container.redis)
-    app.state.kafka_ready = container.messaging.publisher_connected
 
     registry = CollectorRegistry()
     registry.register(RedisStateCollector(container.redis))

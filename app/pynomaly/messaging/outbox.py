@@ -1,18 +1,23 @@
-"""A transactional outbox: the API writes its events to Redis and a relay publishes them to Kafka.
+"""A transactional outbox: every process writes its events to Redis; a relay publishes them to Kafka.
 
-Why: a request must never wait for Kafka.  ``submit`` puts a job's record and its events
-(``job_submitted``, the audit record) in one MULTI/EXEC, so a job exists iff its events will be
-published, and answers; :class:`OutboxRelay` (a thread in every API process) publishes the
-entries in order with acks=all and deletes each only after the broker acknowledged it.
+Why: nothing waits for Kafka.  ``submit`` puts a job's record and its events (``job_submitted``,
+the audit record) in one MULTI/EXEC, so a job exists iff its events will be published; workers
+append their job's events to the same outbox.  :class:`OutboxRelay` (a thread in every API and
+consumer process; one publishes at a time) sends the entries in order with acks=all and deletes
+each only after the broker acknowledged it.  A Kafka outage of any length delays events, never a
+request or a job, and loses none.
 
-- Order: one Redis stream is read from its head; entries are sent in stream order, each batch
-  waits for its acks, and only the acknowledged prefix is removed.  One relay at a time holds a
-  lease in Redis, so several API replicas never interleave.
+- Order: one Redis stream, read from its head; entries are sent in stream order, each batch waits
+  for its acks, and only the acknowledged prefix is removed.  A job's events are written in the
+  order they happen (job_submitted in the submit's transaction, before the job is enqueued; each
+  step's events before the next step is enqueued), so they reach Kafka in that order.  One relay
+  holds a lease in Redis, so relays in several processes never interleave.
 - At least once: a crash between ack and XDEL, or a lease handover, re-sends entries with the
   same event id; every consumer deduplicates by event id (consumers/handlers.py).
-- Bounded: at ``outbox_max_events`` new writes are refused (the request gets 503) instead of
-  dropping anything already accepted; the bound is checked before the transaction, so it is soft
-  by at most the requests in flight.
+- Bounded: at ``outbox_max_events`` new jobs are refused (the request gets 503) instead of
+  dropping anything already accepted; events of accepted jobs are always written.
+- Reported: the relay holding the lease writes its state (``ok`` or why it cannot publish) to
+  Redis, so any API replica's /readyz tells the truth about Kafka, whichever process relays.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 
 OUTBOX_STREAM = f"{KEY_PREFIX}outbox"
 RELAY_LEASE = f"{KEY_PREFIX}outbox:relay"
+RELAY_STATE = f"{KEY_PREFIX}outbox:relay:state"
 FIELD = "event"
 
 # Take the lease, or extend it when we already hold it.
@@ -45,6 +51,13 @@ local holder = redis.call('GET', KEYS[1])
 if holder == false or holder == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
+end
+return 0
+"""
+# Give the lease up only if we still hold it (a graceful stop hands over at once).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
 end
 return 0
 """
@@ -59,6 +72,7 @@ class Outbox:
         self._r = client
         self._max = max_events
         self._lease = client.register_script(_LEASE)
+        self._release = client.register_script(_RELEASE)
 
     # -- writers ------------------------------------------------------------------------------------
     def check_room(self, count: int = 1) -> None:
@@ -72,7 +86,7 @@ class Outbox:
             pipe.xadd(OUTBOX_STREAM, {FIELD: event.model_dump_json()})
 
     def add(self, events: Sequence[EventEnvelope]) -> None:
-        self.check_room(len(events))
+        """Append ``events`` (no bound: they belong to work already accepted)."""
         pipe = self._r.pipeline(transaction=True)
         self.stage(pipe, events)
         pipe.execute()
@@ -93,27 +107,44 @@ class Outbox:
     def hold_lease(self, owner: str, ttl_ms: int) -> bool:
         return bool(self._lease(keys=[RELAY_LEASE], args=[owner, ttl_ms]))
 
+    def release_lease(self, owner: str) -> None:
+        self._release(keys=[RELAY_LEASE], args=[owner])
+
+    def report(self, state: str, ttl_ms: int) -> None:
+        """The active relay's state; it expires with the lease, so a dead relay reports nothing."""
+        self._r.set(RELAY_STATE, state, px=ttl_ms)
+
+    def relay_state(self) -> str:
+        """``ok``, ``unavailable: <why>``, or ``unavailable: no relay`` when none holds the lease."""
+        return str(self._r.get(RELAY_STATE) or "unavailable: no relay is publishing the outbox")
+
+    def oldest_age(self) -> float:
+        """Seconds the oldest unpublished event has waited (0 when the outbox is empty)."""
+        head = self._r.xrange(OUTBOX_STREAM, count=1)
+        if not head:
+            return 0.0
+        millis = int(str(head[0][0]).split("-")[0])
+        return max(0.0, time.time() - millis / 1000)
+
 
 class OutboxPublisher:
     """An ``EventPublisher`` that writes to the outbox: ``publish`` never waits for Kafka."""
 
-    def __init__(self, outbox: Outbox, relay: OutboxRelay | None = None) -> None:
+    def __init__(self, outbox: Outbox) -> None:
         self.outbox = outbox
-        self._relay = relay
 
     def publish(self, event: EventEnvelope, wait: bool = True) -> None:
         # ``wait`` would mean "acknowledged by Kafka"; here the promise is "durably queued for it".
         self.outbox.add([event])
 
     def flush(self) -> None:
-        return None
+        return None  # each publish is already in Redis, in order
 
     def connected(self) -> bool:
-        return self._relay.connected() if self._relay is not None else False
+        return self.outbox.relay_state() == "ok"
 
     def close(self) -> None:
-        if self._relay is not None:
-            self._relay.stop()
+        return None
 
 
 ProducerFactory = Callable[[], KafkaProducer]
@@ -142,7 +173,7 @@ class OutboxRelay:
         outbox: Outbox,
         settings: Settings,
         producer_factory: ProducerFactory | None = None,
-        batch: int = 200,
+        batch: int = 1000,
         block_ms: int = 1000,
     ) -> None:
         self._outbox = outbox
@@ -170,6 +201,10 @@ class OutboxRelay:
         if self._thread is not None:
             self._thread.join(timeout)
         self._close_producer()
+        try:
+            self._outbox.release_lease(self._owner)  # another process's relay takes over at once
+        except Exception as exc:  # Redis away: the lease expires by itself
+            log.debug("outbox relay: could not release its lease: %s", exc)
 
     def connected(self) -> bool:
         """The last publish attempt reached Kafka (non-blocking: /readyz reads it)."""
@@ -184,7 +219,7 @@ class OutboxRelay:
         if self._producer is None:  # connects first, so an idle relay still notices a missing broker
             self._producer = self._factory()
         entries = self._outbox.head(self._batch, self._block_ms)
-        if not entries:
+        if not entries:  # idle: "ok" stands for the last batch (and the producer's bootstrap)
             return 0
         sent: list[tuple[str, Any, EventEnvelope | None]] = []
         for entry_id, raw in entries:
@@ -214,27 +249,46 @@ class OutboxRelay:
         while not self._stop.is_set():
             try:
                 if not self._outbox.hold_lease(self._owner, self._lease_ms):
-                    self._stop.wait(1.0)  # another API replica relays; stand by
+                    self._healthy = False
+                    self._stop.wait(1.0)  # another process relays; stand by
                     continue
+            except Exception as exc:  # Redis away: nothing to relay from; the lease lapses by itself
+                self._note_failure(exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            try:
                 count = self.run_once()
-                self._healthy = True
-                backoff = 0.5
-                if self._failing_since is not None:
-                    log.warning(
-                        "outbox relay: publishing again after %.0f s (%d events published in this batch)",
-                        time.monotonic() - self._failing_since,
-                        count,
-                    )
-                    self._failing_since = None
             except Exception as exc:
-                self._healthy = False
-                if self._failing_since is None:
-                    self._failing_since = time.monotonic()
-                    # One line per outage, no traceback: the outbox keeps every event meanwhile.
-                    log.warning("outbox relay: cannot publish (%s: %s); retrying", type(exc).__name__, exc)
+                self._note_failure(exc)
+                self._report(f"unavailable: {type(exc).__name__}: {exc}"[:200])
                 self._close_producer()  # a fresh producer after a failed batch: no stale sequence state
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
+                continue
+            self._healthy = True
+            backoff = 0.5
+            self._report("ok")
+            if self._failing_since is not None:
+                log.warning(
+                    "outbox relay: publishing again after %.0f s (%d events published in this batch)",
+                    time.monotonic() - self._failing_since,
+                    count,
+                )
+                self._failing_since = None
+
+    def _note_failure(self, exc: Exception) -> None:
+        self._healthy = False
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            # One line per outage, no traceback: the outbox keeps every event meanwhile.
+            log.warning("outbox relay: cannot publish (%s: %s); retrying", type(exc).__name__, exc)
+
+    def _report(self, state: str) -> None:
+        try:
+            self._outbox.report(state, self._lease_ms)
+        except Exception as exc:  # Redis blipped after the batch; the next round reports again
+            log.debug("outbox relay: could not report its state: %s", exc)
 
     def _close_producer(self) -> None:
         producer, self._producer = self._producer, None

@@ -1,8 +1,8 @@
 """ADR-016's MessageQueueService: the one seam between use cases and the three transports.
 
 - ``enqueue_job``   -> Celery on Redis (the job's steps as an ordered chain, routed and prioritised)
-- ``publish_event`` -> Kafka (versioned envelope, key = job id); in the API through the Redis
-  outbox (messaging/outbox.py), so no request waits for Kafka
+- ``publish_event`` -> Kafka (versioned envelope, key = job id) through the Redis outbox
+  (messaging/outbox.py): nothing waits for Kafka, and a Kafka outage loses no event
 - ``stream_update`` -> Redis Streams (capped, for live consumers)
 
 Use cases receive this object; they never import Celery, kafka-python or redis themselves.
@@ -51,7 +51,7 @@ class MessageQueueService:
         publisher: EventPublisher,
         streams: RedisStreams,
         source: str,
-        outbox: Outbox | None = None,
+        outbox: Outbox,
     ) -> None:
         self._celery = celery
         self._publisher = publisher
@@ -89,19 +89,17 @@ class MessageQueueService:
         return event
 
     @property
-    def outbox(self) -> Outbox | None:
+    def outbox(self) -> Outbox:
         return self._outbox
 
     def new_event(self, event_type: str, subject: str, **data: Any) -> EventEnvelope:
         return make_event(event_type, subject, self.source, **data)
 
-    def stage_events(self, events: Sequence[EventEnvelope]) -> Callable[[Any], None] | None:
+    def stage_events(self, events: Sequence[EventEnvelope]) -> Callable[[Any], None]:
         """Writes that add ``events`` to the outbox inside the caller's Redis transaction (the caller
-        passes its pipeline); None when this process has no outbox: publish them after the commit.
-        Raises ``OutboxFull`` before anything is written when the outbox is at its bound."""
+        passes its pipeline).  Raises ``OutboxFull`` before anything is written when the outbox is at
+        its bound: new work is refused while Kafka is away long, accepted work never dropped."""
         outbox = self._outbox
-        if outbox is None:
-            return None
         outbox.check_room(len(events))
         return lambda pipe: outbox.stage(pipe, events)
 
