@@ -42,6 +42,19 @@ class Settings(BaseModel):
     kafka_sasl_password: str = Field("", description="SASL password (from a Secret).")
     kafka_replication_factor: int = Field(1, ge=1, description="Replication of topics created at start.")
     kafka_min_insync_replicas: int = Field(1, ge=1, description="min.insync.replicas of topics created at start.")
+    kafka_delivery_timeout_seconds: float = Field(
+        10.0,
+        ge=1,
+        description="How long the outbox relay tries to deliver a batch to Kafka before it backs off and "
+        "retries it (the events stay in the outbox: none is lost). Twice this plus 10 s is how long a dead "
+        "relay's lease lasts before another process's relay takes over.",
+    )
+    outbox_max_events: int = Field(
+        100_000,
+        ge=100,
+        description="Most events the Redis outbox holds while Kafka is away; at the bound new jobs get 503 "
+        "(events of accepted jobs are still written: nothing accepted is dropped).",
+    )
 
     api_keys: str = Field("", description="Comma-separated API keys (plain). Prefer api_keys_file.")
     api_keys_file: str = Field("", description="File with one API key, or one sha256:<hex> hash, per line.")

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from pynomaly.config import Settings, env_for
+from pynomaly.config import Settings
 from pynomaly.domain.datasets import DatasetLimits, from_rows
 from pynomaly.localstack.procs import log_tail, spawn, stop_process
-from pynomaly.localstack.system import pynomaly_argv
+from pynomaly.localstack.system import child_env, pynomaly_argv
 from pynomaly.messaging.events import EventEnvelope
 from pynomaly.storage.dead_letters import DeadLetterStore
 from pynomaly.storage.redis_client import redis_from_settings
@@ -127,13 +127,14 @@ def test_preprocess_fails_transiently_is_retried_with_backoff_and_the_chain_comp
         return raw is not None and json.loads(raw)["attempts"] == 1
 
     container = Container(isolated, "test")
+    container.start_relay()  # as the API does: publishes this database's outbox to Kafka
     service = JobService(container.jobs, container.messaging, container.dead_letters)
     worker_log = tmp_path / "worker.log"
     try:
         with flaky_relay(("127.0.0.1", redis_server.port), first_attempt_dataset_read) as relay:
             worker_url = isolated.redis_url.replace(f"@127.0.0.1:{redis_server.port}/", f"@127.0.0.1:{relay.port}/")
             assert worker_url != isolated.redis_url
-            env = {**env_for(isolated.model_copy(update={"redis_url": worker_url})), "PYTHONUNBUFFERED": "1"}
+            env = child_env(isolated.model_copy(update={"redis_url": worker_url}))
             argv = pynomaly_argv("worker", f"--queue={Q_PROCESSING}", f"--queue={Q_DETECTION}", "--concurrency=1")
             proc, record = spawn("chain-retry-worker", argv, worker_log, env=env)
             try:

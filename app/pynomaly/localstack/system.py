@@ -54,12 +54,21 @@ def pynomaly_argv(*args: str) -> tuple[str, ...]:
     return (sys.executable, "-c", "import sys; from pynomaly.cli import main; sys.argv[0] = 'pynomaly'; main()", *args)
 
 
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of an application process: ``settings`` as PYNOMALY_* variables, nothing else
+    inherited but PYTHONPATH (a source checkout run with it: its children import the same code)."""
+    env = {**env_for(settings), "PYTHONUNBUFFERED": "1", **extra}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
 def local_components(settings: Settings, state_dir: Path | str) -> list[Component]:
     """The application's processes: the API, a worker per topology pool, a consumer per consumer group, beat."""
     from pynomaly.observability.heartbeat import HEARTBEAT_FILE
 
     state_dir = Path(state_dir)
-    base = {**env_for(settings), "PYTHONUNBUFFERED": "1"}
+    base = child_env(settings)
 
     def heartbeat_dir(name: str) -> Path:
         return state_dir / "run" / name

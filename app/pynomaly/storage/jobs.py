@@ -70,12 +70,17 @@ class JobStore:
         self._ttl = ttl_seconds
 
     # -- jobs ----------------------------------------------------------------------------------
-    def create(self, job: Job, dataset: Dataset) -> None:
-        """Store the dataset first, then the job, so a visible job always has its data."""
+    def create(self, job: Job, dataset: Dataset, also: Callable[[Any], None] | None = None) -> None:
+        """Store the dataset first, then the job, so a visible job always has its data.
+
+        ``also`` adds writes to the job's MULTI/EXEC (its events in the outbox): all or nothing.
+        """
         self.put_dataset(DATASET, job.id, dataset)
         pipe = self._r.pipeline(transaction=True)
         pipe.set(_job_key(job.id), json.dumps(job.as_dict()), ex=self._ttl)
         pipe.zadd(JOB_INDEX, {job.id: time.time()})
+        if also is not None:
+            also(pipe)
         pipe.execute()
 
     def claim_idempotency_key(
