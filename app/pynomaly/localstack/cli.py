@@ -140,7 +140,7 @@ def run_local(system: LocalSystem, detach: bool = False) -> Iterator[LocalSystem
         try:
             system.start(progress=progress)
             yield system
-            if detach:
+            if detach and not system.detached:
                 system.detach()
         except KeyboardInterrupt:
             click.echo("", err=True)
@@ -181,8 +181,10 @@ def up(detach: bool, **options: Any) -> None:
     with run_local(system, detach=detach):
         print_summary(system)
         if detach:
+            system.detach()
+            assert system.watcher is not None
             click.echo(
-                f"Left running in the background, supervised by pid {system.watcher.pid if system.watcher else '?'}; "
+                f"Left running in the background, supervised by pid {system.watcher.pid}; "
                 "stop it with `pynomaly local down`."
             )
             return
