@@ -124,10 +124,18 @@ def test_foreground_watch_restarts_a_killed_component(
         old = system.supervisor.running[1].record
         os.kill(old.pid, signal.SIGKILL)
         killed = time.monotonic()
-        system.watch(interval=0.1, until=lambda: system.supervisor.running[1].record.pid != old.pid)
+        during: list[str] = []
+
+        def restarted() -> bool:
+            during.append(CliRunner().invoke(local, ["status", "--state-dir", str(tmp_path)]).output)
+            return system.supervisor.running[1].record.pid != old.pid
+
+        system.watch(interval=0.1, until=restarted)
         delay = time.monotonic() - killed
         print(f"\nforeground: kill -9 -> restarted after {delay:.2f}s (backoff 1s)")
         assert 1.0 <= delay < 15.0
+        assert f"supervised by pid {os.getpid()} above" in during[0]
+        assert re.search(r"worker-test\s+pid \d+\s+EXITED \(restart pending\)", "".join(during)), during
         new = system.supervisor.running[1]
         assert new.component.name == "worker-test" and pid_alive(new.record.pid)
         system.supervisor.wait_healthy(timeout=60)

@@ -236,8 +236,8 @@ def status(state_dir: Path | None) -> None:
             click.echo(f"supervised by pid {watcher['pid']} (restarts exited components; log {watcher['log']})")
         else:
             click.echo(f"supervisor pid {watcher['pid']} is NOT running: nothing restarts exited components")
-    elif not data.get("detached") and data.get("owner_alive"):
-        click.echo("supervised by the `local up` above (restarts exited components)")
+    elif data.get("supervising") and data.get("owner_alive"):
+        click.echo(f"supervised by pid {data['owner']['pid']} above (restarts exited components)")
     healthy = bool(data.get("ready"))
     if not healthy:
         click.echo("still starting: not every component is up yet")

@@ -205,6 +205,7 @@ class LocalSystem:
             on_event=self._supervisor_event,
         )
         self.watcher: ProcessRecord | None = None
+        self.supervising = False  # a foreground watch() loop runs
         self._event_out: Progress | None = None
         self.started = False
         self.began = False  # True once this object started (or tried to start) something of its own
@@ -338,6 +339,8 @@ class LocalSystem:
         Redis or Kafka raises :class:`ComponentFailed` with its log tail.
         """
         self._event_out = as_progress(progress) if progress is not None else None
+        self.supervising = True
+        self._save()  # `status` says who restarts components
         try:
             while True:
                 self.supervisor.supervise()
@@ -347,6 +350,7 @@ class LocalSystem:
                 time.sleep(interval)
         finally:
             self._event_out = None
+            self.supervising = False
 
     def _supervisor_event(self, message: str) -> None:
         with contextlib.suppress(OSError):
@@ -448,6 +452,7 @@ class LocalSystem:
         data["owner"] = {"pid": os.getpid(), "start_time": proc_start_time(os.getpid())}
         data["detached"] = self.detached
         data["ready"] = self.started
+        data["supervising"] = self.supervising
         data["updated_at"] = time.time()
         for key, service, own in (("redis", self.redis, self._own_redis), ("kafka", self.kafka, self._own_kafka)):
             if own and service is not None and service.record is not None:
