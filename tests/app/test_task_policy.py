@@ -3,9 +3,11 @@ detector boundary that turns a library's deterministic error into a permanent ``
 
 from __future__ import annotations
 
+import re
 import smtplib
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,7 +28,7 @@ from pynomaly.usecases.pipeline import PermanentFailure, RedeliveredTooOften
 from pynomaly.usecases.remote_datasets import FetchFailed
 from pynomaly.wiring import Container
 from pynomaly.workers import policy
-from pynomaly.workers.policy import TaskRun, Verdict, backoff_delay, classify, describe
+from pynomaly.workers.policy import FAILURE_OUTCOMES, TaskRun, Verdict, backoff_delay, classify, describe
 from tests.e2e.support import own_redis_db
 
 POLICY_DB = 13
@@ -244,3 +246,10 @@ def test_a_task_that_keeps_permanent_failures_dead_letters_them_at_once(worker_c
     assert result["status"] == "dead_lettered" and not task.retried
     letter = worker_container.dead_letters.get(result["dead_letter_id"])
     assert letter.attempts == 1 and letter.error.startswith("PermanentFailure: webhook")
+
+
+def test_the_chart_s_failure_alert_counts_the_outcomes_the_policy_records() -> None:
+    rule = (Path(__file__).resolve().parents[2] / "charts/pynomaly/templates/prometheusrule.yaml").read_text()
+    selector = re.search(r'pynomaly_tasks_total\{.*?outcome=~"([^"]+)"', rule)
+    assert selector, "the PynomalyTaskFailureRate alert selects task outcomes"
+    assert set(selector.group(1).split("|")) == {o.value for o in FAILURE_OUTCOMES}
