@@ -35,9 +35,10 @@ POLICY_DB = 13
 EXTREME = [[1e308, -1e308], [-1e308, 1e308]] + [[float(i), float(i % 7)] for i in range(50)]
 
 
-@pytest.mark.parametrize(
-    "exc",
-    [
+# Every error class the policy must tell apart, and its verdict.
+CLASSIFIED: dict[Verdict, list[BaseException]] = {
+    # Transport errors and timeouts: worth retrying.
+    Verdict.TRANSIENT: [
         redis.ConnectionError("Connection reset by peer"),
         redis.TimeoutError("Timeout reading from socket"),
         redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"),
@@ -52,31 +53,16 @@ EXTREME = [[1e308, -1e308], [-1e308, 1e308]] + [[float(i), float(i % 7)] for i i
         FetchFailed("https://data.example/x.csv: HTTP 502"),
         SoftTimeLimitExceeded(),
     ],
-    ids=type,
-)
-def test_transport_errors_and_timeouts_are_transient(exc: BaseException) -> None:
-    assert classify(exc) is Verdict.TRANSIENT
-
-
-@pytest.mark.parametrize(
-    "exc",
-    [
+    # Invalid data and refusals: the same again on every run.
+    Verdict.PERMANENT: [
         InvalidInput("contamination must be > 0"),
         NotFound("job x not found"),
         DetectorFailed("detector 'hbos' failed fitting the data"),
         PermanentFailure("webhook https://hooks.example/x rejected the notification: 404"),
     ],
-    ids=type,
-)
-def test_invalid_data_and_refusals_are_permanent(exc: BaseException) -> None:
-    assert classify(exc) is Verdict.PERMANENT
-
-
-@pytest.mark.parametrize(
-    "exc",
-    [
-        # Outside the detector boundary a library-style error is a bug in our code: not retried,
-        # not hidden as bad data either, but dead-lettered with its traceback.
+    # Outside the detector boundary a library-style error is a bug in our code: not retried, not
+    # passed off as bad data either, but dead-lettered with its traceback.
+    Verdict.UNEXPECTED: [
         ValueError("bad"),
         KeyError("anomaly_count"),
         ZeroDivisionError("division by zero"),
@@ -84,10 +70,16 @@ def test_invalid_data_and_refusals_are_permanent(exc: BaseException) -> None:
         redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
         RedeliveredTooOften("the detect step was redelivered 3 times"),
     ],
-    ids=type,
+}
+
+
+@pytest.mark.parametrize(
+    ("exc", "verdict"),
+    [(exc, verdict) for verdict, errors in CLASSIFIED.items() for exc in errors],
+    ids=lambda value: value.value if isinstance(value, Verdict) else type(value).__name__,
 )
-def test_everything_else_is_unexpected(exc: BaseException) -> None:
-    assert classify(exc) is Verdict.UNEXPECTED
+def test_errors_are_classified(exc: BaseException, verdict: Verdict) -> None:
+    assert classify(exc) is verdict
 
 
 def test_a_domain_error_is_described_by_its_own_message_others_by_type() -> None:
