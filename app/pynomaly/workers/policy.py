@@ -24,7 +24,7 @@ Deterministic library errors become permanent where the library is called on the
 ``DetectorFailed`` naming the detector and the error (``hbos`` on values near ±1e308: "Too many
 bins for data range").  Only transport errors and timeouts are retried.
 
-Every task's run time (``pynomaly_task_seconds``) is recorded once, by the Celery signals below.
+Every task's run time (``pynomaly_task_duration_seconds``) is recorded once, by the Celery signals below.
 """
 
 from __future__ import annotations
