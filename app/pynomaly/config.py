@@ -65,7 +65,7 @@ class Settings(BaseModel):
     task_time_limit: int = Field(3600, ge=1, description="Hard time limit of a task, seconds.")
     task_soft_time_limit: int = Field(3300, ge=1, description="Soft time limit of a task, seconds.")
     retry_backoff_base: float = Field(
-        60.0, ge=0, description="First retry delay in seconds; doubles per attempt, with jitter."
+        60.0, ge=0, description="First retry delay, seconds; doubles per retry, equal jitter (uniform in [d/2, d])."
     )
     retry_backoff_max: float = Field(3600.0, ge=0, description="Cap on one retry delay, seconds.")
     max_retries: int = Field(3, ge=0, le=10, description="Retries before a job goes to the dead-letter queue.")

@@ -5,7 +5,7 @@ step reads the job's dataset (a network blip, or a Redis failover).  The worker 
 Redis through a small TCP relay run by this test; the relay closes a connection (both ways, before
 forwarding) when the worker asks for ``pynomaly:dataset:<job>`` while the job is on its first
 attempt, so redis-py's own reconnects fail too and the step sees a ``redis.ConnectionError``, which
-``run_step`` treats as transient (a missing blob would be ``NotFound``, permanent).  The second
+the task policy classifies as transient (a missing blob would be ``NotFound``, permanent).  The second
 attempt's reads pass: preprocess completes and the chain continues through detect.
 
 Like ``test_worker_priorities``, the worker is a real ``pynomaly worker`` process on a Redis
@@ -187,7 +187,7 @@ def test_preprocess_fails_transiently_is_retried_with_backoff_and_the_chain_comp
     assert second.data["step"] == "preprocess" and second.data["attempt"] == 2
     assert retrying.data["attempt"] == 1 and retrying.data["status"] == "retrying"
     assert "ConnectionError" in retrying.data["error"]
-    # Backoff: the first delay is uniform in [base/2, base] (full jitter), and the retry waited it.
+    # Backoff: the first delay is uniform in [base/2, base] (equal jitter), and the retry waited it.
     delay = retrying.data["delay_seconds"]
     base = isolated.retry_backoff_base
     assert base / 2 <= delay <= base

@@ -30,3 +30,12 @@ class JobCancelled(DomainError):
 
     status = 409
     title = "Job cancelled"
+
+
+class DetectorFailed(InvalidInput):
+    """The detector's library (PyOD, numpy, scikit-learn) raised on the job's data.
+
+    The same data raises again on every run, so the job fails at once: no retry, no dead letter.
+    """
+
+    title = "Detector failed on the data"
