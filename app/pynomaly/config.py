@@ -11,9 +11,12 @@ import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from pynomaly.storage.encryption import BlobCodec
 
 ENV_PREFIX = "PYNOMALY_"
 
@@ -77,6 +80,19 @@ class Settings(BaseModel):
     max_columns: int = Field(200, ge=1, description="Most columns a dataset may have.")
     result_ttl_seconds: int = Field(7 * 24 * 3600, ge=60, description="How long job results are kept.")
     webhook_secret: str = Field("", description="HMAC-SHA256 key that signs webhook bodies.")
+    encryption_enabled: bool = Field(
+        False,
+        description="Encrypt dataset, result and report blobs in Redis (AES-256-GCM) with the first key; "
+        "job, schedule and dataset metadata stay plain. Needs encryption_keys_file or encryption_keys.",
+    )
+    encryption_keys_file: str = Field(
+        "",
+        description="File (from a Secret) with one base64 32-byte key per line: the first encrypts, the others "
+        "only decrypt (rotation). Read even with encryption off, so encrypted blobs stay readable.",
+    )
+    encryption_keys: SecretStr = Field(
+        SecretStr(""), description="Comma-separated base64 keys, as encryption_keys_file (prefer the file)."
+    )
 
     smtp_host: str = Field("", description="SMTP server of e-mail notifications ('' = e-mail deliveries fail).")
     smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port (587 STARTTLS, 465 TLS, 25 none).")
@@ -231,6 +247,31 @@ class Settings(BaseModel):
                     continue
                 hashes.add(line.removeprefix("sha256:") if line.startswith("sha256:") else hash_api_key(line))
         return frozenset(hashes)
+
+    def blob_codec(self) -> BlobCodec:
+        """The at-rest codec of payload blobs (keys from the file and the variable, the file's first)."""
+        from pynomaly.storage.encryption import BlobCodec, EncryptionKeyError, parse_keys
+
+        try:
+            keys: list[bytes] = []
+            if self.encryption_keys_file:
+                path = Path(self.encryption_keys_file)
+                try:
+                    lines = path.read_text().splitlines()
+                except OSError as exc:
+                    raise SettingsError(
+                        f"{ENV_PREFIX}ENCRYPTION_KEYS_FILE: cannot read {path}: {exc.strerror}"
+                    ) from None
+                keys += parse_keys(lines, f"{ENV_PREFIX}ENCRYPTION_KEYS_FILE ({path})")
+            keys += parse_keys(self.encryption_keys.get_secret_value().split(","), f"{ENV_PREFIX}ENCRYPTION_KEYS")
+            if self.encryption_enabled and not keys:
+                raise SettingsError(
+                    f"{ENV_PREFIX}ENCRYPTION_ENABLED is true but no key is configured: set "
+                    f"{ENV_PREFIX}ENCRYPTION_KEYS_FILE (one base64 key per line; `openssl rand -base64 32` makes one)"
+                )
+            return BlobCodec(tuple(keys), self.encryption_enabled)
+        except EncryptionKeyError as exc:
+            raise SettingsError(str(exc)) from None
 
 
 def hash_api_key(key: str) -> str:

@@ -15,6 +15,7 @@ from pynomaly.config import Settings
 from pynomaly.messaging.service import MessageQueueService
 from pynomaly.messaging.streams import RedisStreams
 from pynomaly.storage.dead_letters import DeadLetterStore
+from pynomaly.storage.encryption import BlobCodec
 from pynomaly.storage.jobs import JobStore
 from pynomaly.storage.redis_client import redis_from_settings
 
@@ -37,8 +38,13 @@ class Container:
         return redis_from_settings(self.settings, decode=False)
 
     @cached_property
+    def codec(self) -> BlobCodec:
+        """Encryption at rest of payload blobs (a bad or missing key raises SettingsError here)."""
+        return self.settings.blob_codec()
+
+    @cached_property
     def jobs(self) -> JobStore:
-        return JobStore(self.redis, self.redis_bytes, self.settings.result_ttl_seconds)
+        return JobStore(self.redis, self.redis_bytes, self.settings.result_ttl_seconds, self.codec)
 
     @cached_property
     def dead_letters(self) -> DeadLetterStore:

@@ -13,6 +13,7 @@ import redis
 from pynomaly.domain.datasets import Dataset
 from pynomaly.domain.errors import Conflict, NotFound
 from pynomaly.domain.jobs import Job, JobStatus, check_transition, utcnow
+from pynomaly.storage.encryption import PLAIN, BlobCodec
 from pynomaly.storage.redis_client import KEY_PREFIX, update_document
 
 JOB_INDEX = f"{KEY_PREFIX}jobs"
@@ -61,13 +62,15 @@ def _unpack(raw: bytes) -> Any:
 class JobStore:
     """Jobs as JSON documents, changed only through allowed status transitions.
 
-    Two clients: a text one for job documents and a binary one for gzip'd blobs.
+    Two clients: a text one for job documents and a binary one for gzip'd blobs, which pass through
+    ``codec`` (encryption at rest; job documents stay plain so listing needs no key).
     """
 
-    def __init__(self, client: redis.Redis, blobs: redis.Redis, ttl_seconds: int) -> None:
+    def __init__(self, client: redis.Redis, blobs: redis.Redis, ttl_seconds: int, codec: BlobCodec = PLAIN) -> None:
         self._r = client
         self._b = blobs
         self._ttl = ttl_seconds
+        self._codec = codec
 
     # -- jobs ----------------------------------------------------------------------------------
     def create(self, job: Job, dataset: Dataset, also: Callable[[Any], None] | None = None) -> None:
@@ -188,25 +191,27 @@ class JobStore:
     # -- blobs ---------------------------------------------------------------------------------
     def put_blob(self, kind: str, job_id: str, data: Any) -> str:
         key = _blob_key(kind, job_id)
-        self._b.set(key, _pack(data), ex=self._ttl)
+        self._b.set(key, self._codec.seal(key, _pack(data)), ex=self._ttl)
         return key
 
     def get_blob(self, kind: str, job_id: str) -> Any:
-        raw = self._b.get(_blob_key(kind, job_id))
+        key = _blob_key(kind, job_id)
+        raw = self._b.get(key)
         if raw is None:
             raise NotFound(f"no {kind} for job {job_id!r}")
-        return _unpack(raw)
+        return _unpack(self._codec.open(key, raw))
 
     def put_dataset(self, kind: str, job_id: str, dataset: Dataset) -> str:
         key = _blob_key(kind, job_id)
-        self._b.set(key, dataset.to_bytes(), ex=self._ttl)
+        self._b.set(key, self._codec.seal(key, dataset.to_bytes()), ex=self._ttl)
         return key
 
     def get_dataset(self, kind: str, job_id: str) -> Dataset:
-        raw = self._b.get(_blob_key(kind, job_id))
+        key = _blob_key(kind, job_id)
+        raw = self._b.get(key)
         if raw is None:
             raise NotFound(f"no {kind} for job {job_id!r}")
-        return Dataset.from_bytes(raw)
+        return Dataset.from_bytes(self._codec.open(key, raw))
 
     def has_blob(self, kind: str, job_id: str) -> bool:
         return bool(self._b.exists(_blob_key(kind, job_id)))
