@@ -20,6 +20,7 @@ from pynomaly.api.schemas import (
     NotificationEntry,
     NotificationLog,
     NotificationTargetState,
+    Offset,
 )
 from pynomaly.domain.datasets import DatasetLimits, from_rows, parse_csv
 from pynomaly.domain.errors import Conflict, InvalidInput
@@ -197,7 +198,7 @@ def list_jobs(
     _: Caller,
     status: Annotated[JobStatusName | None, Query()] = None,
     detector: Annotated[str | None, Query(max_length=32)] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     schedule_id: Annotated[str | None, Query(max_length=64, description="Only runs of this schedule.")] = None,
 ) -> JobPage:

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from pynomaly.api.auth import require_api_key
+from pynomaly.api.schemas import Offset
 from pynomaly.api.schemas_schedules import RunAccepted, ScheduleCreate, SchedulePage, ScheduleView
 from pynomaly.domain.errors import InvalidInput
 from pynomaly.domain.schedules import Schedule
@@ -43,7 +44,7 @@ def create_schedule(body: ScheduleCreate, request: Request, response: Response, 
 def list_schedules(
     request: Request,
     _: Caller,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> SchedulePage:
     service = _service(request)
