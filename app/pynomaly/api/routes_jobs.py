@@ -227,7 +227,11 @@ def get_result(job_id: str, request: Request, _: Caller) -> dict[str, Any]:
     return {"job_id": job.id, "status": job.status, **result}
 
 
-@router.get("/{job_id}/report", summary="The job's report as JSON, CSV or standalone HTML")
+@router.get(
+    "/{job_id}/report",
+    summary="The job's report as JSON, CSV or standalone HTML",
+    responses={200: {"content": {media.split(";")[0]: {"schema": {}} for media in MEDIA_TYPES.values()}}},
+)
 def get_report(
     job_id: str,
     request: Request,
