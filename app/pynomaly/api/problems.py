@@ -58,7 +58,9 @@ def install(app: FastAPI) -> None:
             413: "Payload too large",
             415: "Unsupported media type",
         }
-        return problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
+        response = problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
+        response.headers.update(exc.headers or {})  # e.g. a 405's Allow: the methods the path takes
+        return response
 
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         # Registered per class below, so Starlette's ExceptionMiddleware answers it: the connection
