@@ -188,7 +188,7 @@ class ScheduleService:
             except Exception as exc:
                 self._schedules.delete(item.id)
                 raise ServiceUnavailable(f"the schedule could not be registered with beat: {exc}") from exc
-        self._audit("schedule.create", item.id, actor, timing=item.timing, source=item.source)
+        self._audit("schedule.create", item.id, actor, timing=item.timing, dataset=item.source)
         return item
 
     def get(self, schedule_id: str) -> Schedule:
