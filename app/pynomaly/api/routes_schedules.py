@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pynomaly.api.auth import require_api_key
 from pynomaly.api.schemas import Offset
 from pynomaly.api.schemas_schedules import RunAccepted, ScheduleCreate, SchedulePage, ScheduleView
-from pynomaly.domain.errors import InvalidInput
+from pynomaly.domain.errors import NotFound
 from pynomaly.domain.schedules import Schedule
 from pynomaly.scheduling import schedule_service
 from pynomaly.usecases.schedules import ScheduleService
@@ -77,8 +77,8 @@ def resume_schedule(schedule_id: str, request: Request, caller: Caller) -> Sched
 @router.post("/{schedule_id}/run", status_code=202, response_model=RunAccepted, summary="Start one run now")
 def run_schedule(schedule_id: str, request: Request, response: Response, caller: Caller) -> RunAccepted:
     job = _service(request).run(schedule_id, trigger="manual", actor=caller)
-    if job is None:  # pragma: no cover - only beat runs skip
-        raise InvalidInput(f"schedule {schedule_id} did not run")
+    if job is None:  # deleted since it was looked up: a manual run skips only a missing schedule
+        raise NotFound(f"no schedule {schedule_id!r}")
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return RunAccepted(schedule_id=schedule_id, job_id=job.id, status=job.status, job=f"/v1/jobs/{job.id}")
 
