@@ -181,7 +181,10 @@ def _json_number(value: Any, row: int, column: str) -> float:
     if isinstance(value, bool):
         raise InvalidInput(f"row {row}, column {column!r}: booleans are not numbers")
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond a double's range (JSON allows any number of digits)
+            raise InvalidInput(f"row {row}, column {column!r}: the number is too large (over 1.8e308)") from None
         # NaN, Infinity and -Infinity are not JSON (Python's parser takes them anyway; so does an
         # overflowing 1e999): a missing cell is null, as an empty CSV cell is.
         if not math.isfinite(number):
