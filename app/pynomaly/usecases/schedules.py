@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import unicodedata
 from typing import Any, Protocol
 
 from pynomaly.config import Settings
@@ -51,7 +52,14 @@ def _name(raw: Any, default: str) -> str:
         return default
     if not isinstance(raw, str) or len(raw) > MAX_NAME:
         raise InvalidInput(f"name must be a string of at most {MAX_NAME} characters")
+    # Names are printed by the CLI and the dashboard: no terminal escapes, NULs or bidi overrides.
+    bad = next((c for c in raw if unicodedata.category(c) in ("Cc", "Cs") or c in _BIDI_CONTROLS), None)
+    if bad is not None:
+        raise InvalidInput(f"name must be printable text: it contains the control character U+{ord(bad):04X}")
     return raw.strip()
+
+
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 class DatasetService:
