@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from pynomaly.api.auth import require_api_key
 from pynomaly.api.schemas import Offset
@@ -32,7 +32,19 @@ def view(service: ScheduleService, item: Schedule, runs: int = 10) -> ScheduleVi
     )
 
 
-@router.post("", status_code=201, response_model=ScheduleView, summary="Create a recurring detection schedule")
+def _json_body(request: Request, _: Caller) -> None:
+    # Without it a CSV or form body gets "Input should be a valid dictionary": say what to send.
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise HTTPException(415, "send the schedule as application/json")
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ScheduleView,
+    summary="Create a recurring detection schedule",
+    dependencies=[Depends(_json_body)],
+)
 def create_schedule(body: ScheduleCreate, request: Request, response: Response, caller: Caller) -> ScheduleView:
     service = _service(request)
     item = service.create(body.model_dump(), actor=caller)
