@@ -11,11 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import unicodedata
 from typing import Any, Protocol
 
 from pynomaly.config import Settings
-from pynomaly.domain.datasets import Dataset, DatasetLimits, from_rows, parse_csv
+from pynomaly.domain.datasets import Dataset, DatasetLimits, control_character, from_rows, parse_csv
 from pynomaly.domain.detectors import get_detector, validate_contamination
 from pynomaly.domain.errors import Conflict, InvalidInput, NotFound
 from pynomaly.domain.jobs import Job, parse_priority, parse_steps, utcnow
@@ -52,14 +51,9 @@ def _name(raw: Any, default: str) -> str:
         return default
     if not isinstance(raw, str) or len(raw) > MAX_NAME:
         raise InvalidInput(f"name must be a string of at most {MAX_NAME} characters")
-    # Names are printed by the CLI and the dashboard: no terminal escapes, NULs or bidi overrides.
-    bad = next((c for c in raw if unicodedata.category(c) in ("Cc", "Cs") or c in _BIDI_CONTROLS), None)
-    if bad is not None:
-        raise InvalidInput(f"name must be printable text: it contains the control character U+{ord(bad):04X}")
+    if bad := control_character(raw):
+        raise InvalidInput(f"name must be printable text: it contains the control character {bad}")
     return raw.strip()
-
-
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 class DatasetService:
