@@ -11,10 +11,12 @@ import redis
 from celery import Celery
 
 from pynomaly.config import Settings
+from pynomaly.messaging.events import PayloadCaps
 from pynomaly.messaging.service import MessageQueueService
 from pynomaly.messaging.streams import RedisStreams
 from pynomaly.storage.dead_letters import DeadLetterStore
 from pynomaly.storage.jobs import JobStore
+from pynomaly.storage.memory import MemoryAdmission
 from pynomaly.storage.redis_client import redis_from_settings
 
 
@@ -33,7 +35,12 @@ class Container:
 
     @cached_property
     def jobs(self) -> JobStore:
-        return JobStore(self.redis, self.redis_bytes, self.settings.result_ttl_seconds)
+        return JobStore(self.redis, self.redis_bytes, self.settings.result_ttl_seconds, self.settings.job_data_ttl)
+
+    @cached_property
+    def admission(self) -> MemoryAdmission:
+        """One per process: it caches Redis' memory reading for a second across requests."""
+        return MemoryAdmission(self.redis, self.settings.redis_memory_high_watermark, self.jobs.reserved_bytes)
 
     @cached_property
     def dead_letters(self) -> DeadLetterStore:
@@ -53,7 +60,8 @@ class Container:
     def messaging(self) -> MessageQueueService:
         from pynomaly.messaging.kafka_events import LazyPublisher
 
-        return MessageQueueService(self.celery, LazyPublisher(self.settings), self.streams, self.component)
+        caps = PayloadCaps.from_settings(self.settings)
+        return MessageQueueService(self.celery, LazyPublisher(self.settings), self.streams, self.component, caps)
 
     def close(self) -> None:
         if "messaging" in self.__dict__:

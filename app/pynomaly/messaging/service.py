@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from celery import Celery, chain
 
 from pynomaly.domain.jobs import Job, Step
-from pynomaly.messaging.events import EventEnvelope, make_event
+from pynomaly.messaging.events import EventEnvelope, PayloadCaps, make_event
 from pynomaly.messaging.streams import RedisStreams
 from pynomaly.topology import TASK_DETECT, TASK_NOTIFY, TASK_PREPROCESS, TASK_REPORT, TOPOLOGY, Priority
 
@@ -40,8 +40,16 @@ class EventPublisher(Protocol):
 
 
 class MessageQueueService:
-    def __init__(self, celery: Celery, publisher: EventPublisher, streams: RedisStreams, source: str) -> None:
+    def __init__(
+        self,
+        celery: Celery,
+        publisher: EventPublisher,
+        streams: RedisStreams,
+        source: str,
+        caps: PayloadCaps | None = None,
+    ) -> None:
         self._celery = celery
+        self._caps = caps or PayloadCaps()  # event data is always bounded
         self._publisher = publisher
         self._streams = streams
         self.source = source
@@ -71,7 +79,7 @@ class MessageQueueService:
     # -- Kafka -----------------------------------------------------------------------------------
     def publish_event(self, event_type: str, subject: str, *, wait: bool = True, **data: Any) -> EventEnvelope:
         """Publish and, by default, wait for the broker's ack; ``wait=False`` needs a later ``flush_events``."""
-        event = make_event(event_type, subject, self.source, **data)
+        event = make_event(event_type, subject, self.source, self._caps, **data)
         self._publisher.publish(event, wait=wait)
         return event
 

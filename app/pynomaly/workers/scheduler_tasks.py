@@ -4,7 +4,7 @@
   A dataset URL that cannot be fetched is retried with backoff, then dead-lettered; bad data or a
   schedule that no longer validates fails the run at once (``last_error`` on the schedule).
 - ``maintenance``: retention (stored datasets no schedule uses; index entries of expired jobs and
-  runs), and stream trimming.
+  runs; the audit log by age and count; memory reservations of finished jobs), and stream trimming.
 - ``health_check``: a ``system_alert`` event (which the bridge also puts on the dashboard stream)
   when the DLQ grew or a component's heartbeat stopped, and the periodic ``health_summary``.
 """
@@ -23,6 +23,7 @@ from pynomaly.domain.errors import DomainError
 from pynomaly.messaging.events import make_event
 from pynomaly.observability import metrics
 from pynomaly.scheduling import dataset_store, schedule_service, schedule_store
+from pynomaly.storage.audit import AuditLog
 from pynomaly.storage.dead_letters import DeadLetter
 from pynomaly.storage.redis_client import KEY_PREFIX
 from pynomaly.topology import (
@@ -79,7 +80,7 @@ def scheduled_run(self: Task, schedule_id: str, trigger: str = "beat") -> dict[s
 
 @shared_task(name=TASK_MAINTENANCE)
 def maintenance() -> dict[str, Any]:
-    """Retention and stream trimming."""
+    """Retention (stored datasets, job index, audit log, reservations) and stream trimming."""
     c = container()
     settings = c.settings
     trimmed = {s.name: c.redis.xtrim(s.name, maxlen=settings.stream_maxlen, approximate=True) for s in TOPOLOGY.streams}
@@ -102,11 +103,16 @@ def maintenance() -> dict[str, Any]:
             if dataset_id not in used:
                 store.delete(dataset_id)
                 datasets_expired.append(dataset_id)
+    audit_trimmed = AuditLog(c.redis).trim(settings.audit_retention_seconds, settings.audit_max_records)
+    # A job marked failed without a terminal transition (not queued) or expired keeps no reservation.
+    reservations_dropped = c.jobs.forget_stale_reservations()
     return {
         "streams_trimmed": trimmed,
         "jobs": jobs_left,
         "runs_forgotten": runs_forgotten,
         "datasets_expired": datasets_expired,
+        "audit_trimmed": audit_trimmed,
+        "reservations_dropped": reservations_dropped,
     }
 
 
