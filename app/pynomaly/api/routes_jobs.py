@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from pynomaly.api.auth import require_api_key
 from pynomaly.api.schemas import (
@@ -179,8 +180,10 @@ async def submit_job(
     for name in ("params", "preprocessing"):
         if fields.get(name) is not None and not isinstance(fields[name], dict):
             raise InvalidInput(f"{name} must be a JSON object")
-    job, created = state.job_service.submit(
-        SubmitRequest(dataset=dataset, idempotency_key=idempotency_key, submitted_by=caller, **fields)
+    # Off the event loop: submitting reads Redis' memory, stores the job and waits for Kafka's ack.
+    job, created = await run_in_threadpool(
+        state.job_service.submit,
+        SubmitRequest(dataset=dataset, idempotency_key=idempotency_key, submitted_by=caller, **fields),
     )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
@@ -275,9 +278,29 @@ def get_notifications(job_id: str, request: Request, _: Caller) -> NotificationL
     )
 
 
-@router.delete("/{job_id}", response_model=JobView, summary="Cancel a queued or running job")
-def cancel_job(job_id: str, request: Request, caller: Caller) -> JobView:
-    return view(request.app.state.job_service.cancel(job_id, actor=caller))
+@router.delete(
+    "/{job_id}",
+    response_model=JobView,
+    summary="Cancel a queued or running job; with purge=true, delete a finished job and its data",
+    responses={
+        204: {"description": "purge=true: the job, its datasets, result and reports are deleted"},
+        409: {"description": "cancel: the job already finished; purge: the job is still queued or running"},
+    },
+)
+def cancel_job(
+    job_id: str,
+    request: Request,
+    caller: Caller,
+    purge: Annotated[
+        bool,
+        Query(description="Delete the finished (completed, failed or cancelled) job with everything kept for it."),
+    ] = False,
+) -> Any:
+    service = request.app.state.job_service
+    if purge:
+        service.purge(job_id, actor=caller)
+        return Response(status_code=204)
+    return view(service.cancel(job_id, actor=caller))
 
 
 @router.post("/{job_id}/retry", response_model=JobView, status_code=202, summary="Run a failed or cancelled job again")
