@@ -102,10 +102,10 @@ class Settings(BaseModel):
         100_000, ge=0, description="Most audit records kept; maintenance deletes the oldest beyond it (0 = no limit)."
     )
     event_max_list_items: int = Field(
-        500,
+        2000,
         ge=1,
         description="Lists in event data (Kafka, dashboard stream) keep their first this many items; a sibling "
-        "<name>_total gives the full length.",
+        "<name>_total gives the full length (2000: the score sample the dashboard charts).",
     )
     event_max_mapping_items: int = Field(
         50,

@@ -318,4 +318,4 @@ def test_the_message_queue_service_caps_what_it_publishes() -> None:
     assert sent == [event] and event.data["steps"] == list(range(10)) and event.data["steps_total"] == 50
     # The default caps apply without settings too: event data is always bounded.
     default = MessageQueueService(None, Recorder(), None, "tests")  # type: ignore[arg-type]
-    assert len(default.publish_event("job_completed", "job-2", scores=[0.5] * 5000).data["scores"]) == 500
+    assert len(default.publish_event("job_completed", "job-2", scores=[0.5] * 5000).data["scores"]) == 2000

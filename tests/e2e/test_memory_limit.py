@@ -152,6 +152,13 @@ def test_the_api_refuses_with_507_before_redis_is_full_and_loses_no_accepted_job
             f"peak {memory['used_memory_peak'] / 2**20:.1f} MB of {memory['maxmemory'] / 2**20:.0f} MB maxmemory"
         )
 
+        # A dataset upload is refused as well (it would be kept until deleted), and nothing is stored.
+        big = np.random.default_rng(9).normal(0, 1, size=(20_000, COLUMNS)).round(4).tolist()
+        upload = http.post("/v1/datasets", json={"name": "too-much", "rows": big})
+        assert upload.status_code == 507 and upload.headers["content-type"] == "application/problem+json", upload.text
+        assert "this dataset needs" in upload.json()["detail"] and int(upload.headers["Retry-After"]) > 0
+        assert http.get("/v1/datasets").json()["total"] == 0
+
         # Deleting finished jobs frees their share: a new job is accepted and completes.
         for job_id in accepted[:10]:
             assert http.delete(f"/v1/jobs/{job_id}", params={"purge": "true"}).status_code == 204

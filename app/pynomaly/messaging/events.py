@@ -95,7 +95,7 @@ class PayloadCaps:
     """Bounds on event data: every event is copied to Kafka and to capped Redis streams, whose memory
     is MAXLEN times the size of an entry, so one 200-column contribution map must not cost megabytes."""
 
-    max_list_items: int = 500
+    max_list_items: int = 2000  # the score sample anomalies_detected carries for the dashboard
     max_mapping_items: int = 50
     max_string_chars: int = 2000
 
