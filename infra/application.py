@@ -6,7 +6,8 @@ from the stack config, the Redis and Kafka components and the messaging topology
 - One Secret (``<release>-app``) with the chart's key names (read from the chart's ``values.yaml``,
   ``secrets.keys``): the Redis password, the Kafka SASL password, API keys and the webhook key,
   the last two generated once (``infra.generated``, kept in the stack state) when the stack does not
-  set them.
+  set them; with an ``encryptionKey``, the keys file of encryption at rest (that key first, then
+  ``encryptionPreviousKeys``), mounted by the chart into the API and worker pods.
 - Worker and consumer pools come from ``TOPOLOGY`` (queues, concurrency, batch, consumer groups,
   topics with their partitions); nothing is re-typed.
 - The chart's own KEDA/HPA switches are off: the Autoscaling component owns those targets, and the
@@ -86,6 +87,13 @@ class Application(pulumi.ComponentResource):
         webhook = (pulumi.Output.secret(secrets.webhook_secret) if secrets.webhook_secret is not None else
                    generated.password(f"{name}-webhook-secret", 48, parent=self))
         api_keys_file = self.api_key.apply(lambda v: "\n".join(k.strip() for k in v.split(",") if k.strip()) + "\n")
+        # Encryption keys are never generated: the operator keeps a copy, or the sealed data is lost with the state.
+        encryption: dict[str, Any] = {}
+        if secrets.encryption_key is not None:
+            previous = secrets.encryption_previous_keys or ""
+            encryption[defaults["encryption"]["secretKey"]] = pulumi.Output.secret(
+                pulumi.Output.all(secrets.encryption_key, previous).apply(
+                    lambda v: "".join(k.strip() + "\n" for k in [v[0], *v[1].split(",")] if k.strip())))
         secret = k8s.core.v1.Secret(
             f"{name}-secret",
             metadata=kx.meta(f"{self.fullname}-app", args.namespace, kx.labels(self.fullname, "app", args.labels)),
@@ -98,6 +106,7 @@ class Application(pulumi.ComponentResource):
                 # Read by the notification pools only when smtp.username is set; empty otherwise.
                 keys["smtpPassword"]: pulumi.Output.secret(secrets.smtp_password if secrets.smtp_password is not None
                                                            else ""),
+                **encryption,
             },
             opts=kx.child(self),
         )
@@ -239,6 +248,11 @@ class Application(pulumi.ComponentResource):
                 "allowTo": kafka_allow,
             },
             "secrets": {"existingSecret": secret_name},
+            # The keys file sits in the same Secret; mounted whenever a key is set, so turning `enabled` off
+            # still reads what was sealed.
+            "encryption": {"enabled": stack.encryption.enabled,
+                           "existingSecret": secret_name if stack.secrets.encryption_key is not None else "",
+                           "secretKey": defaults["encryption"]["secretKey"]},
             "api": {
                 "replicas": app.api_replicas,
                 "resources": app.api_resources.to_k8s(),

@@ -37,7 +37,12 @@ SECRET_KEYS: dict[str, str] = {
     "apiKeys": "comma-separated API keys accepted by the API (default: one generated key)",
     "webhookSecret": "HMAC key signing webhook bodies (default: generated)",
     "smtpPassword": "password of the SMTP user smtp.username (required with it; never generated)",
+    "encryptionKey": "base64 key of 32 random bytes sealing dataset and result blobs in Redis (required with "
+                     "encryption.enabled; never generated: losing it loses the data)",
+    "encryptionPreviousKeys": "comma-separated base64 keys that only decrypt, kept after a rotation of encryptionKey",
 }
+# The one command that makes an encryption key (told in every error that asks for one).
+ENCRYPTION_KEY_COMMAND = 'pulumi config set --secret pynomaly:encryptionKey "$(openssl rand -base64 32)"'
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
@@ -204,6 +209,14 @@ class SmtpConfig:
 
 
 @dataclass(frozen=True)
+class EncryptionConfig:
+    """Encryption at rest of payload blobs in Redis (the chart's ``encryption`` values); the keys are
+    the ``encryptionKey`` and ``encryptionPreviousKeys`` secrets, given by the operator."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
 class Secrets:
     """Secret config values as Pulumi secret outputs; ``None`` means 'generate one'."""
 
@@ -214,6 +227,8 @@ class Secrets:
     api_keys: pulumi.Output[str] | None = None
     webhook_secret: pulumi.Output[str] | None = None
     smtp_password: pulumi.Output[str] | None = None
+    encryption_key: pulumi.Output[str] | None = None
+    encryption_previous_keys: pulumi.Output[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +244,7 @@ class StackConfig:
     secrets: Secrets = field(default_factory=Secrets)
     labels: Mapping[str, str] = field(default_factory=dict)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
 
 
 # -- validation (pure) ---------------------------------------------------------------------------
@@ -347,7 +363,7 @@ def parse_config(raw: Mapping[str, Any], environment: str, *, default_tag: str) 
     """
     problems: list[str] = []
     allowed = {"environment", "kubernetes", "image", "expose", "storageClass", "redis", "kafka", "autoscaling",
-               "app", "labels", "smtp"}
+               "app", "labels", "smtp", "encryption"}
     top = _Reader(problems, PROJECT, raw, allowed | set(SECRET_KEYS))
     for key in sorted(set(SECRET_KEYS) & set(raw)):
         problems.append(f"{PROJECT}:{key}: is a secret; set it with `pulumi config set --secret {key}`")
@@ -492,6 +508,9 @@ def parse_config(raw: Mapping[str, Any], environment: str, *, default_tag: str) 
         problems.append(f"{PROJECT}.smtp.cidrs: required with smtp.host while app.networkPolicies is on "
                         "(the SMTP server's address as CIDRs; egress is never opened to everything)")
 
+    en = top.child("encryption", {"enabled"})
+    encryption = EncryptionConfig(enabled=en.get("enabled", bool, False))
+
     labels_raw = raw.get("labels") or {}
     labels: dict[str, str] = {}
     if not isinstance(labels_raw, Mapping) or not all(isinstance(v, str) for v in labels_raw.values()):
@@ -501,7 +520,8 @@ def parse_config(raw: Mapping[str, Any], environment: str, *, default_tag: str) 
 
     if problems:
         raise ConfigError(problems)
-    return StackConfig(env, kubernetes, image, expose, redis, kafka, autoscaling, app, Secrets(), labels, smtp)
+    return StackConfig(env, kubernetes, image, expose, redis, kafka, autoscaling, app, Secrets(), labels, smtp,
+                       encryption)
 
 
 # -- reading from Pulumi -------------------------------------------------------------------------
@@ -555,6 +575,8 @@ def load(default_tag: str) -> StackConfig:
         api_keys=cfg.get_secret("apiKeys"),
         webhook_secret=cfg.get_secret("webhookSecret"),
         smtp_password=cfg.get_secret("smtpPassword"),
+        encryption_key=cfg.get_secret("encryptionKey"),
+        encryption_previous_keys=cfg.get_secret("encryptionPreviousKeys"),
     )
     extra = []
     if stack.redis.mode == "external" and secrets.redis_url is None:
@@ -565,10 +587,38 @@ def load(default_tag: str) -> StackConfig:
         extra.append(f"{PROJECT}:kafkaPassword and kafka.external.username: required for an external SASL Kafka")
     if stack.smtp.username and secrets.smtp_password is None:
         extra.append(f"{PROJECT}:smtpPassword: required (as a secret) when smtp.username is set")
+    if stack.encryption.enabled and secrets.encryption_key is None:
+        extra.append(f"{PROJECT}:encryptionKey: required (as a secret) when encryption.enabled is true; make one "
+                     f"with `{ENCRYPTION_KEY_COMMAND}` and keep a copy (without it the sealed data is lost)")
+    extra += encryption_key_problems(raw)
     if extra:
         raise ConfigError(extra)
     return StackConfig(stack.environment, stack.kubernetes, stack.image, stack.expose, stack.redis, stack.kafka,
-                       stack.autoscaling, stack.app, secrets, stack.labels, stack.smtp)
+                       stack.autoscaling, stack.app, secrets, stack.labels, stack.smtp, stack.encryption)
+
+
+def encryption_key_problems(raw: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the configured encryption keys (their values never appear in a message)."""
+    from pynomaly.storage.encryption import EncryptionKeyError, parse_keys
+
+    problems = []
+    for key, split in (("encryptionKey", False), ("encryptionPreviousKeys", True)):
+        value = raw.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            problems.append(f"{PROJECT}:{key}: must be text (base64)")
+            continue
+        try:
+            found = parse_keys(value.split(",") if split else [value], f"{PROJECT}:{key}")
+        except EncryptionKeyError as exc:
+            problems.append(str(exc))
+            continue
+        if not found:
+            problems.append(f"{PROJECT}:{key}: is empty; make a key with `{ENCRYPTION_KEY_COMMAND}`")
+        elif not split and len(found) != 1:
+            problems.append(f"{PROJECT}:{key}: one key only (older ones go to encryptionPreviousKeys)")
+    return problems
 
 
 def _secret_in_env(full_key: str) -> bool:

@@ -8,7 +8,8 @@
         ./dev render onprem --values | ~/.cache/pynomaly/bin/helm template pynomaly charts/pynomaly -n pynomaly -f -
 
 The program runs under Pulumi mocks with environments/Pulumi.<ENV>.yaml as its config.  Secret
-values are shown as <secret>: generated passwords only exist after a real `pulumi up`.  The chart is
+values are shown as <secret>: generated passwords only exist after a real `pulumi up`; a secret the
+operator must give (cloud's encryptionKey) gets a fixed stand-in (infra.mocked.operator_secrets).  The chart is
 a Helm v4 Chart resource, which mocks do not expand; use --values with `helm template` for it.
 """
 
@@ -41,7 +42,7 @@ def _mask(obj: dict[str, Any]) -> dict[str, Any]:
 def _summary(envs: list[str]) -> str:
     counts = {}
     for env in envs:
-        run = mocked.run(env)
+        run = mocked.run(env, secrets=mocked.operator_secrets(env))
         by_kind: dict[str, int] = {}
         for obj in run.objects():
             by_kind[obj["kind"]] = by_kind.get(obj["kind"], 0) + 1
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.summary:
             sys.stdout.write(_summary([args.env] if args.env else list(ENVIRONMENTS)))
             return 0
-        run = mocked.run(args.env)
+        run = mocked.run(args.env, secrets=mocked.operator_secrets(args.env))
     except ConfigError as exc:
         print(f"environments/Pulumi.{args.env}.yaml: {exc}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import (
     BaseModel,
@@ -24,6 +24,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+if TYPE_CHECKING:
+    from pynomaly.storage.encryption import BlobCodec
 
 ENV_PREFIX = "PYNOMALY_"
 
@@ -52,6 +55,19 @@ class Settings(BaseModel):
     kafka_sasl_password: str = Field("", description="SASL password (from a Secret).")
     kafka_replication_factor: int = Field(1, ge=1, description="Replication of topics created at start.")
     kafka_min_insync_replicas: int = Field(1, ge=1, description="min.insync.replicas of topics created at start.")
+    kafka_delivery_timeout_seconds: float = Field(
+        10.0,
+        ge=1,
+        description="How long the outbox relay tries to deliver a batch to Kafka before it backs off and "
+        "retries it (the events stay in the outbox: none is lost). Twice this plus 10 s is how long a dead "
+        "relay's lease lasts before another process's relay takes over.",
+    )
+    outbox_max_events: int = Field(
+        100_000,
+        ge=100,
+        description="Most events the Redis outbox holds while Kafka is away; at the bound new jobs get 503 "
+        "(events of accepted jobs are still written: nothing accepted is dropped).",
+    )
 
     api_keys: str = Field("", description="Comma-separated API keys (plain). Prefer api_keys_file.")
     api_keys_file: str = Field("", description="File with one API key, or one sha256:<hex> hash, per line.")
@@ -62,7 +78,7 @@ class Settings(BaseModel):
     task_time_limit: int = Field(3600, ge=1, description="Hard time limit of a task, seconds.")
     task_soft_time_limit: int = Field(3300, ge=1, description="Soft time limit of a task, seconds.")
     retry_backoff_base: float = Field(
-        60.0, ge=0, description="First retry delay in seconds; doubles per attempt, with jitter."
+        60.0, ge=0, description="First retry delay, seconds; doubles per retry, equal jitter (uniform in [d/2, d])."
     )
     retry_backoff_max: float = Field(3600.0, ge=0, description="Cap on one retry delay, seconds.")
     max_retries: int = Field(3, ge=0, le=10, description="Retries before a job goes to the dead-letter queue.")
@@ -117,6 +133,19 @@ class Settings(BaseModel):
         2000, ge=64, description="Strings in event data (e.g. errors) are cut to this many characters."
     )
     webhook_secret: str = Field("", description="HMAC-SHA256 key that signs webhook bodies.")
+    encryption_enabled: bool = Field(
+        False,
+        description="Encrypt dataset, result and report blobs in Redis (AES-256-GCM) with the first key; "
+        "job, schedule and dataset metadata stay plain. Needs encryption_keys_file or encryption_keys.",
+    )
+    encryption_keys_file: str = Field(
+        "",
+        description="File (from a Secret) with one base64 32-byte key per line: the first encrypts, the others "
+        "only decrypt (rotation). Read even with encryption off, so encrypted blobs stay readable.",
+    )
+    encryption_keys: SecretStr = Field(
+        SecretStr(""), description="Comma-separated base64 keys, as encryption_keys_file (prefer the file)."
+    )
 
     smtp_host: str = Field("", description="SMTP server of e-mail notifications ('' = e-mail deliveries fail).")
     smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port (587 STARTTLS, 465 TLS, 25 none).")
@@ -292,6 +321,31 @@ class Settings(BaseModel):
                     continue
                 hashes.add(line.removeprefix("sha256:") if line.startswith("sha256:") else hash_api_key(line))
         return frozenset(hashes)
+
+    def blob_codec(self) -> BlobCodec:
+        """The at-rest codec of payload blobs (keys from the file and the variable, the file's first)."""
+        from pynomaly.storage.encryption import BlobCodec, EncryptionKeyError, parse_keys
+
+        try:
+            keys: list[bytes] = []
+            if self.encryption_keys_file:
+                path = Path(self.encryption_keys_file)
+                try:
+                    lines = path.read_text().splitlines()
+                except OSError as exc:
+                    raise SettingsError(
+                        f"{ENV_PREFIX}ENCRYPTION_KEYS_FILE: cannot read {path}: {exc.strerror}"
+                    ) from None
+                keys += parse_keys(lines, f"{ENV_PREFIX}ENCRYPTION_KEYS_FILE ({path})")
+            keys += parse_keys(self.encryption_keys.get_secret_value().split(","), f"{ENV_PREFIX}ENCRYPTION_KEYS")
+            if self.encryption_enabled and not keys:
+                raise SettingsError(
+                    f"{ENV_PREFIX}ENCRYPTION_ENABLED is true but no key is configured: set "
+                    f"{ENV_PREFIX}ENCRYPTION_KEYS_FILE (one base64 key per line; `openssl rand -base64 32` makes one)"
+                )
+            return BlobCodec(tuple(keys), self.encryption_enabled)
+        except EncryptionKeyError as exc:
+            raise SettingsError(str(exc)) from None
 
 
 _REDIS_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}

@@ -78,11 +78,16 @@ def find_stream_entry(settings: Any, job_id: str, event_type: str, timeout: floa
 @local.command()
 @system_options
 @click.option("--detector", default="iforest", show_default=True, help="Detector to run on the demo data.")
-@click.option("--keep-running", is_flag=True, help="Leave the system up afterwards (open the dashboard), until Ctrl-C.")
+@click.option(
+    "--keep-running",
+    is_flag=True,
+    help="Leave the system up afterwards (open the dashboard), until Ctrl-C; components that exit are restarted.",
+)
 def demo(detector: str, keep_running: bool, **options: Any) -> None:
     """Run the whole system locally and detect the planted anomalies in a bundled dataset."""
     from pynomaly.cli import _follow, _print_outcome
     from pynomaly.client import ApiError, PynomalyClient
+    from pynomaly.localstack.progress import StreamProgress
 
     dataset, planted = demo_dataset()
     system = system_from_options(**options)
@@ -125,4 +130,4 @@ def demo(detector: str, keep_running: bool, **options: Any) -> None:
         click.echo(json.dumps({"job_id": job["id"], "anomalies": len(found), "planted_found": hits}))
         if keep_running:
             click.echo(f"Dashboard: {system.dashboard_url}  (API key above). Press Ctrl-C to stop everything.")
-            system.watch()
+            system.watch(progress=StreamProgress())

@@ -18,7 +18,7 @@ def schedule_store(container: Container) -> ScheduleStore:
 
 
 def dataset_store(container: Container) -> DatasetStore:
-    return DatasetStore(container.redis, container.redis_bytes)
+    return DatasetStore(container.redis, container.redis_bytes, container.codec)
 
 
 def dataset_service(container: Container) -> DatasetService:

@@ -6,6 +6,7 @@ Components (API, worker, consumer) ask for a ``Container``; nothing else constru
 from __future__ import annotations
 
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import redis
 from celery import Celery
@@ -15,15 +16,20 @@ from pynomaly.messaging.events import PayloadCaps
 from pynomaly.messaging.service import MessageQueueService
 from pynomaly.messaging.streams import RedisStreams
 from pynomaly.storage.dead_letters import DeadLetterStore
+from pynomaly.storage.encryption import BlobCodec
 from pynomaly.storage.jobs import JobStore
 from pynomaly.storage.memory import MemoryAdmission
 from pynomaly.storage.redis_client import redis_from_settings
+
+if TYPE_CHECKING:
+    from pynomaly.messaging.outbox import Outbox, OutboxRelay
 
 
 class Container:
     def __init__(self, settings: Settings, component: str) -> None:
         self.settings = settings
         self.component = component
+        self.relay: OutboxRelay | None = None  # set by ``start_relay``
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -34,8 +40,14 @@ class Container:
         return redis_from_settings(self.settings, decode=False)
 
     @cached_property
+    def codec(self) -> BlobCodec:
+        """Encryption at rest of payload blobs (a bad or missing key raises SettingsError here)."""
+        return self.settings.blob_codec()
+
+    @cached_property
     def jobs(self) -> JobStore:
-        return JobStore(self.redis, self.redis_bytes, self.settings.result_ttl_seconds, self.settings.job_data_ttl)
+        settings = self.settings
+        return JobStore(self.redis, self.redis_bytes, settings.result_ttl_seconds, self.codec, settings.job_data_ttl)
 
     @cached_property
     def admission(self) -> MemoryAdmission:
@@ -57,13 +69,38 @@ class Container:
         return create_celery(self.settings)
 
     @cached_property
-    def messaging(self) -> MessageQueueService:
-        from pynomaly.messaging.kafka_events import LazyPublisher
+    def outbox(self) -> Outbox:
+        from pynomaly.messaging.outbox import Outbox
 
-        caps = PayloadCaps.from_settings(self.settings)
-        return MessageQueueService(self.celery, LazyPublisher(self.settings), self.streams, self.component, caps)
+        return Outbox(self.redis, self.settings.outbox_max_events)
+
+    @cached_property
+    def messaging(self) -> MessageQueueService:
+        # Every process writes its events to the Redis outbox: nothing waits for Kafka, and one
+        # relay publishes them in the order they were written (messaging/outbox.py).
+        from pynomaly.messaging.outbox import OutboxPublisher
+
+        return MessageQueueService(
+            self.celery,
+            OutboxPublisher(self.outbox),
+            self.streams,
+            self.component,
+            outbox=self.outbox,
+            caps=PayloadCaps.from_settings(self.settings),
+        )
+
+    def start_relay(self) -> OutboxRelay:
+        """Run an outbox relay in this process (the API's; it stands by while another holds the lease)."""
+        from pynomaly.messaging.outbox import OutboxRelay
+
+        if self.relay is None:
+            self.relay = OutboxRelay(self.outbox, self.settings)
+            self.relay.start()
+        return self.relay
 
     def close(self) -> None:
+        if self.relay is not None:
+            self.relay.stop()
         if "messaging" in self.__dict__:
             self.messaging.close()
         for name in ("redis", "redis_bytes"):

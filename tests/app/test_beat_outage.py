@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from pynomaly.config import Settings, env_for
+from pynomaly.config import Settings
 from pynomaly.localstack.ports import free_port
 from pynomaly.localstack.procs import log_tail, spawn, stop_process
 from pynomaly.localstack.redis_server import RedisServer
-from pynomaly.localstack.system import pynomaly_argv
+from pynomaly.localstack.system import child_env, pynomaly_argv
 from pynomaly.messaging.beat import BEAT_LOCK_KEY
 from pynomaly.messaging.beat_scheduler import OutageTolerantScheduler
 from pynomaly.messaging.celery_app import create_celery
@@ -65,7 +65,7 @@ def _sent(client: redis.Redis) -> int:
 def test_beat_process_waits_out_a_redis_outage_and_schedules_again(own_redis: OwnRedis, tmp_path: Path) -> None:
     settings = _settings(own_redis, tmp_path)
     log = tmp_path / "beat.log"
-    proc, record = spawn("beat", pynomaly_argv("beat"), log, env={**env_for(settings), "PYTHONUNBUFFERED": "1"})
+    proc, record = spawn("beat", pynomaly_argv("beat"), log, env=child_env(settings))
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     try:
         wait_for(lambda: _sent(client) >= 2, 60, what=f"beat's first health checks\n{log_tail(log)}")

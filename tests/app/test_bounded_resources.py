@@ -87,19 +87,19 @@ def test_audit_log_is_trimmed_by_age_then_by_count(container: Container) -> None
 
 @pytest.mark.services
 def test_maintenance_trims_the_audit_log_and_drops_stale_reservations(container: Container) -> None:
-    from pynomaly.workers import scheduler_tasks, tasks
+    from pynomaly.workers import policy, scheduler_tasks
 
     log = AuditLog(container.redis)
     for n in range(8):
         log.record(_audit_event(timedelta(minutes=n), n))
     container.redis.hset(RESERVATIONS, "job-that-expired", 1234)
     trimmed = container.settings.model_copy(update={"audit_max_records": 3})
-    previous, tasks._container = tasks._container, Container(trimmed, "tests")
+    previous, policy._container = policy._container, Container(trimmed, "tests")
     try:
         outcome = scheduler_tasks.maintenance()
     finally:
-        tasks._container.close()
-        tasks._container = previous
+        policy._container.close()
+        policy._container = previous
     assert outcome["audit_trimmed"] == 5 and log.size() == 3
     assert outcome["reservations_dropped"] == 1 and not container.redis.exists(RESERVATIONS)
 
@@ -252,14 +252,15 @@ def test_a_redis_at_maxmemory_is_a_507_and_leaves_no_half_stored_job(
         _fill(small_client, 8 * 1024 * 1024, chunk=1024)  # small writes until Redis refuses one: full
         with pytest.raises(redis.exceptions.OutOfMemoryError):
             small_client.set("one-more", b"z" * 1024)
-        text = redis.Redis.from_url(small_redis.url, decode_responses=True)
-        store = JobStore(text, small_client, ttl_seconds=600)
-        service = JobService(store, None, None)  # type: ignore[arg-type]  # no admission: Redis must refuse
+        c = Container(Settings(redis_url=small_redis.url, kafka_bootstrap_servers="127.0.0.1:9"), "tests")
+        store = c.jobs
+        service = JobService(store, c.messaging, c.dead_letters)  # no admission: Redis itself must refuse
         big = SubmitRequest(dataset=Dataset(("a", "b"), np.ones((4000, 2))), detector="ecod")
         with pytest.raises(InsufficientStorage, match="maxmemory"):
             service.submit(big)
         assert store.list(limit=10)[1] == 0
         assert not list(small_client.scan_iter(match="pynomaly:dataset:*"))
+        c.close()
     finally:
         small_client.config_set("maxmemory", 8 * 1024 * 1024)
 
@@ -313,9 +314,11 @@ def test_the_message_queue_service_caps_what_it_publishes() -> None:
         def publish(self, event: Any, wait: bool = True) -> None:
             sent.append(event)
 
-    service = MessageQueueService(None, Recorder(), None, "tests", PayloadCaps(max_list_items=10))  # type: ignore[arg-type]
+    service = MessageQueueService(None, Recorder(), None, "tests", outbox=None, caps=PayloadCaps(max_list_items=10))  # type: ignore[arg-type]
     event = service.publish_event("job_completed", "job-1", steps=list(range(50)))
     assert sent == [event] and event.data["steps"] == list(range(10)) and event.data["steps_total"] == 50
+    staged = service.new_event("job_submitted", "job-1", steps=list(range(50)))  # what the outbox gets
+    assert staged.data["steps"] == list(range(10)) and staged.data["steps_total"] == 50
     # The default caps apply without settings too: event data is always bounded.
-    default = MessageQueueService(None, Recorder(), None, "tests")  # type: ignore[arg-type]
+    default = MessageQueueService(None, Recorder(), None, "tests", outbox=None)  # type: ignore[arg-type]
     assert len(default.publish_event("job_completed", "job-2", scores=[0.5] * 5000).data["scores"]) == 2000

@@ -1,4 +1,4 @@
-"""Event envelope, retry backoff, webhook signing, Celery settings: no services needed."""
+"""Event envelope, webhook signing, Celery settings: no services needed."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from pynomaly.messaging.celery_app import celery_config
 from pynomaly.messaging.events import SCHEMA_VERSION, EventEnvelope, InvalidEvent, make_event
 from pynomaly.topology import T_AUDIT, T_JOB, TOPOLOGY
 from pynomaly.usecases.pipeline import sign
-from pynomaly.workers.tasks import backoff_delay
 
 
 def test_envelope_round_trip_and_topic() -> None:
@@ -51,15 +50,6 @@ def test_envelope_validation(raw: bytes, message: str | None) -> None:
 def test_every_event_type_has_a_topic_in_the_topology() -> None:
     topics = {t.name for t in TOPOLOGY.topics}
     assert set(TOPOLOGY.event_topics.values()) <= topics
-
-
-def test_backoff_is_exponential_with_jitter_and_capped() -> None:
-    for attempt in range(6):
-        exp = min(10.0, 0.5 * 2**attempt)
-        samples = [backoff_delay(attempt, 0.5, 10.0) for _ in range(200)]
-        assert all(exp / 2 <= s <= exp for s in samples)
-        assert len(set(samples)) > 1, "jitter"
-    assert backoff_delay(20, 60.0, 3600.0) <= 3600.0
 
 
 def test_webhook_signature_is_hmac_sha256_of_the_body() -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
+from infra import mocked
 from tests.cluster.conftest import restricted_namespace
 from tests.cluster.deploying import deploy_env, get_json, missing_objects, state_objects, wait_for, workload_problems
 from tools import deploy
@@ -32,6 +33,11 @@ def fake_nodes(local_cluster: LocalCluster) -> Iterator[list[str]]:
         local_cluster.set_real_node_schedulable(True)
 
 
+def operator_secrets(env: str) -> dict[str, str]:
+    """The secrets the stack file wants from its operator (cloud: the encryption key), as stand-ins."""
+    return {f"pynomaly:{key}": value for key, value in mocked.operator_secrets(env).items()}
+
+
 @pytest.mark.parametrize("env", ["onprem", "cloud"])
 def test_stack_on_fake_nodes_deploys_admits_every_pod_and_destroys_clean(
         env: str, local_cluster: LocalCluster, fake_nodes: list[str], built_images: dict,
@@ -39,7 +45,7 @@ def test_stack_on_fake_nodes_deploys_admits_every_pod_and_destroys_clean(
     namespace = deploy.stack_file(env)["pynomaly:kubernetes"]["namespace"]
     with local_cluster.announced_load_balancers(namespace):
         deployed = deploy_env(local_cluster, env, built_images, tmp_path_factory.mktemp(f"deploy-{env}"),
-                              extra={"pynomaly:storageClass": STORAGE_CLASS})
+                              extra={"pynomaly:storageClass": STORAGE_CLASS, **operator_secrets(env)})
         try:
             objects = state_objects(deployed.stack)
             print(f"\n[deploy {env}] {len(objects)} objects on fake nodes, up took {deployed.seconds:.0f} s")
@@ -103,7 +109,8 @@ def test_helm_alone_install_noop_upgrade_and_clean_uninstall_on_fake_nodes(
     local_cluster.kubectl("-n", namespace, "create", "secret", "generic", "pynomaly-secrets",
                           "--from-literal=redis-password=r3dis-pass", "--from-literal=api-keys=an-api-key",
                           "--from-literal=webhook-secret=a-webhook-secret",
-                          "--from-literal=kafka-sasl-password=kafka-pass")
+                          "--from-literal=kafka-sasl-password=kafka-pass",
+                          f"--from-literal=encryption-keys={mocked.RENDER_ENCRYPTION_KEY}")  # cloud's values use it
     kube = ["--kubeconfig", str(local_cluster.kubeconfig), "-n", namespace]
     values = ["-f", str(env_values_file(env))]
     try:

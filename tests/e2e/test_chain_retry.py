@@ -5,7 +5,7 @@ step reads the job's dataset (a network blip, or a Redis failover).  The worker 
 Redis through a small TCP relay run by this test; the relay closes a connection (both ways, before
 forwarding) when the worker asks for ``pynomaly:dataset:<job>`` while the job is on its first
 attempt, so redis-py's own reconnects fail too and the step sees a ``redis.ConnectionError``, which
-``run_step`` treats as transient (a missing blob would be ``NotFound``, permanent).  The second
+the task policy classifies as transient (a missing blob would be ``NotFound``, permanent).  The second
 attempt's reads pass: preprocess completes and the chain continues through detect.
 
 Like ``test_worker_priorities``, the worker is a real ``pynomaly worker`` process on a Redis
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from pynomaly.config import Settings, env_for
+from pynomaly.config import Settings
 from pynomaly.domain.datasets import DatasetLimits, from_rows
 from pynomaly.localstack.procs import log_tail, spawn, stop_process
-from pynomaly.localstack.system import pynomaly_argv
+from pynomaly.localstack.system import child_env, pynomaly_argv
 from pynomaly.messaging.events import EventEnvelope
 from pynomaly.storage.dead_letters import DeadLetterStore
 from pynomaly.storage.redis_client import redis_from_settings
@@ -127,13 +127,14 @@ def test_preprocess_fails_transiently_is_retried_with_backoff_and_the_chain_comp
         return raw is not None and json.loads(raw)["attempts"] == 1
 
     container = Container(isolated, "test")
+    container.start_relay()  # as the API does: publishes this database's outbox to Kafka
     service = JobService(container.jobs, container.messaging, container.dead_letters)
     worker_log = tmp_path / "worker.log"
     try:
         with flaky_relay(("127.0.0.1", redis_server.port), first_attempt_dataset_read) as relay:
             worker_url = isolated.redis_url.replace(f"@127.0.0.1:{redis_server.port}/", f"@127.0.0.1:{relay.port}/")
             assert worker_url != isolated.redis_url
-            env = {**env_for(isolated.model_copy(update={"redis_url": worker_url})), "PYTHONUNBUFFERED": "1"}
+            env = child_env(isolated.model_copy(update={"redis_url": worker_url}))
             argv = pynomaly_argv("worker", f"--queue={Q_PROCESSING}", f"--queue={Q_DETECTION}", "--concurrency=1")
             proc, record = spawn("chain-retry-worker", argv, worker_log, env=env)
             try:
@@ -186,7 +187,7 @@ def test_preprocess_fails_transiently_is_retried_with_backoff_and_the_chain_comp
     assert second.data["step"] == "preprocess" and second.data["attempt"] == 2
     assert retrying.data["attempt"] == 1 and retrying.data["status"] == "retrying"
     assert "ConnectionError" in retrying.data["error"]
-    # Backoff: the first delay is uniform in [base/2, base] (full jitter), and the retry waited it.
+    # Backoff: the first delay is uniform in [base/2, base] (equal jitter), and the retry waited it.
     delay = retrying.data["delay_seconds"]
     base = isolated.retry_backoff_base
     assert base / 2 <= delay <= base

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pynomaly.config import Settings, env_for
+from pynomaly.config import Settings
 from pynomaly.localstack.ports import free_port
 from pynomaly.localstack.procs import log_tail, spawn, stop_process
-from pynomaly.localstack.system import pynomaly_argv
+from pynomaly.localstack.system import child_env, pynomaly_argv
 from pynomaly.messaging.celery_app import create_celery
 from pynomaly.messaging.events import make_event
 from pynomaly.messaging.kafka_events import KafkaEventPublisher
@@ -43,7 +43,7 @@ def component(settings: Settings, tmp_path: Path) -> Iterator:  # type: ignore[t
 
     def start(name: str, *args: str) -> str:
         port = free_port()
-        env = {**env_for(settings), "PYNOMALY_METRICS_PORT": str(port), "PYNOMALY_HEARTBEAT_DIR": str(tmp_path / name)}
+        env = child_env(settings, PYNOMALY_METRICS_PORT=str(port), PYNOMALY_HEARTBEAT_DIR=str(tmp_path / name))
         proc, record = spawn(name, pynomaly_argv(*args), tmp_path / f"{name}.log", env=env)
         started.append((proc, record, tmp_path / f"{name}.log"))
         url = f"http://127.0.0.1:{port}/metrics"

@@ -20,9 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from pynomaly.config import env_for
 from pynomaly.localstack.procs import log_tail, spawn, stop_process
-from pynomaly.localstack.system import pynomaly_argv
+from pynomaly.localstack.system import child_env, pynomaly_argv
 from pynomaly.messaging.beat import BEAT_KEY_PREFIX, BEAT_LOCK_KEY, entry_name
 from tests.e2e.support import wait_for
 from tests.support.http import QuietHandler, serving
@@ -170,7 +169,7 @@ def test_interval_schedule_runs_pauses_resumes_and_is_deleted(
 
     # Two beats: a second `pynomaly beat` next to the system's own waits on the lock; still one job per tick.
     settings = local_system.settings
-    env = {**env_for(settings), "PYTHONUNBUFFERED": "1", "PYNOMALY_HEARTBEAT_DIR": str(tmp_path / "beat2")}
+    env = child_env(settings, PYNOMALY_HEARTBEAT_DIR=str(tmp_path / "beat2"))
     log = tmp_path / "beat2.log"
     proc, record = spawn("second-beat", pynomaly_argv("beat"), log, env=env)
     try:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from pynomaly.config import Settings, env_for
+from pynomaly.config import Settings
 from pynomaly.domain.datasets import DatasetLimits, from_rows
 from pynomaly.domain.jobs import utcnow
 from pynomaly.localstack.procs import log_tail, spawn, stop_process
-from pynomaly.localstack.system import pynomaly_argv
+from pynomaly.localstack.system import child_env, pynomaly_argv
 from pynomaly.scheduling import job_service_for
 from pynomaly.topology import Q_DETECTION, Q_NOTIFICATIONS, Q_REPORTS
 from pynomaly.usecases.jobs import SubmitRequest
@@ -54,7 +54,7 @@ def test_critical_job_starts_before_100_queued_low_ones_and_webhooks_are_signed(
         depths = queue_lengths(container.redis)
         assert depths[f"{Q_DETECTION}:9"] == 100 and depths[Q_DETECTION] == 1, depths
 
-        env = {**env_for(isolated), "PYTHONUNBUFFERED": "1"}
+        env = child_env(isolated)
         queues = [f"--queue={q}" for q in (Q_DETECTION, Q_REPORTS, Q_NOTIFICATIONS)]
         argv = pynomaly_argv("worker", *queues, "--concurrency=1")
         proc, record = spawn("priority-worker", argv, tmp_path / "worker.log", env=env)

@@ -15,7 +15,7 @@ _RUNS: dict[str, mocked.MockedRun] = {}
 def run_env(env: str) -> mocked.MockedRun:
     """The mocked run of ``environments/Pulumi.<env>.yaml`` (computed once per session)."""
     if env not in _RUNS:
-        _RUNS[env] = mocked.run(env)
+        _RUNS[env] = mocked.run(env, secrets=mocked.operator_secrets(env))
     return _RUNS[env]
 
 

@@ -86,7 +86,8 @@ def test_external_redis_and_kafka_deploy_nothing_of_their_own() -> None:
     with pytest.raises(ConfigError, match="redisUrl: required"):
         mocked.run("cloud", config=config, secrets={"kafkaPassword": "k"})
     run = mocked.run("cloud", config=config, secrets={
-        "redisUrl": "rediss://:pw@redis.example:6380/0", "kafkaPassword": "kafka-pw"})
+        "redisUrl": "rediss://:pw@redis.example:6380/0", "kafkaPassword": "kafka-pw",
+        **mocked.operator_secrets("cloud")})
     assert kinds(run, "StatefulSet") == [] and kinds(run, "Job") == []
     assert named(run, "Secret", "pynomaly-redis-auth")["stringData"]["address"] == "redis.example:6380"
     client = named(run, "Secret", "pynomaly-kafka-client")["stringData"]

@@ -91,7 +91,11 @@ def test_secret_keys_and_endpoints_agree(env: str) -> None:
     run = run_env(env)
     values = _values(env)
     app_secret = named(run, "Secret", values["secrets"]["existingSecret"])
-    assert set(app_secret["stringData"]) == set(DEFAULTS["secrets"]["keys"].values())
+    # The encryption keys file is in the same Secret when the stack gives a key (cloud).
+    encryption = values["encryption"]
+    keys_file = {encryption["secretKey"]} if encryption["existingSecret"] else set()
+    assert encryption["existingSecret"] in ("", values["secrets"]["existingSecret"])
+    assert set(app_secret["stringData"]) == set(DEFAULTS["secrets"]["keys"].values()) | keys_file
     redis_secret = named(run, "Secret", run.outputs["redisSecretName"])["stringData"]
     assert set(redis_secret) == {redis_mod.KEY_PASSWORD, redis_mod.KEY_URL, redis_mod.KEY_ADDRESS}
     assert app_secret["stringData"][DEFAULTS["secrets"]["keys"]["redisPassword"]] == redis_secret["password"]

@@ -48,7 +48,7 @@ def _by_kind(objects: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 
 def _mock_render(env: str, tmp_path: Path) -> list[dict[str, Any]]:
-    run = mocked.run(env)
+    run = mocked.run(env, secrets=mocked.operator_secrets(env))
     (chart,) = run.by_type(HELM_CHART)
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump(mocked.manifest(chart)["values"]))
@@ -67,7 +67,8 @@ def _engine_render(folder: Path) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_engine_render_equals_the_mock_render(env: str, tmp_path: Path, engine: dict[str, Path]) -> None:
     out = tmp_path / "rendered"
-    stack = deploy.open_stack(env, overrides={"pynomaly:kubernetes.renderYamlToDirectory": str(out)},
+    operator = {f"pynomaly:{key}": value for key, value in mocked.operator_secrets(env).items()}
+    stack = deploy.open_stack(env, overrides={"pynomaly:kubernetes.renderYamlToDirectory": str(out), **operator},
                               state_dir=tmp_path / "state", tools=engine)
     started = time.monotonic()
     first = deploy.up(stack)

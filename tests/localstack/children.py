@@ -28,6 +28,22 @@ print("fatal: the detector exploded on purpose", file=sys.stderr, flush=True)
 sys.exit(3)
 """
 
+# Healthy (heartbeat) until the file named by PYNOMALY_CRASH_FILE exists, then exits 3 at once, also
+# right after every restart: a component that crashes again and again once something broke.
+FLAKY = """
+import os, pathlib, sys, time
+crash = pathlib.Path(os.environ["PYNOMALY_CRASH_FILE"])
+path = pathlib.Path(os.environ["PYNOMALY_HEARTBEAT_DIR"]) / "heartbeat"
+path.parent.mkdir(parents=True, exist_ok=True)
+print("flaky child up", flush=True)
+while True:
+    if crash.exists():
+        print("fatal: lost the connection on purpose", file=sys.stderr, flush=True)
+        sys.exit(3)
+    path.touch()
+    time.sleep(0.2)
+"""
+
 # Ignores SIGTERM and has a grandchild in its process group: only the SIGKILL of the group ends both.
 STUBBORN = """
 import os, pathlib, signal, subprocess, sys, time
@@ -70,3 +86,28 @@ def crashing_component(name: str, run_dir: Path) -> Component:
         {"PYNOMALY_HEARTBEAT_DIR": str(beat_dir)},
         HeartbeatCheck(beat_dir / "heartbeat", 5.0),
     )
+
+
+def flaky_component(name: str, run_dir: Path, crash_file: Path) -> Component:
+    beat_dir = run_dir / name
+    return Component(
+        name,
+        (sys.executable, "-c", FLAKY),
+        {"PYNOMALY_HEARTBEAT_DIR": str(beat_dir), "PYNOMALY_CRASH_FILE": str(crash_file)},
+        HeartbeatCheck(beat_dir / "heartbeat", 5.0),
+        stop_grace=5.0,
+    )
+
+
+def poll(check, timeout: float, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """``check()``'s first truthy value within ``timeout`` seconds (generous: the machine is shared)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -43,9 +44,10 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
         app.state.async_redis = redis.asyncio.Redis.from_url(
             settings.redis_url, decode_responses=True, **settings.redis_ssl_options()
         )
+        container.start_relay()  # publishes the outbox to Kafka, in its own thread
         yield
         await app.state.async_redis.aclose()
-        container.close()
+        await asyncio.to_thread(container.close)  # stops the relay; must not block the loop either
 
     app = FastAPI(
         title="Pynomaly",
@@ -59,7 +61,6 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     app.state.api_keys = keys
     app.state.job_service = job_service_for(container)
     app.state.audit_log = AuditLog(container.redis)
-    app.state.kafka_ready = container.messaging.publisher_connected
 
     registry = CollectorRegistry()
     registry.register(RedisStateCollector(container.redis))

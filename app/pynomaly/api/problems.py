@@ -5,21 +5,31 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pynomaly.config import SettingsError
 from pynomaly.domain.errors import DomainError
+from pynomaly.messaging.outbox import OutboxFull
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
+# Seconds a client should wait before retrying a 503: about one Redis restart or failover.
+RETRY_AFTER = 5
+# Redis unreachable (refused, timed out, still loading, a replica after a failover) and Celery's
+# broker errors: the request is refused whole, not a bug, so no traceback.
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError, OperationalError)
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
     headers = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'} if status == 401 else None
+    if status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER)}
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -49,6 +59,20 @@ def install(app: FastAPI) -> None:
             415: "Unsupported media type",
         }
         return problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
+
+    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # Registered per class below, so Starlette's ExceptionMiddleware answers it: the connection
+        # stays open (the catch-all Exception handler runs in ServerErrorMiddleware, which re-raises).
+        log.warning("%s %s: 503, Redis unavailable: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return problem(503, "Service unavailable", "Redis is unavailable; nothing was changed, retry later")
+
+    for kind in UNAVAILABLE:
+        app.add_exception_handler(kind, _unavailable)
+
+    @app.exception_handler(OutboxFull)
+    async def _outbox_full(request: Request, exc: OutboxFull) -> JSONResponse:
+        log.warning("%s %s: 503, %s", request.method, request.url.path, exc)
+        return problem(503, "Service unavailable", "the event outbox is full (Kafka is unavailable); retry later")
 
     @app.exception_handler(SettingsError)
     async def _settings(_: Request, exc: SettingsError) -> JSONResponse:

@@ -54,7 +54,7 @@ async def upload_dataset(
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in ("text/csv", "application/csv", "text/plain"):
         body = await _read_limited(request, limit)
-        meta = service.add_csv(body, name, caller)
+        meta = await run_in_threadpool(service.add_csv, body, name, caller)  # Redis: off the loop
     elif content_type == "multipart/form-data":
         await _read_limited(request, limit + 64 * 1024)
         form = await request.form()
@@ -62,7 +62,9 @@ async def upload_dataset(
         if upload is None or isinstance(upload, str):
             raise InvalidInput("multipart body needs a 'file' part with the CSV")
         label = form.get("name")
-        meta = service.add_csv(await upload.read(), label if isinstance(label, str) else name, caller)
+        meta = await run_in_threadpool(
+            service.add_csv, await upload.read(), label if isinstance(label, str) else name, caller
+        )
     elif content_type == "application/json":
         body = await _read_limited(request, limit * 4)
         try:
@@ -71,7 +73,7 @@ async def upload_dataset(
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
             raise InvalidInput(f"{where}: {first['msg']}") from None
-        meta = service.add_rows(payload.rows, payload.columns, payload.name or name, caller)
+        meta = await run_in_threadpool(service.add_rows, payload.rows, payload.columns, payload.name or name, caller)
     else:
         raise HTTPException(415, "send text/csv, multipart/form-data (a CSV file) or application/json (rows)")
     response.headers["Location"] = f"/v1/datasets/{meta.id}"

@@ -130,7 +130,7 @@ async def submit_job(
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
             raise InvalidInput(f"{where}: {first['msg']}") from None
-        dataset = from_rows(payload.rows, payload.columns, limits)
+        dataset = await run_in_threadpool(from_rows, payload.rows, payload.columns, limits)
         fields: dict[str, Any] = payload.model_dump(exclude={"rows", "columns"})
     elif content_type == "multipart/form-data":
         await _read_limited(request, settings.max_upload_bytes + 64 * 1024)
@@ -138,7 +138,7 @@ async def submit_job(
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise InvalidInput("multipart body needs a 'file' part with the CSV")
-        dataset = parse_csv(await upload.read(), limits)
+        dataset = await run_in_threadpool(parse_csv, await upload.read(), limits)
         unknown = sorted(
             set(form.keys())
             - {
@@ -180,7 +180,7 @@ async def submit_job(
     for name in ("params", "preprocessing"):
         if fields.get(name) is not None and not isinstance(fields[name], dict):
             raise InvalidInput(f"{name} must be a JSON object")
-    # Off the event loop: submitting reads Redis' memory, stores the job and waits for Kafka's ack.
+    # Redis and Celery calls block: they run in the thread pool, never on the event loop.
     job, created = await run_in_threadpool(
         state.job_service.submit,
         SubmitRequest(dataset=dataset, idempotency_key=idempotency_key, submitted_by=caller, **fields),

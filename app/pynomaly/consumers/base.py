@@ -3,7 +3,10 @@
 - offsets are committed only after every record of a poll was handled;
 - handlers are idempotent by event id, so a redelivery after a crash changes nothing;
 - a record that cannot be decoded, or whose handler keeps failing, goes to ``<topic>.dlq`` with
-  the error in its headers, and the partition keeps moving.
+  the error in its headers, and the partition keeps moving;
+- but when Redis (where every handler writes) is unreachable, nothing is dead-lettered: the
+  consumer rewinds to the first unhandled record, commits what was handled, and polls again with
+  a growing pause (at most ``PAUSE_MAX`` seconds) until Redis answers, however long that takes.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import redis
 from kafka import KafkaConsumer, KafkaProducer
 
 from pynomaly.config import Settings
@@ -28,6 +32,15 @@ log = logging.getLogger(__name__)
 HANDLER_ATTEMPTS = 3
 HANDLER_BACKOFF = 0.2
 LAG_INTERVAL = 5.0
+PAUSE_FIRST, PAUSE_MAX = 0.5, 5.0
+# Redis unreachable, timing out, loading, or a replica after a failover: the handler's store is
+# away, the record is fine.  (redis' TimeoutError and BusyLoadingError are ConnectionErrors.)
+STORE_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
+
+
+class StoreUnavailable(Exception):
+    """The handler's Redis is away: retry the record later, do not dead-letter it."""
+
 
 Handler = Callable[[EventEnvelope], None]
 
@@ -74,16 +87,29 @@ class EventConsumer:
             signal.signal(signal.SIGINT, self.stop)
         self._heartbeat.start()
         next_lag = 0.0
+        pause = 0.0
+        paused_since: float | None = None
         log.info("consumer group %s on %s started", self._group.name, ",".join(self._group.topics))
         try:
             while not self._stop.is_set():
                 batch = consumer.poll(timeout_ms=500)
                 self._last_poll = time.monotonic()
-                for records in batch.values():
-                    for record in records:
-                        self._process(record, dead_letters)
-                if batch:
-                    consumer.commit()
+                try:
+                    self._handle_batch(consumer, batch, dead_letters)
+                except StoreUnavailable as exc:
+                    if paused_since is None:
+                        paused_since = time.monotonic()
+                        log.warning("consumer group %s: pausing, Redis unavailable (%s)", self._group.name, exc)
+                    pause = min(PAUSE_MAX, max(PAUSE_FIRST, 2 * pause))
+                    self._stop.wait(pause)
+                    continue
+                if paused_since is not None:
+                    log.warning(
+                        "consumer group %s: Redis is back after %.0f s; consuming again",
+                        self._group.name,
+                        time.monotonic() - paused_since,
+                    )
+                    paused_since, pause = None, 0.0
                 if time.monotonic() >= next_lag:
                     self._report_lag(consumer)
                     next_lag = time.monotonic() + LAG_INTERVAL
@@ -93,6 +119,23 @@ class EventConsumer:
             dead_letters.close(timeout=10)
             consumer.close()
             log.info("consumer group %s stopped", self._group.name)
+
+    def _handle_batch(self, consumer: KafkaConsumer, batch: dict, dead_letters: KafkaProducer) -> None:  # type: ignore[type-arg]
+        """Handle a poll's records in order and commit them; on ``StoreUnavailable`` rewind every
+        partition to its first unhandled record and commit only what was handled, then re-raise."""
+        partitions = list(batch.items())
+        for index, (tp, records) in enumerate(partitions):
+            for record in records:
+                try:
+                    self._process(record, dead_letters)
+                except StoreUnavailable:
+                    consumer.seek(tp, record.offset)
+                    for later, rest in partitions[index + 1 :]:
+                        consumer.seek(later, rest[0].offset)
+                    consumer.commit()
+                    raise
+        if batch:
+            consumer.commit()
 
     def _process(self, record, dead_letters: KafkaProducer) -> None:  # type: ignore[no-untyped-def]
         try:
@@ -105,6 +148,8 @@ class EventConsumer:
                 self._handler(event)
                 metrics.KAFKA_CONSUMED.labels(group=self._group.name, topic=record.topic, outcome="ok").inc()
                 return
+            except STORE_UNAVAILABLE as exc:
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
             except Exception as exc:
                 log.warning(
                     "handler failed on %s@%s/%s (attempt %d): %s",

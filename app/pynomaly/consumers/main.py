@@ -6,6 +6,7 @@ from pynomaly.config import Settings
 from pynomaly.consumers.base import EventConsumer, Handler
 from pynomaly.consumers.handlers import AuditSink, StreamBridge
 from pynomaly.consumers.stream_groups import stream_group_consumers
+from pynomaly.messaging.outbox import Outbox, OutboxRelay
 from pynomaly.storage.redis_client import redis_from_settings
 from pynomaly.topology import GROUP_AUDIT, GROUP_BRIDGE, TOPOLOGY
 
@@ -33,6 +34,10 @@ def run_consumer(settings: Settings, pool: str) -> None:
     stream_groups = stream_group_consumers(client, settings.result_ttl_seconds) if group.name == GROUP_BRIDGE else []
     for stream_group in stream_groups:
         stream_group.start()
+    # A relay here too: the outbox keeps reaching Kafka while every API replica is away (the
+    # relays share one lease, so only one publishes).
+    relay = OutboxRelay(Outbox(client, settings.outbox_max_events), settings)
+    relay.start()
     try:
         EventConsumer(
             settings,
@@ -41,5 +46,6 @@ def run_consumer(settings: Settings, pool: str) -> None:
             heartbeat_stream=lambda s, f: client.xadd(s, f, maxlen=settings.stream_maxlen, approximate=True),
         ).run()
     finally:
+        relay.stop()
         for stream_group in stream_groups:
             stream_group.stop()

@@ -2,24 +2,35 @@
 
 ``run_detection`` calls back at checkpoints so the caller can report progress and stop a
 cancelled job; it never talks to a queue itself.
+
+The library calls (building the model, fitting, scoring, contributions) are the boundary of
+deterministic failures: what numpy, scikit-learn and PyOD raise there on the job's data
+(:data:`LIBRARY_ERRORS`) becomes :class:`~pynomaly.domain.errors.DetectorFailed`, which names the
+detector and the error and fails the job at once.  The checkpoints stay outside that boundary: a
+Redis error there is a transport error, retried like any other.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from pynomaly.domain.errors import InvalidInput
+from pynomaly.domain.errors import DetectorFailed, InvalidInput
 
 # Scoring runs in chunks so a long job reports progress and can be cancelled between them.
 SCORE_CHUNK_ROWS = 5000
 DEFAULT_CONTAMINATION = 0.1
 MAX_CONTAMINATION = 0.5
 DEFAULT_TOP_N = 10
+# What numerical code raises on data it cannot handle, the same way on every run: ValueError (and
+# numpy's LinAlgError, a ValueError), ArithmeticError (FloatingPointError, ZeroDivisionError,
+# OverflowError), TypeError and IndexError from shapes and dtypes it did not expect.
+LIBRARY_ERRORS: tuple[type[Exception], ...] = (ValueError, ArithmeticError, TypeError, IndexError)
 
 
 @dataclass(frozen=True)
@@ -235,22 +246,25 @@ def run_detection(
         model_params["n_neighbors"] = min(model_params["n_neighbors"], rows - 1)
     module_name, class_name = spec.pyod_class.split(":")
     model_class = getattr(importlib.import_module(module_name), class_name)
-    model = model_class(contamination=contamination, **model_params)
 
     step(0.1, f"fitting {spec.name} on {rows} rows")
-    model.fit(values)
+    with _library_call(spec, "fitting", values):
+        model = model_class(contamination=contamination, **model_params)
+        model.fit(values)
     step(0.5, "fitted; scoring")
 
     scores = np.empty(rows, dtype=np.float64)
     for start in range(0, rows, SCORE_CHUNK_ROWS):
         stop = min(start + SCORE_CHUNK_ROWS, rows)
-        scores[start:stop] = model.decision_scores_[start:stop]
+        with _library_call(spec, "scoring", values):
+            scores[start:stop] = model.decision_scores_[start:stop]
         step(0.5 + 0.4 * stop / rows, f"scored {stop}/{rows} rows")
 
-    cut = float(threshold) if threshold is not None else float(model.threshold_)
-    labels = (scores > cut).astype(int)
-    contributions = _contributions(model, values, spec)
-    top = _top_anomalies(scores, labels, values, columns, contributions, top_n)
+    with _library_call(spec, "ranking the anomalies of", values):
+        cut = float(threshold) if threshold is not None else float(model.threshold_)
+        labels = (scores > cut).astype(int)
+        contributions = _contributions(model, values, spec)
+        top = _top_anomalies(scores, labels, values, columns, contributions, top_n)
     step(1.0, f"{int(labels.sum())} anomalies in {rows} rows")
     return DetectionResult(
         detector=spec.name,
@@ -261,6 +275,22 @@ def run_detection(
         top_anomalies=top,
         columns=list(columns),
     )
+
+
+@contextmanager
+def _library_call(spec: DetectorSpec, phase: str, values: np.ndarray) -> Iterator[None]:
+    """Turn a library's deterministic error on this data into a clear, permanent DetectorFailed."""
+    try:
+        yield
+    except LIBRARY_ERRORS as exc:
+        rows, cols = values.shape
+        largest = float(np.abs(values).max()) if values.size else 0.0
+        raise DetectorFailed(
+            f"detector {spec.name!r} failed {phase} the data ({rows} rows x {cols} columns, largest "
+            f"|value| {largest:.3g}): {type(exc).__name__}: {str(exc).rstrip('.')}. The same data fails the same way "
+            "again: check it for extreme or degenerate values, scale it (preprocessing.scaling) "
+            "or choose another detector"
+        ) from exc
 
 
 def _contributions(model: Any, values: np.ndarray, spec: DetectorSpec) -> tuple[np.ndarray, str]:

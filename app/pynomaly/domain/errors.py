@@ -41,3 +41,12 @@ class InsufficientStorage(DomainError):
     def __init__(self, message: str, retry_after: int = 30) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class DetectorFailed(InvalidInput):
+    """The detector's library (PyOD, numpy, scikit-learn) raised on the job's data.
+
+    The same data raises again on every run, so the job fails at once: no retry, no dead letter.
+    """
+
+    title = "Detector failed on the data"

@@ -110,7 +110,13 @@ def preprocess(
                 raise InvalidInput(f"column(s) {empty} have no finite value to impute from")
             imputed = int(bad.sum())
             values = np.where(bad, fill[np.newaxis, :], values)
-    values = _scale(values, options.scaling)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, by name
+        values = _scale(values, options.scaling)
+    # Values near the float limit (±1e308) overflow the scaling's sums: say so here, not later as
+    # "NaN or infinite values" the user never sent.
+    refuse_non_finite(
+        values, columns, f"scaling {options.scaling.value!r} overflowed on values this large; use 'robust' or 'none'"
+    )
     return values, PreprocessReport(rows_in, values.shape[0], imputed, kept)
 
 

@@ -24,6 +24,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_NOT_RUNNING = 3  # like `systemctl status` / LSB for a service that is not running
 
+RESTART_HELP = (
+    "A component (API, worker, consumer, beat) that exits is started again after 1 s, doubling up to 30 s "
+    "for repeated crashes (back to 1 s once it stayed healthy for 60 s); after 5 restarts within 300 s "
+    "it is marked failed and left down (`local status` shows its log tail).  Redis and Kafka are not "
+    "restarted: in the foreground their exit stops everything, detached `local status` shows it."
+)
+
 
 def system_options(func: F) -> F:
     """The options every command that starts a local system takes."""
@@ -133,7 +140,7 @@ def run_local(system: LocalSystem, detach: bool = False) -> Iterator[LocalSystem
         try:
             system.start(progress=progress)
             yield system
-            if detach:
+            if detach and not system.detached:
                 system.detach()
         except KeyboardInterrupt:
             click.echo("", err=True)
@@ -154,28 +161,45 @@ def local() -> None:
     """The whole system on this machine: real Redis and Kafka, the API, workers and consumers."""
 
 
-@local.command()
+@local.command(epilog=RESTART_HELP)
 @system_options
-@click.option("--detach", is_flag=True, help="Return once everything is healthy; stop later with `local down`.")
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Return once everything is healthy; a background supervisor process keeps restarting "
+    "components; stop all with `local down`.",
+)
 def up(detach: bool, **options: Any) -> None:
     """Start Redis, Kafka, the API, a worker per pool and the consumers; wait until all are healthy.
 
-    Runs in the foreground until Ctrl-C unless --detach is given.
+    Runs in the foreground until Ctrl-C unless --detach is given; either way components that exit
+    are restarted with backoff.
     """
+    from pynomaly.localstack.progress import StreamProgress
+
     system = system_from_options(die_with_parent=not detach, **options)
     with run_local(system, detach=detach):
         print_summary(system)
         if detach:
-            click.echo("Left running in the background; stop it with `pynomaly local down`.")
+            system.detach()
+            assert system.watcher is not None
+            click.echo(
+                f"Left running in the background, supervised by pid {system.watcher.pid}; "
+                "stop it with `pynomaly local down`."
+            )
             return
         click.echo("Press Ctrl-C to stop everything.")
-        system.watch()
+        system.watch(progress=StreamProgress())
 
 
 @local.command()
 @state_dir_option
 def down(state_dir: Path | None) -> None:
-    """Stop the local system started from this state directory (from any shell)."""
+    """Stop the local system started from this state directory (from any shell).
+
+    The background supervisor of `up --detach` is stopped first, then every process `local.json`
+    lists, the ones it restarted included.
+    """
     from pynomaly.localstack.progress import StreamProgress
     from pynomaly.localstack.system import stop_from_state
 
@@ -191,7 +215,10 @@ def down(state_dir: Path | None) -> None:
 @local.command()
 @state_dir_option
 def status(state_dir: Path | None) -> None:
-    """Show what runs, whether it is healthy, and where things are. Exit 0 = all healthy, 1 = not, 3 = not running."""
+    """Show what runs, whether it is healthy, its restarts, and where things are.
+
+    Exit 0 = all healthy, 1 = not (a component exited, restarting or failed), 3 = not running.
+    """
     from pynomaly.localstack.system import status_from_state
 
     directory = resolve_state_dir(state_dir)
@@ -203,15 +230,30 @@ def status(state_dir: Path | None) -> None:
     click.echo(f"Redis      {data['redis_url']}   Kafka {data['kafka_bootstrap_servers']}")
     click.echo(f"API key in {data['api_key_file']}   logs in {data['logs']}/")
     click.echo(f"started by pid {data['owner']['pid']} ({'detached' if data.get('detached') else 'foreground'})")
+    watcher = data.get("watcher")
+    if watcher:
+        if data["watcher_alive"]:
+            click.echo(f"supervised by pid {watcher['pid']} (restarts exited components; log {watcher['log']})")
+        else:
+            click.echo(f"supervisor pid {watcher['pid']} is NOT running: nothing restarts exited components")
+    elif data.get("supervising") and data.get("owner_alive"):
+        click.echo(f"supervised by pid {data['owner']['pid']} above (restarts exited components)")
     healthy = bool(data.get("ready"))
     if not healthy:
         click.echo("still starting: not every component is up yet")
     for row in data["processes"]:
-        if not row["alive"]:
-            state, healthy = "EXITED", False
+        if row["failed"]:
+            state, healthy = f"FAILED: {row['failed']}", False
+        elif not row["alive"]:
+            state, healthy = "EXITED" + (" (restart pending)" if row["restart_due"] else ""), False
         elif row["problem"]:
             state, healthy = f"UNHEALTHY: {row['problem']}", False
         else:
             state = "ok"
-        click.echo(f"  {row['name']:<22} pid {row['pid']:<8} {state}")
+        restarts = f"  restarts {row['restarts']}" if row["restarts"] else ""
+        click.echo(f"  {row['name']:<22} pid {row['pid']:<8} {state}{restarts}")
+        if row["failed"] and row["log_tail"]:
+            click.echo(f"      last lines of {row['log']}:")
+            for line in row["log_tail"].splitlines():
+                click.echo(f"      | {line}")
     sys.exit(0 if healthy else 1)

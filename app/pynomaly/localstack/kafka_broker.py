@@ -18,7 +18,7 @@ from pynomaly.localstack.errors import LocalStackError
 from pynomaly.localstack.java import check_java
 from pynomaly.localstack.kafka_jars import KafkaJars
 from pynomaly.localstack.ports import LOOPBACK, pick_port
-from pynomaly.localstack.procs import ManagedServer, ProcessRecord, log_tail, spawn
+from pynomaly.localstack.procs import CHILD_UMASK, ManagedServer, ProcessRecord, log_tail, private_dir, spawn
 from pynomaly.localstack.progress import Progress, as_progress
 
 NODE_ID = 1
@@ -111,8 +111,9 @@ class KafkaBroker(ManagedServer):
         if self.controller_port == self.port:
             self.controller_port = pick_port(None, "Kafka controller")
         self.jars.ensure(out)
-        for path in (self.data_dir, self.log_dir):
-            path.mkdir(parents=True, exist_ok=True)
+        # Log segments hold every event (job data): the broker's folders are the user's only (0700).
+        for path in (self.state_dir, self.data_dir, self.log_dir):
+            private_dir(path)
         self._check_data_dir_free()
         self._write_config()
         self._format_storage(java, out)
@@ -222,7 +223,7 @@ class KafkaBroker(ManagedServer):
         cluster_id = recorded or new_cluster_id()
         out.step(f"formatting Kafka storage in {self.data_dir}")
         argv = self._java_argv(java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_path))
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False, umask=CHILD_UMASK)
         if done.returncode != 0:
             lines = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
             raise LocalStackError(

@@ -4,6 +4,9 @@ Every child gets its own session (process group): Ctrl-C in the terminal then re
 parent, which stops the children in order, and a stop can signal a child's whole group (Celery's
 pool processes, uvicorn's workers) at once.  A pid is only signalled when its start time still
 matches the recorded one, so a recycled pid is never killed by mistake.
+
+Children run with umask 077 and their logs are created 0600: Redis' AOF, Kafka's log segments and the
+logs (which may show job data) are readable by the user who started them only.
 """
 
 from __future__ import annotations
@@ -21,6 +24,23 @@ from pathlib import Path
 from pynomaly.localstack.errors import LocalStackError
 
 _PR_SET_PDEATHSIG = 1
+# What a child may create (AOF, Kafka segments, heartbeats): private to the user who started it.
+CHILD_UMASK = 0o077
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) and make it 0700, also when it existed with wider modes."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
+def private_log(path: Path) -> int:
+    """Open ``path`` for appending, created 0600 (an existing file is tightened too); returns the fd."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
 
 
 @dataclass(frozen=True)
@@ -94,9 +114,9 @@ def spawn(
     cwd: Path | None = None,
     die_with_parent: bool = True,
 ) -> tuple[subprocess.Popen[bytes], ProcessRecord]:
-    """Start ``argv`` in its own session with stdout+stderr appended to ``log_path``."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    """Start ``argv`` in its own session with stdout+stderr appended to ``log_path`` (0600, umask 077)."""
+    private_dir(log_path.parent)
+    with os.fdopen(private_log(log_path), "ab") as log:
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}: {argv[0]}\n".encode())
         log.flush()
         try:
@@ -108,6 +128,7 @@ def spawn(
                 env=dict(env) if env is not None else None,
                 cwd=cwd,
                 start_new_session=True,
+                umask=CHILD_UMASK,
                 preexec_fn=_die_with_parent if die_with_parent else None,
             )
         except OSError as exc:
@@ -141,6 +162,12 @@ def stop_process(record: ProcessRecord, grace: float = 10.0, proc: subprocess.Po
     _signal_group(record, signal.SIGKILL, leader_checked=False)
     _reap(proc)
     return True
+
+
+def kill_group_leftovers(record: ProcessRecord) -> None:
+    """SIGKILL what is left of an exited leader's process group (its pgid is its pid)."""
+    if not record.alive():
+        _signal_group(record, signal.SIGKILL, leader_checked=False)
 
 
 def _signal_group(record: ProcessRecord, sig: int, leader_checked: bool = True) -> None:

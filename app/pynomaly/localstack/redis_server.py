@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from pynomaly.localstack.errors import LocalStackError
 from pynomaly.localstack.ports import LOOPBACK, pick_port
-from pynomaly.localstack.procs import ManagedServer, ProcessRecord, log_tail, spawn
+from pynomaly.localstack.procs import ManagedServer, ProcessRecord, log_tail, private_dir, spawn
 from pynomaly.localstack.progress import Progress, as_progress
 
 REDIS_PACKAGE = "redis-server"
@@ -109,7 +109,10 @@ class RedisServer(ManagedServer):
     def start(self, timeout: float = 20.0, progress: Progress | None = None) -> RedisServer:
         binary = find_redis_server(progress=progress)
         self.port = pick_port(self.configured_port, "Redis", "--redis-port")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)  # the AOF holds every queued job: 0700, files 0600 (umask 077)
+        private_dir(self.log_path.parent)
+        if self.log_path.exists():  # Redis appends to it; one from an older run may be world-readable
+            os.chmod(self.log_path, 0o600)
         self._write_config()
         as_progress(progress).step(f"starting Redis on {LOOPBACK}:{self.port}")
         self._proc, self.record = spawn(

@@ -1,7 +1,13 @@
-"""A small process supervisor: start components, wait until each is healthy, notice crashes, stop all.
+"""A small process supervisor: start components, wait until each is healthy, restart crashes, stop all.
 
 Health is what Kubernetes checks too: the API answers ``GET /healthz`` with 200; workers and
 consumers touch a heartbeat file whose age tells whether they still make progress.
+
+Restarts (:class:`RestartPolicy`) happen while something runs :meth:`Supervisor.supervise` in a loop:
+the foreground ``local up`` / ``local demo --keep-running``, or the detached watcher of
+``local up --detach`` (``watcher.py``).  A component that exits is started again after a backoff
+(1 s doubling up to 30 s; back to 1 s once it stayed healthy for 60 s); more than 5 restarts within
+300 s mark it failed and it stays down, with the tail of its log in ``local status``.
 """
 
 from __future__ import annotations
@@ -13,12 +19,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pynomaly.localstack.errors import LocalStackError
-from pynomaly.localstack.procs import ProcessRecord, log_tail, spawn, stop_process
+from pynomaly.localstack.procs import ProcessRecord, kill_group_leftovers, log_tail, private_log, spawn, stop_process
 from pynomaly.localstack.progress import Progress, as_progress
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -92,6 +98,73 @@ class Component:
     stop_grace: float = 15.0
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When an exited component is started again, and when the supervisor gives up on it."""
+
+    initial_delay: float = 1.0  # seconds before the first restart after a crash
+    max_delay: float = 30.0  # the delay doubles per consecutive crash up to this
+    reset_after: float = 60.0  # healthy this long before an exit: the delay starts at initial_delay again
+    max_restarts: int = 5  # this many restarts within `window` seconds, and the next exit marks it failed
+    window: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name in ("initial_delay", "max_delay", "reset_after", "window"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"restart policy: {name} must be a number > 0, got {value!r}")
+        if self.max_delay < self.initial_delay:
+            raise ValueError(f"restart policy: max_delay {self.max_delay} is below initial_delay {self.initial_delay}")
+        if not isinstance(self.max_restarts, int) or isinstance(self.max_restarts, bool) or self.max_restarts < 1:
+            raise ValueError(f"restart policy: max_restarts must be an integer >= 1, got {self.max_restarts!r}")
+
+    def delay(self, streak: int) -> float:
+        """The wait before restart number ``streak + 1`` of an uninterrupted run of crashes."""
+        return min(self.initial_delay * 2 ** min(streak, 30), self.max_delay)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RestartPolicy:
+        return cls(**{k: data[k] for k in ("initial_delay", "max_delay", "reset_after", "max_restarts", "window")})
+
+
+@dataclass
+class RestartState:
+    """A component's restart history; it carries over from one process of the component to the next."""
+
+    restarts: int = 0  # restarts so far (shown by `local status`)
+    streak: int = 0  # crashes since it last stayed healthy for reset_after
+    recent: list[float] = field(default_factory=list)  # wall-clock times of restarts within the window
+    due: float | None = None  # wall-clock time of the pending restart
+    failed: str | None = None  # why the supervisor gave up; it is not restarted any more
+    last_exit: str | None = None
+    healthy_since: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> RestartState:
+        data = data or {}
+        return cls(
+            restarts=int(data.get("restarts", 0)),
+            streak=int(data.get("streak", 0)),
+            recent=[float(t) for t in data.get("recent", [])],
+            due=None if data.get("due") is None else float(data["due"]),
+            failed=data.get("failed"),
+            last_exit=data.get("last_exit"),
+            healthy_since=None if data.get("healthy_since") is None else float(data["healthy_since"]),
+        )
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "(exit status unknown)"
+    return f"with code {code}" if code >= 0 else f"on signal {-code}"
+
+
 class ComponentFailed(LocalStackError):
     """A component exited or never became healthy; ``detail`` holds the tail of its log."""
 
@@ -106,32 +179,62 @@ class Running:
     record: ProcessRecord
     proc: subprocess.Popen[bytes] | None
     started_at: float
+    restart: RestartState = field(default_factory=RestartState)
+
+    def exit_code(self) -> tuple[bool, int | None]:
+        """(exited, exit code when known): our own child is reaped; an adopted process only has its pid."""
+        code = self.proc.poll() if self.proc is not None else None
+        if code is not None:
+            return True, code
+        if self.record.alive():
+            return False, None
+        if self.proc is not None:
+            # Seen as a zombie before poll() could reap it: reap now to learn how it ended.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self.proc.wait(timeout=2)
+        return True, code
 
     def to_dict(self) -> dict[str, Any]:
         data = self.record.to_dict()
         data["health"] = self.component.health.to_dict() if self.component.health else None
         data["stop_grace"] = self.component.stop_grace
+        data["restart"] = self.restart.to_dict()
         return data
 
 
 class Supervisor:
-    """Starts components in order and stops them in reverse; ``on_change`` persists the pid list."""
+    """Starts components in order and stops them in reverse; ``on_change`` persists the pid list.
+
+    :meth:`supervise` applies ``policy`` to components that exited; ``on_event`` receives one line
+    per crash, restart and give-up (the caller logs or prints it).
+    """
 
     def __init__(
         self,
         log_dir: Path,
         die_with_parent: bool = True,
         on_change: Callable[[list[Running]], None] | None = None,
+        policy: RestartPolicy | None = None,
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.log_dir = Path(log_dir)
         self.die_with_parent = die_with_parent
         self.on_change = on_change
+        self.policy = policy or RestartPolicy()
+        self.on_event = on_event
         self.running: list[Running] = []
 
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
-    def start(self, component: Component) -> Running:
+    def start(self, component: Component, restart: RestartState | None = None) -> Running:
+        running = self._spawn(component, restart)
+        self.running.append(running)
+        if self.on_change:
+            self.on_change(self.running)
+        return running
+
+    def _spawn(self, component: Component, restart: RestartState | None) -> Running:
         if isinstance(component.health, HeartbeatCheck):
             # A heartbeat left by an earlier run must not make the new process look healthy.
             component.health.path.unlink(missing_ok=True)
@@ -139,10 +242,12 @@ class Supervisor:
         proc, record = spawn(
             component.name, component.argv, self.log_path(component.name), env=env, die_with_parent=self.die_with_parent
         )
-        running = Running(component, record, proc, time.time())
+        return Running(component, record, proc, time.time(), restart or RestartState())
+
+    def adopt(self, component: Component, record: ProcessRecord, restart: RestartState | None = None) -> Running:
+        """Watch a process another supervisor started (the detached watcher takes over from `up`)."""
+        running = Running(component, record, None, time.time(), restart or RestartState())
         self.running.append(running)
-        if self.on_change:
-            self.on_change(self.running)
         return running
 
     def restart(self, name: str) -> Running:
@@ -153,10 +258,80 @@ class Supervisor:
         if old.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 old.proc.wait(timeout=2)
-        del self.running[index]
-        new = self.start(old.component)
-        self.running.insert(index, self.running.pop())  # keep the stop order
+        # A pool child of a worker killed alone would otherwise run on beside the new worker, unrecorded.
+        kill_group_leftovers(old.record)
+        new = self._spawn(old.component, old.restart)
+        self.running[index] = new  # in place: the stop order stays
+        if self.on_change:
+            self.on_change(self.running)
         return new
+
+    def supervise(self, now: float | None = None) -> None:
+        """One round of the restart policy: note exits, start due restarts, give up on crash loops.
+
+        Call it every second or so.  Never raises for a component's crash: that is what it handles.
+        """
+        now = time.time() if now is None else now
+        changed = False
+        for running in list(self.running):
+            state, name = running.restart, running.component.name
+            if state.failed:
+                continue
+            if state.due is not None:
+                if now >= state.due:
+                    state.due = None
+                    state.streak += 1
+                    state.restarts += 1
+                    state.recent.append(now)
+                    changed = True
+                    try:
+                        new = self.restart(name)
+                    except LocalStackError as exc:
+                        state.failed = f"cannot be started again: {exc}"
+                        self._event(running, f"{name} FAILED: {state.failed}")
+                        continue
+                    self._event(new, f"{name} restarted (pid {new.record.pid}, restart {state.restarts})")
+                continue
+            exited, code = running.exit_code()
+            if not exited:
+                if state.healthy_since is None:
+                    # Checked until healthy once; the reset only needs to know since when.
+                    health = running.component.health
+                    if health is None or health.problem(since=running.started_at) is None:
+                        state.healthy_since = now
+                continue
+            changed = True
+            how = describe_exit(code)
+            state.last_exit = f"exited {how} at {time.strftime('%H:%M:%S', time.localtime(now))}"
+            if state.healthy_since is not None and now - state.healthy_since >= self.policy.reset_after:
+                state.streak = 0  # it ran well for a while: this crash starts a new series
+            state.healthy_since = None
+            state.recent = [t for t in state.recent if now - t < self.policy.window]
+            if len(state.recent) >= self.policy.max_restarts:
+                state.failed = (
+                    f"{len(state.recent)} restarts within {self.policy.window:.0f}s, then exited {how}; not restarted"
+                )
+                self._event(running, f"{name} FAILED: {state.failed}; last lines of {running.record.log}:", tail=True)
+                continue
+            delay = self.policy.delay(state.streak)
+            state.due = now + delay
+            self._event(
+                running, f"{name} (pid {running.record.pid}) exited {how}; restart {state.restarts + 1} in {delay:g}s"
+            )
+        if changed and self.on_change:
+            self.on_change(self.running)
+
+    def failed(self) -> list[Running]:
+        return [r for r in self.running if r.restart.failed]
+
+    def _event(self, running: Running, message: str, tail: bool = False) -> None:
+        log = running.record.log
+        detail = log_tail(log, 10) if tail else ""  # read before the marker line below is added
+        with contextlib.suppress(OSError), os.fdopen(private_log(Path(log)), "a") as handle:
+            # The component's own log says why it was restarted, between its two runs' lines.
+            handle.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} supervisor: {message}\n")
+        if self.on_event:
+            self.on_event(message + ("\n" + detail if detail else ""))
 
     def start_all(
         self, components: Sequence[Component], timeout: float = 180.0, progress: Progress | None = None
@@ -200,14 +375,8 @@ class Supervisor:
         """Components whose process is gone, with their exit code when known."""
         gone = []
         for running in self.running:
-            code = running.proc.poll() if running.proc is not None else None
-            if code is None and not running.record.alive():
-                # Seen as a zombie before poll() could reap it: reap now to learn how it ended.
-                if running.proc is not None:
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        code = running.proc.wait(timeout=2)
-                gone.append((running, code))
-            elif code is not None:
+            exited, code = running.exit_code()
+            if exited:
                 gone.append((running, code))
         return gone
 
@@ -215,10 +384,7 @@ class Supervisor:
         """Raise :class:`ComponentFailed` (with the log tail) if a component has exited."""
         for running, code in self.exited():
             name = running.component.name
-            if code is None:
-                how = "(exit status unknown)"
-            else:
-                how = f"with code {code}" if code >= 0 else f"on signal {-code}"
+            how = describe_exit(code)
             raise ComponentFailed(
                 name,
                 f"{name} exited {how}; last lines of {running.record.log}:",

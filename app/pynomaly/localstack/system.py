@@ -5,17 +5,22 @@ test fixtures.  Layout of the state directory (git-ignored ``./.pynomaly`` by de
 
     local.json   pids, ports, URLs (see state.py)      api-key     the generated API key (0600)
     redis/       Redis config (0600), AOF             kafka/      server.properties, KRaft data
-    kafka-libs/  the Kafka jar cache                   logs/       <component>.log, redis.log, kafka/
+    kafka-libs/  the Kafka jar cache                   logs/       <component>.log, redis.log, kafka/, supervisor.log
     run/<component>/heartbeat                          heartbeat files of workers and consumers
+
+The state directory and the folders with data (redis/, kafka/, logs/) are 0700, their files 0600.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import secrets
 import signal
+import stat
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -25,7 +30,15 @@ from typing import IO, Any
 from pynomaly.config import Settings, env_for
 from pynomaly.localstack.errors import LocalStackError
 from pynomaly.localstack.ports import LOOPBACK, free_port, require_free
-from pynomaly.localstack.procs import log_tail, proc_start_time, stop_process
+from pynomaly.localstack.procs import (
+    CHILD_UMASK,
+    ProcessRecord,
+    log_tail,
+    private_dir,
+    private_log,
+    proc_start_time,
+    stop_process,
+)
 from pynomaly.localstack.progress import Progress, as_progress
 from pynomaly.localstack.state import alive_records, owner_alive, read_state, records, remove_state, write_state
 from pynomaly.localstack.supervisor import (
@@ -33,10 +46,12 @@ from pynomaly.localstack.supervisor import (
     ComponentFailed,
     HeartbeatCheck,
     HttpCheck,
+    RestartPolicy,
     Running,
     Supervisor,
     health_from_dict,
 )
+from pynomaly.localstack.watcher import SUPERVISOR_LOG, component_spec, log_event
 from pynomaly.topology import TOPOLOGY
 
 API_KEY_FILE = "api-key"
@@ -54,12 +69,21 @@ def pynomaly_argv(*args: str) -> tuple[str, ...]:
     return (sys.executable, "-c", "import sys; from pynomaly.cli import main; sys.argv[0] = 'pynomaly'; main()", *args)
 
 
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of an application process: ``settings`` as PYNOMALY_* variables, nothing else
+    inherited but PYTHONPATH (a source checkout run with it: its children import the same code)."""
+    env = {**env_for(settings), "PYTHONUNBUFFERED": "1", **extra}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
 def local_components(settings: Settings, state_dir: Path | str) -> list[Component]:
     """The application's processes: the API, a worker per topology pool, a consumer per consumer group, beat."""
     from pynomaly.observability.heartbeat import HEARTBEAT_FILE
 
     state_dir = Path(state_dir)
-    base = {**env_for(settings), "PYTHONUNBUFFERED": "1"}
+    base = child_env(settings)
 
     def heartbeat_dir(name: str) -> Path:
         return state_dir / "run" / name
@@ -141,6 +165,7 @@ class LocalSystem:
     ``redis``/``kafka`` may be given already running (the test session shares one broker); they are
     then used but not stopped.  ``components`` replaces :func:`local_components` (a callable taking
     ``(settings, state_dir)``); ``with_components=False`` starts the services only.
+    ``restart_policy`` is applied by :meth:`watch` and, after :meth:`detach`, by the watcher process.
     """
 
     def __init__(
@@ -159,6 +184,7 @@ class LocalSystem:
         kafka: Any = None,
         die_with_parent: bool = True,
         health_timeout: float = 180.0,
+        restart_policy: RestartPolicy | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).resolve() if state_dir else default_state_dir()
         self.api_port_configured = api_port
@@ -179,11 +205,22 @@ class LocalSystem:
         self.api_key = ""
         self.settings: Settings | None = None
         self.topics_created: list[str] = []
-        self.supervisor = Supervisor(self.log_dir, die_with_parent=die_with_parent, on_change=self._components_changed)
+        self.restart_policy = restart_policy or RestartPolicy()
+        self.supervisor = Supervisor(
+            self.log_dir,
+            die_with_parent=die_with_parent,
+            on_change=self._components_changed,
+            policy=self.restart_policy,
+            on_event=self._supervisor_event,
+        )
+        self.watcher: ProcessRecord | None = None
+        self.supervising = False  # a foreground watch() loop runs
+        self._event_out: Progress | None = None
         self.started = False
         self.began = False  # True once this object started (or tried to start) something of its own
         self.detached = False
         self._lock_handle: IO[str] | None = None
+        self._watcher_proc: subprocess.Popen[bytes] | None = None
 
     # -- locations --------------------------------------------------------------------------------
     @property
@@ -208,7 +245,7 @@ class LocalSystem:
         out = as_progress(progress)
         if self.started:
             return self
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        make_state_dir(self.state_dir)
         self._acquire_lock()
         try:
             self._refuse_if_running()
@@ -298,16 +335,46 @@ class LocalSystem:
     def check(self) -> None:
         """Raise :class:`~pynomaly.localstack.supervisor.ComponentFailed` if a component exited."""
         self.supervisor.check()
+        self.check_services()
+
+    def check_services(self) -> None:
+        """Raise :class:`ComponentFailed` if Redis or Kafka (not restarted: see README) exited."""
         for name, service in (("redis", self.redis), ("kafka", self.kafka)):
             if service is not None and service.record is not None and not service.running():
                 log = service.log_path if name == "redis" else service.server_log
                 raise ComponentFailed(name, f"{name} exited; last lines of {log}:", detail=log_tail(log))
 
-    def watch(self, interval: float = 1.0) -> None:
-        """Block until a component exits (then raise with its log tail); Ctrl-C ends it with KeyboardInterrupt."""
-        while True:
-            self.check()
-            time.sleep(interval)
+    def watch(
+        self,
+        interval: float = 1.0,
+        until: Callable[[], bool] | None = None,
+        progress: Progress | Callable[[str], None] | None = None,
+    ) -> None:
+        """The foreground supervisor loop: restart exited components by the restart policy.
+
+        Runs until ``until()`` is true (forever without it; Ctrl-C ends it with KeyboardInterrupt).
+        Restarts, crashes and give-ups go to ``progress`` and ``logs/supervisor.log``; an exit of
+        Redis or Kafka raises :class:`ComponentFailed` with its log tail.
+        """
+        self._event_out = as_progress(progress) if progress is not None else None
+        self.supervising = True
+        self._save()  # `status` says who restarts components
+        try:
+            while True:
+                self.supervisor.supervise()
+                self.check_services()
+                if until is not None and until():
+                    return
+                time.sleep(interval)
+        finally:
+            self._event_out = None
+            self.supervising = False
+
+    def _supervisor_event(self, message: str) -> None:
+        with contextlib.suppress(OSError):
+            log_event(self.log_dir, message)
+        if self._event_out is not None:
+            self._event_out.step(message)
 
     def stop(self, progress: Progress | Callable[[str], None] | None = None) -> None:
         """Stop components (reverse order), then Kafka, then Redis; only what this object started."""
@@ -328,11 +395,53 @@ class LocalSystem:
             self.started = False
             self._release_lock()
 
-    def detach(self) -> None:
-        """Leave everything running after this process exits (``up --detach``); ``down`` stops it later."""
+    def detach(self, interval: float = 1.0) -> None:
+        """Leave everything running after this process exits (``up --detach``); ``down`` stops it later.
+
+        A watcher process (``watcher.py``) takes over the restart policy; its pid is in ``local.json``.
+        """
+        self.watcher = self._start_watcher(interval)
         self.detached = True
-        self._save()
+        self._save()  # the watcher waits for its spec, sent next, so it sees its own pid in the state
+        assert self._watcher_proc is not None and self._watcher_proc.stdin is not None
+        spec = {
+            "log_dir": str(self.log_dir),
+            "interval": interval,
+            "policy": self.restart_policy.to_dict(),
+            "components": [component_spec(r) for r in self.supervisor.running],
+            "services": [
+                service.record.to_dict()
+                for service, own in ((self.redis, self._own_redis), (self.kafka, self._own_kafka))
+                if own and service is not None and service.record is not None
+            ],
+        }
+        try:
+            with self._watcher_proc.stdin as pipe:
+                pipe.write(json.dumps(spec).encode())
+        except BaseException:
+            stop_process(self.watcher, grace=5.0, proc=self._watcher_proc)
+            self.detached = False
+            raise
         self._release_lock()
+
+    def _start_watcher(self, interval: float) -> ProcessRecord:
+        log = self.log_dir / SUPERVISOR_LOG
+        private_dir(self.log_dir)
+        argv = [sys.executable, "-m", "pynomaly.localstack.watcher", "--state-dir", str(self.state_dir)]
+        with os.fdopen(private_log(log), "ab") as out:
+            try:
+                self._watcher_proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.PIPE,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # Ctrl-C in the terminal and the CLI's exit do not reach it
+                    umask=CHILD_UMASK,
+                )
+            except OSError as exc:
+                raise LocalStackError(f"cannot start the supervisor process: {exc.strerror or exc}") from exc
+        pid = self._watcher_proc.pid
+        return ProcessRecord("watcher", pid, proc_start_time(pid), str(log))
 
     def __enter__(self) -> LocalSystem:
         return self.start()
@@ -361,18 +470,22 @@ class LocalSystem:
         data["owner"] = {"pid": os.getpid(), "start_time": proc_start_time(os.getpid())}
         data["detached"] = self.detached
         data["ready"] = self.started
+        data["supervising"] = self.supervising
         data["updated_at"] = time.time()
         for key, service, own in (("redis", self.redis, self._own_redis), ("kafka", self.kafka, self._own_kafka)):
             if own and service is not None and service.record is not None:
                 data[key] = {"process": service.record.to_dict(), "port": service.port}
         data["components"] = [r.to_dict() for r in (running if running is not None else self.supervisor.running)]
+        if self.watcher is not None:
+            data["watcher"] = self.watcher.to_dict()
         write_state(self.state_dir, data)
 
     def _components_changed(self, running: list[Running]) -> None:
         self._save(running)
 
     def _acquire_lock(self) -> None:
-        handle = open(self.state_dir / "local.lock", "w")  # noqa: SIM115 - held for the system's lifetime
+        fd = os.open(self.state_dir / "local.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        handle = os.fdopen(fd, "w")  # held for the system's lifetime
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -394,7 +507,7 @@ class LocalSystem:
         data = read_state(self.state_dir)
         if not data:
             return
-        if alive_records(data) or owner_alive(data):
+        if alive_records(data) or owner_alive(data) or watcher_alive(data):
             raise AlreadyRunning(
                 f"the local system is already running (API {data.get('api_url', '?')}, state {self.state_dir}): "
                 "use `pynomaly local status`, or `pynomaly local down` first"
@@ -402,7 +515,27 @@ class LocalSystem:
         remove_state(self.state_dir)  # left by a crash or a reboot: nothing of it runs any more
 
 
+def make_state_dir(state_dir: Path) -> None:
+    """Create the state directory 0700 (and tighten one left 0755 by an older version).
+
+    A shared sticky directory (``--state-dir /tmp``) is left as it is: its data folders are 0700 anyway.
+    """
+    if state_dir.is_dir() and state_dir.stat().st_mode & stat.S_ISVTX:
+        return
+    private_dir(state_dir)
+
+
 # -- from another shell ---------------------------------------------------------------------------
+
+
+def watcher_record(data: dict[str, Any]) -> ProcessRecord | None:
+    entry = data.get("watcher")
+    return ProcessRecord.from_dict(entry) if entry else None
+
+
+def watcher_alive(data: dict[str, Any]) -> bool:
+    record = watcher_record(data)
+    return bool(record and record.alive())
 
 
 def stop_from_state(state_dir: Path, progress: Progress | None = None, owner_grace: float = 90.0) -> list[str]:
@@ -412,6 +545,13 @@ def stop_from_state(state_dir: Path, progress: Progress | None = None, owner_gra
     if not data:
         return []
     stopped: list[str] = []
+    watcher = watcher_record(data)
+    if watcher is not None and watcher.alive():
+        # First, so it restarts nothing that is being stopped; it writes its last pids before exiting.
+        out.step(f"stopping the supervisor (pid {watcher.pid})")
+        stop_process(watcher, grace=15.0)
+        stopped.append("supervisor")
+    data = read_state(state_dir) or data  # the pids of what it restarted
     owner = data.get("owner") or {}
     if owner_alive(data) and int(owner.get("pid", 0)) != os.getpid():
         # A foreground `up` stops its children in order when told to; give it the chance first.
@@ -442,15 +582,33 @@ def status_from_state(state_dir: Path) -> dict[str, Any] | None:
         return None
     rows = []
     by_name = {str(c.get("name")): c for c in data.get("components", [])}
+    exited_services = data.get("services_exited") or {}
     for record in records(data):
         alive = record.alive()
         problem = None
-        if alive and record.name in by_name:
-            health = health_from_dict(by_name[record.name].get("health"))
+        entry = by_name.get(record.name, {})
+        if alive and entry:
+            health = health_from_dict(entry.get("health"))
             problem = health.problem() if health else None
-        rows.append({"name": record.name, "pid": record.pid, "alive": alive, "problem": problem, "log": record.log})
+        restart = entry.get("restart") or {}
+        failed = restart.get("failed") or exited_services.get(record.name)
+        rows.append(
+            {
+                "name": record.name,
+                "pid": record.pid,
+                "alive": alive,
+                "problem": problem,
+                "log": record.log,
+                "restarts": int(restart.get("restarts", 0)),
+                "restart_due": restart.get("due"),
+                "last_exit": restart.get("last_exit"),
+                "failed": failed,
+                "log_tail": log_tail(record.log, 10) if failed else "",
+            }
+        )
     data["processes"] = rows
     data["owner_alive"] = owner_alive(data)
+    data["watcher_alive"] = watcher_alive(data)
     return data
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
@@ -38,42 +37,6 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 def _publish_failed(event: EventEnvelope, exc: BaseException) -> None:
     metrics.KAFKA_PUBLISH_FAILURES.labels(topic=event.topic, type=event.type).inc()
     log.error("event %s (%s for %s) was not published: %s", event.id, event.type, event.subject, exc)
-
-
-class LazyPublisher:
-    """Connects on first use, so a component starts (and reports not-ready) while Kafka is down.
-
-    A failed connection is retried at the next publish instead of failing the process at start.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._publisher: KafkaEventPublisher | None = None
-        self._lock = threading.Lock()
-
-    def _get(self) -> KafkaEventPublisher:
-        with self._lock:
-            if self._publisher is None:
-                self._publisher = KafkaEventPublisher(self._settings)
-            return self._publisher
-
-    def publish(self, event: EventEnvelope, wait: bool = True) -> None:
-        self._get().publish(event, wait=wait)
-
-    def flush(self) -> None:
-        with self._lock:
-            publisher = self._publisher
-        if publisher is not None:
-            publisher.flush()
-
-    def connected(self) -> bool:
-        return self._get().connected()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._publisher is not None:
-                self._publisher.close()
-                self._publisher = None
 
 
 class KafkaEventPublisher:

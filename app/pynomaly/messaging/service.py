@@ -1,7 +1,8 @@
 """ADR-016's MessageQueueService: the one seam between use cases and the three transports.
 
 - ``enqueue_job``   -> Celery on Redis (the job's steps as an ordered chain, routed and prioritised)
-- ``publish_event`` -> Kafka (versioned envelope, key = job id)
+- ``publish_event`` -> Kafka (versioned envelope, key = job id) through the Redis outbox
+  (messaging/outbox.py): nothing waits for Kafka, and a Kafka outage loses no event
 - ``stream_update`` -> Redis Streams (capped, for live consumers)
 
 Use cases receive this object; they never import Celery, kafka-python or redis themselves.
@@ -10,7 +11,8 @@ Use cases receive this object; they never import Celery, kafka-python or redis t
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from celery import Celery, chain
 
@@ -18,6 +20,9 @@ from pynomaly.domain.jobs import Job, Step
 from pynomaly.messaging.events import EventEnvelope, PayloadCaps, make_event
 from pynomaly.messaging.streams import RedisStreams
 from pynomaly.topology import TASK_DETECT, TASK_NOTIFY, TASK_PREPROCESS, TASK_REPORT, TOPOLOGY, Priority
+
+if TYPE_CHECKING:
+    from pynomaly.messaging.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,7 @@ class MessageQueueService:
         publisher: EventPublisher,
         streams: RedisStreams,
         source: str,
+        outbox: Outbox,
         caps: PayloadCaps | None = None,
     ) -> None:
         self._celery = celery
@@ -53,6 +59,7 @@ class MessageQueueService:
         self._publisher = publisher
         self._streams = streams
         self.source = source
+        self._outbox = outbox
 
     # -- Celery ----------------------------------------------------------------------------------
     def enqueue_job(self, job: Job) -> str:
@@ -82,6 +89,25 @@ class MessageQueueService:
         event = make_event(event_type, subject, self.source, self._caps, **data)
         self._publisher.publish(event, wait=wait)
         return event
+
+    @property
+    def outbox(self) -> Outbox:
+        return self._outbox
+
+    def new_event(self, event_type: str, subject: str, **data: Any) -> EventEnvelope:
+        return make_event(event_type, subject, self.source, self._caps, **data)
+
+    def stage_events(self, events: Sequence[EventEnvelope]) -> Callable[[Any], None]:
+        """Writes that add ``events`` to the outbox inside the caller's Redis transaction (the caller
+        passes its pipeline).  Raises ``OutboxFull`` before anything is written when the outbox is at
+        its bound: new work is refused while Kafka is away long, accepted work never dropped."""
+        outbox = self._outbox
+        outbox.check_room(len(events))
+        return lambda pipe: outbox.stage(pipe, events)
+
+    def publish_events(self, events: Sequence[EventEnvelope]) -> None:
+        for event in events:
+            self._publisher.publish(event)
 
     def flush_events(self) -> None:
         self._publisher.flush()

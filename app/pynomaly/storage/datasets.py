@@ -14,6 +14,7 @@ import redis
 from pynomaly.domain.datasets import Dataset
 from pynomaly.domain.errors import Conflict, NotFound
 from pynomaly.domain.jobs import utcnow
+from pynomaly.storage.encryption import PLAIN, BlobCodec
 from pynomaly.storage.redis_client import KEY_PREFIX
 
 DATASET_INDEX = f"{KEY_PREFIX}datasets"
@@ -50,15 +51,16 @@ class StoredDataset:
 
 
 class DatasetStore:
-    def __init__(self, client: redis.Redis, blobs: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, blobs: redis.Redis, codec: BlobCodec = PLAIN) -> None:
         self._r = client
         self._b = blobs
+        self._codec = codec  # the matrix blob only: metadata stays plain for listing
 
     def add(self, meta: StoredDataset, dataset: Dataset, max_datasets: int) -> StoredDataset:
         if self._r.zcard(DATASET_INDEX) >= max_datasets:
             raise Conflict(f"{max_datasets} datasets are stored already (the limit): delete some first")
         payload = gzip.compress(json.dumps(dataset.to_payload(), separators=(",", ":")).encode(), compresslevel=5)
-        self._b.set(_data_key(meta.id), payload)
+        self._b.set(_data_key(meta.id), self._codec.seal(_data_key(meta.id), payload))
         pipe = self._r.pipeline(transaction=True)
         pipe.set(_meta_key(meta.id), json.dumps(meta.as_dict()))
         pipe.zadd(DATASET_INDEX, {meta.id: time.time()})
@@ -78,7 +80,7 @@ class DatasetStore:
         raw = self._b.get(_data_key(dataset_id))
         if raw is None:
             raise NotFound(f"no dataset {dataset_id!r}")
-        return Dataset.from_payload(json.loads(gzip.decompress(raw)))
+        return Dataset.from_payload(json.loads(gzip.decompress(self._codec.open(_data_key(dataset_id), raw))))
 
     def list(self, offset: int = 0, limit: int = 50) -> tuple[list[StoredDataset], int]:
         total = int(self._r.zcard(DATASET_INDEX))

@@ -13,6 +13,7 @@ import redis
 from pynomaly.domain.datasets import Dataset
 from pynomaly.domain.errors import Conflict, InsufficientStorage, NotFound
 from pynomaly.domain.jobs import Job, JobStatus, check_transition, utcnow
+from pynomaly.storage.encryption import PLAIN, BlobCodec
 from pynomaly.storage.redis_client import KEY_PREFIX, update_document
 
 JOB_INDEX = f"{KEY_PREFIX}jobs"
@@ -81,35 +82,46 @@ def _unpack(raw: bytes) -> Any:
 class JobStore:
     """Jobs as JSON documents, changed only through allowed status transitions.
 
-    Two clients: a text one for job documents and a binary one for gzip'd blobs.
+    Two clients: a text one for job documents and a binary one for gzip'd blobs, which pass through
+    ``codec`` (encryption at rest; job documents stay plain so listing needs no key).
     """
 
     def __init__(
-        self, client: redis.Redis, blobs: redis.Redis, ttl_seconds: int, data_ttl_seconds: int | None = None
+        self,
+        client: redis.Redis,
+        blobs: redis.Redis,
+        ttl_seconds: int,
+        codec: BlobCodec = PLAIN,
+        data_ttl_seconds: int | None = None,
     ) -> None:
         self._r = client
         self._b = blobs
         self._ttl = ttl_seconds
+        self._codec = codec
         # The submitted and preprocessed datasets may go before the job's record and result.
         self._data_ttl = min(data_ttl_seconds or ttl_seconds, ttl_seconds)
 
     # -- jobs ----------------------------------------------------------------------------------
-    def create(self, job: Job, dataset: Dataset) -> None:
+    def create(self, job: Job, dataset: Dataset, also: Callable[[Any], None] | None = None) -> None:
         """Store the dataset first, then the job, so a visible job always has its data.
 
+        ``also`` adds writes to the job's MULTI/EXEC (its events in the outbox): all or nothing.
         The job's expected growth is reserved with it (released when it finishes): see RESERVATIONS.
         A Redis at its maxmemory refuses the dataset before any job exists.
         """
+        key = _blob_key(DATASET, job.id)
         raw = dataset.to_bytes()
         try:
-            self._b.set(_blob_key(DATASET, job.id), raw, ex=self._data_ttl)
+            self._b.set(key, self._codec.seal(key, raw), ex=self._data_ttl)
             pipe = self._r.pipeline(transaction=True)
             pipe.set(_job_key(job.id), json.dumps(job.as_dict()), ex=self._ttl)
             pipe.zadd(JOB_INDEX, {job.id: time.time()})
             pipe.hset(RESERVATIONS, job.id, expected_growth(len(raw)))
+            if also is not None:
+                also(pipe)
             pipe.execute()
         except redis.exceptions.OutOfMemoryError as exc:
-            self._b.delete(_blob_key(DATASET, job.id))  # DEL is allowed at maxmemory
+            self._b.delete(key)  # DEL is allowed at maxmemory
             raise _refuse_oom(exc) from exc
 
     # -- memory reservations ---------------------------------------------------------------------
@@ -274,26 +286,28 @@ class JobStore:
     # -- blobs ---------------------------------------------------------------------------------
     def put_blob(self, kind: str, job_id: str, data: Any) -> str:
         key = _blob_key(kind, job_id)
-        self._b.set(key, _pack(data), ex=self._ttl)
+        self._b.set(key, self._codec.seal(key, _pack(data)), ex=self._ttl)
         return key
 
     def get_blob(self, kind: str, job_id: str) -> Any:
-        raw = self._b.get(_blob_key(kind, job_id))
+        key = _blob_key(kind, job_id)
+        raw = self._b.get(key)
         if raw is None:
             raise NotFound(f"no {kind} for job {job_id!r}")
-        return _unpack(raw)
+        return _unpack(self._codec.open(key, raw))
 
     def put_dataset(self, kind: str, job_id: str, dataset: Dataset) -> str:
         """A job's submitted or preprocessed dataset, kept ``data_ttl_seconds`` (never past the job)."""
         key = _blob_key(kind, job_id)
-        self._b.set(key, dataset.to_bytes(), ex=self._data_ttl)
+        self._b.set(key, self._codec.seal(key, dataset.to_bytes()), ex=self._data_ttl)
         return key
 
     def get_dataset(self, kind: str, job_id: str) -> Dataset:
-        raw = self._b.get(_blob_key(kind, job_id))
+        key = _blob_key(kind, job_id)
+        raw = self._b.get(key)
         if raw is None:
             raise NotFound(f"no {kind} for job {job_id!r}")
-        return Dataset.from_bytes(raw)
+        return Dataset.from_bytes(self._codec.open(key, raw))
 
     def has_blob(self, kind: str, job_id: str) -> bool:
         return bool(self._b.exists(_blob_key(kind, job_id)))

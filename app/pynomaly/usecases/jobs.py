@@ -20,6 +20,7 @@ from pynomaly.domain.errors import Conflict, DomainError, InvalidInput, NotFound
 from pynomaly.domain.jobs import Job, JobStatus, Step, new_job_id, new_run_token, parse_priority, parse_steps
 from pynomaly.domain.notifications import Channel, NotificationTarget, parse_targets
 from pynomaly.domain.preprocessing import REJECT_HINT, MissingPolicy, PreprocessOptions, refuse_non_finite
+from pynomaly.messaging.events import EventEnvelope
 from pynomaly.messaging.service import MessageQueueService
 from pynomaly.observability import metrics
 from pynomaly.storage.dead_letters import DeadLetter, DeadLetterStore
@@ -144,19 +145,24 @@ class JobService:
             existing = self._claim(request.idempotency_key, job, request.dataset)
             if existing is not None:
                 return existing, False
-        self._jobs.create(job, request.dataset)
+        # The job and its events are written in one MULTI/EXEC with the outbox, before the job is
+        # enqueued: a worker may start it at once, and its own events (written to the same outbox
+        # later) then come after job_submitted on Kafka.
+        events = [
+            self._mq.new_event(
+                "job_submitted",
+                job.id,
+                status=job.status,
+                detector=job.detector,
+                priority=job.priority,
+                steps=job.steps,
+                rows=job.dataset["rows"],
+            ),
+            self._audit_event("job.submitted", job.id, job.submitted_by),
+        ]
+        self._jobs.create(job, request.dataset, also=self._mq.stage_events(events))
         if request.idempotency_key:
             self._jobs.confirm_idempotency_key(request.idempotency_key, job.id)
-        # Announced before it is enqueued: a worker may start the job at once, and its job_started
-        # (another producer) must not overtake job_submitted on the job's partition.
-        self._announce(
-            "job_submitted",
-            job,
-            detector=job.detector,
-            priority=job.priority,
-            steps=job.steps,
-            rows=job.dataset["rows"],
-        )
         self._enqueue(job)
         metrics.JOBS_SUBMITTED.labels(detector=job.detector, priority=job.priority).inc()
         return job, True
@@ -257,20 +263,35 @@ class JobService:
         try:
             self._mq.enqueue_job(job)
         except Exception as exc:
-            log.exception("enqueue failed for job %s", job.id)
+            # Redis went away between the job's write and its queue message: the job is marked
+            # failed (not left queued forever) when Redis still answers; the caller gets 503.
+            log.warning("enqueue failed for job %s: %s: %s", job.id, type(exc).__name__, exc)
             error = str(exc)
-            failed = self._jobs.update(job.id, lambda j: _mark_unqueued(j, error))
-            self._announce("job_failed", failed, error=failed.error)
-            if job.idempotency_key:
-                self._jobs.release_idempotency_key(job.idempotency_key, job.id)
+            try:
+                failed = self._jobs.update(job.id, lambda j: _mark_unqueued(j, error))
+                self._announce("job_failed", failed, error=failed.error)
+                if job.idempotency_key:
+                    self._jobs.release_idempotency_key(job.idempotency_key, job.id)
+            except Exception as again:
+                log.warning("could not mark job %s as not queued: %s: %s", job.id, type(again).__name__, again)
             raise ServiceUnavailable(f"the job could not be queued (broker unavailable): {exc}") from exc
 
     def _announce(self, event_type: str, job: Job, **data: Any) -> None:
+        self._publish(
+            [
+                self._mq.new_event(event_type, job.id, status=job.status, **data),
+                self._audit_event(event_type.replace("_", "."), job.id, job.submitted_by),
+            ]
+        )
+
+    def _publish(self, events: list[EventEnvelope]) -> None:
         try:
-            self._mq.publish_event(event_type, job.id, status=job.status, **data)
-        except Exception:  # the job is queued and recorded; the event stream is best effort here
-            log.exception("could not publish %s for job %s", event_type, job.id)
-        self._audit(event_type.replace("_", "."), job.id, job.submitted_by)
+            self._mq.publish_events(events)
+        except Exception as exc:  # the change is recorded; the event stream is best effort here
+            log.warning("could not publish %s: %s: %s", [e.type for e in events], type(exc).__name__, exc)
+
+    def _audit_event(self, action: str, subject: str, actor: str | None, **data: Any) -> EventEnvelope:
+        return self._mq.new_event("audit_record", subject, action=action, actor=actor or "anonymous", **data)
 
     def _audit(self, action: str, subject: str, actor: str | None, **data: Any) -> None:
         record_audit(self._mq, action, subject, actor, **data)

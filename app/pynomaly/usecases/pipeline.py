@@ -236,7 +236,8 @@ class Pipeline:
         return self._jobs.exists(job_id)
 
     def flush(self) -> None:
-        """Wait until every event this step sent is acknowledged (failures are logged per event)."""
+        """Hand this step's events over before the next step runs (a no-op with the outbox, where
+        each event is in Redis, in order, once ``publish_event`` returns)."""
         try:
             self._mq.flush_events()
         except Exception:

@@ -42,6 +42,9 @@ def run_worker(settings: Settings, pool: str | None, queues: list[str] | None, c
         default_concurrency = 1
         node = "-".join(names)
     procs = concurrency or settings.worker_concurrency or default_concurrency
+    # A missing or malformed encryption key stops the start here, not each job later.
+    codec = settings.blob_codec()
+    log.info("encryption at rest: %s; key ids %s", "on" if codec.enabled else "off", codec.key_ids() or "none")
 
     app = create_celery(settings)
     app.set_default()

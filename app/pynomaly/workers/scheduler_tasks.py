@@ -1,8 +1,9 @@
 """Tasks that beat sends, all on the ``default`` queue.
 
 - ``scheduled_run``: one run of a schedule, submitted as an ordinary job (same queues, events, DLQ).
-  A dataset URL that cannot be fetched is retried with backoff, then dead-lettered; bad data or a
-  schedule that no longer validates fails the run at once (``last_error`` on the schedule).
+  Under the task policy (:mod:`pynomaly.workers.policy`): a dataset URL that cannot be fetched, or
+  Redis or the broker failing, is retried with backoff, then dead-lettered; bad data or a schedule
+  that no longer validates fails the run at once (``last_error`` on the schedule).
 - ``maintenance``: retention (stored datasets no schedule uses; index entries of expired jobs and
   runs; the audit log by age and count; memory reservations of finished jobs), and stream trimming.
 - ``health_check``: a ``system_alert`` event (which the bridge also puts on the dashboard stream)
@@ -13,15 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from typing import Any
 
 from celery import Task, shared_task
 
 from pynomaly.consumers.stream_groups import COMPONENTS, component_health
-from pynomaly.domain.errors import DomainError
 from pynomaly.messaging.events import make_event
-from pynomaly.observability import metrics
 from pynomaly.scheduling import dataset_store, schedule_service, schedule_store
 from pynomaly.storage.audit import AuditLog
 from pynomaly.storage.dead_letters import DeadLetter
@@ -33,8 +31,7 @@ from pynomaly.topology import (
     TASK_SCHEDULED_RUN,
     TOPOLOGY,
 )
-from pynomaly.usecases.remote_datasets import FetchFailed
-from pynomaly.workers.tasks import backoff_delay, container
+from pynomaly.workers.policy import TaskRun, container
 
 log = logging.getLogger(__name__)
 
@@ -44,38 +41,32 @@ ALERT_DLQ_SIZE = f"{KEY_PREFIX}alerts:dlq-size"
 FORGET_COMPONENT_AFTER = 24 * 3600
 
 
+class ScheduledRun(TaskRun):
+    def __init__(self, task: Task, schedule_id: str, trigger: str) -> None:
+        super().__init__(task)
+        self.schedule_id = schedule_id
+        self.trigger = trigger
+
+    def body(self) -> dict[str, Any]:
+        job = schedule_service(self.container).run(self.schedule_id, self.trigger)
+        if job is None:
+            return {"schedule_id": self.schedule_id, "status": "skipped"}
+        return {"schedule_id": self.schedule_id, "status": "submitted", "job_id": job.id}
+
+    def retrying(self, error: str, delay: float) -> None:
+        log.warning("schedule %s: %s; retrying in %.1fs", self.schedule_id, error, delay)
+
+    def failed(self, error: str) -> dict[str, Any]:
+        log.warning("schedule %s: run failed: %s", self.schedule_id, error)
+        return {"schedule_id": self.schedule_id, "status": "failed", "error": error}
+
+    def dead_lettered(self, error: str, letter: DeadLetter) -> dict[str, Any]:
+        return {"schedule_id": self.schedule_id, "status": "dead_lettered", "dead_letter_id": letter.id}
+
+
 @shared_task(bind=True, name=TASK_SCHEDULED_RUN, max_retries=None)
 def scheduled_run(self: Task, schedule_id: str, trigger: str = "beat") -> dict[str, Any]:
-    c = container()
-    settings = c.settings
-    try:
-        job = schedule_service(c).run(schedule_id, trigger)
-    except FetchFailed as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        if self.request.retries < settings.max_retries:
-            delay = backoff_delay(self.request.retries, settings.retry_backoff_base, settings.retry_backoff_max)
-            log.warning("schedule %s: %s; retrying in %.1fs", schedule_id, error, delay)
-            raise self.retry(exc=exc, countdown=delay, max_retries=settings.max_retries) from exc
-        letter = c.dead_letters.add(
-            DeadLetter(
-                task=self.name,
-                args=[schedule_id],
-                kwargs={"trigger": trigger},
-                error=error,
-                traceback=traceback.format_exc(),
-                attempts=self.request.retries + 1,
-                job_id=None,
-                queue=TOPOLOGY.task(self.name).queue,
-            )
-        )
-        metrics.DEAD_LETTERED.labels(task=self.name).inc()
-        return {"schedule_id": schedule_id, "status": "dead_lettered", "dead_letter_id": letter.id}
-    except DomainError as exc:
-        log.warning("schedule %s: run failed: %s", schedule_id, exc)
-        return {"schedule_id": schedule_id, "status": "failed", "error": str(exc)}
-    if job is None:
-        return {"schedule_id": schedule_id, "status": "skipped"}
-    return {"schedule_id": schedule_id, "status": "submitted", "job_id": job.id}
+    return ScheduledRun(self, schedule_id, trigger)()
 
 
 @shared_task(name=TASK_MAINTENANCE)

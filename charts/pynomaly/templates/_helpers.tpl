@@ -167,6 +167,9 @@ pynomaly.io/pool: {{ .pool }}
 {{- fail (printf "no credentials: set secrets.existingSecret to a Secret with the keys %s, %s, %s (and %s with SASL), or set %s (there are no default passwords)" $v.secrets.keys.redisPassword $v.secrets.keys.apiKeys $v.secrets.keys.webhookSecret $v.secrets.keys.kafkaSaslPassword (join ", " $missing)) -}}
 {{- end -}}
 {{- end -}}
+{{- if and $v.encryption.enabled (not $v.encryption.existingSecret) -}}
+{{- fail (printf "encryption.enabled needs encryption.existingSecret: a Secret whose key %s holds the keys file, one base64 key of 32 random bytes per line (make one with `openssl rand -base64 32`); the chart never generates an encryption key" $v.encryption.secretKey) -}}
+{{- end -}}
 {{- if and $v.smtp.username (not $v.secrets.existingSecret) (not $v.secrets.smtpPassword) -}}
 {{- fail (printf "smtp.username is set but there is no SMTP password: set secrets.existingSecret to a Secret with the key %s, or set secrets.smtpPassword" $v.secrets.keys.smtpPassword) -}}
 {{- end -}}
@@ -288,6 +291,28 @@ topologySpreadConstraints:
 {{- end }}
 {{- end -}}
 
+{{/* The encryption keys file of the API and the workers (callers check encryption.existingSecret). */}}
+{{- define "pynomaly.encryptionEnv" -}}
+- name: PYNOMALY_ENCRYPTION_KEYS_FILE
+  value: /etc/pynomaly/encryption/{{ .Values.encryption.secretKey }}
+{{- end -}}
+
+{{- define "pynomaly.encryptionMount" -}}
+- name: encryption-keys
+  mountPath: /etc/pynomaly/encryption
+  readOnly: true
+{{- end -}}
+
+{{- define "pynomaly.encryptionVolume" -}}
+- name: encryption-keys
+  secret:
+    secretName: {{ .Values.encryption.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.encryption.secretKey }}
+        path: {{ .Values.encryption.secretKey }}
+{{- end -}}
+
 {{/* Annotations that roll pods when configuration or credentials change. */}}
 {{- define "pynomaly.checksumAnnotations" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
@@ -296,7 +321,7 @@ checksum/secret: {{ printf "%s\n%s" (include (print .Template.BasePath "/secret.
 
 {{/* A worker or consumer Deployment: (dict "root" $ "component" "worker"|"consumer" "name" poolName
      "pool" poolValues "defaults" workers|consumers values "args" container args "grace" seconds
-     "extraEnv" list) */}}
+     "extraEnv" list "encryption" bool: mount the encryption keys file) */}}
 {{- define "pynomaly.backgroundDeployment" -}}
 {{- $root := .root -}}
 {{- $sel := dict "root" $root "component" .component "pool" .name -}}
@@ -356,6 +381,9 @@ spec:
             {{- with .extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
+            {{- if and .encryption $root.Values.encryption.existingSecret }}
+            {{- include "pynomaly.encryptionEnv" $root | nindent 12 }}
+            {{- end }}
           {{- if $root.Values.metrics.enabled }}
           ports:
             - name: metrics
@@ -387,6 +415,9 @@ spec:
               mountPath: /tmp
             - name: heartbeat
               mountPath: /var/run/pynomaly
+            {{- if and .encryption $root.Values.encryption.existingSecret }}
+            {{- include "pynomaly.encryptionMount" $root | nindent 12 }}
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir:
@@ -395,6 +426,9 @@ spec:
           emptyDir:
             medium: Memory
             sizeLimit: 1Mi
+        {{- if and .encryption $root.Values.encryption.existingSecret }}
+        {{- include "pynomaly.encryptionVolume" $root | nindent 8 }}
+        {{- end }}
 {{- end -}}
 
 {{/*
