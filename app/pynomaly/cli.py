@@ -254,7 +254,13 @@ def _parse_notify(specs: tuple[str, ...], allow_json: bool = False) -> list[dict
 @click.option("--webhook", help="URL that receives the signed completion notice.")
 @click.option("--notify", "notify", multiple=True, metavar="CHANNEL:TARGET[:ON[:THRESHOLD]]", help=NOTIFY_HELP)
 @click.option("--wait/--no-wait", default=False, help="Follow the job with a progress bar and print the anomalies.")
-@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait with --wait.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    show_default=True,
+    help="Seconds to wait with --wait.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 @_client_options
 def submit(

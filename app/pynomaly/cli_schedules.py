@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from pynomaly.cli import _call, _client, _client_options, _parse_notify, _parse_params, _settings, main
+from pynomaly.client import segment
 from pynomaly.config import SettingsError
 
 
@@ -26,6 +27,10 @@ def beat() -> None:
 
 def _api(client: Any, method: str, path: str, **kwargs: Any) -> Any:
     return _call(lambda: client._call(method, path, **kwargs))
+
+
+def _segment(value: str) -> str:
+    return str(_call(lambda: segment(value)))  # an empty id: one Error: line, no traceback
 
 
 def _schedule_line(item: dict[str, Any]) -> str:
@@ -127,7 +132,7 @@ def schedules_list(limit: int, as_json: bool, api_url: str | None, api_key: str 
 def schedules_show(schedule_id: str, api_url: str | None, api_key: str | None) -> None:
     """A schedule with its last runs and next run time."""
     with _client(api_url, api_key) as client:
-        click.echo(json.dumps(_api(client, "GET", f"/v1/schedules/{schedule_id}"), indent=2))
+        click.echo(json.dumps(_api(client, "GET", f"/v1/schedules/{_segment(schedule_id)}"), indent=2))
 
 
 def _action(verb: str, doc: str) -> None:
@@ -136,7 +141,7 @@ def _action(verb: str, doc: str) -> None:
     @_client_options
     def command(schedule_id: str, api_url: str | None, api_key: str | None) -> None:
         with _client(api_url, api_key) as client:
-            item = _api(client, "POST", f"/v1/schedules/{schedule_id}/{verb}")
+            item = _api(client, "POST", f"/v1/schedules/{_segment(schedule_id)}/{verb}")
         click.echo(
             f"schedule {item['id']} {'paused' if item['paused'] else 'active, next ' + str(item['next_run_at'])}"
         )
@@ -152,7 +157,7 @@ _action("resume", "Send runs again.")
 def schedules_run(schedule_id: str, api_url: str | None, api_key: str | None) -> None:
     """Start one run now (an ordinary job)."""
     with _client(api_url, api_key) as client:
-        out = _api(client, "POST", f"/v1/schedules/{schedule_id}/run")
+        out = _api(client, "POST", f"/v1/schedules/{_segment(schedule_id)}/run")
     click.echo(f"job {out['job_id']} {out['status']} (schedule {schedule_id})")
 
 
@@ -162,7 +167,7 @@ def schedules_run(schedule_id: str, api_url: str | None, api_key: str | None) ->
 def schedules_delete(schedule_id: str, api_url: str | None, api_key: str | None) -> None:
     """Delete a schedule; its past jobs stay."""
     with _client(api_url, api_key) as client:
-        _api(client, "DELETE", f"/v1/schedules/{schedule_id}")
+        _api(client, "DELETE", f"/v1/schedules/{_segment(schedule_id)}")
     click.echo(f"schedule {schedule_id} deleted")
 
 
@@ -212,7 +217,7 @@ def datasets_list(limit: int, api_url: str | None, api_key: str | None) -> None:
 @_client_options
 def datasets_show(dataset_id: str, api_url: str | None, api_key: str | None) -> None:
     with _client(api_url, api_key) as client:
-        click.echo(json.dumps(_api(client, "GET", f"/v1/datasets/{dataset_id}"), indent=2))
+        click.echo(json.dumps(_api(client, "GET", f"/v1/datasets/{_segment(dataset_id)}"), indent=2))
 
 
 @datasets.command("delete")
@@ -221,5 +226,5 @@ def datasets_show(dataset_id: str, api_url: str | None, api_key: str | None) -> 
 def datasets_delete(dataset_id: str, api_url: str | None, api_key: str | None) -> None:
     """Delete a stored dataset (refused while a schedule uses it)."""
     with _client(api_url, api_key) as client:
-        _api(client, "DELETE", f"/v1/datasets/{dataset_id}")
+        _api(client, "DELETE", f"/v1/datasets/{_segment(dataset_id)}")
     click.echo(f"dataset {dataset_id} deleted")

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -21,6 +22,18 @@ class ApiError(RuntimeError):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.status = status
+
+
+def segment(value: str) -> str:
+    """``value`` (an id from the command line) as exactly one URL path segment.
+
+    Quoted, so '/', '%', '?', '#' and control characters stay in the id instead of naming another
+    path or breaking the URL; '.' and '..' encoded too, as clients drop them as dot segments.
+    """
+    if not value:
+        raise ApiError(0, "the id must not be empty")
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 class PynomalyClient:
@@ -76,30 +89,30 @@ class PynomalyClient:
         )
 
     def job(self, job_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/v1/jobs/{job_id}")
+        return self._call("GET", f"/v1/jobs/{segment(job_id)}")
 
     def jobs(self, **filters: Any) -> dict[str, Any]:
         return self._call("GET", "/v1/jobs", params={k: v for k, v in filters.items() if v is not None})
 
     def result(self, job_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/v1/jobs/{job_id}/result")
+        return self._call("GET", f"/v1/jobs/{segment(job_id)}/result")
 
     def report(self, job_id: str, fmt: str) -> str:
-        body = self._call("GET", f"/v1/jobs/{job_id}/report", params={"format": fmt})
+        body = self._call("GET", f"/v1/jobs/{segment(job_id)}/report", params={"format": fmt})
         return body if isinstance(body, str) else json.dumps(body, indent=2)
 
     def notifications(self, job_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/v1/jobs/{job_id}/notifications")
+        return self._call("GET", f"/v1/jobs/{segment(job_id)}/notifications")
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._call("DELETE", f"/v1/jobs/{job_id}")
+        return self._call("DELETE", f"/v1/jobs/{segment(job_id)}")
 
     def delete_job(self, job_id: str) -> None:
         """Delete a finished job with its datasets, result and reports (``DELETE ...?purge=true``)."""
-        self._call("DELETE", f"/v1/jobs/{job_id}", params={"purge": "true"})
+        self._call("DELETE", f"/v1/jobs/{segment(job_id)}", params={"purge": "true"})
 
     def retry(self, job_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/jobs/{job_id}/retry")
+        return self._call("POST", f"/v1/jobs/{segment(job_id)}/retry")
 
     def detectors(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/detectors")
@@ -108,10 +121,10 @@ class PynomalyClient:
         return self._call("GET", "/v1/dlq", params={"offset": offset, "limit": limit})
 
     def dead_letter(self, letter_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/v1/dlq/{letter_id}")
+        return self._call("GET", f"/v1/dlq/{segment(letter_id)}")
 
     def replay(self, letter_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/dlq/{letter_id}/replay")
+        return self._call("POST", f"/v1/dlq/{segment(letter_id)}/replay")
 
     def purge(self) -> dict[str, Any]:
         return self._call("DELETE", "/v1/dlq")

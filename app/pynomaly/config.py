@@ -62,6 +62,13 @@ class Settings(BaseModel):
         "retries it (the events stay in the outbox: none is lost). Twice this plus 10 s is how long a dead "
         "relay's lease lasts before another process's relay takes over.",
     )
+    kafka_session_timeout_seconds: float = Field(
+        10.0,
+        ge=6,
+        le=300,
+        description="How long Kafka waits for a silent consumer before giving its partitions to another "
+        "member (a killed bridge's events wait this long; heartbeats go every third of it).",
+    )
     outbox_max_events: int = Field(
         100_000,
         ge=100,

@@ -67,6 +67,7 @@ def test_celery_settings_follow_the_seed() -> None:
     assert visibility > 3600
     assert conf["result_backend_transport_options"]["visibility_timeout"] == visibility  # type: ignore[index]
     assert conf["task_compression"] == "gzip" and conf["timezone"] == "UTC"
+    assert conf["broker_connection_max_retries"] is None  # a Redis outage of any length: keep reconnecting
     routes = conf["task_routes"]
     assert {r["queue"] for r in routes.values()} == {q.name for q in TOPOLOGY.queues}  # type: ignore[union-attr]
 

@@ -20,7 +20,7 @@ from pynomaly.topology import S_DASHBOARD, TOPOLOGY
 from tests.e2e.support import own_redis_db, read_topic
 
 pytestmark = pytest.mark.services
-OUTBOX_DB = 8
+OUTBOX_DB = 9
 
 
 def _events(job_ids: list[str]) -> list[EventEnvelope]:

@@ -270,3 +270,19 @@ def test_maintenance_and_health_check_run_on_the_default_worker(local_system, sy
     wait_for(
         lambda: bridged("health_summary") and bridged("system_alert"), 60, what="summary and alert on the dashboard"
     )
+
+
+def test_creating_a_schedule_is_audited(http: httpx.Client, dataset: dict[str, Any]) -> None:
+    # The record's dataset field was once named source=, which collided with the event envelope's own
+    # source argument: the audit record was lost with a logged TypeError.
+    body = {"interval_seconds": 3600, "dataset_id": dataset["id"], "detector": "ecod", "paused": True}
+    sid = http.post("/v1/schedules", json=body).json()["id"]
+    try:
+        records = wait_for(
+            lambda: http.get("/v1/audit", params={"subject": sid, "action": "schedule.create"}).json()["items"],
+            60,
+            what="the schedule.create audit record",
+        )
+        assert records[0]["data"]["dataset"] == f"dataset {dataset['id']}", records
+    finally:
+        assert http.delete(f"/v1/schedules/{sid}").status_code == 204

@@ -38,6 +38,13 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "request"
 
 
+def _field_error(error: dict[str, Any]) -> dict[str, str]:
+    if error["type"] == "json_invalid":  # FastAPI's loc is ("body", <character offset>): say so
+        reason = error.get("ctx", {}).get("error", error["msg"])
+        return {"field": "body", "message": f"invalid JSON at character {error['loc'][-1]}: {reason}"}
+    return {"field": _location(tuple(error["loc"])), "message": error["msg"]}
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
@@ -45,7 +52,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": _location(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()]
+        errors = [_field_error(e) for e in exc.errors()]
         first = errors[0] if errors else {"field": "request", "message": "invalid"}
         return problem(422, "Invalid input", f"{first['field']}: {first['message']}", errors=errors)
 
@@ -58,7 +65,9 @@ def install(app: FastAPI) -> None:
             413: "Payload too large",
             415: "Unsupported media type",
         }
-        return problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
+        response = problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
+        response.headers.update(exc.headers or {})  # e.g. a 405's Allow: the methods the path takes
+        return response
 
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         # Registered per class below, so Starlette's ExceptionMiddleware answers it: the connection

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pynomaly.api.auth import require_api_key
 from pynomaly.api.routes_jobs import _read_limited
+from pynomaly.api.schemas import Offset
 from pynomaly.api.schemas_schedules import DatasetCreate, DatasetPage, DatasetView
 from pynomaly.domain.errors import InvalidInput
 from pynomaly.scheduling import dataset_service, dataset_store, schedule_store
@@ -84,7 +85,7 @@ async def upload_dataset(
 def list_datasets(
     request: Request,
     _: Caller,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> DatasetPage:
     items, total = dataset_store(request.app.state.container).list(offset, limit)

@@ -20,6 +20,7 @@ from pynomaly.api.schemas import (
     NotificationEntry,
     NotificationLog,
     NotificationTargetState,
+    Offset,
 )
 from pynomaly.domain.datasets import DatasetLimits, from_rows, parse_csv
 from pynomaly.domain.errors import Conflict, InvalidInput
@@ -197,7 +198,7 @@ def list_jobs(
     _: Caller,
     status: Annotated[JobStatusName | None, Query()] = None,
     detector: Annotated[str | None, Query(max_length=32)] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     schedule_id: Annotated[str | None, Query(max_length=64, description="Only runs of this schedule.")] = None,
 ) -> JobPage:
@@ -226,7 +227,11 @@ def get_result(job_id: str, request: Request, _: Caller) -> dict[str, Any]:
     return {"job_id": job.id, "status": job.status, **result}
 
 
-@router.get("/{job_id}/report", summary="The job's report as JSON, CSV or standalone HTML")
+@router.get(
+    "/{job_id}/report",
+    summary="The job's report as JSON, CSV or standalone HTML",
+    responses={200: {"content": {media.split(";")[0]: {"schema": {}} for media in MEDIA_TYPES.values()}}},
+)
 def get_report(
     job_id: str,
     request: Request,

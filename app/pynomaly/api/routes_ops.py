@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pynomaly.api.auth import require_api_key
-from pynomaly.api.schemas import AuditPage, DeadLetterPage, DeadLetterView, DetectorView
+from pynomaly.api.schemas import AuditPage, DeadLetterPage, DeadLetterView, DetectorView, Offset
 from pynomaly.domain.detectors import DETECTORS
 
 router = APIRouter()
@@ -81,7 +81,7 @@ def components(request: Request, _: Caller) -> list[dict[str, Any]]:
 def list_dead_letters(
     request: Request,
     _: Caller,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> DeadLetterPage:
     letters, total = request.app.state.container.dead_letters.list(offset, limit)
@@ -115,7 +115,7 @@ def audit(
     action: Annotated[str | None, Query(max_length=64)] = None,
     actor: Annotated[str | None, Query(max_length=64)] = None,
     subject: Annotated[str | None, Query(max_length=128)] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> AuditPage:
     items, total = request.app.state.audit_log.query(action, actor, subject, offset, limit)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from pynomaly.api.auth import require_api_key
+from pynomaly.api.schemas import Offset
 from pynomaly.api.schemas_schedules import RunAccepted, ScheduleCreate, SchedulePage, ScheduleView
-from pynomaly.domain.errors import InvalidInput
+from pynomaly.domain.errors import NotFound
 from pynomaly.domain.schedules import Schedule
 from pynomaly.scheduling import schedule_service
 from pynomaly.usecases.schedules import ScheduleService
@@ -31,7 +32,19 @@ def view(service: ScheduleService, item: Schedule, runs: int = 10) -> ScheduleVi
     )
 
 
-@router.post("", status_code=201, response_model=ScheduleView, summary="Create a recurring detection schedule")
+def _json_body(request: Request, _: Caller) -> None:
+    # Without it a CSV or form body gets "Input should be a valid dictionary": say what to send.
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise HTTPException(415, "send the schedule as application/json")
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ScheduleView,
+    summary="Create a recurring detection schedule",
+    dependencies=[Depends(_json_body)],
+)
 def create_schedule(body: ScheduleCreate, request: Request, response: Response, caller: Caller) -> ScheduleView:
     service = _service(request)
     item = service.create(body.model_dump(), actor=caller)
@@ -43,7 +56,7 @@ def create_schedule(body: ScheduleCreate, request: Request, response: Response, 
 def list_schedules(
     request: Request,
     _: Caller,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> SchedulePage:
     service = _service(request)
@@ -76,8 +89,8 @@ def resume_schedule(schedule_id: str, request: Request, caller: Caller) -> Sched
 @router.post("/{schedule_id}/run", status_code=202, response_model=RunAccepted, summary="Start one run now")
 def run_schedule(schedule_id: str, request: Request, response: Response, caller: Caller) -> RunAccepted:
     job = _service(request).run(schedule_id, trigger="manual", actor=caller)
-    if job is None:  # pragma: no cover - only beat runs skip
-        raise InvalidInput(f"schedule {schedule_id} did not run")
+    if job is None:  # deleted since it was looked up: a manual run skips only a missing schedule
+        raise NotFound(f"no schedule {schedule_id!r}")
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return RunAccepted(schedule_id=schedule_id, job_id=job.id, status=job.status, job=f"/v1/jobs/{job.id}")
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
 PriorityName = Literal["low", "normal", "high", "critical"]
 StepName = Literal["preprocess", "detect", "report", "notify"]
 JobStatusName = Literal["queued", "running", "retrying", "completed", "failed", "cancelled"]
+
+# A page offset of every list endpoint.  Bounded: Redis takes range indexes as signed 64-bit integers
+# and answered a larger one with an error (a 500); no store here holds a billion entries.
+MAX_OFFSET = 1_000_000_000
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Entries to skip (0 to 1,000,000,000).")]
 
 
 class NotifyTarget(BaseModel):

@@ -78,6 +78,9 @@ class EventConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=200,
+            # A killed member's partitions move after this, not after kafka-python's 45 s default.
+            session_timeout_ms=int(self._settings.kafka_session_timeout_seconds * 1000),
+            heartbeat_interval_ms=int(self._settings.kafka_session_timeout_seconds * 1000 / 3),
             client_id=f"{self._group.name}-{self._settings.environment}",
             **conn,
         )

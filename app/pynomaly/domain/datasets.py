@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import math
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -181,7 +182,10 @@ def _json_number(value: Any, row: int, column: str) -> float:
     if isinstance(value, bool):
         raise InvalidInput(f"row {row}, column {column!r}: booleans are not numbers")
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond a double's range (JSON allows any number of digits)
+            raise InvalidInput(f"row {row}, column {column!r}: the number is too large (over 1.8e308)") from None
         # NaN, Infinity and -Infinity are not JSON (Python's parser takes them anyway; so does an
         # overflowing 1e999): a missing cell is null, as an empty CSV cell is.
         if not math.isfinite(number):
@@ -194,12 +198,30 @@ def _json_number(value: Any, row: int, column: str) -> float:
     raise InvalidInput(f"row {row}, column {column!r}: {type(value).__name__} is not a number")
 
 
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def control_character(text: str) -> str | None:
+    """The first control character (C0/C1, a lone surrogate or a bidi override) in ``text``, as U+XXXX.
+
+    Names and column names are printed by the CLI, in reports and on the dashboard: no terminal
+    escapes, NULs or text reversed on screen.
+    """
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Cs") or char in _BIDI_CONTROLS:
+            return f"U+{ord(char):04X}"
+    return None
+
+
 def _check_columns(header: Sequence[str]) -> tuple[str, ...]:
     names = tuple(h.strip() for h in header)
     if not names or all(not n for n in names):
         raise InvalidInput("dataset has no header row")
     if any(not n for n in names):
         raise InvalidInput("every column needs a name in the header row")
+    for name in names:
+        if bad := control_character(name):
+            raise InvalidInput(f"column name {name!r} contains the control character {bad}")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise InvalidInput(f"duplicate column names: {duplicates}")

@@ -13,6 +13,7 @@ Redis error there is a transport error, retried like any other.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -175,6 +176,10 @@ def get_detector(name: str) -> DetectorSpec:
 
 def validate_contamination(contamination: float | None, threshold: float | None) -> float:
     """Contamination in (0, 0.5]; with an explicit threshold it only sizes PyOD's own labels."""
+    # A NaN threshold labels nothing and an infinite one everything or nothing: both are mistakes
+    # ("NaN" and "inf" parse as floats, from JSON strings and form fields alike).
+    if isinstance(threshold, float) and not math.isfinite(threshold):
+        raise InvalidInput(f"threshold must be a finite number, got {threshold}")
     if contamination is None:
         return DEFAULT_CONTAMINATION
     if isinstance(contamination, bool) or not isinstance(contamination, int | float):

@@ -30,6 +30,7 @@ _CRON_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
     ("day_of_week", 0, 6, {d: i for i, d in enumerate(_DAYS)}),
 )
 
+MAX_CRON_LENGTH = 256  # every minute listed one by one fits: 0,1,...,59 is 169 characters
 NOTIFY_CHANNELS = ("webhook", "email")
 NOTIFY_ON = ("completed", "failed", "anomaly_rate")
 MAX_NOTIFY_RULES = 20
@@ -43,6 +44,8 @@ def parse_cron(expression: str) -> dict[str, str]:
     """
     if not isinstance(expression, str) or not expression.strip():
         raise InvalidInput("cron must be a five-field expression such as '*/5 * * * *'")
+    if len(expression) > MAX_CRON_LENGTH:
+        raise InvalidInput(f"cron is {len(expression)} characters long; the limit is {MAX_CRON_LENGTH}")
     parts = expression.split()
     if len(parts) != 5:
         raise InvalidInput(
@@ -63,7 +66,7 @@ def _check_cron_item(item: str, name: str, low: int, high: int, names: dict[str,
     def number(text: str) -> int:
         if text in names:
             return names[text]
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):  # str.isdigit() also takes '٣' or '³'
             raise bad("is not a number")
         value = int(text)
         if not low <= value <= high:
@@ -71,7 +74,7 @@ def _check_cron_item(item: str, name: str, low: int, high: int, names: dict[str,
         return value
 
     base, slash, step = item.partition("/")
-    if slash and (not step.isdigit() or int(step) < 1):
+    if slash and not (step.isascii() and step.isdigit() and 1 <= int(step) <= high):
         raise bad("has an invalid step")
     if base == "*":
         return

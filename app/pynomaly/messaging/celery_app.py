@@ -29,6 +29,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
         "broker_connection_retry_on_startup": True,
+        # A worker outlives a Redis outage of any length (Celery's default gives up after 100 tries
+        # and exits); it reconnects and consumes again by itself.
+        "broker_connection_max_retries": None,
         # rediss://: the certificate check for broker and backend alike (the backend refuses the URL
         # without one); None keeps kombu's plain TCP for redis://.
         "broker_use_ssl": settings.redis_ssl_options() or None,

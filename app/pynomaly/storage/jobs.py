@@ -17,6 +17,9 @@ from pynomaly.storage.encryption import PLAIN, BlobCodec
 from pynomaly.storage.redis_client import KEY_PREFIX, update_document
 
 JOB_INDEX = f"{KEY_PREFIX}jobs"
+# Jobs stored (or sent back to queued) whose Celery message is not confirmed sent yet: a process
+# that dies, or a Redis that fails, between the two leaves the id here for the sweep to requeue.
+UNQUEUED = f"{KEY_PREFIX}jobs:unqueued"
 # Blob kinds holding a job's data: as submitted, and after preprocessing.
 DATASET = "dataset"
 PREPARED = "prepared"
@@ -116,6 +119,7 @@ class JobStore:
             pipe = self._r.pipeline(transaction=True)
             pipe.set(_job_key(job.id), json.dumps(job.as_dict()), ex=self._ttl)
             pipe.zadd(JOB_INDEX, {job.id: time.time()})
+            pipe.zadd(UNQUEUED, {job.id: time.time()})
             pipe.hset(RESERVATIONS, job.id, expected_growth(len(raw)))
             if also is not None:
                 also(pipe)
@@ -163,6 +167,7 @@ class JobStore:
                     pipe.multi()
                     pipe.delete(key, *(_blob_key(k, job_id) for k in (DATASET, PREPARED, RESULT, *REPORT_KINDS)))
                     pipe.zrem(JOB_INDEX, job_id)
+                    pipe.zrem(UNQUEUED, job_id)
                     pipe.hdel(RESERVATIONS, job_id)
                     pipe.execute()
                     break
@@ -171,6 +176,17 @@ class JobStore:
         if job.idempotency_key:
             self.release_idempotency_key(job.idempotency_key, job_id)
         return job
+
+    def mark_unqueued(self, job_id: str) -> None:
+        """The job is about to be (re)enqueued outside :meth:`create` (a retry, a replay)."""
+        self._r.zadd(UNQUEUED, {job_id: time.time()})
+
+    def mark_enqueued(self, job_id: str) -> None:
+        self._r.zrem(UNQUEUED, job_id)
+
+    def unqueued_since(self, seconds: float) -> list[str]:
+        """Ids marked unqueued for at least ``seconds`` (their enqueue never confirmed)."""
+        return list(self._r.zrangebyscore(UNQUEUED, "-inf", time.time() - seconds))
 
     def claim_idempotency_key(
         self, key: str, job_id: str, fingerprint: str, pending_seconds: int

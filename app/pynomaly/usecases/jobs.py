@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 # submit that dies in between frees the key.  Another request with the key waits this long for it.
 CLAIM_PENDING_SECONDS = 60
 CLAIM_WAIT_SECONDS = 2.0
+# A stored job whose queue message is unconfirmed this long was never sent (sending takes ms).
+UNQUEUED_GRACE_SECONDS = 60.0
 
 
 class ServiceUnavailable(DomainError):
@@ -181,6 +183,7 @@ class JobService:
             raise Conflict(f"only failed or cancelled jobs can be retried; this one is {job.status}")
         if not self._jobs.has_blob(DATASET, job_id):
             raise Conflict(f"job {job_id}'s dataset is no longer kept (job_data_ttl_seconds): submit it again")
+        self._jobs.mark_unqueued(job_id)  # before the change: a crash after it still gets the job sent
         job = self._jobs.transition(
             job_id,
             JobStatus.QUEUED,
@@ -259,9 +262,29 @@ class JobService:
                     ) from None
                 time.sleep(0.02)
 
+    def requeue_unqueued(self, grace_seconds: float) -> list[str]:
+        """Send again the jobs stored as queued whose Celery message was never confirmed sent (the
+        process died, or Redis failed, between the job's write and its message).
+
+        A new run token first: should the original message exist after all, it is skipped as stale,
+        so the job runs once.  Jobs that started meanwhile (their message did exist) are only unmarked.
+        """
+        requeued: list[str] = []
+        for job_id in self._jobs.unqueued_since(grace_seconds):
+            try:  # checked and changed in one optimistic transaction: a worker may start it meanwhile
+                job = self._jobs.update(job_id, _new_run_if_never_started)
+            except (NotFound, Conflict):
+                self._jobs.mark_enqueued(job_id)
+                continue
+            log.warning("job %s was stored but its queue message was never confirmed; sending it again", job_id)
+            self._enqueue(job)
+            requeued.append(job_id)
+        return requeued
+
     def _enqueue(self, job: Job) -> None:
         try:
             self._mq.enqueue_job(job)
+            self._jobs.mark_enqueued(job.id)
         except Exception as exc:
             # Redis went away between the job's write and its queue message: the job is marked
             # failed (not left queued forever) when Redis still answers; the caller gets 503.
@@ -316,6 +339,13 @@ def _refuse_data_the_job_would_fail_on(dataset: Dataset, options: PreprocessOpti
         refuse_non_finite(dataset.values, dataset.columns, f"preprocessing.missing is reject; {REJECT_HINT}")
     elif Step.PREPROCESS not in steps:
         refuse_non_finite(dataset.values, dataset.columns, "add the preprocess step to impute or drop them")
+
+
+def _new_run_if_never_started(job: Job) -> None:
+    if job.state is not JobStatus.QUEUED or job.started_at is not None:
+        raise Conflict(f"job {job.id} is {job.status}: its message was sent after all")
+    job.run_token = new_run_token()
+    job.message = "queued again: its first queue message was never confirmed"
 
 
 def _mark_unqueued(job: Job, error: str) -> None:

@@ -14,7 +14,7 @@ import logging
 from typing import Any, Protocol
 
 from pynomaly.config import Settings
-from pynomaly.domain.datasets import Dataset, DatasetLimits, from_rows, parse_csv
+from pynomaly.domain.datasets import Dataset, DatasetLimits, control_character, from_rows, parse_csv
 from pynomaly.domain.detectors import get_detector, validate_contamination
 from pynomaly.domain.errors import Conflict, InvalidInput, NotFound
 from pynomaly.domain.jobs import Job, parse_priority, parse_steps, utcnow
@@ -51,6 +51,8 @@ def _name(raw: Any, default: str) -> str:
         return default
     if not isinstance(raw, str) or len(raw) > MAX_NAME:
         raise InvalidInput(f"name must be a string of at most {MAX_NAME} characters")
+    if bad := control_character(raw):
+        raise InvalidInput(f"name must be printable text: it contains the control character {bad}")
     return raw.strip()
 
 
@@ -188,7 +190,7 @@ class ScheduleService:
             except Exception as exc:
                 self._schedules.delete(item.id)
                 raise ServiceUnavailable(f"the schedule could not be registered with beat: {exc}") from exc
-        self._audit("schedule.create", item.id, actor, timing=item.timing, source=item.source)
+        self._audit("schedule.create", item.id, actor, timing=item.timing, dataset=item.source)
         return item
 
     def get(self, schedule_id: str) -> Schedule:

@@ -20,7 +20,7 @@ from celery import Task, shared_task
 
 from pynomaly.consumers.stream_groups import COMPONENTS, component_health
 from pynomaly.messaging.events import make_event
-from pynomaly.scheduling import dataset_store, schedule_service, schedule_store
+from pynomaly.scheduling import dataset_store, job_service_for, schedule_service, schedule_store
 from pynomaly.storage.audit import AuditLog
 from pynomaly.storage.dead_letters import DeadLetter
 from pynomaly.storage.redis_client import KEY_PREFIX
@@ -31,6 +31,7 @@ from pynomaly.topology import (
     TASK_SCHEDULED_RUN,
     TOPOLOGY,
 )
+from pynomaly.usecases.jobs import UNQUEUED_GRACE_SECONDS
 from pynomaly.workers.policy import TaskRun, container
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ def scheduled_run(self: Task, schedule_id: str, trigger: str = "beat") -> dict[s
 
 @shared_task(name=TASK_MAINTENANCE)
 def maintenance() -> dict[str, Any]:
-    """Retention (stored datasets, job index, audit log, reservations) and stream trimming."""
+    """Retention (stored datasets, job index, audit log, reservations), stream trimming, and jobs whose
+    queue message was never sent."""
     c = container()
     settings = c.settings
     trimmed = {s.name: c.redis.xtrim(s.name, maxlen=settings.stream_maxlen, approximate=True) for s in TOPOLOGY.streams}
@@ -97,7 +99,9 @@ def maintenance() -> dict[str, Any]:
     audit_trimmed = AuditLog(c.redis).trim(settings.audit_retention_seconds, settings.audit_max_records)
     # A job marked failed without a terminal transition (not queued) or expired keeps no reservation.
     reservations_dropped = c.jobs.forget_stale_reservations()
+    requeued = job_service_for(c).requeue_unqueued(UNQUEUED_GRACE_SECONDS)
     return {
+        "requeued": requeued,
         "streams_trimmed": trimmed,
         "jobs": jobs_left,
         "runs_forgotten": runs_forgotten,
