@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from pynomaly.localstack.ports import LOOPBACK, free_port
-from pynomaly.localstack.procs import ProcessRecord, log_tail, spawn, stop_process
+from pynomaly.localstack.procs import HOST_DAEMON_UMASK, ProcessRecord, log_tail, spawn, stop_process
 from tools import toolchain
 from tools.cluster import manifests, pki
 
@@ -341,8 +341,9 @@ class LocalCluster:
         pki.make_client_cert(p, pki.Identity("front-proxy-client", FRONT_PROXY_CLIENT), ca="front-proxy-ca")
 
     def _spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> ProcessRecord:
+        # The daemons' usual umask: under 077 containerd unpacks image roots a non-root container cannot enter.
         _proc, record = spawn(name, [str(a) for a in argv], self.logs / f"{name}.log", env=env,
-                              die_with_parent=self.die_with_parent)
+                              die_with_parent=self.die_with_parent, umask=HOST_DAEMON_UMASK)
         self.state.processes.append(record)
         self._save_state()
         return record

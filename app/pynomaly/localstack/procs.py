@@ -26,6 +26,7 @@ from pynomaly.localstack.errors import LocalStackError
 _PR_SET_PDEATHSIG = 1
 # What a child may create (AOF, Kafka segments, heartbeats): private to the user who started it.
 CHILD_UMASK = 0o077
+HOST_DAEMON_UMASK = 0o022  # what systemd gives containerd and the kubelet
 
 
 def private_dir(path: Path) -> Path:
@@ -113,8 +114,13 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     die_with_parent: bool = True,
+    umask: int = CHILD_UMASK,
 ) -> tuple[subprocess.Popen[bytes], ProcessRecord]:
-    """Start ``argv`` in its own session with stdout+stderr appended to ``log_path`` (0600, umask 077)."""
+    """Start ``argv`` in its own session with stdout+stderr appended to ``log_path`` (0600).
+
+    ``umask``: 077 for the local system's data; host daemons that build files for others (containerd
+    unpacking image layers for non-root containers, the kubelet's volumes) need ``HOST_DAEMON_UMASK``.
+    """
     private_dir(log_path.parent)
     with os.fdopen(private_log(log_path), "ab") as log:
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}: {argv[0]}\n".encode())
@@ -128,7 +134,7 @@ def spawn(
                 env=dict(env) if env is not None else None,
                 cwd=cwd,
                 start_new_session=True,
-                umask=CHILD_UMASK,
+                umask=umask,
                 preexec_fn=_die_with_parent if die_with_parent else None,
             )
         except OSError as exc:
