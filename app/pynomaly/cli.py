@@ -114,6 +114,17 @@ def consumer(group: str) -> None:
 
 
 @main.command()
+@click.option("--host", default=None, help="Bind address (default PYNOMALY_FLOWER_HOST).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default PYNOMALY_FLOWER_PORT).")
+def flower(host: str | None, port: int | None) -> None:
+    """Run Flower (Celery's web monitor) behind basic auth from PYNOMALY_FLOWER_BASIC_AUTH."""
+    from pynomaly.observability.flower import run_flower
+
+    settings = _settings()
+    _fail_cleanly(lambda: run_flower(settings, host, port))
+
+
+@main.command()
 @click.option(
     "--max-age", type=click.FloatRange(min=1), default=60.0, show_default=True, help="Seconds a heartbeat stays fresh."
 )

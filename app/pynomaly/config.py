@@ -166,6 +166,13 @@ class Settings(BaseModel):
     heartbeat_interval: float = Field(5.0, gt=0, description="Seconds between heartbeats.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port of workers/consumers (0 = off).")
     log_level: str = Field("INFO", description="Python log level.")
+    flower_host: str = Field("127.0.0.1", description="Address Flower (`pynomaly flower`) binds to.")
+    flower_port: int = Field(5555, ge=1, le=65535, description="Port Flower (`pynomaly flower`) binds to.")
+    flower_basic_auth: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated user:password pairs Flower's HTTP basic auth accepts (from a Secret; "
+        "passwords of at least 12 characters). `pynomaly flower` refuses to start without one: never anonymous.",
+    )
 
     # -- schedules, stored datasets, beat and maintenance ------------------------------------------
     schedule_min_interval_seconds: int = Field(

@@ -121,6 +121,8 @@ def print_summary(system: LocalSystem, show_key: bool = True) -> None:
         click.echo(f"  API key        {system.api_key}   (also in {info['api_key_file']})")
     click.echo(f"  Redis          {info['redis_url']}   (password in {system.state_dir / 'redis' / 'redis.conf'})")
     click.echo(f"  Kafka          {info['kafka_bootstrap_servers']}")
+    if info["flower_url"]:
+        click.echo(f"  Flower         {info['flower_url']}   (basic auth user:password in {info['flower_auth_file']})")
     click.echo(f"  logs           {info['logs']}/")
     click.echo("")
 
@@ -169,7 +171,19 @@ def local() -> None:
     help="Return once everything is healthy; a background supervisor process keeps restarting "
     "components; stop all with `local down`.",
 )
-def up(detach: bool, **options: Any) -> None:
+@click.option(
+    "--flower",
+    is_flag=True,
+    help="Also run Flower (Celery's web monitor) on loopback, behind basic auth "
+    "(user:password generated into <state-dir>/flower-auth).",
+)
+@click.option(
+    "--flower-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Flower's port (implies --flower) [default: free].",
+)
+def up(detach: bool, flower: bool, flower_port: int | None, **options: Any) -> None:
     """Start Redis, Kafka, the API, a worker per pool and the consumers; wait until all are healthy.
 
     Runs in the foreground until Ctrl-C unless --detach is given; either way components that exit
@@ -177,7 +191,7 @@ def up(detach: bool, **options: Any) -> None:
     """
     from pynomaly.localstack.progress import StreamProgress
 
-    system = system_from_options(die_with_parent=not detach, **options)
+    system = system_from_options(die_with_parent=not detach, flower=flower, flower_port=flower_port, **options)
     with run_local(system, detach=detach):
         print_summary(system)
         if detach:
@@ -229,6 +243,8 @@ def status(state_dir: Path | None) -> None:
     click.echo(f"API        {data['api_url']}   dashboard {data['dashboard_url']}")
     click.echo(f"Redis      {data['redis_url']}   Kafka {data['kafka_bootstrap_servers']}")
     click.echo(f"API key in {data['api_key_file']}   logs in {data['logs']}/")
+    if data.get("flower_url"):
+        click.echo(f"Flower     {data['flower_url']}   (user:password in {data['flower_auth_file']})")
     click.echo(f"started by pid {data['owner']['pid']} ({'detached' if data.get('detached') else 'foreground'})")
     watcher = data.get("watcher")
     if watcher:

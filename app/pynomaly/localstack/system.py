@@ -7,6 +7,7 @@ test fixtures.  Layout of the state directory (git-ignored ``./.pynomaly`` by de
     redis/       Redis config (0600), AOF             kafka/      server.properties, KRaft data
     kafka-libs/  the Kafka jar cache                   logs/       <component>.log, redis.log, kafka/, supervisor.log
     run/<component>/heartbeat                          heartbeat files of workers and consumers
+    flower-auth  Flower's user:password (0600; only with ``local up --flower``)
 
 The state directory and the folders with data (redis/, kafka/, logs/) are 0700, their files 0600.
 """
@@ -55,6 +56,8 @@ from pynomaly.localstack.watcher import SUPERVISOR_LOG, component_spec, log_even
 from pynomaly.topology import TOPOLOGY
 
 API_KEY_FILE = "api-key"
+FLOWER_AUTH_FILE = "flower-auth"
+FLOWER_USER = "pynomaly"
 
 
 def default_state_dir() -> Path:
@@ -137,6 +140,32 @@ def local_components(settings: Settings, state_dir: Path | str) -> list[Componen
     return components
 
 
+def flower_component(settings: Settings, port: int, basic_auth: str) -> Component:
+    """Flower on loopback: only its process gets the credentials (the other components never need them)."""
+    env = child_env(settings, PYNOMALY_FLOWER_BASIC_AUTH=basic_auth)
+    return Component(
+        "flower",
+        pynomaly_argv("flower", "--host", LOOPBACK, "--port", str(port)),
+        env,
+        HttpCheck(f"http://{LOOPBACK}:{port}/healthcheck"),  # the one page Flower serves without credentials
+        stop_grace=10.0,
+    )
+
+
+def ensure_flower_auth(path: Path) -> str:
+    """Flower's local ``user:password``: kept across runs like the API key, created 0600."""
+    if path.is_file():
+        value = path.read_text().strip()
+        if value:
+            os.chmod(path, 0o600)
+            return value
+    value = f"{FLOWER_USER}:{secrets.token_urlsafe(24)}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
 def ensure_api_key(path: Path) -> str:
     """The local API key: kept across runs (scripts and the open dashboard keep working), created 0600."""
     if path.is_file():
@@ -185,6 +214,8 @@ class LocalSystem:
         die_with_parent: bool = True,
         health_timeout: float = 180.0,
         restart_policy: RestartPolicy | None = None,
+        flower: bool = False,
+        flower_port: int | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).resolve() if state_dir else default_state_dir()
         self.api_port_configured = api_port
@@ -197,6 +228,10 @@ class LocalSystem:
         self.components_factory = components or local_components
         self.die_with_parent = die_with_parent
         self.health_timeout = health_timeout
+        # Flower (``local up --flower``): off by default, started after the components, behind basic auth.
+        self.flower = flower or flower_port is not None
+        self.flower_port_configured = flower_port
+        self.flower_port = 0
         self.redis = redis
         self.kafka = kafka
         self._own_redis = redis is None
@@ -239,6 +274,14 @@ class LocalSystem:
     def dashboard_url(self) -> str:
         return f"{self.api_url}/dashboard"
 
+    @property
+    def flower_auth_file(self) -> Path:
+        return self.state_dir / FLOWER_AUTH_FILE
+
+    @property
+    def flower_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.flower_port}/" if self.flower and self.flower_port else ""
+
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, progress: Progress | Callable[[str], None] | None = None) -> LocalSystem:
         """Start everything and wait until healthy; on any failure stop what was started and raise."""
@@ -273,6 +316,7 @@ class LocalSystem:
             (self.redis_port if self._own_redis else None, "Redis", "--redis-port"),
             (self.kafka_port if self._own_kafka else None, "Kafka clients", "--kafka-port"),
             (self.kafka_controller_port if self._own_kafka else None, "Kafka controller", "--kafka-controller-port"),
+            (self.flower_port_configured, "Flower", "--flower-port"),
         ):
             if port:
                 require_free(port, what, option)
@@ -303,6 +347,13 @@ class LocalSystem:
         out.step(f"Kafka topics ready ({len(created)} created)" if created else "Kafka topics already exist")
         if self.with_components:
             components = self.components_factory(self.settings, self.state_dir)
+            if self.flower:
+                taken = {self.api_port, self.redis.port, self.kafka.port, getattr(self.kafka, "controller_port", 0)}
+                self.flower_port = self.flower_port_configured or free_port()
+                while self.flower_port in taken and not self.flower_port_configured:
+                    self.flower_port = free_port()  # the kernel may hand a free port out twice
+                auth = ensure_flower_auth(self.flower_auth_file)
+                components.append(flower_component(self.settings, self.flower_port, auth))
             self.supervisor.start_all(components, timeout=self.health_timeout, progress=out)
         self._save()
 
@@ -458,6 +509,8 @@ class LocalSystem:
             "api_url": self.api_url,
             "dashboard_url": self.dashboard_url,
             "api_key_file": str(self.api_key_file),
+            "flower_url": self.flower_url,
+            "flower_auth_file": str(self.flower_auth_file) if self.flower_url else "",
             "redis_url": self.redis.safe_url if self.redis is not None else "",
             "kafka_bootstrap_servers": self.kafka.bootstrap_servers if self.kafka is not None else "",
             "logs": str(self.log_dir),

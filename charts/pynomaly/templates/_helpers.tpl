@@ -167,6 +167,9 @@ pynomaly.io/pool: {{ .pool }}
 {{- fail (printf "no credentials: set secrets.existingSecret to a Secret with the keys %s, %s, %s (and %s with SASL), or set %s (there are no default passwords)" $v.secrets.keys.redisPassword $v.secrets.keys.apiKeys $v.secrets.keys.webhookSecret $v.secrets.keys.kafkaSaslPassword (join ", " $missing)) -}}
 {{- end -}}
 {{- end -}}
+{{- if and $v.flower.enabled (not $v.flower.basicAuth.existingSecret) -}}
+{{- fail (printf "flower.enabled needs flower.basicAuth.existingSecret: a Secret whose key %s holds user:password pairs (comma-separated, passwords of 12+ characters), e.g. `kubectl create secret generic pynomaly-flower --from-literal=%s=\"admin:$(openssl rand -base64 24)\"`; Flower is never served without authentication" $v.flower.basicAuth.secretKey $v.flower.basicAuth.secretKey) -}}
+{{- end -}}
 {{- if and $v.encryption.enabled (not $v.encryption.existingSecret) -}}
 {{- fail (printf "encryption.enabled needs encryption.existingSecret: a Secret whose key %s holds the keys file, one base64 key of 32 random bytes per line (make one with `openssl rand -base64 32`); the chart never generates an encryption key" $v.encryption.secretKey) -}}
 {{- end -}}
@@ -269,6 +272,18 @@ topologySpreadConstraints:
 
 {{/* Environment every container gets: Redis URL composed from the Secret, Kafka SASL password. */}}
 {{- define "pynomaly.commonEnv" -}}
+{{ include "pynomaly.baseEnv" . }}
+{{- if eq (include "pynomaly.kafkaSasl" .) "true" }}
+- name: PYNOMALY_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "pynomaly.secretName" . }}
+      key: {{ .Values.secrets.keys.kafkaSaslPassword }}
+{{- end }}
+{{- end -}}
+
+{{/* commonEnv without the Kafka SASL password: HOME and the Redis URL (Flower needs only the broker). */}}
+{{- define "pynomaly.baseEnv" -}}
 - name: HOME
   value: /tmp
 - name: PYTHONDONTWRITEBYTECODE
@@ -282,13 +297,6 @@ topologySpreadConstraints:
       key: {{ .Values.secrets.keys.redisPassword }}
 - name: PYNOMALY_REDIS_URL
   value: {{ printf "%s://$(REDIS_USERNAME):$(REDIS_PASSWORD)@%s:%d/%d" (ternary "rediss" "redis" .Values.redis.tls) .Values.redis.host (int .Values.redis.port) (int .Values.redis.db) | quote }}
-{{- if eq (include "pynomaly.kafkaSasl" .) "true" }}
-- name: PYNOMALY_KAFKA_SASL_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "pynomaly.secretName" . }}
-      key: {{ .Values.secrets.keys.kafkaSaslPassword }}
-{{- end }}
 {{- end -}}
 
 {{/* The encryption keys file of the API and the workers (callers check encryption.existingSecret). */}}
