@@ -487,6 +487,13 @@ def test_operations_view_charts_queue_depth_task_rates_lag_and_dlq_growth(local_
     assert _number(dlq, "data-growth") >= 1 and _number(dlq, "data-peak") >= dlq_before + 1
     expect(dlq.get_by_test_id("ops-value")).to_have_text(re.compile(r"^\d+$"))
 
+    print(
+        f"\nops view: {Q_DETECTION} peak depth {_number(queue, 'data-peak'):.0f}, "
+        f"detect runs {runs_before:.0f} -> {_number(detect, 'data-runs'):.0f}, "
+        f"peak rate {_number(detect, 'data-peak-rate'):.2f}/s, p50 {_number(detect, 'data-p50'):.2f} s, "
+        f"p95 {_number(detect, 'data-p95'):.2f} s, DLQ {dlq_before:.0f} -> {_number(dlq, 'data-value'):.0f}, "
+        f"samples {status.get_attribute('data-samples')}"
+    )
     OPS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.locator("#ops-panel").screenshot(path=str(OPS_SCREENSHOT), animations="disabled")
     assert OPS_SCREENSHOT.stat().st_size > 10_000

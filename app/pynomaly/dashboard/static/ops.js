@@ -279,7 +279,7 @@ window.PynomalyOps = (() => {
         values: samples.map((s) => s.data.queues.find((q) => q.queue === name && q.priority === priority)?.depth ?? null) }));
       const totals = samples.map((_, i) => series.reduce((sum, s) => sum + (s.values[i] || 0), 0));
       const total = totals[totals.length - 1];
-      return tile("queue", name, name, fmtCount(total), [chart(`${name} depth by priority`, series, fmtCount), legend(series, fmtCount)],
+      return tile("queue", name, name, fmtCount(total), [chart(`${name} depth per list`, series, fmtCount), legend(series, fmtCount)],
         { value: total, peak: peak(totals) });
     }));
   }
