@@ -4,8 +4,10 @@ registries in Redis, summed per pool and task by the API (observability/ops.py).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -138,3 +140,30 @@ def test_redis_state_refuses_to_report_zeros_when_redis_is_away() -> None:
     dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
     with pytest.raises(redis.ConnectionError):
         redis_state(dead)
+
+
+def test_a_worker_removes_the_metrics_folders_of_dead_workers(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+    import tempfile
+
+    from pynomaly.workers import main as worker_main
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / f"{worker_main.METRICS_DIR_PREFIX}{gone.pid}-abc"
+    living = tmp_path / f"{worker_main.METRICS_DIR_PREFIX}{os.getppid()}-def"
+    foreign = tmp_path / f"{worker_main.METRICS_DIR_PREFIX}older"  # not of this naming: left alone
+    for folder in (dead, living, foreign):
+        folder.mkdir()
+        (folder / "counter_1.db").write_bytes(b"x")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "placeholder")  # restored after the test
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+
+    worker_main._multiprocess_metrics_dir()
+
+    own = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    assert own.parent == tmp_path and own.name.startswith(f"{worker_main.METRICS_DIR_PREFIX}{os.getpid()}-")
+    assert own.is_dir() and living.is_dir() and foreign.is_dir()
+    assert not dead.exists()

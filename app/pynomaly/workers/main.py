@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from celery import bootsteps
@@ -145,10 +146,18 @@ def _heartbeat_step(
     return HeartbeatStep
 
 
+METRICS_DIR_PREFIX = "pynomaly-metrics-"
+
+
 def _multiprocess_metrics_dir() -> None:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         return  # given by whoever started the worker: theirs to clean
-    path = tempfile.mkdtemp(prefix="pynomaly-metrics-")
+    # A worker killed with SIGKILL never runs its exit hook: remove the folders of dead workers first.
+    for old in Path(tempfile.gettempdir()).glob(f"{METRICS_DIR_PREFIX}*-*"):
+        pid = old.name[len(METRICS_DIR_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     owner = os.getpid()
 
@@ -157,6 +166,16 @@ def _multiprocess_metrics_dir() -> None:
             shutil.rmtree(path, ignore_errors=True)
 
     atexit.register(remove)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: not ours to judge (nor its folder to delete)
+    return True
 
 
 def _metrics_registry() -> CollectorRegistry:
