@@ -77,7 +77,12 @@ def sign_in(page: Any, api_url: str, key: str, query: str = "") -> None:
 def test_static_assets_are_served_without_a_key(local_system) -> None:  # type: ignore[no-untyped-def]
     html = httpx.get(f"{local_system.api_url}/dashboard", timeout=10)
     assert html.status_code == 200 and "text/html" in html.headers["content-type"]
-    for asset, kind in (("app.js", "javascript"), ("app.css", "text/css")):
+    for asset, kind in (
+        ("app.js", "javascript"),
+        ("app.css", "text/css"),
+        ("ops.js", "javascript"),
+        ("ops.css", "text/css"),
+    ):
         assert f"dashboard/static/{asset}" in html.text
         response = httpx.get(f"{local_system.api_url}/dashboard/static/{asset}", timeout=10)
         assert response.status_code == 200, asset
@@ -398,3 +403,97 @@ def test_jobs_table_pages_with_prev_and_next(local_system, page: Any) -> None:  
     expect(info).to_have_text(f"1\u20133 of {total}")
     expect(prev).to_be_disabled()
     assert shown() == [j["id"] for j in first["items"]]
+
+
+OPS_SCREENSHOT = REPO / "artifacts" / "dashboard-ops.png"
+
+
+def _ops_tile(page: Any, kind: str, key: str) -> Any:
+    return page.locator(f'[data-testid="ops-tile"][data-kind="{kind}"][data-key="{key}"]')
+
+
+def _number(locator: Any, attribute: str) -> float:
+    value = locator.get_attribute(attribute, timeout=TIMEOUT_MS)
+    return float(value) if value not in (None, "") else float("nan")
+
+
+def test_operations_view_charts_queue_depth_task_rates_lag_and_dlq_growth(local_system, page: Any) -> None:  # type: ignore[no-untyped-def]
+    """The operations view samples GET /v1/ops/metrics: a burst of slow jobs shows in the detection
+    queue's depth and the detect task's rate and run time, a real dead letter in the DLQ's growth."""
+    import numpy as np
+
+    from pynomaly.topology import GROUP_AUDIT, GROUP_BRIDGE, Q_DETECTION, TASK_DETECT, TOPOLOGY
+    from tests.e2e.support import wait_for, webhook_server
+
+    expect = playwright_sync.expect
+    sign_in(page, local_system.api_url, local_system.api_key, query="?ops_every=1")
+    status = page.get_by_test_id("ops-status")
+    expect(status).to_have_attribute("data-state", "live")
+    wait_for(lambda: int(status.get_attribute("data-samples") or 0) >= 2, 60, what="two samples")
+    # Every queue has a tile, each with a drawn chart; the lag of both consumer groups, every partition.
+    for queue in TOPOLOGY.queues:
+        expect(_ops_tile(page, "queue", queue.name).get_by_test_id("ops-chart")).to_have_count(1)
+    partitions = {t.name: t.partitions for t in TOPOLOGY.topics}
+    for group in TOPOLOGY.consumer_groups:
+        expected = sum(partitions[topic] for topic in group.topics)
+        expect(_ops_tile(page, "lag", group.name)).to_have_attribute("data-partitions", str(expected))
+    assert {GROUP_BRIDGE, GROUP_AUDIT} == {g.name for g in TOPOLOGY.consumer_groups}
+    expect(_ops_tile(page, "outbox", "outbox")).to_be_visible()
+    expect(_ops_tile(page, "outbox-age", "outbox-age")).to_be_visible()
+    # The page's quantile is Prometheus' histogram_quantile: linear within the bucket, +Inf -> largest bound.
+    histogram = {"count": 4, "bounds": [0.1, 1, 10], "cumulative": [1, 2, 3]}
+    assert page.evaluate("h => window.PynomalyOps.quantile(0.5, h, null)", histogram) == pytest.approx(1.0)
+    assert page.evaluate("h => window.PynomalyOps.quantile(0.95, h, null)", histogram) == pytest.approx(10.0)
+
+    detect = _ops_tile(page, "task", f"detection/{TASK_DETECT}")
+    runs_before = _number(detect, "data-runs") if detect.count() else 0.0
+    dlq = _ops_tile(page, "dlq", "dlq")
+    dlq_before = _number(dlq, "data-value")
+    queue = _ops_tile(page, "queue", Q_DETECTION)
+    assert _number(queue, "data-value") >= 0
+
+    # A burst of slow detections (ocsvm, about a second each on 2,000 rows) backs up the queue.
+    rng = np.random.default_rng(7)
+    ids = []
+    with httpx.Client(base_url=local_system.api_url, headers={"X-API-Key": local_system.api_key}, timeout=60) as c:
+        for _ in range(12):
+            rows = rng.normal(0, 1, size=(2000, 3)).round(4).tolist()
+            answer = c.post("/v1/jobs", json={"detector": "ocsvm", "rows": rows, "priority": "low"})
+            assert answer.status_code == 202, answer.text
+            ids.append(answer.json()["id"])
+    expect(queue).to_have_attribute("data-peak", re.compile(r"^[1-9]\d*$"), timeout=180_000)
+    for job_id in ids:
+        _wait_finished(local_system, job_id, timeout=300)
+    # The runs reach the chart: rate above zero in the window, p50 <= p95, the queue drained again.
+    wait_for(lambda: _number(detect, "data-runs") >= runs_before + len(ids), 120, what="the burst's detect runs")
+    assert _number(detect, "data-peak-rate") > 0
+    wait_for(lambda: _number(detect, "data-p95") > 0, 60, what="the detect task's p95")
+    assert 0 < _number(detect, "data-p50") <= _number(detect, "data-p95")
+    rate_chart = detect.get_by_test_id("ops-chart").first
+    assert int(rate_chart.get_attribute("data-points") or 0) >= 2
+    expect(queue).to_have_attribute("data-value", "0", timeout=120_000)
+
+    # A webhook that answers 400 cannot be fixed by retrying: its delivery is dead-lettered at once.
+    with webhook_server(status=400) as receiver:
+        with httpx.Client(base_url=local_system.api_url, headers={"X-API-Key": local_system.api_key}, timeout=60) as c:
+            rows = [[round((i * 37 % 101) / 10, 2), round((i * 53 % 97) / 10, 2)] for i in range(80)]
+            answer = c.post(
+                "/v1/jobs",
+                json={"detector": "ecod", "rows": rows, "notify": [{"channel": "webhook", "target": receiver.url}]},
+            )
+            assert answer.status_code == 202, answer.text
+        wait_for(lambda: receiver.requests, 120, what="the webhook's delivery attempt")
+    wait_for(lambda: _number(dlq, "data-value") >= dlq_before + 1, 120, what="the DLQ tile to count the letter")
+    assert _number(dlq, "data-growth") >= 1 and _number(dlq, "data-peak") >= dlq_before + 1
+    expect(dlq.get_by_test_id("ops-value")).to_have_text(re.compile(r"^\d+$"))
+
+    print(
+        f"\nops view: {Q_DETECTION} peak depth {_number(queue, 'data-peak'):.0f}, "
+        f"detect runs {runs_before:.0f} -> {_number(detect, 'data-runs'):.0f}, "
+        f"peak rate {_number(detect, 'data-peak-rate'):.2f}/s, p50 {_number(detect, 'data-p50'):.2f} s, "
+        f"p95 {_number(detect, 'data-p95'):.2f} s, DLQ {dlq_before:.0f} -> {_number(dlq, 'data-value'):.0f}, "
+        f"samples {status.get_attribute('data-samples')}"
+    )
+    OPS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.locator("#ops-panel").screenshot(path=str(OPS_SCREENSHOT), animations="disabled")
+    assert OPS_SCREENSHOT.stat().st_size > 10_000

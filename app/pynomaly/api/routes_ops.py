@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -11,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pynomaly.api.auth import require_api_key
 from pynomaly.api.schemas import AuditPage, DeadLetterPage, DeadLetterView, DetectorView, Offset
+from pynomaly.api.schemas_ops import OpsMetrics
 from pynomaly.domain.detectors import DETECTORS
 
 router = APIRouter()
@@ -52,6 +54,31 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
 def metrics_endpoint(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get(
+    "/v1/ops/metrics",
+    tags=["health"],
+    response_model=OpsMetrics,
+    summary="The operations view's figures: queue depths, task runs and run times, consumer lag, DLQ, outbox",
+)
+def ops_metrics(request: Request, _: Caller) -> OpsMetrics:
+    # The sources /metrics and /readyz use, as JSON; the dashboard samples it and draws the series.
+    from pynomaly.observability import ops
+
+    settings = request.app.state.settings
+    container = request.app.state.container
+    at = time.time()
+    state = ops.redis_state(container.redis)
+    outbox = {"pending": container.outbox.depth(), "oldest_seconds": round(container.outbox.oldest_age(), 1)}
+    return OpsMetrics(
+        at=at,
+        report_interval_seconds=settings.heartbeat_interval,
+        stale_after_seconds=settings.heartbeat_stale_after,
+        outbox=outbox,
+        **state,
+        **ops.read_snapshots(container.redis, settings.heartbeat_stale_after, now=at),
+    )
 
 
 @router.get(

@@ -58,6 +58,7 @@ class EventConsumer:
         self._group = group
         self._handler = handler
         self._stop = threading.Event()
+        self._lag_labels: set[tuple[str, str]] = set()  # (topic, partition) this member reported
         self._last_poll = time.monotonic()
         self._heartbeat = Heartbeat(
             settings,
@@ -182,6 +183,12 @@ class EventConsumer:
     def _report_lag(self, consumer: KafkaConsumer) -> None:
         try:
             assigned = list(consumer.assignment())
+            # A partition moved to another member is that member's to report: drop its last value
+            # here, or /metrics (and the operations view) would show it forever.
+            current = {(tp.topic, str(tp.partition)) for tp in assigned}
+            for topic, partition in self._lag_labels - current:
+                metrics.KAFKA_CONSUMER_LAG.remove(self._group.name, topic, partition)
+            self._lag_labels = current
             if not assigned:
                 return
             ends = consumer.end_offsets(assigned)

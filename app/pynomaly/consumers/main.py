@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from prometheus_client import REGISTRY
+
 from pynomaly.config import Settings
 from pynomaly.consumers.base import EventConsumer, Handler
 from pynomaly.consumers.handlers import AuditSink, StreamBridge
 from pynomaly.consumers.stream_groups import stream_group_consumers
 from pynomaly.messaging.outbox import Outbox, OutboxRelay
+from pynomaly.observability.ops import SnapshotPublisher
 from pynomaly.storage.redis_client import redis_from_settings
 from pynomaly.topology import GROUP_AUDIT, GROUP_BRIDGE, TOPOLOGY
 
@@ -38,6 +41,9 @@ def run_consumer(settings: Settings, pool: str) -> None:
     # relays share one lease, so only one publishes).
     relay = OutboxRelay(Outbox(client, settings.outbox_max_events), settings)
     relay.start()
+    # Lag and consumed counts for the dashboard's operations view, from the registry /metrics serves.
+    snapshots = SnapshotPublisher(f"consumer:{group.pool}", REGISTRY, lambda: client, settings.heartbeat_interval)
+    snapshots.start()
     try:
         EventConsumer(
             settings,
@@ -46,6 +52,7 @@ def run_consumer(settings: Settings, pool: str) -> None:
             heartbeat_stream=lambda s, f: client.xadd(s, f, maxlen=settings.stream_maxlen, approximate=True),
         ).run()
     finally:
+        snapshots.stop()
         relay.stop()
         for stream_group in stream_groups:
             stream_group.stop()

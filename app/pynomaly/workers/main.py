@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from celery import bootsteps
@@ -14,6 +17,9 @@ from pynomaly.config import Settings
 from pynomaly.topology import TOPOLOGY
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from pynomaly.observability.ops import SnapshotPublisher
     from pynomaly.workers.reaper import WorkerDeliveries
 
 log = logging.getLogger(__name__)
@@ -23,10 +29,10 @@ RECOVER_EVERY_BEATS = 2
 
 
 def run_worker(settings: Settings, pool: str | None, queues: list[str] | None, concurrency: int | None) -> None:
-    if settings.metrics_port:
-        # Tasks run in child processes: their counters meet in a shared directory (must be set
-        # before prometheus_client is imported anywhere in this process).
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="pynomaly-metrics-"))
+    # Tasks run in child processes: their counters meet in a shared directory (must be set before
+    # prometheus_client is imported anywhere in this process).  Always, not only with a metrics port:
+    # the dashboard's operations view reads the same counters (observability/ops.py).
+    _multiprocess_metrics_dir()
 
     from pynomaly.messaging.celery_app import create_celery
 
@@ -51,13 +57,19 @@ def run_worker(settings: Settings, pool: str | None, queues: list[str] | None, c
     app.set_current()
     import pynomaly.workers.notify_tasks  # (the notification delivery task)
     import pynomaly.workers.tasks  # noqa: F401  (registers the task bodies on this app)
+    from pynomaly.observability.ops import SnapshotPublisher
+    from pynomaly.storage.redis_client import redis_from_settings
     from pynomaly.workers.reaper import WorkerDeliveries, install
 
     deliveries = WorkerDeliveries(settings)
     install(deliveries)  # before the pool forks: children forget their own receipts
-    app.steps["worker"].add(_heartbeat_step(settings, f"worker:{node}", deliveries))
+    registry = _metrics_registry()
+    snapshots = SnapshotPublisher(f"worker:{node}", registry, lambda: redis_from_settings(settings))
+    app.steps["worker"].add(_heartbeat_step(settings, f"worker:{node}", deliveries, snapshots))
     if settings.metrics_port:
-        _serve_metrics(settings.metrics_port)
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, registry=registry)
     argv = [
         "worker",
         f"--queues={','.join(names)}",
@@ -72,12 +84,16 @@ def run_worker(settings: Settings, pool: str | None, queues: list[str] | None, c
 
 
 def _heartbeat_step(
-    settings: Settings, component: str, deliveries: WorkerDeliveries | None = None
+    settings: Settings,
+    component: str,
+    deliveries: WorkerDeliveries | None = None,
+    snapshots: SnapshotPublisher | None = None,
 ) -> type[bootsteps.StartStopStep]:
     """A bootstep that beats from the worker's own timer: if the event loop hangs, beats stop.
 
     With ``deliveries`` each beat also refreshes this worker's alive key, and every few beats (and
     once at start) the worker puts the messages of workers whose alive key expired back on their queue.
+    With ``snapshots`` each beat also writes the worker's task figures for the operations view.
     """
 
     class HeartbeatStep(bootsteps.StartStopStep):
@@ -107,6 +123,8 @@ def _heartbeat_step(
                 heartbeat.beat()
                 if deliveries is not None:
                     deliveries.beat()
+                if snapshots is not None:
+                    snapshots.publish()
 
             beat()
             self.trefs.append(worker.timer.call_repeatedly(settings.heartbeat_interval, beat))
@@ -128,10 +146,43 @@ def _heartbeat_step(
     return HeartbeatStep
 
 
-def _serve_metrics(port: int) -> None:
-    from prometheus_client import CollectorRegistry, start_http_server
+METRICS_DIR_PREFIX = "pynomaly-metrics-"
+
+
+def _multiprocess_metrics_dir() -> None:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        return  # given by whoever started the worker: theirs to clean
+    # A worker killed with SIGKILL never runs its exit hook: remove the folders of dead workers first.
+    for old in Path(tempfile.gettempdir()).glob(f"{METRICS_DIR_PREFIX}*-*"):
+        pid = old.name[len(METRICS_DIR_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    owner = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == owner:  # not from a pool child that happens to run atexit hooks
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(remove)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: not ours to judge (nor its folder to delete)
+    return True
+
+
+def _metrics_registry() -> CollectorRegistry:
+    """The worker's metrics, its pool children's included: what its /metrics serves."""
+    from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
-    start_http_server(port, registry=registry)
+    return registry

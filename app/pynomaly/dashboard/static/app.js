@@ -159,6 +159,7 @@
     stopSocket();
     clearInterval(state.ticker);
     clearInterval(state.readyTimer);
+    window.PynomalyOps?.stop();
     $("app").hidden = true;
     $("logout").hidden = true;
     $("login").hidden = false;
@@ -217,6 +218,7 @@
     clearInterval(state.ticker);
     state.ticker = setInterval(tick, 1000);
     connect();
+    window.PynomalyOps?.start({ api });  // the operations view (ops.js) samples with this page's key
   }
 
   // -- banner ----------------------------------------------------------------------------------
