@@ -10,11 +10,10 @@ from the stack config, the Redis and Kafka components and the messaging topology
   ``encryptionPreviousKeys``), mounted by the chart into the API and worker pods.
 - Worker and consumer pools come from ``TOPOLOGY`` (queues, concurrency, batch, consumer groups,
   topics with their partitions); nothing is re-typed.
-- The chart's own KEDA/HPA switches are off: the Autoscaling component owns those targets, and the
+- Autoscaling is the chart's (``autoscaling.keda`` or ``autoscaling.hpa``, from the stack's
+  ``autoscaling`` config): one implementation for ``pulumi up`` and ``helm install`` alike.  The pool
   Deployments' ``spec.replicas`` is left to the autoscaler (``ignore_changes`` through a transform),
   so ``pulumi up`` never resets a scaled Deployment.
-- Worker ``terminationGracePeriodSeconds`` = task hard limit + the chart's margin: a warm shutdown
-  lets a running task finish.
 """
 
 from __future__ import annotations
@@ -31,8 +30,8 @@ import yaml
 from infra import generated
 from infra import k8s as kx
 from infra.config import PoolScaling, StackConfig
-from infra.kafka import Kafka
-from infra.redis import Redis
+from infra.kafka_cluster import Kafka
+from infra.redis_ha import Redis
 from pynomaly.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, Q_NOTIFICATIONS, Topology
 
 API_SERVICE_PORT = 80  # the chart's api.service.port default
@@ -52,7 +51,6 @@ class ApplicationArgs:
     topology: Topology
     redis: Redis
     kafka: Kafka
-    autoscaling_external: bool = True  # this program's Autoscaling component manages the pools
     release: str = "pynomaly"
     labels: dict[str, str] = field(default_factory=dict)
 
@@ -154,9 +152,14 @@ class Application(pulumi.ComponentResource):
         names |= {self.deployment_name("consumer", g.pool) for g in topo.consumer_groups}
         return names
 
+    def autoscalers(self) -> dict[str, str]:
+        """``{pool Deployment: "<kind>/<name>"}``: the chart's autoscaler of each pool (named as its target)."""
+        kind = "ScaledObject" if self._args.stack.autoscaling.keda else "HorizontalPodAutoscaler"
+        return {name: f"{kind}/{name}" for name in sorted(self._scaled_deployments())}
+
     def _leave_replicas(self, args: pulumi.ResourceTransformArgs) -> pulumi.ResourceTransformResult | None:
         """Let the autoscaler own ``spec.replicas`` of the pool Deployments (SSA: not re-applied)."""
-        if not self._args.autoscaling_external or args.type_ != "kubernetes:apps/v1:Deployment":
+        if args.type_ != "kubernetes:apps/v1:Deployment":
             return None
         metadata = args.props.get("metadata") or {}
         if metadata.get("name") not in self._scaled_deployments():
@@ -266,13 +269,15 @@ class Application(pulumi.ComponentResource):
                 "pools": workers,
             },
             "consumers": {"resources": app.consumer_resources.to_k8s(), "pools": consumers},
-            # The Autoscaling component owns these targets: never both an HPA and a ScaledObject.
-            # `external` also leaves the pools' replicas unset, so a chart upgrade never fights the autoscaler.
-            "autoscaling": {"keda": {"enabled": False}, "hpa": {"enabled": False}, "external": True}
-            if args.autoscaling_external else {
+            # One autoscaler per pool, never both (the chart refuses both); the pools' replicas stay unset.
+            "autoscaling": {
                 "keda": {"enabled": scaling.keda, "pollingInterval": scaling.polling_interval,
-                         "cooldownPeriod": scaling.cooldown_period},
-                "hpa": {"enabled": not scaling.keda}},
+                         "cooldownPeriod": scaling.cooldown_period, "fallbackReplicas": scaling.fallback_replicas,
+                         # KEDA must trust the in-cluster listener's CA like the clients do.
+                         "kafkaCaSecret": (stack.kafka.tls_secret or "") if stack.kafka.in_cluster else ""},
+                "hpa": {"enabled": not scaling.keda, "targetCPUUtilizationPercentage": scaling.cpu_utilization,
+                        "targetMemoryUtilizationPercentage": scaling.memory_utilization or 0},
+            },
             "smtp": {"host": smtp.host, "port": smtp.port, "security": smtp.security, "username": smtp.username,
                      "from": smtp.sender, "timeout": smtp.timeout,
                      "allowTo": {"cidrs": list(smtp.cidrs), "podSelector": {}, "namespaceSelector": {}}},
@@ -283,10 +288,6 @@ class Application(pulumi.ComponentResource):
                         "prometheusRule": {"enabled": app.service_monitor}},
             "networkPolicy": {"enabled": app.network_policies},
         }
-
-    def worker_grace_seconds(self) -> int:
-        margin = int(chart_defaults(self._args.chart_path)["workers"]["shutdownGraceMarginSeconds"])
-        return self._args.stack.app.task_time_limit + margin
 
     # -- how to reach the API -----------------------------------------------------------------------
 

@@ -178,6 +178,7 @@ class AutoscalingConfig:
     workers: Mapping[str, PoolScaling] = field(default_factory=dict)
     consumers: Mapping[str, PoolScaling] = field(default_factory=dict)
     keda_namespace: str = "keda"  # where KEDA's operator runs: its pods may read Redis list lengths
+    fallback_replicas: int = 0  # replicas KEDA keeps while a scaler keeps failing; 0: no fallback
 
 
 @dataclass(frozen=True)
@@ -449,7 +450,8 @@ def parse_config(raw: Mapping[str, Any], environment: str, *, default_tag: str) 
         problems.append(f"{PROJECT}.kafka.tlsSecret: TLS is only offered together with SASL (sasl: true)")
 
     a = top.child("autoscaling", {"keda", "kedaNamespace", "pollingInterval", "cooldownPeriod", "scaleToZeroBatch",
-                                  "cpuUtilization", "memoryUtilization", "workers", "consumers"})
+                                  "cpuUtilization", "memoryUtilization", "workers", "consumers",
+                                  "fallbackReplicas"})
     autoscaling = AutoscalingConfig(
         keda=a.get("keda", bool, False),
         polling_interval=a.get("pollingInterval", int, 15, _int_range(1, 3600)),
@@ -460,6 +462,7 @@ def parse_config(raw: Mapping[str, Any], environment: str, *, default_tag: str) 
         workers=_pools(a, "workers", [p.name for p in TOPOLOGY.worker_pools], PoolScaling(1, 4, 10)),
         consumers=_pools(a, "consumers", [g.pool for g in TOPOLOGY.consumer_groups], PoolScaling(1, 3, 100)),
         keda_namespace=a.get("kedaNamespace", str, "keda", _match(_NAME, "a DNS-1123 label")),
+        fallback_replicas=a.get("fallbackReplicas", int, 0, _int_range(0, 500)),
     )
     for group in TOPOLOGY.consumer_groups:
         limit = TOPOLOGY.max_partitions(group)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from infra import kafka as infra_kafka
-from infra import redis as infra_redis
+from infra import kafka_cluster as infra_kafka
+from infra import redis_ha as infra_redis
 from tests.images.conftest import image_config
 from tools import images
 
@@ -108,7 +108,7 @@ def test_haproxy_accepts_the_generated_config(built: dict[str, images.Built], ro
     root = rootfs("haproxy")
     assert image_config(built["haproxy"])["Entrypoint"] == ["haproxy"]
     assert "HAProxy version" in run(root, "haproxy", "-v", uid=infra_redis.HAPROXY_UID)
-    # What infra/redis.py mounts at /usr/local/etc/haproxy/haproxy.cfg, checked by this haproxy.
+    # What infra/redis_ha.py mounts at /usr/local/etc/haproxy/haproxy.cfg, checked by this haproxy.
     cfg = infra_redis._haproxy_cfg([f"pynomaly-redis-server-{i}.pynomaly-redis-server-headless.ns.svc"
                                     for i in range(3)])
     (root / "usr/local/etc/haproxy/haproxy.cfg").write_text(cfg)

@@ -16,16 +16,16 @@ import jsonschema
 import pytest
 import yaml
 
-from infra import kafka as kafka_mod
+from infra import kafka_cluster as kafka_mod
 from infra import mocked
-from infra import redis as redis_mod
+from infra import redis_ha as redis_mod
 from infra.application import API_SERVICE_PORT, chart_defaults
 from infra.config import ENVIRONMENTS
-from infra.kafka import topic_plan
+from infra.kafka_cluster import topic_plan
 from infra.program import CHART, ROOT, app_version
 from pynomaly.config import Settings
 from pynomaly.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, TOPOLOGY
-from tests.infra.conftest import kinds, named, run_env
+from tests.infra.conftest import named, run_env
 from tests.support.k8s import baseline_violations, load_yaml_documents, validate_object
 
 DEFAULTS = chart_defaults(str(CHART))
@@ -104,12 +104,6 @@ def test_secret_keys_and_endpoints_agree(env: str) -> None:
     assert values["kafka"]["bootstrapServers"] == kafka_secret[kafka_mod.KEY_BOOTSTRAP]
     assert values["kafka"]["saslUsername"] == kafka_secret[kafka_mod.KEY_USERNAME]
     assert f"{values['redis']['host']}:{values['redis']['port']}" == redis_secret["address"]
-    # KEDA reads the same Secrets by these keys.
-    tls_secret = run.deployment.config.kafka.tls_secret  # a certificate Secret the user provides
-    for auth in kinds(run, "TriggerAuthentication"):
-        for ref in auth["spec"]["secretTargetRef"]:
-            if ref["name"] != tls_secret:
-                assert ref["key"] in named(run, "Secret", ref["name"])["stringData"]
 
 
 def test_ports_agree_with_settings_and_chart() -> None:
@@ -152,11 +146,11 @@ def test_chart_renders_valid_objects_with_the_program_values(env: str, tmp_path:
     deployments = {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"}
     scaled = {f"pynomaly-worker-{p.name}" for p in TOPOLOGY.worker_pools} | {
         f"pynomaly-consumer-{g.pool}" for g in TOPOLOGY.consumer_groups}
-    assert scaled <= deployments  # the names the Autoscaling component targets exist
-    # The chart's own autoscalers stay off: the program's Autoscaling component owns the pools.
-    assert not [o for o in objects if o["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")
-                and o["spec"]["scaleTargetRef"]["name"] in scaled]
-    # ...and leaves their replica count alone, so `pulumi up` never resets what the autoscaler chose.
+    assert scaled <= deployments
+    # The chart's autoscalers (KEDA or HPA, as the stack says) own exactly the pools...
+    kind = "ScaledObject" if run_env(env).deployment.config.autoscaling.keda else "HorizontalPodAutoscaler"
+    assert sorted(o["spec"]["scaleTargetRef"]["name"] for o in objects if o["kind"] == kind) == sorted(scaled)
+    # ...and the pools' replica count is left to them, so `pulumi up` never resets what the autoscaler chose.
     assert [o["metadata"]["name"] for o in objects
             if o["kind"] == "Deployment" and o["metadata"]["name"] in scaled and "replicas" in o["spec"]] == []
     grace = {o["metadata"]["name"]: o["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]

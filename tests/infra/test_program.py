@@ -2,36 +2,38 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 
 from infra import generated, mocked
-from infra import kafka as kafka_mod
-from infra.autoscaling import trigger_name
+from infra import kafka_cluster as kafka_mod
 from infra.config import ENVIRONMENTS
 from infra.program import app_version
 from pynomaly.topology import TOPOLOGY
-from tests.infra.conftest import kinds, named, run_env
-from tests.support.k8s import baseline_violations, count_kinds, format_kind_counts, validate_object
+from tests.infra.conftest import chart_objects, kinds, named, run_env
+from tests.support.k8s import baseline_violations, count_kinds, format_kind_counts, load_yaml_documents, validate_object
+from tools.helm import template_chart
 
-# What each environment declares (the chart's objects come on top; see tests/charts).
+# What each environment declares (the chart's objects come on top, autoscalers included; see tests/charts).
 EXPECTED_COUNTS = {
     "dev": {
-        "ConfigMap": 2, "HorizontalPodAutoscaler": 6, "Job": 1, "Namespace": 1, "NetworkPolicy": 2,
+        "ConfigMap": 2, "Job": 1, "Namespace": 1, "NetworkPolicy": 2,
         "PodDisruptionBudget": 1, "Secret": 4, "Service": 4, "ServiceAccount": 1, "StatefulSet": 2,
     },
     "onprem": {
         "ConfigMap": 3, "Deployment": 1, "Job": 1, "Namespace": 1, "NetworkPolicy": 2, "PodDisruptionBudget": 3,
-        "ScaledObject": 6, "Secret": 4, "Service": 5, "ServiceAccount": 1, "StatefulSet": 2,
-        "TriggerAuthentication": 2,
+        "Secret": 4, "Service": 5, "ServiceAccount": 1, "StatefulSet": 2,
     },
     "cloud": {
         "ClusterRole": 1, "ClusterRoleBinding": 1, "ConfigMap": 3, "Deployment": 1, "Job": 1, "Namespace": 1,
-        "NetworkPolicy": 2, "PodDisruptionBudget": 4, "ScaledObject": 6, "Secret": 4, "Service": 5,
-        "ServiceAccount": 2, "StatefulSet": 3, "TriggerAuthentication": 2,
+        "NetworkPolicy": 2, "PodDisruptionBudget": 4, "Secret": 4, "Service": 5,
+        "ServiceAccount": 2, "StatefulSet": 3,
     },
 }
+AUTOSCALER_KINDS = ("ScaledObject", "TriggerAuthentication", "HorizontalPodAutoscaler")
 POOL_DEPLOYMENTS = {f"pynomaly-worker-{p.name}" for p in TOPOLOGY.worker_pools} | {
     f"pynomaly-consumer-{g.pool}" for g in TOPOLOGY.consumer_groups}
 
@@ -55,7 +57,7 @@ def test_every_child_has_its_component_as_parent(env_run: mocked.MockedRun) -> N
     by_urn = {r.urn: r for r in env_run.registrations}
     components = {r.urn for r in env_run.registrations if r.type.startswith("pynomaly:infra:")}
     assert {by_urn[u].type for u in components} == {
-        "pynomaly:infra:Redis", "pynomaly:infra:Kafka", "pynomaly:infra:Application", "pynomaly:infra:Autoscaling"}
+        "pynomaly:infra:Redis", "pynomaly:infra:Kafka", "pynomaly:infra:Application"}
     top_level = {"pulumi:providers:kubernetes", "kubernetes:core/v1:Namespace", *(by_urn[u].type for u in components)}
     for reg in env_run.registrations:
         if reg.type == "pulumi:pulumi:Stack":
@@ -239,58 +241,88 @@ def test_kafka_clients_are_the_app_its_own_pods_and_keda(env: str, keda: bool) -
 # -- autoscaling ------------------------------------------------------------------------------------
 
 
-def test_hpa_xor_keda_per_target(env_run: mocked.MockedRun) -> None:
-    keda = env_run.deployment.config.autoscaling.keda
-    scaled = [o["spec"]["scaleTargetRef"]["name"] for o in kinds(env_run, "ScaledObject")]
-    hpas = [o["spec"]["scaleTargetRef"]["name"] for o in kinds(env_run, "HorizontalPodAutoscaler")]
+def _chart_kind(env: str, kind: str) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in chart_objects(env) if o["kind"] == kind}
+
+
+@pytest.mark.helm
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_hpa_xor_keda_per_target(env: str) -> None:
+    run = run_env(env)
+    keda = run.deployment.config.autoscaling.keda
+    # The chart is the only implementation: the program itself declares no autoscaler.
+    assert not [o for o in run.objects() if o["kind"] in AUTOSCALER_KINDS]
+    scaled = [o["spec"]["scaleTargetRef"]["name"] for o in _chart_kind(env, "ScaledObject").values()]
+    hpas = [o["spec"]["scaleTargetRef"]["name"] for o in _chart_kind(env, "HorizontalPodAutoscaler").values()]
     assert set(scaled).isdisjoint(hpas)
     assert sorted(scaled if keda else hpas) == sorted(POOL_DEPLOYMENTS)
     assert not (hpas if keda else scaled)
-    chart = _chart_values(env_run)["autoscaling"]
-    assert chart["keda"]["enabled"] is False and chart["hpa"]["enabled"] is False
+    assert run.outputs["autoscaling"] == ("keda" if keda else "hpa")
+    kind = "ScaledObject" if keda else "HorizontalPodAutoscaler"
+    assert run.outputs["scaledTargets"] == {name: f"{kind}/{name}" for name in sorted(POOL_DEPLOYMENTS)}
 
 
+@pytest.mark.helm
 @pytest.mark.parametrize("env", ["onprem", "cloud"])
 def test_keda_worker_formula_sums_every_priority_list(env: str) -> None:
     run = run_env(env)
+    scaling = run.deployment.config.autoscaling
     for pool in TOPOLOGY.worker_pools:
-        obj = named(run, "ScaledObject", f"pynomaly-worker-{pool.name}")
+        obj = _chart_kind(env, "ScaledObject")[f"pynomaly-worker-{pool.name}"]
         lists = [lst for q in pool.queues for lst in TOPOLOGY.queue(q).redis_lists()]
         triggers = obj["spec"]["triggers"]
         assert [t["metadata"]["listName"] for t in triggers] == lists
         assert all(t["type"] == "redis" and t["authenticationRef"]["name"] == "pynomaly-redis" for t in triggers)
+        assert {t["metadata"]["listLength"] for t in triggers} == {str(scaling.workers[pool.name].target)}
         modifiers = obj["spec"]["advanced"]["scalingModifiers"]
-        assert sorted(modifiers["formula"].split(" + ")) == sorted(trigger_name(lst) for lst in lists)
-        scale_to_zero = pool.batch and run.deployment.config.autoscaling.scale_to_zero_batch
+        assert sorted(modifiers["formula"].split(" + ")) == sorted(t["name"] for t in triggers)
+        scale_to_zero = pool.batch and scaling.scale_to_zero_batch
         assert (obj["spec"]["minReplicaCount"] == 0) == scale_to_zero
+        # Scale-down waits the cooldown below max too (the HPA's window), not the HPA's default 300 s.
+        behavior = obj["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+        assert behavior["scaleDown"]["stabilizationWindowSeconds"] == scaling.cooldown_period
 
 
+@pytest.mark.helm
 @pytest.mark.parametrize("env", ["onprem", "cloud"])
 def test_keda_consumers_on_lag_capped_at_partitions(env: str) -> None:
     run = run_env(env)
     for group in TOPOLOGY.consumer_groups:
-        obj = named(run, "ScaledObject", f"pynomaly-consumer-{group.pool}")
-        (trigger,) = obj["spec"]["triggers"]
+        obj = _chart_kind(env, "ScaledObject")[f"pynomaly-consumer-{group.pool}"]
+        (trigger,) = obj["spec"]["triggers"]  # the group's whole lag: every topic it reads, summed
         assert trigger["type"] == "kafka" and trigger["metadata"]["consumerGroup"] == group.name
+        assert "topic" not in trigger["metadata"]
         assert trigger["metadata"]["version"] == run.deployment.config.kafka.version
+        assert trigger["metadata"]["sasl"] == "scram_sha512" and trigger["metadata"]["tls"] == "disable"
         assert obj["spec"]["maxReplicaCount"] <= TOPOLOGY.max_partitions(group)
-    auth = {r["parameter"]: r for r in named(run, "TriggerAuthentication", "pynomaly-kafka")["spec"]["secretTargetRef"]}
-    assert set(auth) >= {"sasl", "username", "password", "tls"}
-    assert {r["name"] for r in auth.values()} == {"pynomaly-kafka-client"}
+    auth = _chart_kind(env, "TriggerAuthentication")["pynomaly-kafka"]["spec"]
+    assert auth["secretTargetRef"] == [{"parameter": "password", "name": "pynomaly-app", "key": "kafka-sasl-password"}]
+    assert auth["env"] == [{"parameter": "username", "name": "PYNOMALY_KAFKA_SASL_USERNAME"}]
 
 
+@pytest.mark.helm
+def test_keda_trusts_the_kafka_ca_of_a_tls_listener(tmp_path: Path) -> None:
+    config = mocked.stack_file("onprem")
+    config["pynomaly:kafka"] = {**config["pynomaly:kafka"], "tlsSecret": "pynomaly-kafka-tls"}
+    values = _chart_values(mocked.run("onprem", config=config))
+    assert values["autoscaling"]["keda"]["kafkaCaSecret"] == "pynomaly-kafka-tls"
+    (tmp_path / "values.json").write_text(json.dumps(values))
+    objects = load_yaml_documents(template_chart([tmp_path / "values.json"]))
+    (auth,) = [o for o in objects if o["kind"] == "TriggerAuthentication" and o["metadata"]["name"] == "pynomaly-kafka"]
+    assert {"parameter": "ca", "name": "pynomaly-kafka-tls", "key": "ca.crt"} in auth["spec"]["secretTargetRef"]
+    lag = [o["spec"]["triggers"][0]["metadata"] for o in objects if o["kind"] == "ScaledObject"
+           and o["metadata"]["name"].startswith("pynomaly-consumer-")]
+    assert lag and {m["tls"] for m in lag} == {"enable"}
+
+
+@pytest.mark.helm
 def test_hpa_max_is_capped_at_partitions_too() -> None:
-    run = run_env("dev")
     for group in TOPOLOGY.consumer_groups:
-        hpa = named(run, "HorizontalPodAutoscaler", f"pynomaly-consumer-{group.pool}")
+        hpa = _chart_kind("dev", "HorizontalPodAutoscaler")[f"pynomaly-consumer-{group.pool}"]
         assert hpa["spec"]["maxReplicas"] <= TOPOLOGY.max_partitions(group)
         assert hpa["spec"]["minReplicas"] >= 1
-
-
-def test_worker_grace_covers_the_task_hard_limit(env_run: mocked.MockedRun) -> None:
-    values = _chart_values(env_run)
-    grace = env_run.deployment.application.worker_grace_seconds()
-    assert grace >= values["settings"]["taskTimeLimit"] == env_run.deployment.config.app.task_time_limit
+        cpu = run_env("dev").deployment.config.autoscaling.cpu_utilization
+        assert [m["resource"]["target"]["averageUtilization"] for m in hpa["spec"]["metrics"]] == [cpu]
 
 
 def test_outputs_tell_a_user_how_to_reach_things(env_run: mocked.MockedRun) -> None:

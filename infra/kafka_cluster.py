@@ -44,14 +44,12 @@ SCRAM = "SCRAM-SHA-512"
 ADMIN_USER = "admin"
 APP_USER = "pynomaly"
 
-# Keys of the auth Secret (read by the chart and by KEDA's TriggerAuthentication).
+# Keys of the client Secret (the program copies the password into the app's Secret, which the chart reads).
 KEY_BOOTSTRAP = "bootstrap-servers"
 KEY_PROTOCOL = "security-protocol"
 KEY_MECHANISM = "sasl-mechanism"
 KEY_USERNAME = "username"
 KEY_PASSWORD = "password"
-KEY_KEDA_SASL = "keda-sasl"  # KEDA's spelling of the mechanism: plaintext | scram_sha256 | scram_sha512 | none
-KEY_KEDA_TLS = "keda-tls"  # enable | disable
 # Keys of the cluster Secret.
 KEY_CLUSTER_ID = "cluster-id"
 KEY_ADMIN_PASSWORD = "admin-password"
@@ -128,7 +126,6 @@ class Kafka(pulumi.ComponentResource):
             self.password = pulumi.Output.secret(args.password if args.password is not None else "")
             self.bootstrap_servers = pulumi.Output.from_input(cfg.external_bootstrap or "")
 
-        keda_sasl = self.sasl_mechanism.lower().replace("-", "_").replace("scram_sha_", "scram_sha") or "none"
         secret = k8s.core.v1.Secret(
             f"{name}-client",
             metadata=kx.meta(f"{args.name}-client", ns, kx.labels(args.name, "kafka", args.labels)),
@@ -139,8 +136,6 @@ class Kafka(pulumi.ComponentResource):
                 KEY_MECHANISM: self.sasl_mechanism,
                 KEY_USERNAME: self.username,
                 KEY_PASSWORD: self.password,
-                KEY_KEDA_SASL: keda_sasl,
-                KEY_KEDA_TLS: "enable" if "SSL" in self.security_protocol else "disable",
             },
             opts=kx.child(self),
         )
@@ -537,7 +532,7 @@ listener.name.internal.ssl.truststore.location=/etc/kafka-tls/ca.crt
         scram = (f"--add-scram \"{SCRAM}=[name={ADMIN_USER},password=$ADMIN_PASSWORD]\" "
                  f"--add-scram \"{SCRAM}=[name={APP_USER},password=$APP_PASSWORD]\"")
     return f"""#!/bin/sh
-# Managed by the Pynomaly Pulumi program (infra/kafka.py).
+# Managed by the Pynomaly Pulumi program (infra/kafka_cluster.py).
 set -eu
 ORDINAL="${{HOSTNAME##*-}}"
 NODE_ID=$((ORDINAL + NODE_ID_OFFSET))
@@ -607,7 +602,7 @@ def _topics_script(topology: Topology, cfg: KafkaConfig) -> str:
         f"ensure {shlex.quote(name)} {partitions} {min_isr} {retention}"
         for name, partitions, min_isr, retention in topic_plan(topology, cfg))
     return f"""#!/bin/sh
-# Managed by the Pynomaly Pulumi program (infra/kafka.py): the topology's topics, idempotently.
+# Managed by the Pynomaly Pulumi program (infra/kafka_cluster.py): the topology's topics, idempotently.
 set -eu
 cat > /tmp/client.properties <<EOF
 {_client_properties(cfg)}

@@ -378,7 +378,7 @@ def _short_hash(text: str) -> str:
 
 def _redis_conf(cfg: RedisConfig) -> str:
     return "\n".join([
-        "# Managed by the Pynomaly Pulumi program (infra/redis.py).",
+        "# Managed by the Pynomaly Pulumi program (infra/redis_ha.py).",
         f"port {PORT}",
         "bind * -::*",
         "protected-mode no",
@@ -522,7 +522,7 @@ exit 0
 
 def _haproxy_cfg(servers: list[str]) -> str:
     lines = [
-        "# Managed by the Pynomaly Pulumi program (infra/redis.py): route to the Redis master only.",
+        "# Managed by the Pynomaly Pulumi program (infra/redis_ha.py): route to the Redis master only.",
         "global",
         "  maxconn 4096",
         "defaults",
