@@ -18,14 +18,15 @@ In-cluster (``pynomaly:kafka.mode: inCluster``):
   zone label (an init container with a token that can only read nodes), SASL/SCRAM-SHA-512 with an
   admin user (inter-broker, topic Job) and an application user; TLS on the client listener when a
   certificate Secret is configured.  The controller listener only accepts Kafka pods.
-- A Job creates the topology's topics (and their dead-letter topics) idempotently.
+- A Job applies the app's topic plan (``kafka_admin.topic_plan``: the topology's topics and their
+  dead-letter topics) the way the app's ``ensure_topics`` does: create, add missing partitions, leave
+  the rest.  The scripts are ``infra/scripts/kafka-*.sh``, shipped in the ``<name>-scripts`` ConfigMap.
 
 External: nothing is deployed; the bootstrap servers, protocol and credentials go to the Secret.
 """
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, field
 
 import pulumi
@@ -34,6 +35,8 @@ import pulumi_kubernetes as k8s
 from infra import generated
 from infra import k8s as kx
 from infra.config import KafkaConfig
+from pynomaly.messaging import kafka_admin
+from pynomaly.messaging.kafka_admin import TopicPlan
 from pynomaly.topology import Topology
 
 CLIENT_PORT = 9092
@@ -50,6 +53,8 @@ KEY_PROTOCOL = "security-protocol"
 KEY_MECHANISM = "sasl-mechanism"
 KEY_USERNAME = "username"
 KEY_PASSWORD = "password"
+# The format, topics and rack scripts (infra/scripts/), shipped in the scripts ConfigMap under their file names.
+SCRIPTS = ("kafka-format.sh", "kafka-topics.sh", "kafka-rack.sh")
 # Keys of the cluster Secret.
 KEY_CLUSTER_ID = "cluster-id"
 KEY_ADMIN_PASSWORD = "admin-password"
@@ -104,7 +109,7 @@ class Kafka(pulumi.ComponentResource):
         self.min_insync_replicas = cfg.min_insync_replicas if cfg.in_cluster else 2
 
         if cfg.in_cluster:
-            self.security_protocol = ("SASL_SSL" if cfg.tls_secret else "SASL_PLAINTEXT") if cfg.sasl else "PLAINTEXT"
+            self.security_protocol = _client_protocol(cfg)
             self.sasl_mechanism = SCRAM if cfg.sasl else ""
             self.username = APP_USER if cfg.sasl else ""
             self.password = self._password(f"{name}-app-password", args.password)
@@ -213,7 +218,7 @@ class Kafka(pulumi.ComponentResource):
         scripts = k8s.core.v1.ConfigMap(
             f"{name}-scripts",
             metadata=kx.meta(f"{args.name}-scripts", ns, kx.labels(args.name, "kafka", args.labels)),
-            data={"init.sh": _init_script(cfg), "topics.sh": _topics_script(args.topology, cfg)},
+            data={**{s: kx.script(s) for s in SCRIPTS}, "topics.plan": _topics_plan_file(args.topology, cfg)},
             opts=kx.child(self),
         )
         self.objects.append(scripts)
@@ -309,6 +314,7 @@ class Kafka(pulumi.ComponentResource):
             k8s.core.v1.EnvVarArgs(name="APP_PASSWORD", value_from=from_secret(f"{args.name}-client", KEY_PASSWORD)),
             k8s.core.v1.EnvVarArgs(name="REPLICATION_FACTOR", value=str(cfg.replication_factor)),
             k8s.core.v1.EnvVarArgs(name="MIN_INSYNC_REPLICAS", value=str(cfg.min_insync_replicas)),
+            *_script_env(cfg),
         ]
         mounts = [
             k8s.core.v1.VolumeMountArgs(name="data", mount_path="/var/lib/kafka/data"),
@@ -349,15 +355,14 @@ class Kafka(pulumi.ComponentResource):
             init_containers.append(k8s.core.v1.ContainerArgs(
                 name="rack",
                 image=cfg.rack_init_image,
-                command=["/bin/sh", "-c",
-                         "kubectl get node \"$NODE_NAME\" "
-                         "-o jsonpath='{.metadata.labels.topology\\.kubernetes\\.io/zone}' > /etc/kafka-rack/rack"],
+                command=["/bin/sh", "/scripts/kafka-rack.sh"],
                 env=[k8s.core.v1.EnvVarArgs(name="NODE_NAME", value_from=k8s.core.v1.EnvVarSourceArgs(
                     field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="spec.nodeName")))],
                 resources=k8s.core.v1.ResourceRequirementsArgs(requests={"cpu": "10m", "memory": "32Mi"},
                                                                limits={"memory": "64Mi"}),
                 security_context=kx.container_security(),
                 volume_mounts=[
+                    k8s.core.v1.VolumeMountArgs(name="scripts", mount_path="/scripts", read_only=True),
                     k8s.core.v1.VolumeMountArgs(name="rack", mount_path="/etc/kafka-rack"),
                     k8s.core.v1.VolumeMountArgs(name="rack-token", read_only=True,
                                                 mount_path="/var/run/secrets/kubernetes.io/serviceaccount"),
@@ -366,7 +371,7 @@ class Kafka(pulumi.ComponentResource):
         init_containers.append(k8s.core.v1.ContainerArgs(
             name="format",
             image=cfg.image,
-            command=["/bin/sh", "/scripts/init.sh"],
+            command=["/bin/sh", "/scripts/kafka-format.sh"],
             env=env,
             resources=small,
             security_context=kx.container_security(),
@@ -470,7 +475,7 @@ class Kafka(pulumi.ComponentResource):
                         containers=[k8s.core.v1.ContainerArgs(
                             name="topics",
                             image=cfg.image,
-                            command=["/bin/sh", "/scripts/topics.sh"],
+                            command=["/bin/sh", "/scripts/kafka-topics.sh"],
                             env=[
                                 k8s.core.v1.EnvVarArgs(name="BOOTSTRAP", value=self.bootstrap_servers),
                                 k8s.core.v1.EnvVarArgs(name="ADMIN_PASSWORD", value_from=k8s.core.v1.EnvVarSourceArgs(
@@ -478,6 +483,7 @@ class Kafka(pulumi.ComponentResource):
                                         name=f"{args.name}-cluster", key=KEY_ADMIN_PASSWORD))),
                                 k8s.core.v1.EnvVarArgs(name="KAFKA_HEAP_OPTS", value="-Xmx192m"),
                                 k8s.core.v1.EnvVarArgs(name="LOG_DIR", value="/tmp/kafka-logs"),
+                                *_script_env(cfg),
                             ],
                             resources=k8s.core.v1.ResourceRequirementsArgs(
                                 requests={"cpu": "50m", "memory": "256Mi"}, limits={"memory": "384Mi"}),
@@ -492,136 +498,31 @@ class Kafka(pulumi.ComponentResource):
         )
 
 
-def _client_properties(cfg: KafkaConfig) -> str:
-    lines = []
-    if cfg.sasl:
-        lines += [
-            f"security.protocol={'SASL_SSL' if cfg.tls_secret else 'SASL_PLAINTEXT'}",
-            f"sasl.mechanism={SCRAM}",
-            "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
-            f'username="{ADMIN_USER}" password="$ADMIN_PASSWORD";',
-        ]
-    if cfg.tls_secret:
-        lines += ["ssl.truststore.type=PEM", "ssl.truststore.location=/etc/kafka-tls/ca.crt"]
-    return "\n".join(lines)
+def topic_plan(topology: Topology, cfg: KafkaConfig) -> list[TopicPlan]:
+    """The app's own plan (``pynomaly.messaging.kafka_admin.topic_plan``) for this cluster's brokers."""
+    return kafka_admin.topic_plan(topology, cfg.replication_factor, cfg.min_insync_replicas)
 
 
-def _init_script(cfg: KafkaConfig) -> str:
-    """Render server.properties for this pod, then format the storage unless it already is."""
-    client_protocol = ("SASL_SSL" if cfg.tls_secret else "SASL_PLAINTEXT") if cfg.sasl else "PLAINTEXT"
-    sasl_lines = ""
-    if cfg.sasl:
-        jaas = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
-                f'username="{ADMIN_USER}" password="$ADMIN_PASSWORD";')
-        sasl_lines = f"""sasl.enabled.mechanisms={SCRAM}
-sasl.mechanism.inter.broker.protocol={SCRAM}
-listener.name.internal.scram-sha-512.sasl.jaas.config={jaas}
-super.users=User:{ADMIN_USER}
-"""
-    tls_lines = ""
-    tls_setup = ""
-    if cfg.tls_secret:
-        tls_setup = "cat /etc/kafka-tls/tls.key /etc/kafka-tls/tls.crt > /etc/kafka-runtime/keystore.pem\n"
-        tls_lines = """listener.name.internal.ssl.keystore.type=PEM
-listener.name.internal.ssl.keystore.location=/etc/kafka-runtime/keystore.pem
-listener.name.internal.ssl.truststore.type=PEM
-listener.name.internal.ssl.truststore.location=/etc/kafka-tls/ca.crt
-"""
-    scram = ""
-    if cfg.sasl:
-        scram = (f"--add-scram \"{SCRAM}=[name={ADMIN_USER},password=$ADMIN_PASSWORD]\" "
-                 f"--add-scram \"{SCRAM}=[name={APP_USER},password=$APP_PASSWORD]\"")
-    return f"""#!/bin/sh
-# Managed by the Pynomaly Pulumi program (infra/kafka_cluster.py).
-set -eu
-ORDINAL="${{HOSTNAME##*-}}"
-NODE_ID=$((ORDINAL + NODE_ID_OFFSET))
-FQDN="$HOSTNAME.$HEADLESS.$POD_NAMESPACE.svc.cluster.local"
-RACK=""
-if [ -f /etc/kafka-rack/rack ]; then RACK="$(cat /etc/kafka-rack/rack)"; fi
-LISTENERS=""
-ADVERTISED=""
-case "$PROCESS_ROLES" in
-  *broker*) LISTENERS="INTERNAL://:{CLIENT_PORT}"; ADVERTISED="INTERNAL://$FQDN:{CLIENT_PORT}";;
-esac
-case "$PROCESS_ROLES" in
-  *controller*)
-    LISTENERS="${{LISTENERS:+$LISTENERS,}}CONTROLLER://:{CONTROLLER_PORT}"
-    ADVERTISED="${{ADVERTISED:+$ADVERTISED,}}CONTROLLER://$FQDN:{CONTROLLER_PORT}";;
-esac
-{tls_setup}cat > /etc/kafka-runtime/server.properties <<EOF
-process.roles=$PROCESS_ROLES
-node.id=$NODE_ID
-controller.quorum.bootstrap.servers=$CONTROLLER_BOOTSTRAP
-controller.listener.names=CONTROLLER
-listeners=$LISTENERS
-advertised.listeners=$ADVERTISED
-inter.broker.listener.name=INTERNAL
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,INTERNAL:{client_protocol}
-log.dirs=/var/lib/kafka/data/logs
-auto.create.topics.enable=false
-default.replication.factor=$REPLICATION_FACTOR
-min.insync.replicas=$MIN_INSYNC_REPLICAS
-offsets.topic.replication.factor=$REPLICATION_FACTOR
-transaction.state.log.replication.factor=$REPLICATION_FACTOR
-transaction.state.log.min.isr=$MIN_INSYNC_REPLICAS
-share.coordinator.state.topic.replication.factor=$REPLICATION_FACTOR
-share.coordinator.state.topic.min.isr=$MIN_INSYNC_REPLICAS
-unclean.leader.election.enable=false
-{sasl_lines}{tls_lines}EOF
-if [ -n "$RACK" ]; then echo "broker.rack=$RACK" >> /etc/kafka-runtime/server.properties; fi
-if [ -f /var/lib/kafka/data/logs/meta.properties ]; then
-  echo "storage already formatted"
-  exit 0
-fi
-if [ -n "$INITIAL_CONTROLLERS" ]; then
-  QUORUM="--initial-controllers=$INITIAL_CONTROLLERS"
-else
-  QUORUM="--no-initial-controllers"
-fi
-/opt/kafka/bin/kafka-storage.sh format --config /etc/kafka-runtime/server.properties \\
-  --cluster-id="$CLUSTER_ID" "$QUORUM" {scram}
-"""
+def _topics_plan_file(topology: Topology, cfg: KafkaConfig) -> str:
+    """``topics.plan``: what infra/scripts/kafka-topics.sh applies, one topic per line."""
+    return "".join(f"{p.name} {p.partitions} {p.replication} {p.min_insync_replicas} {p.retention_ms}\n"
+                   for p in topic_plan(topology, cfg))
 
 
-def topic_plan(topology: Topology, cfg: KafkaConfig) -> list[tuple[str, int, int, int]]:
-    """(name, partitions, min.insync.replicas, retention.ms) per topic and dead-letter topic."""
-    plan = []
-    for topic in topology.topics:
-        rf = min(topic.replication_factor, cfg.replication_factor)
-        min_isr = max(1, min(topic.min_insync_replicas, cfg.min_insync_replicas, rf))
-        plan.append((topic.name, topic.partitions, min_isr, topic.retention_ms))
-        # Same as the app's own topic creation: dead letters get one partition.
-        plan.append((topic.dead_letter, 1, min_isr, topic.retention_ms))
-    return plan
+def _script_env(cfg: KafkaConfig) -> list[k8s.core.v1.EnvVarArgs]:
+    """What the format and topics scripts need to know of the listener and its users."""
+    values = {
+        "CLIENT_PROTOCOL": _client_protocol(cfg),
+        "SASL": "yes" if cfg.sasl else "no",
+        "TLS": "yes" if cfg.tls_secret else "no",
+        "SCRAM_MECHANISM": SCRAM,
+        "ADMIN_USER": ADMIN_USER,
+        "APP_USER": APP_USER,
+        "CLIENT_PORT": str(CLIENT_PORT),
+        "CONTROLLER_PORT": str(CONTROLLER_PORT),
+    }
+    return [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in values.items()]
 
 
-def _topics_script(topology: Topology, cfg: KafkaConfig) -> str:
-    rf = cfg.replication_factor
-    calls = "\n".join(
-        f"ensure {shlex.quote(name)} {partitions} {min_isr} {retention}"
-        for name, partitions, min_isr, retention in topic_plan(topology, cfg))
-    return f"""#!/bin/sh
-# Managed by the Pynomaly Pulumi program (infra/kafka_cluster.py): the topology's topics, idempotently.
-set -eu
-cat > /tmp/client.properties <<EOF
-{_client_properties(cfg)}
-EOF
-TOPICS="/opt/kafka/bin/kafka-topics.sh --bootstrap-server $BOOTSTRAP --command-config /tmp/client.properties"
-attempt=0
-until $TOPICS --list >/dev/null 2>&1; do
-  attempt=$((attempt + 1))
-  if [ "$attempt" -ge 60 ]; then echo "Kafka is not reachable at $BOOTSTRAP" >&2; exit 1; fi
-  sleep 5
-done
-ensure() {{
-  $TOPICS --create --if-not-exists --topic "$1" --partitions "$2" --replication-factor {rf} \\
-    --config min.insync.replicas="$3" --config retention.ms="$4"
-  current="$($TOPICS --describe --topic "$1" | grep -c 'Partition: ' || true)"
-  if [ "$current" -lt "$2" ]; then
-    $TOPICS --alter --topic "$1" --partitions "$2"
-  fi
-  echo "topic $1: $2 partition(s), replication {rf}, min.insync.replicas $3"
-}}
-{calls}
-"""
+def _client_protocol(cfg: KafkaConfig) -> str:
+    return ("SASL_SSL" if cfg.tls_secret else "SASL_PLAINTEXT") if cfg.sasl else "PLAINTEXT"

@@ -24,6 +24,7 @@ from infra.config import ENVIRONMENTS
 from infra.kafka_cluster import topic_plan
 from infra.program import CHART, ROOT, app_version
 from pynomaly.config import Settings
+from pynomaly.messaging.kafka_admin import topic_specs
 from pynomaly.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, TOPOLOGY
 from tests.infra.conftest import named, run_env
 from tests.support.k8s import baseline_violations, load_yaml_documents, validate_object
@@ -73,9 +74,18 @@ def test_infra_values_carry_the_topology(env: str) -> None:
         assert [t["name"] for t in consumers[group.pool]["topics"]] == list(group.topics)
         assert consumers[group.pool]["maxReplicas"] <= TOPOLOGY.max_partitions(group)
     assert values["workers"]["priority"] == DEFAULTS["workers"]["priority"]
-    # The Kafka topic Job creates exactly the topics the app would create (topic + dead letters).
-    names = [name for name, *_ in topic_plan(TOPOLOGY, run_env(env).deployment.config.kafka)]
-    assert names == [n for t in TOPOLOGY.topics for n in (t.name, t.dead_letter)]
+    # The Kafka topic Job applies the app's own plan: the topics ensure_topics makes, with the same settings.
+    kafka = run_env(env).deployment.config.kafka
+    plan = topic_plan(TOPOLOGY, kafka)
+    assert [p.name for p in plan] == [n for t in TOPOLOGY.topics for n in (t.name, t.dead_letter)]
+    app = topic_specs(Settings(kafka_replication_factor=kafka.replication_factor,
+                               kafka_min_insync_replicas=kafka.min_insync_replicas))
+    assert {p.name: (p.partitions, p.replication, str(p.min_insync_replicas)) for p in plan} == {
+        name: (s["num_partitions"], s["replication_factor"], s["configs"]["min.insync.replicas"])
+        for name, s in app.items()}
+    shipped = named(run_env(env), "ConfigMap", "pynomaly-kafka-scripts")["data"]["topics.plan"].splitlines()
+    assert shipped == [f"{p.name} {p.partitions} {p.replication} {p.min_insync_replicas} {p.retention_ms}"
+                       for p in plan]
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)

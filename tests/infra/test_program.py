@@ -121,12 +121,11 @@ def test_kafka_replication_follows_the_broker_count(env: str, rf: int, min_isr: 
     fmt = next(c for c in broker["spec"]["template"]["spec"]["initContainers"] if c["name"] == "format")
     env_vars = {e["name"]: e.get("value") for e in fmt["env"]}
     assert (env_vars["REPLICATION_FACTOR"], env_vars["MIN_INSYNC_REPLICAS"]) == (str(rf), str(min_isr))
-    topics = named(run, "ConfigMap", "pynomaly-kafka-scripts")["data"]["topics.sh"]
+    plan = named(run, "ConfigMap", "pynomaly-kafka-scripts")["data"]["topics.plan"]
     for topic in TOPOLOGY.topics:
-        assert re.search(rf"^ensure {re.escape(topic.name)} {topic.partitions} {min_isr} {topic.retention_ms}$",
-                         topics, re.M), topic.name
-        assert f"ensure {topic.dead_letter} 1 {min_isr}" in topics
-    assert f"--replication-factor {rf}" in topics and "--if-not-exists" in topics
+        assert re.search(rf"^{re.escape(topic.name)} {topic.partitions} {rf} {min_isr} {topic.retention_ms}$",
+                         plan, re.M), topic.name
+        assert f"{topic.dead_letter} 1 {rf} {min_isr} " in plan
     values = _chart_values(run)["kafka"]
     assert (values["replicationFactor"], values["minInsyncReplicas"]) == (rf, min_isr)
 
@@ -159,20 +158,24 @@ def test_kafka_cluster_shape(env_run: mocked.MockedRun) -> None:
     fmt = next(c for c in voter_sts["spec"]["template"]["spec"]["initContainers"] if c["name"] == "format")
     initial = next(e["value"] for e in fmt["env"] if e["name"] == "INITIAL_CONTROLLERS")
     assert [v.rsplit(":", 1)[1] for v in initial.split(",")] == dir_ids
-    script = named(env_run, "ConfigMap", "pynomaly-kafka-scripts")["data"]["init.sh"]
+    script = named(env_run, "ConfigMap", "pynomaly-kafka-scripts")["data"]["kafka-format.sh"]
     assert "meta.properties" in script and "advertised.listeners=$ADVERTISED" in script
-    assert "SCRAM-SHA-512=[name=pynomaly" in script
+    assert "$SCRAM_MECHANISM=[name=$APP_USER" in script  # what it writes: tests/infra/test_scripts.py
+    assert {"SASL": "yes", "SCRAM_MECHANISM": "SCRAM-SHA-512", "APP_USER": "pynomaly"}.items() <= {
+        e["name"]: e.get("value") for e in fmt["env"]}.items()
 
 
 def test_cloud_brokers_take_their_rack_from_the_zone() -> None:
     run = run_env("cloud")
     pod = named(run, "StatefulSet", "pynomaly-kafka")["spec"]["template"]["spec"]
     rack = next(c for c in pod["initContainers"] if c["name"] == "rack")
-    assert "topology\\.kubernetes\\.io/zone" in rack["command"][-1]
+    assert rack["command"] == ["/bin/sh", "/scripts/kafka-rack.sh"]
+    scripts = named(run, "ConfigMap", "pynomaly-kafka-scripts")["data"]
+    assert "topology\\.kubernetes\\.io/zone" in scripts["kafka-rack.sh"]
     assert pod["serviceAccountName"] == "pynomaly-kafka-rack" and pod["automountServiceAccountToken"] is False
     (role,) = kinds(run, "ClusterRole")
     assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]
-    assert "broker.rack=$RACK" in named(run, "ConfigMap", "pynomaly-kafka-scripts")["data"]["init.sh"]
+    assert "broker.rack=$RACK" in scripts["kafka-format.sh"]
 
 
 # -- Redis ------------------------------------------------------------------------------------------
