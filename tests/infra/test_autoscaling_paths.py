@@ -103,13 +103,17 @@ def test_pulumi_and_helm_alone_make_the_same_autoscalers(env: str, tmp_path: Pat
 
     overrides = tmp_path / "stack.json"
     overrides.write_text(json.dumps(_helm_user_values(env)))
-    helm_alone = _autoscalers(load_yaml_documents(template_chart(
-        [env_values_path(env), overrides], namespace=run.deployment.config.kubernetes.namespace)))
+    helm_alone = _autoscalers(
+        load_yaml_documents(
+            template_chart([env_values_path(env), overrides], namespace=run.deployment.config.kubernetes.namespace)
+        )
+    )
     pulumi_path = _autoscalers(chart_objects(env))
 
     kind = "ScaledObject" if run.deployment.config.autoscaling.keda else "HorizontalPodAutoscaler"
     pools = {f"pynomaly-worker-{p.name}" for p in TOPOLOGY.worker_pools} | {
-        f"pynomaly-consumer-{g.pool}" for g in TOPOLOGY.consumer_groups}
+        f"pynomaly-consumer-{g.pool}" for g in TOPOLOGY.consumer_groups
+    }
     assert {name for k, name in pulumi_path if k == kind} == pools  # every pool, one autoscaler each
     assert sorted(helm_alone) == sorted(pulumi_path)
     for key, spec in pulumi_path.items():
