@@ -181,4 +181,4 @@ def test_cluster_kafka_is_the_release_the_tests_run() -> None:
     pom = (ROOT / "app" / "pynomaly" / "localstack" / "pom.xml").read_text()
     match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom)
     assert match is not None
-    assert KafkaConfig.image.rsplit(":", 1)[1] == match.group(1)
+    assert KafkaConfig.model_fields["image"].default.rsplit(":", 1)[1] == match.group(1)

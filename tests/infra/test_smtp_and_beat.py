@@ -37,8 +37,8 @@ def _chart_values(run: mocked.MockedRun) -> dict[str, Any]:
 
 def test_smtp_config_is_typed() -> None:
     cfg = parse_config(_raw("onprem", smtp=SMTP), "onprem", default_tag="0.1.0")
-    assert cfg.smtp == SmtpConfig("smtp.example.com", 465, "tls", "alerts", "alerts@example.com", 10.0,
-                                  ("203.0.113.25/32",))
+    assert cfg.smtp == SmtpConfig(host="smtp.example.com", port=465, security="tls", username="alerts",
+                                  sender="alerts@example.com", timeout=10.0, cidrs=("203.0.113.25/32",))
     assert parse_config(_raw("dev"), "dev", default_tag="0.1.0").smtp == SmtpConfig()
 
 
