@@ -217,12 +217,10 @@ class Application(pulumi.ComponentResource):
         redis_cfg, kafka = stack.redis, args.kafka
         redis_allow: dict[str, Any] = {"cidrs": [], "podSelector": {}, "namespaceSelector": {}}
         if redis_cfg.in_cluster:
-            redis_allow["podSelector"] = {"app.kubernetes.io/name": "pynomaly-redis",
-                                          "app.kubernetes.io/instance": kx.PART_OF}
+            redis_allow["podSelector"] = dict(args.redis.pod_labels)
         kafka_allow: dict[str, Any] = {"cidrs": [], "podSelector": {}, "namespaceSelector": {}}
         if stack.kafka.in_cluster:
-            kafka_allow["podSelector"] = {"app.kubernetes.io/name": "pynomaly-kafka",
-                                          "app.kubernetes.io/instance": kx.PART_OF}
+            kafka_allow["podSelector"] = dict(kafka.pod_labels)
 
         return {
             "fullnameOverride": self.fullname,

@@ -85,7 +85,7 @@ class _Role:
 class Kafka(pulumi.ComponentResource):
     """Outputs: ``bootstrap_servers``, ``security_protocol``, ``sasl_mechanism``, ``username``,
     ``password`` (secret), ``secret_name`` (client settings), ``cluster_secret_name``,
-    ``replication_factor``, ``min_insync_replicas``, ``version``."""
+    ``replication_factor``, ``min_insync_replicas``, ``version``, ``pod_labels`` (selects every Kafka pod)."""
 
     bootstrap_servers: pulumi.Output[str]
     security_protocol: str
@@ -105,6 +105,8 @@ class Kafka(pulumi.ComponentResource):
         self.objects: list[pulumi.Resource] = []
         self.version = cfg.version
         self.cluster_secret_name = None
+        # Every pod of both StatefulSets: what the app's egress policy selects.
+        self.pod_labels = {"app.kubernetes.io/name": args.name, "app.kubernetes.io/instance": kx.PART_OF}
         self.replication_factor = cfg.replication_factor if cfg.in_cluster else 3
         self.min_insync_replicas = cfg.min_insync_replicas if cfg.in_cluster else 2
 
@@ -188,7 +190,7 @@ class Kafka(pulumi.ComponentResource):
         self.cluster_secret_name = cluster_secret.metadata.apply(lambda m: m.name)
 
         # Every pod of both StatefulSets shares the headless Service (stable per-pod DNS names).
-        all_pods = {"app.kubernetes.io/name": args.name, "app.kubernetes.io/instance": kx.PART_OF}
+        all_pods = self.pod_labels
         headless = k8s.core.v1.Service(
             f"{name}-headless",
             metadata=kx.meta(self.headless, ns, kx.labels(args.name, "kafka", args.labels)),
@@ -230,8 +232,7 @@ class Kafka(pulumi.ComponentResource):
         statefulsets = []
         for role in self.roles:
             statefulsets.append(self._statefulset(name, role, bootstrap_controllers, controller_fqdn, dir_ids,
-                                                  service_account,
-                                                  [cluster_secret, self._client_secret, headless, scripts]))
+                                                  service_account, cluster_secret, headless, scripts))
 
         # Controllers talk only to Kafka pods; clients (the app's pods, the topics Job, KEDA's operator)
         # only reach 9092, and no other pod reaches it, SASL password or not.
@@ -256,9 +257,9 @@ class Kafka(pulumi.ComponentResource):
                 ]),
             opts=kx.child(self),
         ))
-        self.objects.append(self._topics_job(name, [*statefulsets, client]))
+        self.objects.append(self._topics_job(name, scripts, [*statefulsets, client]))
 
-    def _rack_rbac(self, name: str) -> str:
+    def _rack_rbac(self, name: str) -> pulumi.Output[str]:
         """A ServiceAccount whose token (mounted in the rack init container only) may read nodes."""
         args, ns = self._args, self._args.namespace
         lbls = kx.labels(args.name, "kafka", args.labels)
@@ -276,24 +277,26 @@ class Kafka(pulumi.ComponentResource):
         binding = k8s.rbac.v1.ClusterRoleBinding(
             f"{name}-rack",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=role_name, labels=lbls),
-            role_ref=k8s.rbac.v1.RoleRefArgs(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=role_name),
-            subjects=[k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name=sa_name, namespace=ns)],
+            role_ref=k8s.rbac.v1.RoleRefArgs(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
+                                             name=role.metadata.name),
+            subjects=[k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name=sa.metadata.name, namespace=ns)],
             opts=kx.child(self),
         )
         self.objects += [sa, role, binding]
-        return sa_name
+        return sa.metadata.name
 
     def _statefulset(self, name: str, role: _Role, bootstrap_controllers: pulumi.Output[str],
                      controller_fqdn: pulumi.Output[list[str]], dir_ids: list[pulumi.Output[str]],
-                     service_account: str | None, deps: list[pulumi.Resource]) -> k8s.apps.v1.StatefulSet:
+                     service_account: pulumi.Output[str] | None, cluster_secret: k8s.core.v1.Secret,
+                     headless: k8s.core.v1.Service, scripts: k8s.core.v1.ConfigMap) -> k8s.apps.v1.StatefulSet:
         args, cfg, ns = self._args, self._args.config, self._args.namespace
         sel = kx.selector_labels(args.name, role.component)
         lbls = kx.labels(args.name, role.component, args.labels)
         is_controller = "controller" in role.roles
         is_broker = "broker" in role.roles
-        cluster_secret = f"{args.name}-cluster"
+        deps = [cluster_secret, self._client_secret, headless, scripts]
 
-        def from_secret(secret: str, key: str) -> k8s.core.v1.EnvVarSourceArgs:
+        def from_secret(secret: pulumi.Input[str], key: str) -> k8s.core.v1.EnvVarSourceArgs:
             return k8s.core.v1.EnvVarSourceArgs(
                 secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret, key=key))
 
@@ -304,14 +307,15 @@ class Kafka(pulumi.ComponentResource):
         env = [
             k8s.core.v1.EnvVarArgs(name="POD_NAMESPACE", value_from=k8s.core.v1.EnvVarSourceArgs(
                 field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="metadata.namespace"))),
-            k8s.core.v1.EnvVarArgs(name="HEADLESS", value=self.headless),
+            k8s.core.v1.EnvVarArgs(name="HEADLESS", value=headless.metadata.name),
             k8s.core.v1.EnvVarArgs(name="PROCESS_ROLES", value=role.roles),
             k8s.core.v1.EnvVarArgs(name="NODE_ID_OFFSET", value=str(role.id_offset)),
             k8s.core.v1.EnvVarArgs(name="CONTROLLER_BOOTSTRAP", value=bootstrap_controllers),
             k8s.core.v1.EnvVarArgs(name="INITIAL_CONTROLLERS", value=initial_controllers if is_controller else ""),
-            k8s.core.v1.EnvVarArgs(name="CLUSTER_ID", value_from=from_secret(cluster_secret, KEY_CLUSTER_ID)),
-            k8s.core.v1.EnvVarArgs(name="ADMIN_PASSWORD", value_from=from_secret(cluster_secret, KEY_ADMIN_PASSWORD)),
-            k8s.core.v1.EnvVarArgs(name="APP_PASSWORD", value_from=from_secret(f"{args.name}-client", KEY_PASSWORD)),
+            k8s.core.v1.EnvVarArgs(name="CLUSTER_ID", value_from=from_secret(self.cluster_secret_name, KEY_CLUSTER_ID)),
+            k8s.core.v1.EnvVarArgs(name="ADMIN_PASSWORD",
+                                   value_from=from_secret(self.cluster_secret_name, KEY_ADMIN_PASSWORD)),
+            k8s.core.v1.EnvVarArgs(name="APP_PASSWORD", value_from=from_secret(self.secret_name, KEY_PASSWORD)),
             k8s.core.v1.EnvVarArgs(name="REPLICATION_FACTOR", value=str(cfg.replication_factor)),
             k8s.core.v1.EnvVarArgs(name="MIN_INSYNC_REPLICAS", value=str(cfg.min_insync_replicas)),
             *_script_env(cfg),
@@ -324,7 +328,7 @@ class Kafka(pulumi.ComponentResource):
         ]
         volumes = [
             k8s.core.v1.VolumeArgs(name="scripts", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
-                name=f"{args.name}-scripts", default_mode=0o555)),
+                name=scripts.metadata.name, default_mode=0o555)),
             kx.empty_dir("runtime", "4Mi", memory=True),
             kx.empty_dir("tmp", "512Mi"),
         ]
@@ -408,7 +412,7 @@ class Kafka(pulumi.ComponentResource):
             f"{name}-{role.component}",
             metadata=kx.meta(role.statefulset, ns, lbls),
             spec=k8s.apps.v1.StatefulSetSpecArgs(
-                service_name=self.headless,
+                service_name=headless.metadata.name,
                 replicas=role.replicas,
                 # All voters must start together to form the quorum.
                 pod_management_policy="Parallel",
@@ -417,7 +421,7 @@ class Kafka(pulumi.ComponentResource):
                 template=k8s.core.v1.PodTemplateSpecArgs(
                     metadata=k8s.meta.v1.ObjectMetaArgs(labels=lbls),
                     spec=k8s.core.v1.PodSpecArgs(
-                        service_account_name=service_account if (service_account and is_broker) else None,
+                        service_account_name=service_account if (service_account is not None and is_broker) else None,
                         automount_service_account_token=False,
                         security_context=kx.pod_security(UID),
                         termination_grace_period_seconds=120,  # controlled shutdown moves leadership first
@@ -445,7 +449,7 @@ class Kafka(pulumi.ComponentResource):
         self.objects += [sts, pdb]
         return sts
 
-    def _topics_job(self, name: str, deps: list[pulumi.Resource]) -> k8s.batch.v1.Job:
+    def _topics_job(self, name: str, scripts: k8s.core.v1.ConfigMap, deps: list[pulumi.Resource]) -> k8s.batch.v1.Job:
         args, cfg, ns = self._args, self._args.config, self._args.namespace
         lbls = kx.labels(args.name, "kafka-topics", args.labels)
         mounts = [
@@ -454,7 +458,7 @@ class Kafka(pulumi.ComponentResource):
         ]
         volumes = [
             k8s.core.v1.VolumeArgs(name="scripts", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
-                name=f"{args.name}-scripts", default_mode=0o555)),
+                name=scripts.metadata.name, default_mode=0o555)),
             kx.empty_dir("tmp", "256Mi"),
         ]
         if cfg.tls_secret:
@@ -480,7 +484,7 @@ class Kafka(pulumi.ComponentResource):
                                 k8s.core.v1.EnvVarArgs(name="BOOTSTRAP", value=self.bootstrap_servers),
                                 k8s.core.v1.EnvVarArgs(name="ADMIN_PASSWORD", value_from=k8s.core.v1.EnvVarSourceArgs(
                                     secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
-                                        name=f"{args.name}-cluster", key=KEY_ADMIN_PASSWORD))),
+                                        name=self.cluster_secret_name, key=KEY_ADMIN_PASSWORD))),
                                 k8s.core.v1.EnvVarArgs(name="KAFKA_HEAP_OPTS", value="-Xmx192m"),
                                 k8s.core.v1.EnvVarArgs(name="LOG_DIR", value="/tmp/kafka-logs"),
                                 *_script_env(cfg),

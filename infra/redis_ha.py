@@ -53,7 +53,8 @@ class RedisArgs:
 
 
 class Redis(pulumi.ComponentResource):
-    """Outputs: ``host``, ``port``, ``address`` (host:port), ``url`` (secret), ``tls``, ``secret_name``."""
+    """Outputs: ``host``, ``port``, ``address`` (host:port), ``url`` (secret), ``tls``, ``secret_name``,
+    ``pod_labels`` (selects every pod of the component)."""
 
     host: pulumi.Output[str]
     port: pulumi.Output[int]
@@ -69,6 +70,8 @@ class Redis(pulumi.ComponentResource):
         cfg = args.config
         ns = args.namespace
         self.tls = cfg.mode == "external" and cfg.external_tls
+        # Every pod of this component (server, sentinel, proxy): what the app's egress policy selects.
+        self.pod_labels = {"app.kubernetes.io/name": args.name, "app.kubernetes.io/instance": kx.PART_OF}
 
         if cfg.mode == "external":
             if args.external_url is None:
@@ -123,7 +126,7 @@ class Redis(pulumi.ComponentResource):
         sel = kx.selector_labels(args.name, "redis-server")
         lbls = kx.labels(args.name, "redis-server", args.labels)
         secret_ref = k8s.core.v1.EnvVarSourceArgs(
-            secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=f"{args.name}-auth", key=KEY_PASSWORD))
+            secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=self.secret_name, key=KEY_PASSWORD))
         common_env = [
             k8s.core.v1.EnvVarArgs(name="REDIS_PASSWORD", value_from=secret_ref),
             k8s.core.v1.EnvVarArgs(name="REDISCLI_AUTH", value_from=secret_ref),
@@ -219,7 +222,7 @@ class Redis(pulumi.ComponentResource):
             ))
         volumes = [
             k8s.core.v1.VolumeArgs(name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
-                name=f"{server}-config", default_mode=0o444)),
+                name=config_map.metadata.name, default_mode=0o444)),
             kx.empty_dir("run", "1Mi", memory=True),
             kx.empty_dir("tmp", "16Mi"),
         ]
@@ -229,7 +232,7 @@ class Redis(pulumi.ComponentResource):
             f"{name}-server",
             metadata=kx.meta(server, ns, lbls),
             spec=k8s.apps.v1.StatefulSetSpecArgs(
-                service_name=headless,
+                service_name=headless_svc.metadata.name,
                 replicas=replicas,
                 pod_management_policy="OrderedReady",
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=sel),
@@ -322,7 +325,7 @@ class Redis(pulumi.ComponentResource):
                             args=["-f", "/usr/local/etc/haproxy/haproxy.cfg"],
                             env=[k8s.core.v1.EnvVarArgs(name="REDIS_PASSWORD", value_from=k8s.core.v1.EnvVarSourceArgs(
                                 secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
-                                    name=f"{args.name}-auth", key=KEY_PASSWORD)))],
+                                    name=self.secret_name, key=KEY_PASSWORD)))],
                             ports=[
                                 k8s.core.v1.ContainerPortArgs(name="redis", container_port=PORT),
                                 k8s.core.v1.ContainerPortArgs(name="health", container_port=8404),
@@ -344,7 +347,7 @@ class Redis(pulumi.ComponentResource):
                         )],
                         volumes=[
                             k8s.core.v1.VolumeArgs(name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
-                                name=f"{args.name}-proxy")),
+                                name=config_map.metadata.name)),
                             kx.empty_dir("run", "1Mi", memory=True),
                         ],
                     ),
