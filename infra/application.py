@@ -11,7 +11,9 @@ from the stack config, the Redis and Kafka components and the messaging topology
 - Worker and consumer pools come from ``TOPOLOGY`` (queues, concurrency, batch, consumer groups,
   topics with their partitions); nothing is re-typed.
 - Autoscaling is the chart's (``autoscaling.keda`` or ``autoscaling.hpa``, from the stack's
-  ``autoscaling`` config): one implementation for ``pulumi up`` and ``helm install`` alike.  The pool
+  ``autoscaling`` config): one implementation for ``pulumi up`` and ``helm install`` alike.  The
+  autoscalers come from a helm v3 Chart of the same chart and values (kept to those objects), the rest
+  from the Helm v4 Chart with ``autoscaling.external`` (see ``__init__`` for why two).  The pool
   Deployments' ``spec.replicas`` is left to the autoscaler (``ignore_changes`` through a transform),
   so ``pulumi up`` never resets a scaled Deployment.
 """
@@ -35,6 +37,23 @@ from infra.redis_ha import Redis
 from pynomaly.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, Q_NOTIFICATIONS, Topology
 
 API_SERVICE_PORT = 80  # the chart's api.service.port default
+
+
+# What the chart renders for the pools' autoscaling (templates scaledobject, triggerauthentication, hpa).
+AUTOSCALER_KINDS = ("ScaledObject", "TriggerAuthentication", "HorizontalPodAutoscaler")
+
+
+def _autoscalers_elsewhere(values: dict[str, Any]) -> dict[str, Any]:
+    return {**values, "autoscaling": {"keda": {**values["autoscaling"]["keda"], "enabled": False},
+                                      "hpa": {**values["autoscaling"]["hpa"], "enabled": False}, "external": True}}
+
+
+def _only_autoscalers(obj: dict[str, Any], opts: pulumi.ResourceOptions) -> None:
+    """helm v3 Chart transformation: an object that is not a pool autoscaler becomes an empty List."""
+    if obj.get("kind") in AUTOSCALER_KINDS:
+        return
+    obj.clear()
+    obj.update({"apiVersion": "v1", "kind": "List", "items": []})
 
 
 @cache
@@ -126,13 +145,24 @@ class Application(pulumi.ComponentResource):
         ).apply(lambda o: self._values(o["redis_host"], o["redis_port"], o["kafka_bootstrap"], o["secret_name"],
                                        o["account"]))
 
+        # The application: everything but the pools' autoscalers (`external`: replicas left unset too).
         self.chart = k8s.helm.v4.Chart(
             f"{name}-chart",
             chart=args.chart_path,
             name=args.release,
             namespace=args.namespace,
-            values=self.values,
+            values=self.values.apply(_autoscalers_elsewhere),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[secret, account], transforms=[self._leave_replicas]),
+        )
+        # The autoscalers, from the same chart templates and values (one implementation for pulumi and helm).
+        # A separate client-side render: the Helm v4 Chart needs the cluster to say whether KEDA's kinds are
+        # namespaced, which fails without one (render mode; upstream pulumi-kubernetes#4394), while helm v3
+        # Chart objects carry their namespace.  The transformation keeps only the autoscaling objects.
+        self.autoscalers_chart = k8s.helm.v3.Chart(
+            args.release,
+            k8s.helm.v3.LocalChartOpts(path=args.chart_path, namespace=args.namespace, values=self.values,
+                                       transformations=[_only_autoscalers]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.chart]),
         )
         self.api_url, self.api_access = self._access()
         self.register_outputs({

@@ -43,9 +43,8 @@ def named(run: mocked.MockedRun, kind: str, name: str) -> dict[str, Any]:
 
 
 def chart_values(run: mocked.MockedRun) -> dict[str, Any]:
-    """The values the program passes to charts/pynomaly."""
-    (chart,) = run.by_type(HELM_CHART)
-    return mocked.manifest(chart)["values"]
+    """The values the program derives for charts/pynomaly, autoscaling included."""
+    return run.chart_values()
 
 
 def chart_objects(env: str) -> list[dict[str, Any]]:
