@@ -64,7 +64,9 @@ _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _CIDR = re.compile(r"^[0-9a-fA-F.:]+/[0-9]{1,3}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 _HOST = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$")
-_MAXMEMORY = re.compile(r"^[0-9]+(kb|mb|gb|k|m|g)?$", re.IGNORECASE)
+# Never 0 (no limit): with noeviction the API refuses new jobs below it, so Redis must have one.
+_MAXMEMORY = re.compile(r"^[1-9][0-9]*(kb|mb|gb|k|m|g)?$", re.IGNORECASE)
+_MAXMEMORY_WHAT = "a Redis size above 0 like 256mb"
 _VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
 _JVM_SIZE = re.compile(r"^[0-9]+[mg]$")
 
@@ -239,7 +241,7 @@ class RedisConfig(_Model):
     replicas: Annotated[Int, between(1, 9)] = 1  # 3 by default in sentinel mode
     storage_size: Annotated[str, matching(_QUANTITY, "a quantity like 1Gi")] = Field("1Gi", alias="storage")
     storage_class: OptionalName | None = Field(None, alias="storageClass")
-    maxmemory: Annotated[str, matching(_MAXMEMORY, "a Redis size like 256mb")] = "256mb"
+    maxmemory: Annotated[str, matching(_MAXMEMORY, _MAXMEMORY_WHAT)] = "256mb"
     image: Image = "redis:7.4.2"
     proxy_image: Image = Field("haproxy:3.0.5-alpine", alias="proxyImage")
     resources: _REDIS_RESOURCES = _REDIS_RESOURCES_DEFAULT  # type: ignore[valid-type]  # an Annotated alias

@@ -28,7 +28,11 @@ def dataset_service(container: Container) -> DatasetService:
 def job_service_for(container: Container) -> JobService:
     settings = container.settings
     return JobService(
-        container.jobs, container.messaging, container.dead_letters, webhook_policy(settings.webhook_url_allowlist)
+        container.jobs,
+        container.messaging,
+        container.dead_letters,
+        webhook_policy(settings.webhook_url_allowlist),
+        admission=container.admission,
     )
 
 

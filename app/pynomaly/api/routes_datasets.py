@@ -48,6 +48,10 @@ async def upload_dataset(
     state = request.app.state
     limit = state.settings.max_upload_bytes
     service = dataset_service(state.container)
+    # 507 before reading the body: a stored dataset stays until deleted, so Redis must have room for it.
+    declared = request.headers.get("content-length", "")
+    incoming = min(int(declared), limit * 4) if declared.isdigit() else limit
+    await run_in_threadpool(state.container.admission.check, incoming, "dataset")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in ("text/csv", "application/csv", "text/plain"):
         body = await _read_limited(request, limit)

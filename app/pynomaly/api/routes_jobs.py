@@ -283,9 +283,29 @@ def get_notifications(job_id: str, request: Request, _: Caller) -> NotificationL
     )
 
 
-@router.delete("/{job_id}", response_model=JobView, summary="Cancel a queued or running job")
-def cancel_job(job_id: str, request: Request, caller: Caller) -> JobView:
-    return view(request.app.state.job_service.cancel(job_id, actor=caller))
+@router.delete(
+    "/{job_id}",
+    response_model=JobView,
+    summary="Cancel a queued or running job; with purge=true, delete a finished job and its data",
+    responses={
+        204: {"description": "purge=true: the job, its datasets, result and reports are deleted"},
+        409: {"description": "cancel: the job already finished; purge: the job is still queued or running"},
+    },
+)
+def cancel_job(
+    job_id: str,
+    request: Request,
+    caller: Caller,
+    purge: Annotated[
+        bool,
+        Query(description="Delete the finished (completed, failed or cancelled) job with everything kept for it."),
+    ] = False,
+) -> Any:
+    service = request.app.state.job_service
+    if purge:
+        service.purge(job_id, actor=caller)
+        return Response(status_code=204)
+    return view(service.cancel(job_id, actor=caller))
 
 
 @router.post("/{job_id}/retry", response_model=JobView, status_code=202, summary="Run a failed or cancelled job again")

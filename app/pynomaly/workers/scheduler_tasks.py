@@ -5,7 +5,7 @@
   Redis or the broker failing, is retried with backoff, then dead-lettered; bad data or a schedule
   that no longer validates fails the run at once (``last_error`` on the schedule).
 - ``maintenance``: retention (stored datasets no schedule uses; index entries of expired jobs and
-  runs), and stream trimming.
+  runs; the audit log by age and count; memory reservations of finished jobs), and stream trimming.
 - ``health_check``: a ``system_alert`` event (which the bridge also puts on the dashboard stream)
   when the DLQ grew or a component's heartbeat stopped, and the periodic ``health_summary``.
 """
@@ -21,6 +21,7 @@ from celery import Task, shared_task
 from pynomaly.consumers.stream_groups import COMPONENTS, component_health
 from pynomaly.messaging.events import make_event
 from pynomaly.scheduling import dataset_store, job_service_for, schedule_service, schedule_store
+from pynomaly.storage.audit import AuditLog
 from pynomaly.storage.dead_letters import DeadLetter
 from pynomaly.storage.redis_client import KEY_PREFIX
 from pynomaly.topology import (
@@ -71,7 +72,8 @@ def scheduled_run(self: Task, schedule_id: str, trigger: str = "beat") -> dict[s
 
 @shared_task(name=TASK_MAINTENANCE)
 def maintenance() -> dict[str, Any]:
-    """Retention, stream trimming, and jobs whose queue message was never sent."""
+    """Retention (stored datasets, job index, audit log, reservations), stream trimming, and jobs whose
+    queue message was never sent."""
     c = container()
     settings = c.settings
     trimmed = {s.name: c.redis.xtrim(s.name, maxlen=settings.stream_maxlen, approximate=True) for s in TOPOLOGY.streams}
@@ -94,6 +96,9 @@ def maintenance() -> dict[str, Any]:
             if dataset_id not in used:
                 store.delete(dataset_id)
                 datasets_expired.append(dataset_id)
+    audit_trimmed = AuditLog(c.redis).trim(settings.audit_retention_seconds, settings.audit_max_records)
+    # A job marked failed without a terminal transition (not queued) or expired keeps no reservation.
+    reservations_dropped = c.jobs.forget_stale_reservations()
     requeued = job_service_for(c).requeue_unqueued(UNQUEUED_GRACE_SECONDS)
     return {
         "requeued": requeued,
@@ -101,6 +106,8 @@ def maintenance() -> dict[str, Any]:
         "jobs": jobs_left,
         "runs_forgotten": runs_forgotten,
         "datasets_expired": datasets_expired,
+        "audit_trimmed": audit_trimmed,
+        "reservations_dropped": reservations_dropped,
     }
 
 
