@@ -1,17 +1,15 @@
 """Entry point Pulumi runs (``Pulumi.yaml``: ``main: infra/``).
 
-The components live in the ``infra`` package; put the repository root on the import path and take
-this directory off it, so ``infra/redis.py`` and ``infra/kafka.py`` never shadow the ``redis`` and
-``kafka`` client libraries.
+Pulumi runs this directory as a script, so only ``infra/`` itself is on the import path; the
+repository root is added so the ``infra`` package (and ``pynomaly`` beside it) import as packages.
+No module here is named like a library (``redis_ha``, ``kafka_cluster``), so nothing is shadowed.
 """
 
 import sys
 from pathlib import Path
 
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from infra.program import main  # noqa: E402
+from infra.program import main
 
 main()

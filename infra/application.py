@@ -10,11 +10,12 @@ from the stack config, the Redis and Kafka components and the messaging topology
   ``encryptionPreviousKeys``), mounted by the chart into the API and worker pods.
 - Worker and consumer pools come from ``TOPOLOGY`` (queues, concurrency, batch, consumer groups,
   topics with their partitions); nothing is re-typed.
-- The chart's own KEDA/HPA switches are off: the Autoscaling component owns those targets, and the
+- Autoscaling is the chart's (``autoscaling.keda`` or ``autoscaling.hpa``, from the stack's
+  ``autoscaling`` config): one implementation for ``pulumi up`` and ``helm install`` alike.  The
+  autoscalers come from a helm v3 Chart of the same chart and values (kept to those objects), the rest
+  from the Helm v4 Chart with ``autoscaling.external`` (see ``__init__`` for why two).  The pool
   Deployments' ``spec.replicas`` is left to the autoscaler (``ignore_changes`` through a transform),
   so ``pulumi up`` never resets a scaled Deployment.
-- Worker ``terminationGracePeriodSeconds`` = task hard limit + the chart's margin: a warm shutdown
-  lets a running task finish.
 """
 
 from __future__ import annotations
@@ -31,11 +32,28 @@ import yaml
 from infra import generated
 from infra import k8s as kx
 from infra.config import PoolScaling, StackConfig
-from infra.kafka import Kafka
-from infra.redis import Redis
+from infra.kafka_cluster import Kafka
+from infra.redis_ha import Redis
 from pynomaly.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, Q_NOTIFICATIONS, Topology
 
 API_SERVICE_PORT = 80  # the chart's api.service.port default
+
+
+# What the chart renders for the pools' autoscaling (templates scaledobject, triggerauthentication, hpa).
+AUTOSCALER_KINDS = ("ScaledObject", "TriggerAuthentication", "HorizontalPodAutoscaler")
+
+
+def _autoscalers_elsewhere(values: dict[str, Any]) -> dict[str, Any]:
+    return {**values, "autoscaling": {"keda": {**values["autoscaling"]["keda"], "enabled": False},
+                                      "hpa": {**values["autoscaling"]["hpa"], "enabled": False}, "external": True}}
+
+
+def _only_autoscalers(obj: dict[str, Any], opts: pulumi.ResourceOptions) -> None:
+    """helm v3 Chart transformation: an object that is not a pool autoscaler becomes an empty List."""
+    if obj.get("kind") in AUTOSCALER_KINDS:
+        return
+    obj.clear()
+    obj.update({"apiVersion": "v1", "kind": "List", "items": []})
 
 
 @cache
@@ -52,7 +70,6 @@ class ApplicationArgs:
     topology: Topology
     redis: Redis
     kafka: Kafka
-    autoscaling_external: bool = True  # this program's Autoscaling component manages the pools
     release: str = "pynomaly"
     labels: dict[str, str] = field(default_factory=dict)
 
@@ -128,13 +145,24 @@ class Application(pulumi.ComponentResource):
         ).apply(lambda o: self._values(o["redis_host"], o["redis_port"], o["kafka_bootstrap"], o["secret_name"],
                                        o["account"]))
 
+        # The application: everything but the pools' autoscalers (`external`: replicas left unset too).
         self.chart = k8s.helm.v4.Chart(
             f"{name}-chart",
             chart=args.chart_path,
             name=args.release,
             namespace=args.namespace,
-            values=self.values,
+            values=self.values.apply(_autoscalers_elsewhere),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[secret, account], transforms=[self._leave_replicas]),
+        )
+        # The autoscalers, from the same chart templates and values (one implementation for pulumi and helm).
+        # A separate client-side render: the Helm v4 Chart needs the cluster to say whether KEDA's kinds are
+        # namespaced, which fails without one (render mode; upstream pulumi-kubernetes#4394), while helm v3
+        # Chart objects carry their namespace.  The transformation keeps only the autoscaling objects.
+        self.autoscalers_chart = k8s.helm.v3.Chart(
+            args.release,
+            k8s.helm.v3.LocalChartOpts(path=args.chart_path, namespace=args.namespace, values=self.values,
+                                       transformations=[_only_autoscalers]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.chart]),
         )
         self.api_url, self.api_access = self._access()
         self.register_outputs({
@@ -154,9 +182,14 @@ class Application(pulumi.ComponentResource):
         names |= {self.deployment_name("consumer", g.pool) for g in topo.consumer_groups}
         return names
 
+    def autoscalers(self) -> dict[str, str]:
+        """``{pool Deployment: "<kind>/<name>"}``: the chart's autoscaler of each pool (named as its target)."""
+        kind = "ScaledObject" if self._args.stack.autoscaling.keda else "HorizontalPodAutoscaler"
+        return {name: f"{kind}/{name}" for name in sorted(self._scaled_deployments())}
+
     def _leave_replicas(self, args: pulumi.ResourceTransformArgs) -> pulumi.ResourceTransformResult | None:
         """Let the autoscaler own ``spec.replicas`` of the pool Deployments (SSA: not re-applied)."""
-        if not self._args.autoscaling_external or args.type_ != "kubernetes:apps/v1:Deployment":
+        if args.type_ != "kubernetes:apps/v1:Deployment":
             return None
         metadata = args.props.get("metadata") or {}
         if metadata.get("name") not in self._scaled_deployments():
@@ -214,12 +247,10 @@ class Application(pulumi.ComponentResource):
         redis_cfg, kafka = stack.redis, args.kafka
         redis_allow: dict[str, Any] = {"cidrs": [], "podSelector": {}, "namespaceSelector": {}}
         if redis_cfg.in_cluster:
-            redis_allow["podSelector"] = {"app.kubernetes.io/name": "pynomaly-redis",
-                                          "app.kubernetes.io/instance": kx.PART_OF}
+            redis_allow["podSelector"] = dict(args.redis.pod_labels)
         kafka_allow: dict[str, Any] = {"cidrs": [], "podSelector": {}, "namespaceSelector": {}}
         if stack.kafka.in_cluster:
-            kafka_allow["podSelector"] = {"app.kubernetes.io/name": "pynomaly-kafka",
-                                          "app.kubernetes.io/instance": kx.PART_OF}
+            kafka_allow["podSelector"] = dict(kafka.pod_labels)
 
         return {
             "fullnameOverride": self.fullname,
@@ -266,13 +297,15 @@ class Application(pulumi.ComponentResource):
                 "pools": workers,
             },
             "consumers": {"resources": app.consumer_resources.to_k8s(), "pools": consumers},
-            # The Autoscaling component owns these targets: never both an HPA and a ScaledObject.
-            # `external` also leaves the pools' replicas unset, so a chart upgrade never fights the autoscaler.
-            "autoscaling": {"keda": {"enabled": False}, "hpa": {"enabled": False}, "external": True}
-            if args.autoscaling_external else {
+            # One autoscaler per pool, never both (the chart refuses both); the pools' replicas stay unset.
+            "autoscaling": {
                 "keda": {"enabled": scaling.keda, "pollingInterval": scaling.polling_interval,
-                         "cooldownPeriod": scaling.cooldown_period},
-                "hpa": {"enabled": not scaling.keda}},
+                         "cooldownPeriod": scaling.cooldown_period, "fallbackReplicas": scaling.fallback_replicas,
+                         # KEDA must trust the in-cluster listener's CA like the clients do.
+                         "kafkaCaSecret": (stack.kafka.tls_secret or "") if stack.kafka.in_cluster else ""},
+                "hpa": {"enabled": not scaling.keda, "targetCPUUtilizationPercentage": scaling.cpu_utilization,
+                        "targetMemoryUtilizationPercentage": scaling.memory_utilization or 0},
+            },
             "smtp": {"host": smtp.host, "port": smtp.port, "security": smtp.security, "username": smtp.username,
                      "from": smtp.sender, "timeout": smtp.timeout,
                      "allowTo": {"cidrs": list(smtp.cidrs), "podSelector": {}, "namespaceSelector": {}}},
@@ -283,10 +316,6 @@ class Application(pulumi.ComponentResource):
                         "prometheusRule": {"enabled": app.service_monitor}},
             "networkPolicy": {"enabled": app.network_policies},
         }
-
-    def worker_grace_seconds(self) -> int:
-        margin = int(chart_defaults(self._args.chart_path)["workers"]["shutdownGraceMarginSeconds"])
-        return self._args.stack.app.task_time_limit + margin
 
     # -- how to reach the API -----------------------------------------------------------------------
 

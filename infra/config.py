@@ -2,8 +2,10 @@
 
 Everything a component needs arrives through :class:`StackConfig`; component code never reads
 ``pulumi.Config``.  :func:`parse_config` is a pure function over the raw ``pynomaly:*`` values, so
-tests can feed it bad configurations; it collects every problem and raises one :class:`ConfigError`
-naming each offending key, before a single resource is declared.
+tests can feed it bad configurations.  The raw values are validated by pydantic models that mirror
+the config keys (``extra="forbid"``: an unknown or misspelt key is an error); every problem is
+collected and raised as one :class:`ConfigError` naming each offending key, before a single resource
+is declared.
 
 Secrets (passwords, API keys, SASL credentials, an external Redis URL) are never plain config:
 :func:`load` accepts them only when Pulumi marks them secret (``pulumi config set --secret``) and
@@ -17,11 +19,22 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Annotated, Any, ClassVar
 
 import pulumi
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from pynomaly.topology import TOPOLOGY
 
@@ -54,6 +67,8 @@ _HOST = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$")
 # Never 0 (no limit): with noeviction the API refuses new jobs below it, so Redis must have one.
 _MAXMEMORY = re.compile(r"^[1-9][0-9]*(kb|mb|gb|k|m|g)?$", re.IGNORECASE)
 _MAXMEMORY_WHAT = "a Redis size above 0 like 256mb"
+_VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
+_JVM_SIZE = re.compile(r"^[0-9]+[mg]$")
 
 
 class ConfigError(ValueError):
@@ -64,15 +79,115 @@ class ConfigError(ValueError):
         super().__init__("invalid stack configuration:\n  - " + "\n  - ".join(problems))
 
 
+# -- value types: pydantic's lax coercion where Pulumi needs it, the same messages as always ----------------
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _keyed(problems: list[str]) -> None:
+    """A check across keys of one object: each problem starts with the key (path) it names inside it."""
+    if problems:
+        raise PydanticCustomError("keyed", "{lines}", {"lines": "\n".join(problems)})
+
+
+def _strict_int(v: Any) -> Any:
+    # `pulumi config set --path … 3` stores a number, a YAML file an int or a float like 3.0; never a bool.
+    if isinstance(v, bool):
+        raise ValueError(f"must be int, got {v!r}")
+    if isinstance(v, str) and v.strip().isdigit():
+        return int(v)
+    return v
+
+
+def _strict_bool(v: Any) -> Any:
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    if not isinstance(v, bool):
+        raise ValueError(f"must be bool, got {v!r}")
+    return v
+
+
+def between(lo: int, hi: int) -> AfterValidator:
+    def check(v: int) -> int:
+        _check(lo <= v <= hi, f"must be between {lo} and {hi}, got {v}")
+        return v
+
+    return AfterValidator(check)
+
+
+def one_of(*choices: str) -> AfterValidator:
+    def check(v: str) -> str:
+        _check(v in choices, f"must be one of {', '.join(choices)}, got {v!r}")
+        return v
+
+    return AfterValidator(check)
+
+
+def matching(pattern: re.Pattern[str], what: str, *, empty_ok: bool = False) -> AfterValidator:
+    def check(v: str) -> str:
+        _check((empty_ok and v == "") or bool(pattern.match(v)), f"must be {what}, got {v!r}")
+        return v
+
+    return AfterValidator(check)
+
+
+def _image(v: str) -> str | None:
+    """What is wrong with a ``repository:tag`` image reference, or None."""
+    repo, sep, tag = v.rpartition(":")
+    if not sep or "/" in tag or not repo:
+        return f"must be repository:tag with a pinned tag, got {v!r}"
+    if tag == "latest":
+        return "must not use the 'latest' tag"
+    return None
+
+
+def _valid_image(v: str) -> str:
+    message = _image(v)
+    _check(message is None, message or "")
+    return v
+
+
+def _image_tag(v: str) -> str:
+    _check(v != "latest", "must not be 'latest'")
+    _check(bool(_TAG.match(v)), f"is not a valid image tag: {v!r}")
+    return v
+
+
+Int = Annotated[int, BeforeValidator(_strict_int)]
+Bool = Annotated[bool, BeforeValidator(_strict_bool)]
+Name = Annotated[str, matching(_NAME, "a DNS-1123 label")]
+OptionalName = Annotated[str, matching(_NAME, "a StorageClass name", empty_ok=True)]
+Quantity = Annotated[str, matching(_QUANTITY, "a Kubernetes quantity like 250m or 512Mi")]
+Image = Annotated[str, AfterValidator(_valid_image)]
+
+
+class _Model(BaseModel):
+    """Raw config keys (camelCase aliases) into snake_case attributes; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, coerce_numbers_to_str=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absent_means_default(cls, data: Any) -> Any:
+        # A key set to null (YAML `key:` or `~`) means "the default", and so does "" for a key whose
+        # default is "not set" (None): `pulumi config set --path kubernetes.context ""` unsets it.
+        if not isinstance(data, Mapping):
+            return data
+        unset_by_empty = {f.alias or n for n, f in cls.model_fields.items() if f.default is None}
+        return {k: v for k, v in data.items() if v is not None and not (v == "" and k in unset_by_empty)}
+
+
 # -- typed configuration -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Resources:
-    cpu_request: str
-    memory_request: str
-    cpu_limit: str | None
-    memory_limit: str
+class Resources(_Model):
+    cpu_request: Quantity = Field(alias="cpu")
+    memory_request: Quantity = Field(alias="memory")
+    cpu_limit: Quantity | None = Field(None, alias="cpuLimit")
+    memory_limit: Quantity = Field(alias="memoryLimit")
 
     def to_k8s(self) -> dict[str, dict[str, str]]:
         limits = {"memory": self.memory_limit}
@@ -81,77 +196,143 @@ class Resources:
         return {"requests": {"cpu": self.cpu_request, "memory": self.memory_request}, "limits": limits}
 
 
-@dataclass(frozen=True)
-class KubernetesConfig:
-    namespace: str
+def _resources(cpu: str, memory: str, memory_limit: str) -> Any:
+    """A resources field: given keys override these defaults one by one."""
+    default = Resources(cpu=cpu, memory=memory, memoryLimit=memory_limit)
+    raw = {"cpu": cpu, "memory": memory, "memoryLimit": memory_limit}
+    merge = BeforeValidator(lambda v: {**raw, **v} if isinstance(v, Mapping) else v)
+    return Annotated[Resources, merge], default
+
+
+class KubernetesConfig(_Model):
+    namespace: Name = "pynomaly"
     context: str | None = None
     kubeconfig: str | None = None  # a path (``~`` expanded) or the kubeconfig text itself
     # Render mode: the provider writes the manifests into this folder instead of applying them.
-    render_yaml_to_directory: str | None = None
+    render_yaml_to_directory: str | None = Field(None, alias="renderYamlToDirectory")
 
 
-@dataclass(frozen=True)
-class ImageConfig:
-    repository: str
-    tag: str  # the app package version unless overridden; never ``latest``
-    pull_policy: str = "IfNotPresent"
+class ImageConfig(_Model):
+    repository: Annotated[str, matching(_IMAGE_REPO, "an image repository")] = "pynomaly/pynomaly"
+    tag: Annotated[str, AfterValidator(_image_tag)]  # the app package version unless overridden; never ``latest``
+    pull_policy: Annotated[str, one_of("IfNotPresent", "Always", "Never")] = Field("IfNotPresent", alias="pullPolicy")
 
 
-@dataclass(frozen=True)
-class ExposeConfig:
+class ExposeConfig(_Model):
     """How users reach the API: ``portForward`` (ClusterIP), ``nodePort``, ``loadBalancer`` or ``ingress``."""
 
-    mode: str
+    mode: Annotated[str, one_of("portForward", "nodePort", "loadBalancer", "ingress")] = "portForward"
     host: str | None = None
-    ingress_class: str | None = None
-    tls_secret: str | None = None
-    node_port: int | None = None
+    ingress_class: Annotated[str, matching(_NAME, "an IngressClass name")] | None = Field(None, alias="ingressClass")
+    tls_secret: Annotated[str, matching(_NAME, "a Secret name")] | None = Field(None, alias="tlsSecret")
+    node_port: Annotated[Int, between(30000, 32767)] | None = Field(None, alias="nodePort")
+
+    @model_validator(mode="after")
+    def _host_for_ingress(self) -> ExposeConfig:
+        _keyed([] if self.mode != "ingress" or self.host else ["host: required when expose.mode is ingress"])
+        return self
 
 
-@dataclass(frozen=True)
-class RedisConfig:
-    mode: str  # standalone | sentinel | external
-    replicas: int = 1
-    storage_size: str = "1Gi"
-    storage_class: str | None = None
-    maxmemory: str = "256mb"
-    image: str = "redis:7.4.2"
-    proxy_image: str = "haproxy:3.0.5-alpine"
-    resources: Resources = field(default_factory=lambda: Resources("100m", "128Mi", None, "256Mi"))
-    external_tls: bool = True
+_REDIS_RESOURCES, _REDIS_RESOURCES_DEFAULT = _resources("100m", "128Mi", "256Mi")
+
+
+class RedisConfig(_Model):
+    mode: Annotated[str, one_of("standalone", "sentinel", "external")] = "standalone"
+    replicas: Annotated[Int, between(1, 9)] = 1  # 3 by default in sentinel mode
+    storage_size: Annotated[str, matching(_QUANTITY, "a quantity like 1Gi")] = Field("1Gi", alias="storage")
+    storage_class: OptionalName | None = Field(None, alias="storageClass")
+    maxmemory: Annotated[str, matching(_MAXMEMORY, _MAXMEMORY_WHAT)] = "256mb"
+    image: Image = "redis:7.4.2"
+    proxy_image: Image = Field("haproxy:3.0.5-alpine", alias="proxyImage")
+    resources: _REDIS_RESOURCES = _REDIS_RESOURCES_DEFAULT  # type: ignore[valid-type]  # an Annotated alias
+    external_tls: Bool = Field(True, alias="tls")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sentinel_replicas(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("mode") == "sentinel" and data.get("replicas") is None:
+            return {**data, "replicas": 3}
+        return data
+
+    @model_validator(mode="after")
+    def _replicas_fit_the_mode(self) -> RedisConfig:
+        if self.mode == "sentinel" and self.replicas < 3:
+            _keyed(["replicas: sentinel mode needs at least 3 replicas for a quorum"])
+        if self.mode == "standalone" and self.replicas != 1:
+            _keyed(["replicas: standalone mode runs exactly 1 replica"])
+        return self
 
     @property
     def in_cluster(self) -> bool:
         return self.mode != "external"
 
 
-@dataclass(frozen=True)
-class KafkaConfig:
-    mode: str  # inCluster | external
-    brokers: int = 1
-    controllers: int = 0  # 0 = combined broker+controller nodes
-    storage_size: str = "5Gi"
-    storage_class: str | None = None
+class KafkaExternal(_Model):
+    bootstrap_servers: str | None = Field(None, alias="bootstrapServers")
+    security_protocol: Annotated[str, one_of("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")] = Field(
+        "SASL_SSL", alias="securityProtocol")
+    sasl_mechanism: Annotated[str, one_of("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")] = Field(
+        "SCRAM-SHA-512", alias="saslMechanism")
+    username: str | None = None
+
+
+_KAFKA_RESOURCES, _KAFKA_RESOURCES_DEFAULT = _resources("250m", "1Gi", "1Gi")
+
+
+def _controllers(v: int) -> int:
+    _check(v in (0, 1, 3, 5), "must be 0, 1, 3 or 5")
+    return v
+
+
+class KafkaConfig(_Model):
+    mode: Annotated[str, one_of("inCluster", "external")] = "inCluster"
+    brokers: Annotated[Int, between(1, 15)] = 1
+    controllers: Annotated[Int, AfterValidator(_controllers)] = 0  # 0 = combined broker+controller nodes
+    storage_size: Annotated[str, matching(_QUANTITY, "a quantity like 10Gi")] = Field("5Gi", alias="storage")
+    storage_class: OptionalName | None = Field(None, alias="storageClass")
     # The same Kafka release the local system and the tests run (app/pynomaly/localstack/pom.xml).
-    image: str = "apache/kafka:4.4.0"
+    image: Image = "apache/kafka:4.4.0"
     # Protocol version KEDA's kafka scaler speaks (the chart's default too); Kafka 4.x brokers
     # refuse clients older than 2.1, so it must be set explicitly.
-    version: str = "4.0.0"
-    resources: Resources = field(default_factory=lambda: Resources("250m", "1Gi", None, "1Gi"))
-    heap: str = "512m"
-    sasl: bool = True
-    tls_secret: str | None = None  # cert-manager style Secret (tls.crt, tls.key, ca.crt)
-    zone_spread: bool = False
-    rack_awareness: bool = False
-    rack_init_image: str = "alpine/kubectl:1.34.1"
-    external_bootstrap: str | None = None
-    external_security_protocol: str = "SASL_SSL"
-    external_sasl_mechanism: str = "SCRAM-SHA-512"
-    external_username: str | None = None
+    version: Annotated[str, matching(_VERSION, "x.y.z")] = "4.0.0"
+    resources: _KAFKA_RESOURCES = _KAFKA_RESOURCES_DEFAULT  # type: ignore[valid-type]  # an Annotated alias
+    heap: Annotated[str, matching(_JVM_SIZE, "a JVM size like 512m")] = "512m"
+    sasl: Bool = True
+    tls_secret: Annotated[str, matching(_NAME, "a Secret name")] | None = Field(None, alias="tlsSecret")
+    zone_spread: Bool = Field(False, alias="zoneSpread")
+    rack_awareness: Bool = Field(False, alias="rackAwareness")
+    rack_init_image: Image = Field("alpine/kubectl:1.34.1", alias="rackInitImage")
+    external: KafkaExternal = KafkaExternal()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaConfig:
+        problems = []
+        if self.mode == "external" and not self.external.bootstrap_servers:
+            problems.append("external.bootstrapServers: required when kafka.mode is external")
+        if self.tls_secret and not self.sasl:
+            problems.append("tlsSecret: TLS is only offered together with SASL (sasl: true)")
+        _keyed(problems)
+        return self
 
     @property
     def in_cluster(self) -> bool:
         return self.mode == "inCluster"
+
+    @property
+    def external_bootstrap(self) -> str | None:
+        return self.external.bootstrap_servers
+
+    @property
+    def external_security_protocol(self) -> str:
+        return self.external.security_protocol
+
+    @property
+    def external_sasl_mechanism(self) -> str:
+        return self.external.sasl_mechanism
+
+    @property
+    def external_username(self) -> str | None:
+        return self.external.username
 
     @property
     def replication_factor(self) -> int:
@@ -169,51 +350,184 @@ class PoolScaling:
     target: int  # messages per replica (workers) or lag per replica (consumers)
 
 
-@dataclass(frozen=True)
-class AutoscalingConfig:
-    keda: bool
-    polling_interval: int = 15
-    cooldown_period: int = 300
-    scale_to_zero_batch: bool = False
-    cpu_utilization: int = 70
-    memory_utilization: int | None = None
-    workers: Mapping[str, PoolScaling] = field(default_factory=dict)
-    consumers: Mapping[str, PoolScaling] = field(default_factory=dict)
-    keda_namespace: str = "keda"  # where KEDA's operator runs: its pods may read Redis list lengths
+class PoolOverride(_Model):
+    min: Annotated[Int, between(0, 100)] | None = None
+    max: Annotated[Int, between(1, 500)] | None = None
+    target: Annotated[Int, between(1, 100_000)] | None = None
+
+    def over(self, base: PoolScaling) -> PoolScaling:
+        return PoolScaling(base.min_replicas if self.min is None else self.min,
+                           base.max_replicas if self.max is None else self.max,
+                           base.target if self.target is None else self.target)
 
 
-@dataclass(frozen=True)
-class AppConfig:
-    api_replicas: int = 1
-    log_level: str = "INFO"
-    task_time_limit: int = 3600
-    task_soft_time_limit: int = 3300
-    api_resources: Resources = field(default_factory=lambda: Resources("100m", "256Mi", None, "512Mi"))
-    worker_resources: Resources = field(default_factory=lambda: Resources("250m", "512Mi", None, "1Gi"))
-    consumer_resources: Resources = field(default_factory=lambda: Resources("50m", "128Mi", None, "256Mi"))
-    network_policies: bool = True
-    service_monitor: bool = False
+def _pools_model(name: str, pools: list[str], defaults: PoolScaling) -> type[BaseModel]:
+    """``{default: {...}, <pool>: {...}}``: per-pool overrides on top of ``default``, checked min <= max."""
+
+    def resolved(self: BaseModel) -> dict[str, PoolScaling]:
+        base = (getattr(self, "default") or PoolOverride()).over(defaults)  # noqa: B009 # a dynamic field
+        return {p: (getattr(self, p) or PoolOverride()).over(base) for p in pools}
+
+    def min_below_max(self: BaseModel) -> BaseModel:
+        bad = [f"{p}: min ({s.min_replicas}) is above max ({s.max_replicas})"
+               for p, s in resolved(self).items() if s.min_replicas > s.max_replicas]
+        _keyed(bad)
+        return self
+
+    fields: dict[str, Any] = {p: (PoolOverride | None, None) for p in ["default", *pools]}
+    model = create_model(name, __base__=_Model, __validators__={"_min_below_max": model_validator(mode="after")(
+        min_below_max)}, **fields)
+    model.resolved = resolved  # type: ignore[attr-defined]  # a method added to the generated class
+    return model
 
 
-@dataclass(frozen=True)
-class SmtpConfig:
+WorkerPools = _pools_model("WorkerPools", [p.name for p in TOPOLOGY.worker_pools], PoolScaling(1, 4, 10))
+ConsumerPools = _pools_model("ConsumerPools", [g.pool for g in TOPOLOGY.consumer_groups], PoolScaling(1, 3, 100))
+
+
+class AutoscalingConfig(_Model):
+    keda: Bool = False
+    polling_interval: Annotated[Int, between(1, 3600)] = Field(15, alias="pollingInterval")
+    cooldown_period: Annotated[Int, between(0, 86400)] = Field(300, alias="cooldownPeriod")
+    scale_to_zero_batch: Bool = Field(False, alias="scaleToZeroBatch")
+    cpu_utilization: Annotated[Int, between(10, 100)] = Field(70, alias="cpuUtilization")
+    memory_utilization: Annotated[Int, between(10, 100)] | None = Field(None, alias="memoryUtilization")
+    worker_pools: WorkerPools = Field(WorkerPools(), alias="workers")  # type: ignore[valid-type]
+    consumer_pools: ConsumerPools = Field(ConsumerPools(), alias="consumers")  # type: ignore[valid-type]
+    # Where KEDA's operator runs: its pods may read Redis list lengths and Kafka lag.
+    keda_namespace: Name = Field("keda", alias="kedaNamespace")
+    fallback_replicas: Annotated[Int, between(0, 500)] = Field(0, alias="fallbackReplicas")  # 0: no fallback
+
+    @model_validator(mode="after")
+    def _consumers_fit_their_partitions(self) -> AutoscalingConfig:
+        problems = []
+        for group in TOPOLOGY.consumer_groups:
+            limit = TOPOLOGY.max_partitions(group)
+            scaling = self.consumers[group.pool]
+            if scaling.max_replicas > limit:
+                problems.append(f"consumers.{group.pool}.max: {scaling.max_replicas} is above the {limit} "
+                                "partition(s) of the group's largest topic; extra consumers would sit idle")
+        _keyed(problems)
+        return self
+
+    @property
+    def workers(self) -> dict[str, PoolScaling]:
+        return self.worker_pools.resolved()  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def consumers(self) -> dict[str, PoolScaling]:
+        return self.consumer_pools.resolved()  # type: ignore[attr-defined, no-any-return]
+
+
+_API_RESOURCES, _API_DEFAULT = _resources("100m", "256Mi", "512Mi")
+_WORKER_RESOURCES, _WORKER_DEFAULT = _resources("250m", "512Mi", "1Gi")
+_CONSUMER_RESOURCES, _CONSUMER_DEFAULT = _resources("50m", "128Mi", "256Mi")
+
+
+class AppResources(_Model):
+    api: _API_RESOURCES = _API_DEFAULT  # type: ignore[valid-type]  # an Annotated alias
+    worker: _WORKER_RESOURCES = _WORKER_DEFAULT  # type: ignore[valid-type]
+    consumer: _CONSUMER_RESOURCES = _CONSUMER_DEFAULT  # type: ignore[valid-type]
+
+
+class AppConfig(_Model):
+    api_replicas: Annotated[Int, between(1, 50)] = Field(1, alias="apiReplicas")
+    log_level: Annotated[str, one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")] = Field(
+        "INFO", alias="logLevel")
+    task_time_limit: Annotated[Int, between(10, 86400)] = Field(3600, alias="taskTimeLimit")
+    task_soft_time_limit: Annotated[Int, between(5, 86400)] = Field(3300, alias="taskSoftTimeLimit")
+    resources: AppResources = AppResources()
+    network_policies: Bool = Field(True, alias="networkPolicies")
+    service_monitor: Bool = Field(False, alias="serviceMonitor")
+
+    @model_validator(mode="after")
+    def _soft_below_hard(self) -> AppConfig:
+        if self.task_soft_time_limit >= self.task_time_limit:
+            _keyed([f"taskSoftTimeLimit: must be below taskTimeLimit ({self.task_time_limit})"])
+        return self
+
+    @property
+    def api_resources(self) -> Resources:
+        return self.resources.api  # type: ignore[no-any-return]
+
+    @property
+    def worker_resources(self) -> Resources:
+        return self.resources.worker  # type: ignore[no-any-return]
+
+    @property
+    def consumer_resources(self) -> Resources:
+        return self.resources.consumer  # type: ignore[no-any-return]
+
+
+def _cidrs(v: Any) -> Any:
+    ok = isinstance(v, list | tuple) and all(isinstance(c, str) and _CIDR.match(c) for c in v)
+    _check(ok, "must be a list of CIDRs like 203.0.113.25/32")
+    return tuple(v)
+
+
+class SmtpConfig(_Model):
     """E-mail notifications: the chart's ``smtp`` values; the password is the ``smtpPassword`` secret."""
 
-    host: str = ""
-    port: int = 587
-    security: str = "starttls"  # none | starttls | tls
+    host: Annotated[str, matching(_HOST, "a host name or address", empty_ok=True)] = ""
+    port: Annotated[Int, between(1, 65535)] = 587
+    security: Annotated[str, one_of("none", "starttls", "tls")] = "starttls"  # none | starttls | tls
     username: str = ""
-    sender: str = "pynomaly@localhost"
-    timeout: float = 10.0
-    cidrs: tuple[str, ...] = ()  # where the notification pools may reach the server (NetworkPolicy)
+    sender: Annotated[str, matching(_EMAIL, "an e-mail address")] = Field("pynomaly@localhost", alias="from")
+    timeout: Annotated[Int, between(1, 300), AfterValidator(float)] = 10.0  # seconds, whole
+    # Where the notification pools may reach the server (NetworkPolicy).
+    cidrs: Annotated[tuple[str, ...], BeforeValidator(_cidrs)] = ()
 
 
-@dataclass(frozen=True)
-class EncryptionConfig:
+class EncryptionConfig(_Model):
     """Encryption at rest of payload blobs in Redis (the chart's ``encryption`` values); the keys are
     the ``encryptionKey`` and ``encryptionPreviousKeys`` secrets, given by the operator."""
 
-    enabled: bool = False
+    enabled: Bool = False
+
+
+def _labels(v: Any) -> Any:
+    _check(isinstance(v, Mapping) and all(isinstance(x, str) for x in v.values()),
+           "must map label names to strings")
+    return dict(v)
+
+
+class _Document(_Model):
+    """The whole non-secret ``pynomaly:*`` config, as the stack file holds it."""
+
+    SECTIONS: ClassVar[tuple[str, ...]] = ("redis", "kafka")
+
+    environment: Annotated[str, one_of(*ENVIRONMENTS)] | None = None
+    storage_class: OptionalName | None = Field(None, alias="storageClass")
+    kubernetes: KubernetesConfig = KubernetesConfig()
+    image: ImageConfig
+    expose: ExposeConfig = ExposeConfig()
+    redis: RedisConfig = RedisConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    autoscaling: AutoscalingConfig = AutoscalingConfig()
+    app: AppConfig = AppConfig()
+    labels: Annotated[dict[str, str], BeforeValidator(_labels)] = {}
+    smtp: SmtpConfig = SmtpConfig()
+    encryption: EncryptionConfig = EncryptionConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shared_storage_class(cls, data: Any) -> Any:
+        # storageClass at the top applies to Redis and Kafka unless they name their own.
+        if not isinstance(data, Mapping) or not data.get("storageClass"):
+            return data
+        data = dict(data)
+        for section in cls.SECTIONS:
+            own = data.get(section)
+            if own is None or (isinstance(own, Mapping) and not own.get("storageClass")):
+                data[section] = {**(own or {}), "storageClass": data["storageClass"]}
+        return data
+
+    @model_validator(mode="after")
+    def _smtp_egress(self) -> _Document:
+        if self.smtp.host and self.app.network_policies and not self.smtp.cidrs:
+            _keyed(["smtp.cidrs: required with smtp.host while app.networkPolicies is on (the SMTP server's "
+                    "address as CIDRs; egress is never opened to everything)"])
+        return self
 
 
 @dataclass(frozen=True)
@@ -249,110 +563,42 @@ class StackConfig:
 
 # -- validation (pure) ---------------------------------------------------------------------------
 
-T = TypeVar("T")
+_TYPE_NAMES = {"int": "int", "bool": "bool", "string": "str", "float": "float"}
 
 
-class _Reader:
-    """Walks one config object, records problems with their full key path, never raises mid-way."""
-
-    def __init__(self, problems: list[str], path: str, raw: Any, allowed: set[str]):
-        self.problems = problems
-        self.path = path
-        self.raw: Mapping[str, Any] = {}
-        if raw is None:
-            return
-        if not isinstance(raw, Mapping):
-            problems.append(f"{path}: must be an object, got {type(raw).__name__}")
-            return
-        self.raw = raw
-        for key in sorted(set(raw) - allowed):
-            problems.append(f"{path}.{key}: unknown key (allowed: {', '.join(sorted(allowed))})")
-
-    def _bad(self, key: str, message: str) -> None:
-        self.problems.append(f"{self.path}.{key}: {message}")
-
-    def get(self, key: str, kind: type[T], default: T, check: Callable[[T], str | None] | None = None) -> T:
-        if key not in self.raw or self.raw[key] is None:
-            return default
-        value = self.raw[key]
-        if kind is int and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if kind is bool and isinstance(value, str) and value.lower() in ("true", "false"):
-            value = value.lower() == "true"
-        if kind is int and isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
-        if kind is str and isinstance(value, int) and not isinstance(value, bool):
-            # `pulumi config set --path ... 1` stores a number: a CPU quantity or a tag of digits is still text.
-            value = str(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            self._bad(key, f"must be {kind.__name__}, got {value!r}")
-            return default
-        if check is not None:
-            message = check(value)
-            if message:
-                self._bad(key, message)
-                return default
-        return value
-
-    def child(self, key: str, allowed: set[str]) -> _Reader:
-        return _Reader(self.problems, f"{self.path}.{key}", self.raw.get(key), allowed)
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the model at ``loc`` (a path of aliases) accepts."""
+    model: Any = _Document
+    for part in loc:
+        fld = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+        if fld is None:
+            return []
+        inner = [a for a in getattr(fld.annotation, "__args__", ()) if isinstance(a, type)] or [fld.annotation]
+        model = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return sorted(f.alias or n for n, f in model.model_fields.items())
 
 
-def _one_of(*choices: str) -> Callable[[str], str | None]:
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
-
-
-def _int_range(lo: int, hi: int) -> Callable[[int], str | None]:
-    return lambda v: None if lo <= v <= hi else f"must be between {lo} and {hi}, got {v}"
-
-
-def _match(pattern: re.Pattern[str], what: str) -> Callable[[str], str | None]:
-    return lambda v: None if pattern.match(v) else f"must be {what}, got {v!r}"
-
-
-def _image(v: str) -> str | None:
-    repo, sep, tag = v.rpartition(":")
-    if not sep or "/" in tag or not repo:
-        return f"must be repository:tag with a pinned tag, got {v!r}"
-    if tag == "latest":
-        return "must not use the 'latest' tag"
-    return None
-
-
-def _resources(reader: _Reader, key: str, default: Resources) -> Resources:
-    r = reader.child(key, {"cpu", "memory", "cpuLimit", "memoryLimit"})
-    q = _match(_QUANTITY, "a Kubernetes quantity like 250m or 512Mi")
-    return Resources(
-        cpu_request=r.get("cpu", str, default.cpu_request, q),
-        memory_request=r.get("memory", str, default.memory_request, q),
-        cpu_limit=r.get("cpuLimit", str, default.cpu_limit or "", q) or None,  # type: ignore[arg-type]
-        memory_limit=r.get("memoryLimit", str, default.memory_limit, q),
-    )
-
-
-def _pools(reader: _Reader, key: str, names: list[str], defaults: PoolScaling) -> dict[str, PoolScaling]:
-    """``{default: {...}, <pool>: {...}}``: per-pool overrides on top of the default."""
-    pools = reader.child(key, {"default", *names})
-    base_reader = pools.child("default", {"min", "max", "target"})
-    base = PoolScaling(
-        base_reader.get("min", int, defaults.min_replicas, _int_range(0, 100)),
-        base_reader.get("max", int, defaults.max_replicas, _int_range(1, 500)),
-        base_reader.get("target", int, defaults.target, _int_range(1, 100_000)),
-    )
-    result = {}
-    for name in names:
-        p = pools.child(name, {"min", "max", "target"})
-        scaling = PoolScaling(
-            p.get("min", int, base.min_replicas, _int_range(0, 100)),
-            p.get("max", int, base.max_replicas, _int_range(1, 500)),
-            p.get("target", int, base.target, _int_range(1, 100_000)),
-        )
-        if scaling.min_replicas > scaling.max_replicas:
-            reader.problems.append(
-                f"{pools.path}.{name}: min ({scaling.min_replicas}) is above max ({scaling.max_replicas})"
-            )
-        result[name] = scaling
-    return result
+def _problem(error: Mapping[str, Any]) -> list[str]:
+    loc = tuple(str(p) for p in error["loc"])
+    key = ".".join((PROJECT, *loc))
+    kind, value = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        return [f"{key}: unknown key (allowed: {', '.join(allowed)})"]
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return [f"{key}: must be an object, got {type(value).__name__}"]
+    if kind == "missing":
+        return [f"{key}: required"]
+    if kind == "keyed":
+        return [f"{key}.{line}" for line in error["ctx"]["lines"].split("\n")]
+    if kind == "value_error":
+        return [f"{key}: {error['ctx']['error']}"]
+    base = kind.split("_", 1)[0]
+    if base in _TYPE_NAMES:
+        return [f"{key}: must be {_TYPE_NAMES[base]}, got {value!r}"]
+    return [f"{key}: {error['msg']}"]
 
 
 def parse_config(raw: Mapping[str, Any], environment: str, *, default_tag: str) -> StackConfig:
@@ -361,167 +607,21 @@ def parse_config(raw: Mapping[str, Any], environment: str, *, default_tag: str) 
     ``raw`` holds the non-secret keys with their JSON values decoded; secret keys are read by
     :func:`load` and must not appear here.  Raises :class:`ConfigError` listing every problem.
     """
-    problems: list[str] = []
-    allowed = {"environment", "kubernetes", "image", "expose", "storageClass", "redis", "kafka", "autoscaling",
-               "app", "labels", "smtp", "encryption"}
-    top = _Reader(problems, PROJECT, raw, allowed | set(SECRET_KEYS))
-    for key in sorted(set(SECRET_KEYS) & set(raw)):
-        problems.append(f"{PROJECT}:{key}: is a secret; set it with `pulumi config set --secret {key}`")
-
-    env = top.get("environment", str, environment, _one_of(*ENVIRONMENTS))
-    storage_class = top.get("storageClass", str, "", _match(_NAME, "a StorageClass name")) or None
-
-    k = top.child("kubernetes", {"namespace", "context", "kubeconfig", "renderYamlToDirectory"})
-    kubernetes = KubernetesConfig(
-        namespace=k.get("namespace", str, "pynomaly", _match(_NAME, "a DNS-1123 label")),
-        context=k.get("context", str, "") or None,
-        kubeconfig=k.get("kubeconfig", str, "") or None,
-        render_yaml_to_directory=k.get("renderYamlToDirectory", str, "") or None,
-    )
-
-    i = top.child("image", {"repository", "tag", "pullPolicy"})
-    image = ImageConfig(
-        repository=i.get("repository", str, "pynomaly/pynomaly", _match(_IMAGE_REPO, "an image repository")),
-        tag=i.get("tag", str, default_tag, lambda v: "must not be 'latest'" if v == "latest" else
-                  (None if _TAG.match(v) else f"is not a valid image tag: {v!r}")),
-        pull_policy=i.get("pullPolicy", str, "IfNotPresent", _one_of("IfNotPresent", "Always", "Never")),
-    )
-
-    e = top.child("expose", {"mode", "host", "ingressClass", "tlsSecret", "nodePort"})
-    expose = ExposeConfig(
-        mode=e.get("mode", str, "portForward", _one_of("portForward", "nodePort", "loadBalancer", "ingress")),
-        host=e.get("host", str, "") or None,
-        ingress_class=e.get("ingressClass", str, "", _match(_NAME, "an IngressClass name")) or None,
-        tls_secret=e.get("tlsSecret", str, "", _match(_NAME, "a Secret name")) or None,
-        node_port=e.get("nodePort", int, 0, _int_range(30000, 32767)) or None,
-    )
-    if expose.mode == "ingress" and not expose.host:
-        problems.append(f"{PROJECT}.expose.host: required when expose.mode is ingress")
-
-    r = top.child("redis", {"mode", "replicas", "storage", "storageClass", "maxmemory", "image", "proxyImage",
-                            "resources", "tls"})
-    redis_defaults = RedisConfig(mode="standalone")
-    redis_mode = r.get("mode", str, "standalone", _one_of("standalone", "sentinel", "external"))
-    redis = RedisConfig(
-        mode=redis_mode,
-        replicas=r.get("replicas", int, 3 if redis_mode == "sentinel" else 1, _int_range(1, 9)),
-        storage_size=r.get("storage", str, redis_defaults.storage_size, _match(_QUANTITY, "a quantity like 1Gi")),
-        storage_class=r.get("storageClass", str, "", _match(_NAME, "a StorageClass name")) or storage_class,
-        maxmemory=r.get("maxmemory", str, redis_defaults.maxmemory, _match(_MAXMEMORY, _MAXMEMORY_WHAT)),
-        image=r.get("image", str, redis_defaults.image, _image),
-        proxy_image=r.get("proxyImage", str, redis_defaults.proxy_image, _image),
-        resources=_resources(r, "resources", redis_defaults.resources),
-        external_tls=r.get("tls", bool, True),
-    )
-    if redis.mode == "sentinel" and redis.replicas < 3:
-        problems.append(f"{PROJECT}.redis.replicas: sentinel mode needs at least 3 replicas for a quorum")
-    if redis.mode == "standalone" and redis.replicas != 1:
-        problems.append(f"{PROJECT}.redis.replicas: standalone mode runs exactly 1 replica")
-
-    kf = top.child("kafka", {"mode", "brokers", "controllers", "storage", "storageClass", "image", "version",
-                             "resources", "heap", "sasl", "tlsSecret", "zoneSpread", "rackAwareness",
-                             "rackInitImage", "external"})
-    kd = KafkaConfig(mode="inCluster")
-    kx = kf.child("external", {"bootstrapServers", "securityProtocol", "saslMechanism", "username"})
-    kafka = KafkaConfig(
-        mode=kf.get("mode", str, "inCluster", _one_of("inCluster", "external")),
-        brokers=kf.get("brokers", int, kd.brokers, _int_range(1, 15)),
-        controllers=kf.get("controllers", int, 0, lambda v: None if v in (0, 1, 3, 5) else "must be 0, 1, 3 or 5"),
-        storage_size=kf.get("storage", str, kd.storage_size, _match(_QUANTITY, "a quantity like 10Gi")),
-        storage_class=kf.get("storageClass", str, "", _match(_NAME, "a StorageClass name")) or storage_class,
-        image=kf.get("image", str, kd.image, _image),
-        version=kf.get("version", str, kd.version, _match(re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$"), "x.y.z")),
-        resources=_resources(kf, "resources", kd.resources),
-        heap=kf.get("heap", str, kd.heap, _match(re.compile(r"^[0-9]+[mg]$"), "a JVM size like 512m")),
-        sasl=kf.get("sasl", bool, True),
-        tls_secret=kf.get("tlsSecret", str, "", _match(_NAME, "a Secret name")) or None,
-        zone_spread=kf.get("zoneSpread", bool, False),
-        rack_awareness=kf.get("rackAwareness", bool, False),
-        rack_init_image=kf.get("rackInitImage", str, kd.rack_init_image, _image),
-        external_bootstrap=kx.get("bootstrapServers", str, "") or None,
-        external_security_protocol=kx.get("securityProtocol", str, "SASL_SSL",
-                                          _one_of("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")),
-        external_sasl_mechanism=kx.get("saslMechanism", str, "SCRAM-SHA-512",
-                                       _one_of("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")),
-        external_username=kx.get("username", str, "") or None,
-    )
-    if kafka.mode == "external" and not kafka.external_bootstrap:
-        problems.append(f"{PROJECT}.kafka.external.bootstrapServers: required when kafka.mode is external")
-    if kafka.tls_secret and not kafka.sasl:
-        problems.append(f"{PROJECT}.kafka.tlsSecret: TLS is only offered together with SASL (sasl: true)")
-
-    a = top.child("autoscaling", {"keda", "kedaNamespace", "pollingInterval", "cooldownPeriod", "scaleToZeroBatch",
-                                  "cpuUtilization", "memoryUtilization", "workers", "consumers"})
-    autoscaling = AutoscalingConfig(
-        keda=a.get("keda", bool, False),
-        polling_interval=a.get("pollingInterval", int, 15, _int_range(1, 3600)),
-        cooldown_period=a.get("cooldownPeriod", int, 300, _int_range(0, 86400)),
-        scale_to_zero_batch=a.get("scaleToZeroBatch", bool, False),
-        cpu_utilization=a.get("cpuUtilization", int, 70, _int_range(10, 100)),
-        memory_utilization=a.get("memoryUtilization", int, 0, _int_range(10, 100)) or None,
-        workers=_pools(a, "workers", [p.name for p in TOPOLOGY.worker_pools], PoolScaling(1, 4, 10)),
-        consumers=_pools(a, "consumers", [g.pool for g in TOPOLOGY.consumer_groups], PoolScaling(1, 3, 100)),
-        keda_namespace=a.get("kedaNamespace", str, "keda", _match(_NAME, "a DNS-1123 label")),
-    )
-    for group in TOPOLOGY.consumer_groups:
-        limit = TOPOLOGY.max_partitions(group)
-        scaling = autoscaling.consumers[group.pool]
-        if scaling.max_replicas > limit:
-            problems.append(
-                f"{PROJECT}.autoscaling.consumers.{group.pool}.max: {scaling.max_replicas} is above the "
-                f"{limit} partition(s) of the group's largest topic; extra consumers would sit idle"
-            )
-
-    ap = top.child("app", {"apiReplicas", "logLevel", "taskTimeLimit", "taskSoftTimeLimit", "resources",
-                           "networkPolicies", "serviceMonitor"})
-    ad = AppConfig()
-    res = ap.child("resources", {"api", "worker", "consumer"})
-    app = AppConfig(
-        api_replicas=ap.get("apiReplicas", int, ad.api_replicas, _int_range(1, 50)),
-        log_level=ap.get("logLevel", str, ad.log_level, _one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
-        task_time_limit=ap.get("taskTimeLimit", int, ad.task_time_limit, _int_range(10, 86400)),
-        task_soft_time_limit=ap.get("taskSoftTimeLimit", int, ad.task_soft_time_limit, _int_range(5, 86400)),
-        api_resources=_resources(res, "api", ad.api_resources),
-        worker_resources=_resources(res, "worker", ad.worker_resources),
-        consumer_resources=_resources(res, "consumer", ad.consumer_resources),
-        network_policies=ap.get("networkPolicies", bool, True),
-        service_monitor=ap.get("serviceMonitor", bool, False),
-    )
-    if app.task_soft_time_limit >= app.task_time_limit:
-        problems.append(f"{PROJECT}.app.taskSoftTimeLimit: must be below taskTimeLimit ({app.task_time_limit})")
-
-    sm = top.child("smtp", {"host", "port", "security", "username", "from", "timeout", "cidrs"})
-    cidrs_raw = sm.raw.get("cidrs") or []
-    if not isinstance(cidrs_raw, list) or not all(isinstance(c, str) and _CIDR.match(c) for c in cidrs_raw):
-        problems.append(f"{PROJECT}.smtp.cidrs: must be a list of CIDRs like 203.0.113.25/32")
-        cidrs_raw = []
-    smtp = SmtpConfig(
-        host=sm.get("host", str, "", _match(_HOST, "a host name or address")),
-        port=sm.get("port", int, 587, _int_range(1, 65535)),
-        security=sm.get("security", str, "starttls", _one_of("none", "starttls", "tls")),
-        username=sm.get("username", str, ""),
-        sender=sm.get("from", str, "pynomaly@localhost", _match(_EMAIL, "an e-mail address")),
-        timeout=float(sm.get("timeout", int, 10, _int_range(1, 300))),
-        cidrs=tuple(cidrs_raw),
-    )
-    if smtp.host and app.network_policies and not smtp.cidrs:
-        problems.append(f"{PROJECT}.smtp.cidrs: required with smtp.host while app.networkPolicies is on "
-                        "(the SMTP server's address as CIDRs; egress is never opened to everything)")
-
-    en = top.child("encryption", {"enabled"})
-    encryption = EncryptionConfig(enabled=en.get("enabled", bool, False))
-
-    labels_raw = raw.get("labels") or {}
-    labels: dict[str, str] = {}
-    if not isinstance(labels_raw, Mapping) or not all(isinstance(v, str) for v in labels_raw.values()):
-        problems.append(f"{PROJECT}.labels: must map label names to strings")
-    else:
-        labels = dict(labels_raw)
-
+    problems = [f"{PROJECT}:{key}: is a secret; set it with `pulumi config set --secret {key}`"
+                for key in sorted(set(SECRET_KEYS) & set(raw))]
+    data = {k: v for k, v in raw.items() if k not in SECRET_KEYS}
+    image = data.get("image")
+    data["image"] = {"tag": default_tag, **image} if isinstance(image, Mapping) else (
+        image if image is not None else {"tag": default_tag})
+    try:
+        doc = _Document.model_validate(data)
+    except ValidationError as exc:
+        problems += [p for error in exc.errors() for p in _problem(error)]
+        raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
-    return StackConfig(env, kubernetes, image, expose, redis, kafka, autoscaling, app, Secrets(), labels, smtp,
-                       encryption)
+    return StackConfig(doc.environment or environment, doc.kubernetes, doc.image, doc.expose, doc.redis, doc.kafka,
+                       doc.autoscaling, doc.app, Secrets(), doc.labels, doc.smtp, doc.encryption)
 
 
 # -- reading from Pulumi -------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -13,6 +14,15 @@ APP_NAME = "pynomaly"  # the chart's app.kubernetes.io/name: the application's p
 MANAGED_BY = "pulumi"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+
+
+def script(name: str) -> str:
+    """A file of ``infra/scripts/`` as the ConfigMaps ship it (tests/infra/test_scripts.py runs shellcheck)."""
+    path = SCRIPTS / name
+    if not path.is_file():
+        raise FileNotFoundError(f"infra/scripts/{name} does not exist")
+    return path.read_text()
 
 
 def selector_labels(name: str, component: str) -> dict[str, str]:

@@ -72,6 +72,11 @@ class MockedRun:
     def objects(self) -> list[dict[str, Any]]:
         return [manifest(r) for r in self.registrations if r.is_kubernetes_object]
 
+    def chart_values(self) -> dict[str, Any]:
+        """Every value the program derives for charts/pynomaly (autoscaling included): ``helm template`` with
+        them renders what ``pulumi up`` applies (the autoscalers through a helm v3 Chart, the rest v4)."""
+        return dict(_sync_await(self.deployment.application.values.future()))
+
     def by_type(self, type_: str) -> list[Registration]:
         return [r for r in self.registrations if r.type == type_]
 
@@ -132,7 +137,24 @@ class _Mocks(pulumi.runtime.Mocks):
         return f"{args.name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
-        return {}, None
+        if args.token == "kubernetes:helm:template":
+            return {"result": _helm_template(args.args["jsonOpts"])}, []
+        return {}, []
+
+
+def _helm_template(json_opts: str | dict[str, Any]) -> list[dict[str, Any]]:
+    """What the provider's ``kubernetes:helm:template`` returns (a helm v3 Chart), from the real helm binary."""
+    import tempfile
+
+    from tools.helm import template_chart
+
+    opts = json.loads(json_opts) if isinstance(json_opts, str) else json_opts
+    with tempfile.TemporaryDirectory() as tmp:
+        values = Path(tmp) / "values.json"
+        values.write_text(json.dumps(opts.get("values") or {}))
+        text = template_chart([values], release=opts["release_name"], namespace=opts.get("namespace") or "default",
+                              chart=Path(opts["path"]))
+    return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
 class _Monitor(pulumi_mocks.MockMonitor):

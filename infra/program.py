@@ -18,10 +18,9 @@ import pulumi_kubernetes as k8s
 from infra import config as stack_config
 from infra import k8s as kx
 from infra.application import Application, ApplicationArgs
-from infra.autoscaling import Autoscaling, AutoscalingArgs
 from infra.config import StackConfig
-from infra.kafka import Kafka, KafkaArgs
-from infra.redis import Redis, RedisArgs
+from infra.kafka_cluster import Kafka, KafkaArgs
+from infra.redis_ha import Redis, RedisArgs
 from pynomaly.topology import TOPOLOGY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +41,6 @@ class Deployment:
     redis: Redis
     kafka: Kafka
     application: Application
-    autoscaling: Autoscaling
     outputs: dict[str, Any]
 
 
@@ -98,15 +96,8 @@ def build(cfg: StackConfig) -> Deployment:
         scaler_namespace=scaler_namespace), opts=in_ns)
     application = Application("app", ApplicationArgs(
         stack=cfg, namespace=ns, chart_path=str(CHART), topology=TOPOLOGY, redis=redis, kafka=kafka,
-        autoscaling_external=True, labels=dict(cfg.labels)),
+        labels=dict(cfg.labels)),
         opts=pulumi.ResourceOptions(provider=provider, depends_on=[namespace, redis, kafka]))
-    autoscaling = Autoscaling("autoscaling", AutoscalingArgs(
-        config=cfg.autoscaling, namespace=ns, topology=TOPOLOGY, deployment_name=application.deployment_name,
-        redis_address=redis.address, redis_secret_name=redis.secret_name, redis_password_key="password",
-        redis_tls=redis.tls, kafka_bootstrap_servers=kafka.bootstrap_servers, kafka_secret_name=kafka.secret_name,
-        kafka_keys=kafka_keda_keys(), kafka_version=kafka.version,
-        kafka_ca_secret=cfg.kafka.tls_secret if cfg.kafka.in_cluster else None, labels=dict(cfg.labels)),
-        opts=pulumi.ResourceOptions(provider=provider, depends_on=[namespace, application]))
 
     outputs: dict[str, Any] = {
         "environment": cfg.environment,
@@ -121,21 +112,10 @@ def build(cfg: StackConfig) -> Deployment:
         "kafkaBootstrapServers": kafka.bootstrap_servers,
         "kafkaSecretName": kafka.secret_name,
         "kafkaClusterSecretName": kafka.cluster_secret_name,
-        "autoscaling": autoscaling.mode,
-        "scaledTargets": autoscaling.object_names,
+        "autoscaling": "keda" if cfg.autoscaling.keda else "hpa",
+        "scaledTargets": application.autoscalers(),
     }
-    return Deployment(cfg, provider, namespace, redis, kafka, application, autoscaling, outputs)
-
-
-def kafka_keda_keys() -> dict[str, str]:
-    from infra import kafka as kafka_mod
-
-    return {
-        "sasl": kafka_mod.KEY_KEDA_SASL,
-        "username": kafka_mod.KEY_USERNAME,
-        "password": kafka_mod.KEY_PASSWORD,
-        "tls": kafka_mod.KEY_KEDA_TLS,
-    }
+    return Deployment(cfg, provider, namespace, redis, kafka, application, outputs)
 
 
 def main() -> Deployment:

@@ -62,7 +62,7 @@ PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KUBERNETES_VERSION = toolchain.KUBERNETES_VERSION  # pause.c comes from this release's module source
 PAUSE_TAG = "3.10"  # the sandbox image name the cluster's containerd config uses
 
-# The users the manifests run as (infra/redis.py, infra/kafka.py, the chart's podIdentity).
+# The users the manifests run as (infra/redis_ha.py, infra/kafka_cluster.py, the chart's podIdentity).
 APP_UID = 10001
 REDIS_UID = 999
 HAPROXY_UID = 99
@@ -837,7 +837,7 @@ def recipes() -> dict[str, Recipe]:
                        entrypoint=["haproxy"], workdir="/var/lib/haproxy", ports=["6379/tcp", "8404/tcp"],
                        stop_signal="SIGUSR1")),
         Recipe("kafka", "pynomaly/kafka", "kafka", _populate_kafka,
-               # infra/kafka.py's init container renders /etc/kafka-runtime/server.properties.
+               # infra/kafka_cluster.py's init container renders /etc/kafka-runtime/server.properties.
                _config([f"{KAFKA_HOME}/bin/kafka-server-start.sh", "/etc/kafka-runtime/server.properties"],
                        f"{KAFKA_UID}:{KAFKA_UID}", workdir=KAFKA_HOME,
                        path=f"{KAFKA_HOME}/bin:{PATH_ENV}", ports=["9092/tcp", "9093/tcp"]),

@@ -10,7 +10,8 @@
 The program runs under Pulumi mocks with environments/Pulumi.<ENV>.yaml as its config.  Secret
 values are shown as <secret>: generated passwords only exist after a real `pulumi up`; a secret the
 operator must give (cloud's encryptionKey) gets a fixed stand-in (infra.mocked.operator_secrets).  The chart is
-a Helm v4 Chart resource, which mocks do not expand; use --values with `helm template` for it.
+a Helm v4 Chart resource, which mocks do not expand; use --values with `helm template` for it (the pools'
+autoscalers come from the same chart through a helm v3 Chart, which mocks do expand: they are listed).
 """
 
 from __future__ import annotations
@@ -74,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"environments/Pulumi.{args.env}.yaml: {exc}", file=sys.stderr)
         return 2
     if args.values:
-        chart = next(r for r in run.registrations if r.type == HELM_CHART)
-        sys.stdout.write(yaml.safe_dump(mocked.manifest(chart)["values"], sort_keys=True))
+        sys.stdout.write(yaml.safe_dump(run.chart_values(), sort_keys=True))
         return 0
     docs = [_mask(obj) for obj in run.objects()]
     sys.stdout.write(f"# Objects the '{args.env}' stack declares (Pulumi mocks; secrets masked).\n")

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from infra import kafka as infra_kafka
-from infra import redis as infra_redis
+from infra import kafka_cluster as infra_kafka
+from infra import redis_ha as infra_redis
+from infra.k8s import script as infra_script
 from tests.images.conftest import image_config
 from tools import images
 
@@ -20,9 +21,9 @@ pytestmark = [pytest.mark.images, pytest.mark.timeout(3600)]
 
 # Programs each image's manifests execute (command, args, probes and the scripts they mount).
 COMMANDS = {
-    "redis": ["sh", "redis-server", "redis-sentinel", "redis-cli", "timeout", "head", "grep", "printf", "cat"],
+    "redis": ["sh", "redis-server", "redis-sentinel", "redis-cli", "timeout", "head", "grep", "printf", "cat", "tr"],
     "haproxy": ["haproxy"],
-    "kafka": ["sh", "cat", "java", "grep", "sleep", "/opt/kafka/bin/kafka-storage.sh",
+    "kafka": ["sh", "cat", "java", "grep", "sleep", "tr", "/opt/kafka/bin/kafka-storage.sh",
               "/opt/kafka/bin/kafka-server-start.sh", "/opt/kafka/bin/kafka-topics.sh"],
 }
 UIDS = {"redis": infra_redis.UID, "haproxy": infra_redis.HAPROXY_UID, "kafka": infra_kafka.UID}
@@ -73,17 +74,13 @@ def test_manifest_commands_and_users_exist(name: str, built: dict[str, images.Bu
 
 def test_infra_scripts_call_only_what_the_images_have() -> None:
     # Guard for COMMANDS above: the programs named in infra's scripts are in the list.
-    for word in ("redis-server", "redis-sentinel", "redis-cli", "timeout", "head"):
-        assert word in infra_redis.START_REDIS + infra_redis.START_SENTINEL + str(COMMANDS["redis"])
-    assert "/opt/kafka/bin/kafka-storage.sh" in infra_kafka._init_script(images_kafka_config())
+    redis_scripts = "".join(infra_script(s) for s in infra_redis.SCRIPTS)
+    for word in ("redis-server", "redis-sentinel", "redis-cli", "timeout", "head", "tr"):
+        assert word in redis_scripts and word in COMMANDS["redis"], word
+    kafka_format = infra_script("kafka-format.sh")
+    assert "/opt/kafka/bin/kafka-storage.sh" in kafka_format and " tr " in kafka_format
     for script in ("kafka-storage.sh", "kafka-topics.sh", "kafka-server-start.sh"):
         assert any(c.endswith(script) for c in COMMANDS["kafka"])
-
-
-def images_kafka_config() -> object:
-    from infra.config import KafkaConfig
-
-    return KafkaConfig(mode="inCluster")
 
 
 def test_redis_runs_and_answers(built: dict[str, images.Built], rootfs: Callable[[str], Path],
@@ -108,7 +105,7 @@ def test_haproxy_accepts_the_generated_config(built: dict[str, images.Built], ro
     root = rootfs("haproxy")
     assert image_config(built["haproxy"])["Entrypoint"] == ["haproxy"]
     assert "HAProxy version" in run(root, "haproxy", "-v", uid=infra_redis.HAPROXY_UID)
-    # What infra/redis.py mounts at /usr/local/etc/haproxy/haproxy.cfg, checked by this haproxy.
+    # What infra/redis_ha.py mounts at /usr/local/etc/haproxy/haproxy.cfg, checked by this haproxy.
     cfg = infra_redis._haproxy_cfg([f"pynomaly-redis-server-{i}.pynomaly-redis-server-headless.ns.svc"
                                     for i in range(3)])
     (root / "usr/local/etc/haproxy/haproxy.cfg").write_text(cfg)

@@ -16,14 +16,15 @@ import jsonschema
 import pytest
 import yaml
 
-from infra import kafka as kafka_mod
+from infra import kafka_cluster as kafka_mod
 from infra import mocked
-from infra import redis as redis_mod
+from infra import redis_ha as redis_mod
 from infra.application import API_SERVICE_PORT, chart_defaults
 from infra.config import ENVIRONMENTS
-from infra.kafka import topic_plan
+from infra.kafka_cluster import topic_plan
 from infra.program import CHART, ROOT, app_version
 from pynomaly.config import Settings
+from pynomaly.messaging.kafka_admin import topic_specs
 from pynomaly.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, TOPOLOGY
 from tests.infra.conftest import kinds, named, run_env
 from tests.support.k8s import baseline_violations, load_yaml_documents, validate_object
@@ -73,9 +74,18 @@ def test_infra_values_carry_the_topology(env: str) -> None:
         assert [t["name"] for t in consumers[group.pool]["topics"]] == list(group.topics)
         assert consumers[group.pool]["maxReplicas"] <= TOPOLOGY.max_partitions(group)
     assert values["workers"]["priority"] == DEFAULTS["workers"]["priority"]
-    # The Kafka topic Job creates exactly the topics the app would create (topic + dead letters).
-    names = [name for name, *_ in topic_plan(TOPOLOGY, run_env(env).deployment.config.kafka)]
-    assert names == [n for t in TOPOLOGY.topics for n in (t.name, t.dead_letter)]
+    # The Kafka topic Job applies the app's own plan: the topics ensure_topics makes, with the same settings.
+    kafka = run_env(env).deployment.config.kafka
+    plan = topic_plan(TOPOLOGY, kafka)
+    assert [p.name for p in plan] == [n for t in TOPOLOGY.topics for n in (t.name, t.dead_letter)]
+    app = topic_specs(Settings(kafka_replication_factor=kafka.replication_factor,
+                               kafka_min_insync_replicas=kafka.min_insync_replicas))
+    assert {p.name: (p.partitions, p.replication, str(p.min_insync_replicas)) for p in plan} == {
+        name: (s["num_partitions"], s["replication_factor"], s["configs"]["min.insync.replicas"])
+        for name, s in app.items()}
+    shipped = named(run_env(env), "ConfigMap", "pynomaly-kafka-scripts")["data"]["topics.plan"].splitlines()
+    assert shipped == [f"{p.name} {p.partitions} {p.replication} {p.min_insync_replicas} {p.retention_ms}"
+                       for p in plan]
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -104,12 +114,6 @@ def test_secret_keys_and_endpoints_agree(env: str) -> None:
     assert values["kafka"]["bootstrapServers"] == kafka_secret[kafka_mod.KEY_BOOTSTRAP]
     assert values["kafka"]["saslUsername"] == kafka_secret[kafka_mod.KEY_USERNAME]
     assert f"{values['redis']['host']}:{values['redis']['port']}" == redis_secret["address"]
-    # KEDA reads the same Secrets by these keys.
-    tls_secret = run.deployment.config.kafka.tls_secret  # a certificate Secret the user provides
-    for auth in kinds(run, "TriggerAuthentication"):
-        for ref in auth["spec"]["secretTargetRef"]:
-            if ref["name"] != tls_secret:
-                assert ref["key"] in named(run, "Secret", ref["name"])["stringData"]
 
 
 def test_ports_agree_with_settings_and_chart() -> None:
@@ -152,11 +156,14 @@ def test_chart_renders_valid_objects_with_the_program_values(env: str, tmp_path:
     deployments = {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"}
     scaled = {f"pynomaly-worker-{p.name}" for p in TOPOLOGY.worker_pools} | {
         f"pynomaly-consumer-{g.pool}" for g in TOPOLOGY.consumer_groups}
-    assert scaled <= deployments  # the names the Autoscaling component targets exist
-    # The chart's own autoscalers stay off: the program's Autoscaling component owns the pools.
+    assert scaled <= deployments
+    # The Helm v4 Chart renders no pool autoscaler (`external`); the program declares them from the same
+    # templates through a helm v3 Chart (tests/infra/test_autoscaling_paths.py): KEDA or HPA, each pool once...
     assert not [o for o in objects if o["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")
                 and o["spec"]["scaleTargetRef"]["name"] in scaled]
-    # ...and leaves their replica count alone, so `pulumi up` never resets what the autoscaler chose.
+    kind = "ScaledObject" if run_env(env).deployment.config.autoscaling.keda else "HorizontalPodAutoscaler"
+    assert sorted(o["spec"]["scaleTargetRef"]["name"] for o in kinds(run_env(env), kind)) == sorted(scaled)
+    # ...and the pools' replica count is left to them, so `pulumi up` never resets what the autoscaler chose.
     assert [o["metadata"]["name"] for o in objects
             if o["kind"] == "Deployment" and o["metadata"]["name"] in scaled and "replicas" in o["spec"]] == []
     grace = {o["metadata"]["name"]: o["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
@@ -177,4 +184,4 @@ def test_cluster_kafka_is_the_release_the_tests_run() -> None:
     pom = (ROOT / "app" / "pynomaly" / "localstack" / "pom.xml").read_text()
     match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom)
     assert match is not None
-    assert KafkaConfig.image.rsplit(":", 1)[1] == match.group(1)
+    assert KafkaConfig.model_fields["image"].default.rsplit(":", 1)[1] == match.group(1)

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 
 from infra import generated, mocked
-from infra import kafka as kafka_mod
-from infra.autoscaling import trigger_name
+from infra import kafka_cluster as kafka_mod
 from infra.config import ENVIRONMENTS
 from infra.program import app_version
 from pynomaly.topology import TOPOLOGY
-from tests.infra.conftest import kinds, named, run_env
-from tests.support.k8s import baseline_violations, count_kinds, format_kind_counts, validate_object
+from tests.infra.conftest import chart_objects, kinds, named, run_env
+from tests.support.k8s import baseline_violations, count_kinds, format_kind_counts, load_yaml_documents, validate_object
+from tools.helm import template_chart
 
-# What each environment declares (the chart's objects come on top; see tests/charts).
+# What each environment declares (the chart's other objects come on top; see tests/charts).  The pools'
+# autoscalers are the chart's too, declared through a helm v3 Chart that these mocks expand.
 EXPECTED_COUNTS = {
     "dev": {
         "ConfigMap": 2, "HorizontalPodAutoscaler": 6, "Job": 1, "Namespace": 1, "NetworkPolicy": 2,
@@ -32,6 +35,7 @@ EXPECTED_COUNTS = {
         "ServiceAccount": 2, "StatefulSet": 3, "TriggerAuthentication": 2,
     },
 }
+AUTOSCALER_KINDS = ("ScaledObject", "TriggerAuthentication", "HorizontalPodAutoscaler")
 POOL_DEPLOYMENTS = {f"pynomaly-worker-{p.name}" for p in TOPOLOGY.worker_pools} | {
     f"pynomaly-consumer-{g.pool}" for g in TOPOLOGY.consumer_groups}
 
@@ -55,10 +59,17 @@ def test_every_child_has_its_component_as_parent(env_run: mocked.MockedRun) -> N
     by_urn = {r.urn: r for r in env_run.registrations}
     components = {r.urn for r in env_run.registrations if r.type.startswith("pynomaly:infra:")}
     assert {by_urn[u].type for u in components} == {
-        "pynomaly:infra:Redis", "pynomaly:infra:Kafka", "pynomaly:infra:Application", "pynomaly:infra:Autoscaling"}
+        "pynomaly:infra:Redis", "pynomaly:infra:Kafka", "pynomaly:infra:Application"}
     top_level = {"pulumi:providers:kubernetes", "kubernetes:core/v1:Namespace", *(by_urn[u].type for u in components)}
+    # The autoscalers' helm v3 Chart is the Application's child; its objects are the chart's children.
+    charts = {r.urn for r in env_run.registrations if r.type == "kubernetes:helm.sh/v3:Chart"
+              and r.parent in components}
     for reg in env_run.registrations:
         if reg.type == "pulumi:pulumi:Stack":
+            continue
+        if reg.parent in charts:
+            assert reg.type in ("kubernetes:keda.sh/v1alpha1:ScaledObject", "kubernetes:keda.sh/v1alpha1:"
+                                "TriggerAuthentication", "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"), reg.urn
             continue
         parent = by_urn.get(reg.parent)
         if reg.type in top_level:
@@ -119,12 +130,11 @@ def test_kafka_replication_follows_the_broker_count(env: str, rf: int, min_isr: 
     fmt = next(c for c in broker["spec"]["template"]["spec"]["initContainers"] if c["name"] == "format")
     env_vars = {e["name"]: e.get("value") for e in fmt["env"]}
     assert (env_vars["REPLICATION_FACTOR"], env_vars["MIN_INSYNC_REPLICAS"]) == (str(rf), str(min_isr))
-    topics = named(run, "ConfigMap", "pynomaly-kafka-scripts")["data"]["topics.sh"]
+    plan = named(run, "ConfigMap", "pynomaly-kafka-scripts")["data"]["topics.plan"]
     for topic in TOPOLOGY.topics:
-        assert re.search(rf"^ensure {re.escape(topic.name)} {topic.partitions} {min_isr} {topic.retention_ms}$",
-                         topics, re.M), topic.name
-        assert f"ensure {topic.dead_letter} 1 {min_isr}" in topics
-    assert f"--replication-factor {rf}" in topics and "--if-not-exists" in topics
+        assert re.search(rf"^{re.escape(topic.name)} {topic.partitions} {rf} {min_isr} {topic.retention_ms}$",
+                         plan, re.M), topic.name
+        assert f"{topic.dead_letter} 1 {rf} {min_isr} " in plan
     values = _chart_values(run)["kafka"]
     assert (values["replicationFactor"], values["minInsyncReplicas"]) == (rf, min_isr)
 
@@ -157,20 +167,24 @@ def test_kafka_cluster_shape(env_run: mocked.MockedRun) -> None:
     fmt = next(c for c in voter_sts["spec"]["template"]["spec"]["initContainers"] if c["name"] == "format")
     initial = next(e["value"] for e in fmt["env"] if e["name"] == "INITIAL_CONTROLLERS")
     assert [v.rsplit(":", 1)[1] for v in initial.split(",")] == dir_ids
-    script = named(env_run, "ConfigMap", "pynomaly-kafka-scripts")["data"]["init.sh"]
+    script = named(env_run, "ConfigMap", "pynomaly-kafka-scripts")["data"]["kafka-format.sh"]
     assert "meta.properties" in script and "advertised.listeners=$ADVERTISED" in script
-    assert "SCRAM-SHA-512=[name=pynomaly" in script
+    assert "$SCRAM_MECHANISM=[name=$APP_USER" in script  # what it writes: tests/infra/test_scripts.py
+    assert {"SASL": "yes", "SCRAM_MECHANISM": "SCRAM-SHA-512", "APP_USER": "pynomaly"}.items() <= {
+        e["name"]: e.get("value") for e in fmt["env"]}.items()
 
 
 def test_cloud_brokers_take_their_rack_from_the_zone() -> None:
     run = run_env("cloud")
     pod = named(run, "StatefulSet", "pynomaly-kafka")["spec"]["template"]["spec"]
     rack = next(c for c in pod["initContainers"] if c["name"] == "rack")
-    assert "topology\\.kubernetes\\.io/zone" in rack["command"][-1]
+    assert rack["command"] == ["/bin/sh", "/scripts/kafka-rack.sh"]
+    scripts = named(run, "ConfigMap", "pynomaly-kafka-scripts")["data"]
+    assert "topology\\.kubernetes\\.io/zone" in scripts["kafka-rack.sh"]
     assert pod["serviceAccountName"] == "pynomaly-kafka-rack" and pod["automountServiceAccountToken"] is False
     (role,) = kinds(run, "ClusterRole")
     assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]
-    assert "broker.rack=$RACK" in named(run, "ConfigMap", "pynomaly-kafka-scripts")["data"]["init.sh"]
+    assert "broker.rack=$RACK" in scripts["kafka-format.sh"]
 
 
 # -- Redis ------------------------------------------------------------------------------------------
@@ -239,58 +253,91 @@ def test_kafka_clients_are_the_app_its_own_pods_and_keda(env: str, keda: bool) -
 # -- autoscaling ------------------------------------------------------------------------------------
 
 
-def test_hpa_xor_keda_per_target(env_run: mocked.MockedRun) -> None:
-    keda = env_run.deployment.config.autoscaling.keda
-    scaled = [o["spec"]["scaleTargetRef"]["name"] for o in kinds(env_run, "ScaledObject")]
-    hpas = [o["spec"]["scaleTargetRef"]["name"] for o in kinds(env_run, "HorizontalPodAutoscaler")]
+def _chart_kind(env: str, kind: str) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in chart_objects(env) if o["kind"] == kind}
+
+
+@pytest.mark.helm
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_hpa_xor_keda_per_target(env: str) -> None:
+    run = run_env(env)
+    keda = run.deployment.config.autoscaling.keda
+    # The chart is the only implementation: the program declares exactly the autoscalers it renders.
+    declared = sorted((o["kind"], o["metadata"]["name"]) for o in run.objects() if o["kind"] in AUTOSCALER_KINDS)
+    assert declared == sorted((o["kind"], o["metadata"]["name"]) for o in chart_objects(env)
+                              if o["kind"] in AUTOSCALER_KINDS and o["spec"].get("scaleTargetRef", {}).get("name")
+                              != "pynomaly-api")
+    scaled = [o["spec"]["scaleTargetRef"]["name"] for o in _chart_kind(env, "ScaledObject").values()]
+    hpas = [o["spec"]["scaleTargetRef"]["name"] for o in _chart_kind(env, "HorizontalPodAutoscaler").values()]
     assert set(scaled).isdisjoint(hpas)
     assert sorted(scaled if keda else hpas) == sorted(POOL_DEPLOYMENTS)
     assert not (hpas if keda else scaled)
-    chart = _chart_values(env_run)["autoscaling"]
-    assert chart["keda"]["enabled"] is False and chart["hpa"]["enabled"] is False
+    assert run.outputs["autoscaling"] == ("keda" if keda else "hpa")
+    kind = "ScaledObject" if keda else "HorizontalPodAutoscaler"
+    assert run.outputs["scaledTargets"] == {name: f"{kind}/{name}" for name in sorted(POOL_DEPLOYMENTS)}
 
 
+@pytest.mark.helm
 @pytest.mark.parametrize("env", ["onprem", "cloud"])
 def test_keda_worker_formula_sums_every_priority_list(env: str) -> None:
     run = run_env(env)
+    scaling = run.deployment.config.autoscaling
     for pool in TOPOLOGY.worker_pools:
-        obj = named(run, "ScaledObject", f"pynomaly-worker-{pool.name}")
+        obj = _chart_kind(env, "ScaledObject")[f"pynomaly-worker-{pool.name}"]
         lists = [lst for q in pool.queues for lst in TOPOLOGY.queue(q).redis_lists()]
         triggers = obj["spec"]["triggers"]
         assert [t["metadata"]["listName"] for t in triggers] == lists
         assert all(t["type"] == "redis" and t["authenticationRef"]["name"] == "pynomaly-redis" for t in triggers)
+        assert {t["metadata"]["listLength"] for t in triggers} == {str(scaling.workers[pool.name].target)}
         modifiers = obj["spec"]["advanced"]["scalingModifiers"]
-        assert sorted(modifiers["formula"].split(" + ")) == sorted(trigger_name(lst) for lst in lists)
-        scale_to_zero = pool.batch and run.deployment.config.autoscaling.scale_to_zero_batch
+        assert sorted(modifiers["formula"].split(" + ")) == sorted(t["name"] for t in triggers)
+        scale_to_zero = pool.batch and scaling.scale_to_zero_batch
         assert (obj["spec"]["minReplicaCount"] == 0) == scale_to_zero
+        # Scale-down waits the cooldown below max too (the HPA's window), not the HPA's default 300 s.
+        behavior = obj["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+        assert behavior["scaleDown"]["stabilizationWindowSeconds"] == scaling.cooldown_period
 
 
+@pytest.mark.helm
 @pytest.mark.parametrize("env", ["onprem", "cloud"])
 def test_keda_consumers_on_lag_capped_at_partitions(env: str) -> None:
     run = run_env(env)
     for group in TOPOLOGY.consumer_groups:
-        obj = named(run, "ScaledObject", f"pynomaly-consumer-{group.pool}")
-        (trigger,) = obj["spec"]["triggers"]
+        obj = _chart_kind(env, "ScaledObject")[f"pynomaly-consumer-{group.pool}"]
+        (trigger,) = obj["spec"]["triggers"]  # the group's whole lag: every topic it reads, summed
         assert trigger["type"] == "kafka" and trigger["metadata"]["consumerGroup"] == group.name
+        assert "topic" not in trigger["metadata"]
         assert trigger["metadata"]["version"] == run.deployment.config.kafka.version
+        assert trigger["metadata"]["sasl"] == "scram_sha512" and trigger["metadata"]["tls"] == "disable"
         assert obj["spec"]["maxReplicaCount"] <= TOPOLOGY.max_partitions(group)
-    auth = {r["parameter"]: r for r in named(run, "TriggerAuthentication", "pynomaly-kafka")["spec"]["secretTargetRef"]}
-    assert set(auth) >= {"sasl", "username", "password", "tls"}
-    assert {r["name"] for r in auth.values()} == {"pynomaly-kafka-client"}
+    auth = _chart_kind(env, "TriggerAuthentication")["pynomaly-kafka"]["spec"]
+    assert auth["secretTargetRef"] == [{"parameter": "password", "name": "pynomaly-app", "key": "kafka-sasl-password"}]
+    assert auth["env"] == [{"parameter": "username", "name": "PYNOMALY_KAFKA_SASL_USERNAME"}]
 
 
+@pytest.mark.helm
+def test_keda_trusts_the_kafka_ca_of_a_tls_listener(tmp_path: Path) -> None:
+    config = mocked.stack_file("onprem")
+    config["pynomaly:kafka"] = {**config["pynomaly:kafka"], "tlsSecret": "pynomaly-kafka-tls"}
+    values = mocked.run("onprem", config=config).chart_values()
+    assert values["autoscaling"]["keda"]["kafkaCaSecret"] == "pynomaly-kafka-tls"
+    (tmp_path / "values.json").write_text(json.dumps(values))
+    objects = load_yaml_documents(template_chart([tmp_path / "values.json"]))
+    (auth,) = [o for o in objects if o["kind"] == "TriggerAuthentication" and o["metadata"]["name"] == "pynomaly-kafka"]
+    assert {"parameter": "ca", "name": "pynomaly-kafka-tls", "key": "ca.crt"} in auth["spec"]["secretTargetRef"]
+    lag = [o["spec"]["triggers"][0]["metadata"] for o in objects if o["kind"] == "ScaledObject"
+           and o["metadata"]["name"].startswith("pynomaly-consumer-")]
+    assert lag and {m["tls"] for m in lag} == {"enable"}
+
+
+@pytest.mark.helm
 def test_hpa_max_is_capped_at_partitions_too() -> None:
-    run = run_env("dev")
     for group in TOPOLOGY.consumer_groups:
-        hpa = named(run, "HorizontalPodAutoscaler", f"pynomaly-consumer-{group.pool}")
+        hpa = _chart_kind("dev", "HorizontalPodAutoscaler")[f"pynomaly-consumer-{group.pool}"]
         assert hpa["spec"]["maxReplicas"] <= TOPOLOGY.max_partitions(group)
         assert hpa["spec"]["minReplicas"] >= 1
-
-
-def test_worker_grace_covers_the_task_hard_limit(env_run: mocked.MockedRun) -> None:
-    values = _chart_values(env_run)
-    grace = env_run.deployment.application.worker_grace_seconds()
-    assert grace >= values["settings"]["taskTimeLimit"] == env_run.deployment.config.app.task_time_limit
+        cpu = run_env("dev").deployment.config.autoscaling.cpu_utilization
+        assert [m["resource"]["target"]["averageUtilization"] for m in hpa["spec"]["metrics"]] == [cpu]
 
 
 def test_outputs_tell_a_user_how_to_reach_things(env_run: mocked.MockedRun) -> None:

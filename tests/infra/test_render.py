@@ -18,7 +18,7 @@ def test_render_prints_every_object_with_secrets_masked(capsys: pytest.CaptureFi
     assert render.main(["onprem"]) == 0
     docs = load_yaml_documents(capsys.readouterr().out)
     kinds = {d["kind"] for d in docs}
-    assert {"StatefulSet", "ScaledObject", "Secret", "Job"} <= kinds
+    assert {"StatefulSet", "Secret", "Job"} <= kinds
     for secret in (d for d in docs if d["kind"] == "Secret"):
         assert set(secret["stringData"].values()) == {"<secret>"}
 
@@ -29,4 +29,7 @@ def test_render_summary_and_values(capsys: pytest.CaptureFixture[str]) -> None:
     assert summary.splitlines()[0].split() == ["kind", "dev", "onprem", "cloud"]
     assert render.main(["dev", "--values"]) == 0
     values = yaml.safe_load(capsys.readouterr().out)
-    assert values["autoscaling"] == {"keda": {"enabled": False}, "hpa": {"enabled": False}, "external": True}
+    # dev has no KEDA: the chart's CPU HPAs, at the stack's target.
+    assert values["autoscaling"]["keda"]["enabled"] is False
+    assert values["autoscaling"]["hpa"] == {"enabled": True, "targetCPUUtilizationPercentage": 80,
+                                            "targetMemoryUtilizationPercentage": 0}

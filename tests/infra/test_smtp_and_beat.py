@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from infra import mocked
-from infra.config import ConfigError, SmtpConfig, parse_config
+from infra.config import ENVIRONMENTS, ConfigError, SmtpConfig, parse_config
 from pynomaly.topology import Q_NOTIFICATIONS, TOPOLOGY
-from tests.infra.conftest import named
+from tests.infra.conftest import chart_objects, named, run_env
 from tests.support.k8s import baseline_violations, load_yaml_documents, validate_object
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,8 +37,8 @@ def _chart_values(run: mocked.MockedRun) -> dict[str, Any]:
 
 def test_smtp_config_is_typed() -> None:
     cfg = parse_config(_raw("onprem", smtp=SMTP), "onprem", default_tag="0.1.0")
-    assert cfg.smtp == SmtpConfig("smtp.example.com", 465, "tls", "alerts", "alerts@example.com", 10.0,
-                                  ("203.0.113.25/32",))
+    assert cfg.smtp == SmtpConfig(host="smtp.example.com", port=465, security="tls", username="alerts",
+                                  sender="alerts@example.com", timeout=10.0, cidrs=("203.0.113.25/32",))
     assert parse_config(_raw("dev"), "dev", default_tag="0.1.0").smtp == SmtpConfig()
 
 
@@ -84,11 +84,13 @@ def test_without_smtp_the_secret_key_exists_but_is_empty(env_run: mocked.MockedR
     assert _chart_values(env_run)["smtp"]["host"] == ""
 
 
-def test_beat_is_never_an_autoscaling_target(env_run: mocked.MockedRun) -> None:
-    assert _chart_values(env_run)["beat"] == {"enabled": True}
-    targets = {o["spec"]["scaleTargetRef"]["name"] for o in env_run.objects()
+@pytest.mark.helm
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_beat_is_never_an_autoscaling_target(env: str) -> None:
+    assert _chart_values(run_env(env))["beat"] == {"enabled": True}
+    targets = {o["spec"]["scaleTargetRef"]["name"] for o in chart_objects(env)
                if o["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")}
-    assert "pynomaly-beat" not in targets
+    assert targets and "pynomaly-beat" not in targets
     assert targets <= {f"pynomaly-worker-{p.name}" for p in TOPOLOGY.worker_pools} | {
         f"pynomaly-consumer-{g.pool}" for g in TOPOLOGY.consumer_groups} | {"pynomaly-api"}
 

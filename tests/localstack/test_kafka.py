@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from kafka.admin import ConfigResource
 from pynomaly.config import Settings
 from pynomaly.localstack.errors import LocalStackError
 from pynomaly.localstack.kafka_broker import KafkaBroker
-from pynomaly.messaging.kafka_admin import TopicMismatchError, connection_config, ensure_topics
+from pynomaly.messaging.kafka_admin import connection_config, ensure_topics
 from pynomaly.topology import TOPOLOGY, Topic, Topology
 
 pytestmark = pytest.mark.services
@@ -48,14 +49,35 @@ def test_ensure_topics_is_idempotent(settings: Settings) -> None:
     assert ensure_topics(settings) == []
 
 
-def test_fewer_partitions_than_declared_is_reported(settings: Settings, admin: KafkaAdminClient) -> None:
+def _partitions(admin: KafkaAdminClient, name: str, want: int, timeout: float = 60.0) -> int:
+    """The topic's partition count, polled until it is ``want`` (metadata spreads to the client lazily)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        (described,) = admin.describe_topics([name])
+        have = len(described["partitions"])
+        if have == want or time.monotonic() > deadline:
+            return have
+        time.sleep(0.5)
+
+
+def test_fewer_partitions_than_declared_are_added_and_more_are_left(
+    settings: Settings, admin: KafkaAdminClient, caplog: pytest.LogCaptureFixture
+) -> None:
     name = f"test-mismatch-{uuid.uuid4().hex[:8]}"
     small = Topology((), (Topic(name, 1, "test"),), (), (), (), (), ())
     bigger = Topology((), (Topic(name, 3, "test"),), (), (), (), (), ())
     try:
         assert ensure_topics(settings, small) == sorted([name, f"{name}.dlq"])
-        with pytest.raises(TopicMismatchError, match=rf"{name} has 1 partition\(s\), the topology declares 3"):
-            ensure_topics(settings, bigger)
+        assert _partitions(admin, name, 1) == 1
+        with caplog.at_level("WARNING", logger="pynomaly.messaging.kafka_admin"):
+            assert ensure_topics(settings, bigger) == []  # nothing created: grown in place
+        assert _partitions(admin, name, 3) == 3
+        assert f"topic {name} has 1 partition(s), the topology declares 3: adding 2" in caplog.text
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="pynomaly.messaging.kafka_admin"):
+            assert ensure_topics(settings, small) == []  # Kafka cannot remove partitions: left as they are
+        assert _partitions(admin, name, 3) == 3
+        assert f"topic {name} has 3 partitions, more than the 1 declared; leaving it" in caplog.text
     finally:
         admin.delete_topics([name, f"{name}.dlq"])
 

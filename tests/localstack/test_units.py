@@ -16,8 +16,8 @@ from pynomaly.localstack.kafka_broker import new_cluster_id, read_meta_propertie
 from pynomaly.localstack.ports import free_port, pick_port, port_is_free
 from pynomaly.localstack.procs import log_tail
 from pynomaly.localstack.system import ensure_api_key, local_components
-from pynomaly.messaging.kafka_admin import connection_config, topic_specs
-from pynomaly.topology import TOPOLOGY
+from pynomaly.messaging.kafka_admin import connection_config, topic_plan, topic_specs
+from pynomaly.topology import TOPOLOGY, Topic, Topology
 
 
 @pytest.mark.parametrize(
@@ -140,6 +140,13 @@ def test_topic_specs_follow_topology_and_settings() -> None:
     # One broker: min.insync.replicas can never exceed the replication (every acks=all write would fail).
     single = topic_specs(Settings(kafka_replication_factor=1, kafka_min_insync_replicas=2))
     assert {s["configs"]["min.insync.replicas"] for s in single.values()} == {"1"}
+    # A topic's own replication applies, capped by the deployment's (and its min.insync.replicas with it).
+    two = Topology((), (Topic("t", 2, "test", replication_factor=2, min_insync_replicas=2),), (), (), (), (), ())
+    plans = topic_plan(two, replication=3, min_insync_replicas=3)
+    assert [(p.name, p.partitions, p.replication, p.min_insync_replicas) for p in plans] == [
+        ("t", 2, 2, 2), ("t.dlq", 1, 2, 2)]
+    with pytest.raises(ValueError, match="must be >= 1"):
+        topic_plan(TOPOLOGY, replication=0, min_insync_replicas=1)
 
 
 def test_local_components_cover_the_topology(tmp_path: Path) -> None:

@@ -1,24 +1,58 @@
 """Kafka connection settings and topic creation from the messaging topology.
 
-``ensure_topics`` is idempotent: the local system and the tests call it at every start, and a
-deployment may call it from an init step; topics that already exist are left as they are.
+One plan and one behaviour for every place topics are made: :func:`topic_plan` says what each topic
+(and its ``<topic>.dlq``) should be, and both :func:`ensure_topics` (the local system, the tests) and
+the in-cluster topics Job of the Pulumi program (``infra/scripts/kafka-topics.sh``, fed the same
+plan) apply it the same way:
+
+- a missing topic is created with the planned partitions, replication and configs;
+- an existing topic with fewer partitions than planned gets partitions added (Kafka can only grow
+  them; consumer autoscaling is sized on the declared count; records with a key may land on another
+  partition than before, which this system's consumers do not depend on);
+- an existing topic with more partitions is left as it is (they cannot be removed), with a warning;
+- anything else about an existing topic (replication, configs) is left as it is.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from pynomaly.config import Settings
-from pynomaly.topology import TOPOLOGY, Topic, Topology
+from pynomaly.topology import TOPOLOGY, Topology
 
 log = logging.getLogger(__name__)
 
 _TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
 
 
-class TopicMismatchError(RuntimeError):
-    """An existing topic differs from the topology in a way Kafka cannot fix in place (fewer partitions)."""
+@dataclass(frozen=True)
+class TopicPlan:
+    name: str
+    partitions: int
+    replication: int
+    min_insync_replicas: int
+    retention_ms: int
+
+
+def topic_plan(topology: Topology, replication: int, min_insync_replicas: int) -> list[TopicPlan]:
+    """Every topic and its dead-letter topic as the deployment should have them.
+
+    ``replication`` and ``min_insync_replicas`` are what the deployment allows (its broker count);
+    each topic gets its own declared values capped by them.
+    """
+    if replication < 1 or min_insync_replicas < 1:
+        raise ValueError(f"replication ({replication}) and min.insync.replicas ({min_insync_replicas}) must be >= 1")
+    plan = []
+    for topic in topology.topics:
+        rf = max(1, min(topic.replication_factor, replication))
+        # min.insync.replicas above the replication would make every acks=all write fail.
+        min_isr = max(1, min(topic.min_insync_replicas, min_insync_replicas, rf))
+        plan.append(TopicPlan(topic.name, topic.partitions, rf, min_isr, topic.retention_ms))
+        # Dead letters are rare and read by people: one partition, same retention.
+        plan.append(TopicPlan(topic.dead_letter, 1, rf, min_isr, topic.retention_ms))
+    return plan
 
 
 def connection_config(settings: Settings) -> dict[str, Any]:
@@ -39,34 +73,19 @@ def connection_config(settings: Settings) -> dict[str, Any]:
 
 
 def topic_specs(settings: Settings, topology: Topology = TOPOLOGY) -> dict[str, dict[str, Any]]:
-    """Every topic and its dead-letter topic with partitions, replication and configs, as create_topics takes them.
-
-    Replication and min.insync.replicas come from the settings (the deployment knows its broker
-    count); the topology's production values apply where the settings allow them.
-    """
-    replication = settings.kafka_replication_factor
-    specs: dict[str, dict[str, Any]] = {}
-    for topic in topology.topics:
-        configs = _topic_configs(topic, settings)
-        specs[topic.name] = {"num_partitions": topic.partitions, "replication_factor": replication, "configs": configs}
-        # Dead letters are rare and read by people: one partition, same retention.
-        specs[topic.dead_letter] = {"num_partitions": 1, "replication_factor": replication, "configs": dict(configs)}
-    return specs
-
-
-def _topic_configs(topic: Topic, settings: Settings) -> dict[str, str]:
-    replication = settings.kafka_replication_factor
-    # min.insync.replicas above the replication would make every acks=all write fail.
-    min_isr = max(1, min(settings.kafka_min_insync_replicas, topic.min_insync_replicas, replication))
-    return {"retention.ms": str(topic.retention_ms), "min.insync.replicas": str(min_isr)}
+    """:func:`topic_plan` for these settings, as kafka-python's create_topics takes it."""
+    return {
+        p.name: {
+            "num_partitions": p.partitions,
+            "replication_factor": p.replication,
+            "configs": {"retention.ms": str(p.retention_ms), "min.insync.replicas": str(p.min_insync_replicas)},
+        }
+        for p in topic_plan(topology, settings.kafka_replication_factor, settings.kafka_min_insync_replicas)
+    }
 
 
 def ensure_topics(settings: Settings, topology: Topology = TOPOLOGY, timeout_ms: int = 30_000) -> list[str]:
-    """Create the topology's topics (and each ``<topic>.dlq``) that do not exist; return the names created.
-
-    Raises :class:`TopicMismatchError` when an existing topic has fewer partitions than declared
-    (consumers would be capped below what autoscaling expects).  More partitions are only logged.
-    """
+    """Apply :func:`topic_plan` as the module docstring says; return the names of the topics created."""
     from kafka import KafkaAdminClient
     from kafka.errors import for_code
 
@@ -85,25 +104,27 @@ def ensure_topics(settings: Settings, topology: Topology = TOPOLOGY, timeout_ms:
                 elif code != _TOPIC_ALREADY_EXISTS:  # another process won the race: fine
                     raise for_code(code)(f"creating topic {entry['name']}: {entry.get('error_message') or ''}")
             admin.wait_for_topics(created, timeout_ms=timeout_ms)
-        _check_partitions(admin, specs, skip=set(created))
+        _grow_partitions(admin, specs, skip=set(created), timeout_ms=timeout_ms)
         return sorted(created)
     finally:
         admin.close()
 
 
-def _check_partitions(admin: Any, specs: dict[str, dict[str, Any]], skip: set[str]) -> None:
+def _grow_partitions(admin: Any, specs: dict[str, dict[str, Any]], skip: set[str], timeout_ms: int) -> None:
+    from kafka.admin import NewPartitions
+
     names = [n for n in specs if n not in skip]
     if not names:
         return
-    problems = []
+    grow = {}
     for described in admin.describe_topics(names):
         name = described["name"]
         have, want = len(described.get("partitions") or []), specs[name]["num_partitions"]
         if have < want:
-            problems.append(f"{name} has {have} partition(s), the topology declares {want}")
+            log.warning("topic %s has %d partition(s), the topology declares %d: adding %d", name, have, want,
+                        want - have)
+            grow[name] = NewPartitions(total_count=want)
         elif have > want:
             log.warning("topic %s has %d partitions, more than the %d declared; leaving it", name, have, want)
-    if problems:
-        raise TopicMismatchError(
-            "; ".join(problems) + " (add partitions with kafka-topics --alter --partitions, or recreate the topic)"
-        )
+    if grow:
+        admin.create_partitions(grow, timeout_ms=timeout_ms)

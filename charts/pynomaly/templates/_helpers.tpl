@@ -121,6 +121,11 @@ pynomaly.io/pool: {{ .pool }}
 {{- toJson ($ports | uniq) -}}
 {{- end -}}
 
+{{/* Does KEDA's kafka scaler need a TriggerAuthentication (SASL, or a CA to trust)?  "true" or "" */}}
+{{- define "pynomaly.kedaKafkaAuth" -}}
+{{- if or (eq (include "pynomaly.kafkaSasl" .) "true") .Values.autoscaling.keda.kafkaCaSecret -}}true{{- end -}}
+{{- end -}}
+
 {{/* Is a pool (worker or consumer) driven by an autoscaler?  "true" or "" */}}
 {{- define "pynomaly.poolAutoscaled" -}}
 {{- if or .Values.autoscaling.keda.enabled .Values.autoscaling.hpa.enabled .Values.autoscaling.external -}}true{{- end -}}

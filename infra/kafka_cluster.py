@@ -18,14 +18,15 @@ In-cluster (``pynomaly:kafka.mode: inCluster``):
   zone label (an init container with a token that can only read nodes), SASL/SCRAM-SHA-512 with an
   admin user (inter-broker, topic Job) and an application user; TLS on the client listener when a
   certificate Secret is configured.  The controller listener only accepts Kafka pods.
-- A Job creates the topology's topics (and their dead-letter topics) idempotently.
+- A Job applies the app's topic plan (``kafka_admin.topic_plan``: the topology's topics and their
+  dead-letter topics) the way the app's ``ensure_topics`` does: create, add missing partitions, leave
+  the rest.  The scripts are ``infra/scripts/kafka-*.sh``, shipped in the ``<name>-scripts`` ConfigMap.
 
 External: nothing is deployed; the bootstrap servers, protocol and credentials go to the Secret.
 """
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, field
 
 import pulumi
@@ -34,6 +35,8 @@ import pulumi_kubernetes as k8s
 from infra import generated
 from infra import k8s as kx
 from infra.config import KafkaConfig
+from pynomaly.messaging import kafka_admin
+from pynomaly.messaging.kafka_admin import TopicPlan
 from pynomaly.topology import Topology
 
 CLIENT_PORT = 9092
@@ -44,14 +47,14 @@ SCRAM = "SCRAM-SHA-512"
 ADMIN_USER = "admin"
 APP_USER = "pynomaly"
 
-# Keys of the auth Secret (read by the chart and by KEDA's TriggerAuthentication).
+# Keys of the client Secret (the program copies the password into the app's Secret, which the chart reads).
 KEY_BOOTSTRAP = "bootstrap-servers"
 KEY_PROTOCOL = "security-protocol"
 KEY_MECHANISM = "sasl-mechanism"
 KEY_USERNAME = "username"
 KEY_PASSWORD = "password"
-KEY_KEDA_SASL = "keda-sasl"  # KEDA's spelling of the mechanism: plaintext | scram_sha256 | scram_sha512 | none
-KEY_KEDA_TLS = "keda-tls"  # enable | disable
+# The format, topics and rack scripts (infra/scripts/), shipped in the scripts ConfigMap under their file names.
+SCRIPTS = ("kafka-format.sh", "kafka-topics.sh", "kafka-rack.sh")
 # Keys of the cluster Secret.
 KEY_CLUSTER_ID = "cluster-id"
 KEY_ADMIN_PASSWORD = "admin-password"
@@ -82,7 +85,7 @@ class _Role:
 class Kafka(pulumi.ComponentResource):
     """Outputs: ``bootstrap_servers``, ``security_protocol``, ``sasl_mechanism``, ``username``,
     ``password`` (secret), ``secret_name`` (client settings), ``cluster_secret_name``,
-    ``replication_factor``, ``min_insync_replicas``, ``version``."""
+    ``replication_factor``, ``min_insync_replicas``, ``version``, ``pod_labels`` (selects every Kafka pod)."""
 
     bootstrap_servers: pulumi.Output[str]
     security_protocol: str
@@ -102,11 +105,13 @@ class Kafka(pulumi.ComponentResource):
         self.objects: list[pulumi.Resource] = []
         self.version = cfg.version
         self.cluster_secret_name = None
+        # Every pod of both StatefulSets: what the app's egress policy selects.
+        self.pod_labels = {"app.kubernetes.io/name": args.name, "app.kubernetes.io/instance": kx.PART_OF}
         self.replication_factor = cfg.replication_factor if cfg.in_cluster else 3
         self.min_insync_replicas = cfg.min_insync_replicas if cfg.in_cluster else 2
 
         if cfg.in_cluster:
-            self.security_protocol = ("SASL_SSL" if cfg.tls_secret else "SASL_PLAINTEXT") if cfg.sasl else "PLAINTEXT"
+            self.security_protocol = _client_protocol(cfg)
             self.sasl_mechanism = SCRAM if cfg.sasl else ""
             self.username = APP_USER if cfg.sasl else ""
             self.password = self._password(f"{name}-app-password", args.password)
@@ -128,7 +133,6 @@ class Kafka(pulumi.ComponentResource):
             self.password = pulumi.Output.secret(args.password if args.password is not None else "")
             self.bootstrap_servers = pulumi.Output.from_input(cfg.external_bootstrap or "")
 
-        keda_sasl = self.sasl_mechanism.lower().replace("-", "_").replace("scram_sha_", "scram_sha") or "none"
         secret = k8s.core.v1.Secret(
             f"{name}-client",
             metadata=kx.meta(f"{args.name}-client", ns, kx.labels(args.name, "kafka", args.labels)),
@@ -139,8 +143,6 @@ class Kafka(pulumi.ComponentResource):
                 KEY_MECHANISM: self.sasl_mechanism,
                 KEY_USERNAME: self.username,
                 KEY_PASSWORD: self.password,
-                KEY_KEDA_SASL: keda_sasl,
-                KEY_KEDA_TLS: "enable" if "SSL" in self.security_protocol else "disable",
             },
             opts=kx.child(self),
         )
@@ -188,7 +190,7 @@ class Kafka(pulumi.ComponentResource):
         self.cluster_secret_name = cluster_secret.metadata.apply(lambda m: m.name)
 
         # Every pod of both StatefulSets shares the headless Service (stable per-pod DNS names).
-        all_pods = {"app.kubernetes.io/name": args.name, "app.kubernetes.io/instance": kx.PART_OF}
+        all_pods = self.pod_labels
         headless = k8s.core.v1.Service(
             f"{name}-headless",
             metadata=kx.meta(self.headless, ns, kx.labels(args.name, "kafka", args.labels)),
@@ -218,7 +220,7 @@ class Kafka(pulumi.ComponentResource):
         scripts = k8s.core.v1.ConfigMap(
             f"{name}-scripts",
             metadata=kx.meta(f"{args.name}-scripts", ns, kx.labels(args.name, "kafka", args.labels)),
-            data={"init.sh": _init_script(cfg), "topics.sh": _topics_script(args.topology, cfg)},
+            data={**{s: kx.script(s) for s in SCRIPTS}, "topics.plan": _topics_plan_file(args.topology, cfg)},
             opts=kx.child(self),
         )
         self.objects.append(scripts)
@@ -230,8 +232,7 @@ class Kafka(pulumi.ComponentResource):
         statefulsets = []
         for role in self.roles:
             statefulsets.append(self._statefulset(name, role, bootstrap_controllers, controller_fqdn, dir_ids,
-                                                  service_account,
-                                                  [cluster_secret, self._client_secret, headless, scripts]))
+                                                  service_account, cluster_secret, headless, scripts))
 
         # Controllers talk only to Kafka pods; clients (the app's pods, the topics Job, KEDA's operator)
         # only reach 9092, and no other pod reaches it, SASL password or not.
@@ -256,9 +257,9 @@ class Kafka(pulumi.ComponentResource):
                 ]),
             opts=kx.child(self),
         ))
-        self.objects.append(self._topics_job(name, [*statefulsets, client]))
+        self.objects.append(self._topics_job(name, scripts, [*statefulsets, client]))
 
-    def _rack_rbac(self, name: str) -> str:
+    def _rack_rbac(self, name: str) -> pulumi.Output[str]:
         """A ServiceAccount whose token (mounted in the rack init container only) may read nodes."""
         args, ns = self._args, self._args.namespace
         lbls = kx.labels(args.name, "kafka", args.labels)
@@ -276,24 +277,26 @@ class Kafka(pulumi.ComponentResource):
         binding = k8s.rbac.v1.ClusterRoleBinding(
             f"{name}-rack",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=role_name, labels=lbls),
-            role_ref=k8s.rbac.v1.RoleRefArgs(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=role_name),
-            subjects=[k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name=sa_name, namespace=ns)],
+            role_ref=k8s.rbac.v1.RoleRefArgs(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
+                                             name=role.metadata.name),
+            subjects=[k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name=sa.metadata.name, namespace=ns)],
             opts=kx.child(self),
         )
         self.objects += [sa, role, binding]
-        return sa_name
+        return sa.metadata.name
 
     def _statefulset(self, name: str, role: _Role, bootstrap_controllers: pulumi.Output[str],
                      controller_fqdn: pulumi.Output[list[str]], dir_ids: list[pulumi.Output[str]],
-                     service_account: str | None, deps: list[pulumi.Resource]) -> k8s.apps.v1.StatefulSet:
+                     service_account: pulumi.Output[str] | None, cluster_secret: k8s.core.v1.Secret,
+                     headless: k8s.core.v1.Service, scripts: k8s.core.v1.ConfigMap) -> k8s.apps.v1.StatefulSet:
         args, cfg, ns = self._args, self._args.config, self._args.namespace
         sel = kx.selector_labels(args.name, role.component)
         lbls = kx.labels(args.name, role.component, args.labels)
         is_controller = "controller" in role.roles
         is_broker = "broker" in role.roles
-        cluster_secret = f"{args.name}-cluster"
+        deps = [cluster_secret, self._client_secret, headless, scripts]
 
-        def from_secret(secret: str, key: str) -> k8s.core.v1.EnvVarSourceArgs:
+        def from_secret(secret: pulumi.Input[str], key: str) -> k8s.core.v1.EnvVarSourceArgs:
             return k8s.core.v1.EnvVarSourceArgs(
                 secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret, key=key))
 
@@ -304,16 +307,18 @@ class Kafka(pulumi.ComponentResource):
         env = [
             k8s.core.v1.EnvVarArgs(name="POD_NAMESPACE", value_from=k8s.core.v1.EnvVarSourceArgs(
                 field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="metadata.namespace"))),
-            k8s.core.v1.EnvVarArgs(name="HEADLESS", value=self.headless),
+            k8s.core.v1.EnvVarArgs(name="HEADLESS", value=headless.metadata.name),
             k8s.core.v1.EnvVarArgs(name="PROCESS_ROLES", value=role.roles),
             k8s.core.v1.EnvVarArgs(name="NODE_ID_OFFSET", value=str(role.id_offset)),
             k8s.core.v1.EnvVarArgs(name="CONTROLLER_BOOTSTRAP", value=bootstrap_controllers),
             k8s.core.v1.EnvVarArgs(name="INITIAL_CONTROLLERS", value=initial_controllers if is_controller else ""),
-            k8s.core.v1.EnvVarArgs(name="CLUSTER_ID", value_from=from_secret(cluster_secret, KEY_CLUSTER_ID)),
-            k8s.core.v1.EnvVarArgs(name="ADMIN_PASSWORD", value_from=from_secret(cluster_secret, KEY_ADMIN_PASSWORD)),
-            k8s.core.v1.EnvVarArgs(name="APP_PASSWORD", value_from=from_secret(f"{args.name}-client", KEY_PASSWORD)),
+            k8s.core.v1.EnvVarArgs(name="CLUSTER_ID", value_from=from_secret(self.cluster_secret_name, KEY_CLUSTER_ID)),
+            k8s.core.v1.EnvVarArgs(name="ADMIN_PASSWORD",
+                                   value_from=from_secret(self.cluster_secret_name, KEY_ADMIN_PASSWORD)),
+            k8s.core.v1.EnvVarArgs(name="APP_PASSWORD", value_from=from_secret(self.secret_name, KEY_PASSWORD)),
             k8s.core.v1.EnvVarArgs(name="REPLICATION_FACTOR", value=str(cfg.replication_factor)),
             k8s.core.v1.EnvVarArgs(name="MIN_INSYNC_REPLICAS", value=str(cfg.min_insync_replicas)),
+            *_script_env(cfg),
         ]
         mounts = [
             k8s.core.v1.VolumeMountArgs(name="data", mount_path="/var/lib/kafka/data"),
@@ -323,7 +328,7 @@ class Kafka(pulumi.ComponentResource):
         ]
         volumes = [
             k8s.core.v1.VolumeArgs(name="scripts", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
-                name=f"{args.name}-scripts", default_mode=0o555)),
+                name=scripts.metadata.name, default_mode=0o555)),
             kx.empty_dir("runtime", "4Mi", memory=True),
             kx.empty_dir("tmp", "512Mi"),
         ]
@@ -354,15 +359,14 @@ class Kafka(pulumi.ComponentResource):
             init_containers.append(k8s.core.v1.ContainerArgs(
                 name="rack",
                 image=cfg.rack_init_image,
-                command=["/bin/sh", "-c",
-                         "kubectl get node \"$NODE_NAME\" "
-                         "-o jsonpath='{.metadata.labels.topology\\.kubernetes\\.io/zone}' > /etc/kafka-rack/rack"],
+                command=["/bin/sh", "/scripts/kafka-rack.sh"],
                 env=[k8s.core.v1.EnvVarArgs(name="NODE_NAME", value_from=k8s.core.v1.EnvVarSourceArgs(
                     field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="spec.nodeName")))],
                 resources=k8s.core.v1.ResourceRequirementsArgs(requests={"cpu": "10m", "memory": "32Mi"},
                                                                limits={"memory": "64Mi"}),
                 security_context=kx.container_security(),
                 volume_mounts=[
+                    k8s.core.v1.VolumeMountArgs(name="scripts", mount_path="/scripts", read_only=True),
                     k8s.core.v1.VolumeMountArgs(name="rack", mount_path="/etc/kafka-rack"),
                     k8s.core.v1.VolumeMountArgs(name="rack-token", read_only=True,
                                                 mount_path="/var/run/secrets/kubernetes.io/serviceaccount"),
@@ -371,7 +375,7 @@ class Kafka(pulumi.ComponentResource):
         init_containers.append(k8s.core.v1.ContainerArgs(
             name="format",
             image=cfg.image,
-            command=["/bin/sh", "/scripts/init.sh"],
+            command=["/bin/sh", "/scripts/kafka-format.sh"],
             env=env,
             resources=small,
             security_context=kx.container_security(),
@@ -408,7 +412,7 @@ class Kafka(pulumi.ComponentResource):
             f"{name}-{role.component}",
             metadata=kx.meta(role.statefulset, ns, lbls),
             spec=k8s.apps.v1.StatefulSetSpecArgs(
-                service_name=self.headless,
+                service_name=headless.metadata.name,
                 replicas=role.replicas,
                 # All voters must start together to form the quorum.
                 pod_management_policy="Parallel",
@@ -417,7 +421,7 @@ class Kafka(pulumi.ComponentResource):
                 template=k8s.core.v1.PodTemplateSpecArgs(
                     metadata=k8s.meta.v1.ObjectMetaArgs(labels=lbls),
                     spec=k8s.core.v1.PodSpecArgs(
-                        service_account_name=service_account if (service_account and is_broker) else None,
+                        service_account_name=service_account if (service_account is not None and is_broker) else None,
                         automount_service_account_token=False,
                         security_context=kx.pod_security(UID),
                         termination_grace_period_seconds=120,  # controlled shutdown moves leadership first
@@ -445,7 +449,7 @@ class Kafka(pulumi.ComponentResource):
         self.objects += [sts, pdb]
         return sts
 
-    def _topics_job(self, name: str, deps: list[pulumi.Resource]) -> k8s.batch.v1.Job:
+    def _topics_job(self, name: str, scripts: k8s.core.v1.ConfigMap, deps: list[pulumi.Resource]) -> k8s.batch.v1.Job:
         args, cfg, ns = self._args, self._args.config, self._args.namespace
         lbls = kx.labels(args.name, "kafka-topics", args.labels)
         mounts = [
@@ -454,7 +458,7 @@ class Kafka(pulumi.ComponentResource):
         ]
         volumes = [
             k8s.core.v1.VolumeArgs(name="scripts", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
-                name=f"{args.name}-scripts", default_mode=0o555)),
+                name=scripts.metadata.name, default_mode=0o555)),
             kx.empty_dir("tmp", "256Mi"),
         ]
         if cfg.tls_secret:
@@ -475,14 +479,15 @@ class Kafka(pulumi.ComponentResource):
                         containers=[k8s.core.v1.ContainerArgs(
                             name="topics",
                             image=cfg.image,
-                            command=["/bin/sh", "/scripts/topics.sh"],
+                            command=["/bin/sh", "/scripts/kafka-topics.sh"],
                             env=[
                                 k8s.core.v1.EnvVarArgs(name="BOOTSTRAP", value=self.bootstrap_servers),
                                 k8s.core.v1.EnvVarArgs(name="ADMIN_PASSWORD", value_from=k8s.core.v1.EnvVarSourceArgs(
                                     secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
-                                        name=f"{args.name}-cluster", key=KEY_ADMIN_PASSWORD))),
+                                        name=self.cluster_secret_name, key=KEY_ADMIN_PASSWORD))),
                                 k8s.core.v1.EnvVarArgs(name="KAFKA_HEAP_OPTS", value="-Xmx192m"),
                                 k8s.core.v1.EnvVarArgs(name="LOG_DIR", value="/tmp/kafka-logs"),
+                                *_script_env(cfg),
                             ],
                             resources=k8s.core.v1.ResourceRequirementsArgs(
                                 requests={"cpu": "50m", "memory": "256Mi"}, limits={"memory": "384Mi"}),
@@ -497,136 +502,31 @@ class Kafka(pulumi.ComponentResource):
         )
 
 
-def _client_properties(cfg: KafkaConfig) -> str:
-    lines = []
-    if cfg.sasl:
-        lines += [
-            f"security.protocol={'SASL_SSL' if cfg.tls_secret else 'SASL_PLAINTEXT'}",
-            f"sasl.mechanism={SCRAM}",
-            "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
-            f'username="{ADMIN_USER}" password="$ADMIN_PASSWORD";',
-        ]
-    if cfg.tls_secret:
-        lines += ["ssl.truststore.type=PEM", "ssl.truststore.location=/etc/kafka-tls/ca.crt"]
-    return "\n".join(lines)
+def topic_plan(topology: Topology, cfg: KafkaConfig) -> list[TopicPlan]:
+    """The app's own plan (``pynomaly.messaging.kafka_admin.topic_plan``) for this cluster's brokers."""
+    return kafka_admin.topic_plan(topology, cfg.replication_factor, cfg.min_insync_replicas)
 
 
-def _init_script(cfg: KafkaConfig) -> str:
-    """Render server.properties for this pod, then format the storage unless it already is."""
-    client_protocol = ("SASL_SSL" if cfg.tls_secret else "SASL_PLAINTEXT") if cfg.sasl else "PLAINTEXT"
-    sasl_lines = ""
-    if cfg.sasl:
-        jaas = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
-                f'username="{ADMIN_USER}" password="$ADMIN_PASSWORD";')
-        sasl_lines = f"""sasl.enabled.mechanisms={SCRAM}
-sasl.mechanism.inter.broker.protocol={SCRAM}
-listener.name.internal.scram-sha-512.sasl.jaas.config={jaas}
-super.users=User:{ADMIN_USER}
-"""
-    tls_lines = ""
-    tls_setup = ""
-    if cfg.tls_secret:
-        tls_setup = "cat /etc/kafka-tls/tls.key /etc/kafka-tls/tls.crt > /etc/kafka-runtime/keystore.pem\n"
-        tls_lines = """listener.name.internal.ssl.keystore.type=PEM
-listener.name.internal.ssl.keystore.location=/etc/kafka-runtime/keystore.pem
-listener.name.internal.ssl.truststore.type=PEM
-listener.name.internal.ssl.truststore.location=/etc/kafka-tls/ca.crt
-"""
-    scram = ""
-    if cfg.sasl:
-        scram = (f"--add-scram \"{SCRAM}=[name={ADMIN_USER},password=$ADMIN_PASSWORD]\" "
-                 f"--add-scram \"{SCRAM}=[name={APP_USER},password=$APP_PASSWORD]\"")
-    return f"""#!/bin/sh
-# Managed by the Pynomaly Pulumi program (infra/kafka.py).
-set -eu
-ORDINAL="${{HOSTNAME##*-}}"
-NODE_ID=$((ORDINAL + NODE_ID_OFFSET))
-FQDN="$HOSTNAME.$HEADLESS.$POD_NAMESPACE.svc.cluster.local"
-RACK=""
-if [ -f /etc/kafka-rack/rack ]; then RACK="$(cat /etc/kafka-rack/rack)"; fi
-LISTENERS=""
-ADVERTISED=""
-case "$PROCESS_ROLES" in
-  *broker*) LISTENERS="INTERNAL://:{CLIENT_PORT}"; ADVERTISED="INTERNAL://$FQDN:{CLIENT_PORT}";;
-esac
-case "$PROCESS_ROLES" in
-  *controller*)
-    LISTENERS="${{LISTENERS:+$LISTENERS,}}CONTROLLER://:{CONTROLLER_PORT}"
-    ADVERTISED="${{ADVERTISED:+$ADVERTISED,}}CONTROLLER://$FQDN:{CONTROLLER_PORT}";;
-esac
-{tls_setup}cat > /etc/kafka-runtime/server.properties <<EOF
-process.roles=$PROCESS_ROLES
-node.id=$NODE_ID
-controller.quorum.bootstrap.servers=$CONTROLLER_BOOTSTRAP
-controller.listener.names=CONTROLLER
-listeners=$LISTENERS
-advertised.listeners=$ADVERTISED
-inter.broker.listener.name=INTERNAL
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,INTERNAL:{client_protocol}
-log.dirs=/var/lib/kafka/data/logs
-auto.create.topics.enable=false
-default.replication.factor=$REPLICATION_FACTOR
-min.insync.replicas=$MIN_INSYNC_REPLICAS
-offsets.topic.replication.factor=$REPLICATION_FACTOR
-transaction.state.log.replication.factor=$REPLICATION_FACTOR
-transaction.state.log.min.isr=$MIN_INSYNC_REPLICAS
-share.coordinator.state.topic.replication.factor=$REPLICATION_FACTOR
-share.coordinator.state.topic.min.isr=$MIN_INSYNC_REPLICAS
-unclean.leader.election.enable=false
-{sasl_lines}{tls_lines}EOF
-if [ -n "$RACK" ]; then echo "broker.rack=$RACK" >> /etc/kafka-runtime/server.properties; fi
-if [ -f /var/lib/kafka/data/logs/meta.properties ]; then
-  echo "storage already formatted"
-  exit 0
-fi
-if [ -n "$INITIAL_CONTROLLERS" ]; then
-  QUORUM="--initial-controllers=$INITIAL_CONTROLLERS"
-else
-  QUORUM="--no-initial-controllers"
-fi
-/opt/kafka/bin/kafka-storage.sh format --config /etc/kafka-runtime/server.properties \\
-  --cluster-id="$CLUSTER_ID" "$QUORUM" {scram}
-"""
+def _topics_plan_file(topology: Topology, cfg: KafkaConfig) -> str:
+    """``topics.plan``: what infra/scripts/kafka-topics.sh applies, one topic per line."""
+    return "".join(f"{p.name} {p.partitions} {p.replication} {p.min_insync_replicas} {p.retention_ms}\n"
+                   for p in topic_plan(topology, cfg))
 
 
-def topic_plan(topology: Topology, cfg: KafkaConfig) -> list[tuple[str, int, int, int]]:
-    """(name, partitions, min.insync.replicas, retention.ms) per topic and dead-letter topic."""
-    plan = []
-    for topic in topology.topics:
-        rf = min(topic.replication_factor, cfg.replication_factor)
-        min_isr = max(1, min(topic.min_insync_replicas, cfg.min_insync_replicas, rf))
-        plan.append((topic.name, topic.partitions, min_isr, topic.retention_ms))
-        # Same as the app's own topic creation: dead letters get one partition.
-        plan.append((topic.dead_letter, 1, min_isr, topic.retention_ms))
-    return plan
+def _script_env(cfg: KafkaConfig) -> list[k8s.core.v1.EnvVarArgs]:
+    """What the format and topics scripts need to know of the listener and its users."""
+    values = {
+        "CLIENT_PROTOCOL": _client_protocol(cfg),
+        "SASL": "yes" if cfg.sasl else "no",
+        "TLS": "yes" if cfg.tls_secret else "no",
+        "SCRAM_MECHANISM": SCRAM,
+        "ADMIN_USER": ADMIN_USER,
+        "APP_USER": APP_USER,
+        "CLIENT_PORT": str(CLIENT_PORT),
+        "CONTROLLER_PORT": str(CONTROLLER_PORT),
+    }
+    return [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in values.items()]
 
 
-def _topics_script(topology: Topology, cfg: KafkaConfig) -> str:
-    rf = cfg.replication_factor
-    calls = "\n".join(
-        f"ensure {shlex.quote(name)} {partitions} {min_isr} {retention}"
-        for name, partitions, min_isr, retention in topic_plan(topology, cfg))
-    return f"""#!/bin/sh
-# Managed by the Pynomaly Pulumi program (infra/kafka.py): the topology's topics, idempotently.
-set -eu
-cat > /tmp/client.properties <<EOF
-{_client_properties(cfg)}
-EOF
-TOPICS="/opt/kafka/bin/kafka-topics.sh --bootstrap-server $BOOTSTRAP --command-config /tmp/client.properties"
-attempt=0
-until $TOPICS --list >/dev/null 2>&1; do
-  attempt=$((attempt + 1))
-  if [ "$attempt" -ge 60 ]; then echo "Kafka is not reachable at $BOOTSTRAP" >&2; exit 1; fi
-  sleep 5
-done
-ensure() {{
-  $TOPICS --create --if-not-exists --topic "$1" --partitions "$2" --replication-factor {rf} \\
-    --config min.insync.replicas="$3" --config retention.ms="$4"
-  current="$($TOPICS --describe --topic "$1" | grep -c 'Partition: ' || true)"
-  if [ "$current" -lt "$2" ]; then
-    $TOPICS --alter --topic "$1" --partitions "$2"
-  fi
-  echo "topic $1: $2 partition(s), replication {rf}, min.insync.replicas $3"
-}}
-{calls}
-"""
+def _client_protocol(cfg: KafkaConfig) -> str:
+    return ("SASL_SSL" if cfg.tls_secret else "SASL_PLAINTEXT") if cfg.sasl else "PLAINTEXT"

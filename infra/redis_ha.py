@@ -53,7 +53,8 @@ class RedisArgs:
 
 
 class Redis(pulumi.ComponentResource):
-    """Outputs: ``host``, ``port``, ``address`` (host:port), ``url`` (secret), ``tls``, ``secret_name``."""
+    """Outputs: ``host``, ``port``, ``address`` (host:port), ``url`` (secret), ``tls``, ``secret_name``,
+    ``pod_labels`` (selects every pod of the component)."""
 
     host: pulumi.Output[str]
     port: pulumi.Output[int]
@@ -69,6 +70,8 @@ class Redis(pulumi.ComponentResource):
         cfg = args.config
         ns = args.namespace
         self.tls = cfg.mode == "external" and cfg.external_tls
+        # Every pod of this component (server, sentinel, proxy): what the app's egress policy selects.
+        self.pod_labels = {"app.kubernetes.io/name": args.name, "app.kubernetes.io/instance": kx.PART_OF}
 
         if cfg.mode == "external":
             if args.external_url is None:
@@ -123,7 +126,7 @@ class Redis(pulumi.ComponentResource):
         sel = kx.selector_labels(args.name, "redis-server")
         lbls = kx.labels(args.name, "redis-server", args.labels)
         secret_ref = k8s.core.v1.EnvVarSourceArgs(
-            secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=f"{args.name}-auth", key=KEY_PASSWORD))
+            secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=self.secret_name, key=KEY_PASSWORD))
         common_env = [
             k8s.core.v1.EnvVarArgs(name="REDIS_PASSWORD", value_from=secret_ref),
             k8s.core.v1.EnvVarArgs(name="REDISCLI_AUTH", value_from=secret_ref),
@@ -133,17 +136,16 @@ class Redis(pulumi.ComponentResource):
             k8s.core.v1.EnvVarArgs(name="SERVER", value=server),
             k8s.core.v1.EnvVarArgs(name="REPLICAS", value=str(replicas)),
             k8s.core.v1.EnvVarArgs(name="SENTINEL", value="yes" if sentinel else "no"),
+            k8s.core.v1.EnvVarArgs(name="MASTER_SET", value=MASTER_SET),
+            k8s.core.v1.EnvVarArgs(name="DOWN_AFTER_MS", value=str(DOWN_AFTER_MS)),
+            k8s.core.v1.EnvVarArgs(name="REDIS_PORT", value=str(PORT)),
+            k8s.core.v1.EnvVarArgs(name="SENTINEL_PORT", value=str(SENTINEL_PORT)),
         ]
 
         config_map = k8s.core.v1.ConfigMap(
             f"{name}-config",
             metadata=kx.meta(f"{server}-config", ns, lbls),
-            data={
-                "redis.conf": _redis_conf(cfg),
-                "start-redis.sh": START_REDIS,
-                "start-sentinel.sh": START_SENTINEL,
-                "handover.sh": HANDOVER,
-            },
+            data={"redis.conf": _redis_conf(cfg), **{s: kx.script(s) for s in SCRIPTS}},
             opts=kx.child(self),
         )
         ports = [k8s.core.v1.ServicePortArgs(name="redis", port=PORT, target_port="redis")]
@@ -177,7 +179,7 @@ class Redis(pulumi.ComponentResource):
             k8s.core.v1.ContainerArgs(
                 name="redis",
                 image=cfg.image,
-                command=["sh", "/config/start-redis.sh"],
+                command=["sh", "/config/redis-start.sh"],
                 env=common_env,
                 ports=[k8s.core.v1.ContainerPortArgs(name="redis", container_port=PORT)],
                 resources=kx.resources(cfg.resources.to_k8s()),
@@ -189,9 +191,10 @@ class Redis(pulumi.ComponentResource):
                     failure_threshold=6),
                 readiness_probe=k8s.core.v1.ProbeArgs(
                     exec_=k8s.core.v1.ExecActionArgs(command=probe_cmd), period_seconds=5, timeout_seconds=3),
-                # A stopping master hands over to a replica first (HANDOVER): no second master, no lost write.
+                # A stopping master hands over to a replica first: no second master, no lost write.
                 lifecycle=k8s.core.v1.LifecycleArgs(pre_stop=k8s.core.v1.LifecycleHandlerArgs(
-                    exec_=k8s.core.v1.ExecActionArgs(command=["sh", "/config/handover.sh"]))) if sentinel else None,
+                    exec_=k8s.core.v1.ExecActionArgs(command=["sh", "/config/redis-handover.sh"])))
+                if sentinel else None,
                 volume_mounts=volume_mounts,
             )
         ]
@@ -200,7 +203,7 @@ class Redis(pulumi.ComponentResource):
             containers.append(k8s.core.v1.ContainerArgs(
                 name="sentinel",
                 image=cfg.image,
-                command=["sh", "/config/start-sentinel.sh"],
+                command=["sh", "/config/redis-sentinel-start.sh"],
                 env=common_env,
                 ports=[k8s.core.v1.ContainerPortArgs(name="sentinel", container_port=SENTINEL_PORT)],
                 resources=k8s.core.v1.ResourceRequirementsArgs(
@@ -219,7 +222,7 @@ class Redis(pulumi.ComponentResource):
             ))
         volumes = [
             k8s.core.v1.VolumeArgs(name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
-                name=f"{server}-config", default_mode=0o444)),
+                name=config_map.metadata.name, default_mode=0o444)),
             kx.empty_dir("run", "1Mi", memory=True),
             kx.empty_dir("tmp", "16Mi"),
         ]
@@ -229,7 +232,7 @@ class Redis(pulumi.ComponentResource):
             f"{name}-server",
             metadata=kx.meta(server, ns, lbls),
             spec=k8s.apps.v1.StatefulSetSpecArgs(
-                service_name=headless,
+                service_name=headless_svc.metadata.name,
                 replicas=replicas,
                 pod_management_policy="OrderedReady",
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=sel),
@@ -322,7 +325,7 @@ class Redis(pulumi.ComponentResource):
                             args=["-f", "/usr/local/etc/haproxy/haproxy.cfg"],
                             env=[k8s.core.v1.EnvVarArgs(name="REDIS_PASSWORD", value_from=k8s.core.v1.EnvVarSourceArgs(
                                 secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
-                                    name=f"{args.name}-auth", key=KEY_PASSWORD)))],
+                                    name=self.secret_name, key=KEY_PASSWORD)))],
                             ports=[
                                 k8s.core.v1.ContainerPortArgs(name="redis", container_port=PORT),
                                 k8s.core.v1.ContainerPortArgs(name="health", container_port=8404),
@@ -344,7 +347,7 @@ class Redis(pulumi.ComponentResource):
                         )],
                         volumes=[
                             k8s.core.v1.VolumeArgs(name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
-                                name=f"{args.name}-proxy")),
+                                name=config_map.metadata.name)),
                             kx.empty_dir("run", "1Mi", memory=True),
                         ],
                     ),
@@ -378,7 +381,7 @@ def _short_hash(text: str) -> str:
 
 def _redis_conf(cfg: RedisConfig) -> str:
     return "\n".join([
-        "# Managed by the Pynomaly Pulumi program (infra/redis.py).",
+        "# Managed by the Pynomaly Pulumi program (infra/redis_ha.py).",
         f"port {PORT}",
         "bind * -::*",
         "protected-mode no",
@@ -398,162 +401,15 @@ def _redis_conf(cfg: RedisConfig) -> str:
     ])
 
 
-# Both scripts ask the other pods' sentinels for the current master (the first pod when none
-# answers yet), so a restarted pod rejoins as a replica instead of becoming a second master.
 DOWN_AFTER_MS = 5000  # Sentinel's down-after-milliseconds: how long a master may be silent before failover
-
-FIND_MASTER = r"""find_master() {
-  MASTER=""
-  ANSWERED=no
-  i=0
-  while [ "$i" -lt "$REPLICAS" ]; do
-    PEER="$SERVER-$i.$FQDN_SUFFIX"
-    if [ "$PEER" != "$ME" ]; then
-      MASTER="$(REDISCLI_AUTH="$REDIS_PASSWORD" timeout 3 redis-cli -h "$PEER" -p 26379 \
-        sentinel get-master-addr-by-name pynomaly 2>/dev/null | head -n 1 || true)"
-      [ -n "$MASTER" ] && { ANSWERED=yes; break; }
-    fi
-    i=$((i + 1))
-  done
-  [ -n "$MASTER" ] || MASTER="$SERVER-0.$FQDN_SUFFIX"
-}
-"""
-
-
-# Writes the password and replication settings to an in-memory file redis.conf includes, so the
-# password never appears on a command line; asks the sentinels for the current master first.
-START_REDIS = r"""#!/bin/sh
-set -eu
-FQDN_SUFFIX="$HEADLESS.$POD_NAMESPACE.svc.cluster.local"
-ME="$HOSTNAME.$FQDN_SUFFIX"
-""" + FIND_MASTER + r"""
-{
-  printf 'requirepass "%s"\n' "$REDIS_PASSWORD"
-  printf 'masterauth "%s"\n' "$REDIS_PASSWORD"
-} > /run/redis/runtime.conf
-if [ "$SENTINEL" = "yes" ]; then
-  printf 'replica-announce-ip %s\n' "$ME" >> /run/redis/runtime.conf
-  find_master
-  # Sentinels still naming this restarting pod may not have noticed it went away: starting as master
-  # now could make a second one if they fail over a moment later.  Stay down past their down-after
-  # time and ask again: then they have either failed over (follow the new master) or, with no
-  # replica to promote, still name this pod (start as master, from its own data).
-  if [ "$ANSWERED" = yes ] && [ "$MASTER" = "$ME" ]; then
-    sleep """ + str(DOWN_AFTER_MS // 1000 + 5) + r"""
-    find_master
-  fi
-  if [ "$MASTER" != "$ME" ]; then
-    printf 'replicaof %s 6379\n' "$MASTER" >> /run/redis/runtime.conf
-  fi
-fi
-exec redis-server /config/redis.conf
-"""
-
-START_SENTINEL = r"""#!/bin/sh
-set -eu
-FQDN_SUFFIX="$HEADLESS.$POD_NAMESPACE.svc.cluster.local"
-ME="$HOSTNAME.$FQDN_SUFFIX"
-""" + FIND_MASTER + r"""
-find_master
-QUORUM=$((REPLICAS / 2 + 1))
-cat > /run/sentinel/sentinel.conf <<EOF
-port 26379
-dir /tmp
-sentinel resolve-hostnames yes
-sentinel announce-hostnames yes
-sentinel announce-ip $ME
-requirepass "$REDIS_PASSWORD"
-sentinel sentinel-pass "$REDIS_PASSWORD"
-sentinel monitor pynomaly $MASTER 6379 $QUORUM
-sentinel auth-pass pynomaly "$REDIS_PASSWORD"
-sentinel down-after-milliseconds pynomaly """ + str(DOWN_AFTER_MS) + r"""
-sentinel failover-timeout pynomaly 60000
-sentinel parallel-syncs pynomaly 1
-EOF
-exec redis-sentinel /run/sentinel/sentinel.conf
-"""
-
-
-# The redis container's preStop hook (sentinel mode).  Without it, a deleted master's pod comes back
-# within Sentinel's down-after time, is still named master, starts as one while the sentinels fail
-# over anyway: two masters for a moment, and the writes the old one took are dropped when it is made
-# a replica.  So a stopping master holds writes (replication goes on, the replicas catch up), has a
-# peer's sentinel fail over (its own is stopping with it), and waits until the sentinels name
-# another master and HAProxy has cut its sessions; the held writers then see a closed connection
-# and reconnect, through HAProxy, to the new master.  A replica or a lone master stops at once.
-HANDOVER = r"""#!/bin/sh
-set -u
-FQDN_SUFFIX="$HEADLESS.$POD_NAMESPACE.svc.cluster.local"
-ME="$HOSTNAME.$FQDN_SUFFIX"
-info="$(redis-cli -p 6379 info replication | tr -d '\r')"
-echo "$info" | grep -q '^role:master' || exit 0
-echo "$info" | grep -q '^connected_slaves:0' && exit 0
-redis-cli -p 6379 client pause 25000 write >/dev/null
-i=0
-while [ "$i" -lt "$REPLICAS" ]; do
-  PEER="$SERVER-$i.$FQDN_SUFFIX"
-  if [ "$PEER" != "$ME" ] && timeout 3 redis-cli -h "$PEER" -p 26379 sentinel failover pynomaly 2>/dev/null |
-      grep -q OK; then
-    break
-  fi
-  i=$((i + 1))
-done
-tries=0
-while [ "$tries" -lt 40 ]; do
-  i=0
-  while [ "$i" -lt "$REPLICAS" ]; do
-    PEER="$SERVER-$i.$FQDN_SUFFIX"
-    if [ "$PEER" != "$ME" ]; then
-      MASTER="$(timeout 2 redis-cli -h "$PEER" -p 26379 sentinel get-master-addr-by-name pynomaly 2>/dev/null |
-        head -n 1 || true)"
-      if [ -n "$MASTER" ] && [ "$MASTER" != "$ME" ]; then
-        sleep 3  # HAProxy's check (1 s, fall 2) marks this server down and shuts its sessions
-        exit 0
-      fi
-    fi
-    i=$((i + 1))
-  done
-  sleep 0.5
-  tries=$((tries + 1))
-done
-exit 0
-"""
+# The start scripts, the shared master lookup they source and the redis container's preStop hook
+# (infra/scripts/redis-*.sh), shipped in the server ConfigMap under their file names.
+SCRIPTS = ("redis-find-master.sh", "redis-start.sh", "redis-sentinel-start.sh", "redis-handover.sh")
 
 
 def _haproxy_cfg(servers: list[str]) -> str:
-    lines = [
-        "# Managed by the Pynomaly Pulumi program (infra/redis.py): route to the Redis master only.",
-        "global",
-        "  maxconn 4096",
-        "defaults",
-        "  mode tcp",
-        "  timeout connect 5s",
-        # Celery workers block in BRPOP for long stretches: idle client/server timeouts must be long.
-        "  timeout client 1h",
-        "  timeout server 1h",
-        "  timeout check 3s",
-        "resolvers k8s",
-        "  parse-resolv-conf",
-        "  hold valid 5s",
-        "frontend health",
-        "  mode http",
-        "  bind :8404",
-        "  monitor-uri /healthz",
-        "frontend redis",
-        f"  bind :{PORT}",
-        "  default_backend master",
-        "backend master",
-        "  option tcp-check",
-        "  tcp-check connect",
-        '  tcp-check send "AUTH ${REDIS_PASSWORD}\\r\\n"',
-        "  tcp-check expect string +OK",
-        "  tcp-check send PING\\r\\n",
-        "  tcp-check expect string +PONG",
-        "  tcp-check send info\\ replication\\r\\n",
-        "  tcp-check expect string role:master",
-        "  tcp-check send QUIT\\r\\n",
-        "  tcp-check expect string +OK",
-    ]
+    """infra/scripts/haproxy.cfg with one checked ``server`` line per Redis pod."""
+    lines = [kx.script("haproxy.cfg").rstrip("\n")]
     for i, host in enumerate(servers):
         lines.append(f"  server redis{i} {host}:{PORT} check inter 1s fall 2 rise 1 "
                      "resolvers k8s init-addr none on-marked-down shutdown-sessions")
