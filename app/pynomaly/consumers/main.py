@@ -39,12 +39,7 @@ def run_consumer(settings: Settings, pool: str) -> None:
     relay = OutboxRelay(Outbox(client, settings.outbox_max_events), settings)
     relay.start()
     try:
-        EventConsumer(
-            settings,
-            group,
-            build_handler(settings, group.name),
-            heartbeat_stream=lambda s, f: client.xadd(s, f, maxlen=settings.stream_maxlen, approximate=True),
-        ).run()
+        EventConsumer(settings, group, build_handler(settings, group.name), heartbeat_client=client).run()
     finally:
         relay.stop()
         for stream_group in stream_groups:
