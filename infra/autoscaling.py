@@ -158,7 +158,7 @@ class Autoscaling(pulumi.ComponentResource):
         spec = self._common_spec(target)
         spec["advanced"]["scalingModifiers"] = {
             # KEDA takes the max over triggers; the backlog of a pool is the sum of its lists.
-            "formula": " + ".join(t["name"] for t in triggers),
+            "formula": " + ".join(str(t["name"]) for t in triggers),
             "target": str(target.scaling.target),
             "activationTarget": "0",
             "metricType": "AverageValue",

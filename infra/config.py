@@ -323,7 +323,7 @@ def _resources(reader: _Reader, key: str, default: Resources) -> Resources:
     return Resources(
         cpu_request=r.get("cpu", str, default.cpu_request, q),
         memory_request=r.get("memory", str, default.memory_request, q),
-        cpu_limit=r.get("cpuLimit", str, default.cpu_limit or "", q) or None,  # type: ignore[arg-type]
+        cpu_limit=r.get("cpuLimit", str, default.cpu_limit or "", q) or None,
         memory_limit=r.get("memoryLimit", str, default.memory_limit, q),
     )
 
@@ -621,4 +621,6 @@ def encryption_key_problems(raw: Mapping[str, Any]) -> list[str]:
 
 def _secret_in_env(full_key: str) -> bool:
     keys = os.environ.get("PULUMI_CONFIG_SECRET_KEYS")
-    return bool(keys) and full_key in json.loads(keys)
+    if not keys:
+        return False
+    return full_key in json.loads(keys)
