@@ -51,7 +51,9 @@ _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _CIDR = re.compile(r"^[0-9a-fA-F.:]+/[0-9]{1,3}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 _HOST = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$")
-_MAXMEMORY = re.compile(r"^[0-9]+(kb|mb|gb|k|m|g)?$", re.IGNORECASE)
+# Never 0 (no limit): with noeviction the API refuses new jobs below it, so Redis must have one.
+_MAXMEMORY = re.compile(r"^[1-9][0-9]*(kb|mb|gb|k|m|g)?$", re.IGNORECASE)
+_MAXMEMORY_WHAT = "a Redis size above 0 like 256mb"
 
 
 class ConfigError(ValueError):
@@ -405,7 +407,7 @@ def parse_config(raw: Mapping[str, Any], environment: str, *, default_tag: str) 
         replicas=r.get("replicas", int, 3 if redis_mode == "sentinel" else 1, _int_range(1, 9)),
         storage_size=r.get("storage", str, redis_defaults.storage_size, _match(_QUANTITY, "a quantity like 1Gi")),
         storage_class=r.get("storageClass", str, "", _match(_NAME, "a StorageClass name")) or storage_class,
-        maxmemory=r.get("maxmemory", str, redis_defaults.maxmemory, _match(_MAXMEMORY, "a Redis size like 256mb")),
+        maxmemory=r.get("maxmemory", str, redis_defaults.maxmemory, _match(_MAXMEMORY, _MAXMEMORY_WHAT)),
         image=r.get("image", str, redis_defaults.image, _image),
         proxy_image=r.get("proxyImage", str, redis_defaults.proxy_image, _image),
         resources=_resources(r, "resources", redis_defaults.resources),

@@ -8,6 +8,9 @@
 
 Importable: ``ensure_helm() -> Path``, ``run_helm(*args)`` and ``template_chart(...) -> str``
 (used by the chart tests; the infra program's tests can render the chart with their values too).
+``template_chart`` renders with ``--kube-version`` :data:`KUBE_VERSION`, the Kubernetes this project
+builds (``tools/toolchain.py``), so ``.Capabilities`` and the chart's ``kubeVersion`` constraint see the
+cluster the chart is tested on, not whatever helm was compiled against.
 
 The binary is built with ``go install helm.sh/helm/v3/cmd/helm@<HELM_VERSION>`` with GOBIN set to
 the per-machine tool cache (``tools/toolchain.py``: ``$PYNOMALY_CACHE_DIR`` or
@@ -35,6 +38,7 @@ if str(ROOT) not in sys.path:  # run as a script
 
 from tools import toolchain  # noqa: E402
 
+KUBE_VERSION = toolchain.KUBERNETES_VERSION
 BIN_DIR = toolchain.bin_dir()
 HELM = BIN_DIR / "helm"
 CHART = ROOT / "charts" / "pynomaly"
@@ -144,8 +148,9 @@ def template_chart(
     namespace: str = "pynomaly",
     chart: Path = CHART,
 ) -> str:
-    """`helm template` of the chart with these values files; raises HelmError with helm's message."""
-    args = ["template", release, str(chart), "--namespace", namespace]
+    """`helm template` of the chart with these values files for Kubernetes :data:`KUBE_VERSION`;
+    raises HelmError with helm's message."""
+    args = ["template", release, str(chart), "--namespace", namespace, "--kube-version", KUBE_VERSION]
     for path in values_files:
         args += ["--values", str(path)]
     result = run_helm(*args, *extra_args)

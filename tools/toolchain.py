@@ -11,7 +11,8 @@ What is built, and from which pinned module (each wrapper module's go.sum is com
 - Kubernetes v1.35.4 (``tools/kubernetes``): kube-apiserver, kube-controller-manager, kube-scheduler,
   kubelet, kube-proxy, kubectl, with the version stamps Kubernetes' own build sets.
 - etcd v3.6.16 (``tools/etcd``), CoreDNS v1.15.0 with the few plugins the cluster uses (``tools/coredns``),
-  kwok v0.8.0 (fake nodes; a plain ``go install``: its go.mod has no replace directives).
+  kwok v0.8.0 (fake nodes) and helm-docs v1.14.2 (the chart README from ``values.yaml`` comments,
+  ``tools/chart_docs.py``): plain ``go install``s, their go.mod files have no replace directives.
 - The Pulumi CLI v3.274.1 (``tools/pulumi``) and the Kubernetes provider 4.25.0
   (``tools/pulumi-kubernetes``: the provider module's zip lacks two generated files, so it is copied
   to a work folder and its own ``generate.go`` runs first), plus the dynamic-provider shim
@@ -55,6 +56,7 @@ KUBERNETES_COMMIT = "7b8c6cf0edd376b3d7c2f255142977c7f93db258"  # the v1.35.4 ta
 ETCD_VERSION = "v3.6.16"
 COREDNS_VERSION = "v1.15.0"
 KWOK_VERSION = "v0.8.0"
+HELM_DOCS_VERSION = "v1.14.2"
 PULUMI_VERSION = "v3.274.1"
 PULUMI_KUBERNETES_VERSION = "4.25.0"
 # The only version of the provider module the proxy serves; it is the v4.25.0 tag's commit.
@@ -155,7 +157,7 @@ GO_TOOLS: dict[str, GoTool] = {
 }
 
 # Tools that are not a `go build` in a wrapper module.
-OTHER_TOOLS = {"kwok": KWOK_VERSION, "pulumi-resource-pulumi-python": PULUMI_VERSION}
+OTHER_TOOLS = {"kwok": KWOK_VERSION, "helm-docs": HELM_DOCS_VERSION, "pulumi-resource-pulumi-python": PULUMI_VERSION}
 ALL_TOOLS = (*GO_TOOLS, *OTHER_TOOLS)
 TIERS = ("ci", "chaos")
 
@@ -336,25 +338,25 @@ def _build_go_tool(tool: GoTool) -> Path:
         return _record(tool.name, key, time.monotonic() - started)
 
 
-def _build_kwok() -> Path:
-    key = fingerprint(KWOK_VERSION, _go_version())
-    with locked("kwok"):
-        if (hit := _cached("kwok", key)) is not None:
+def _go_install(name: str, version: str, package: str, ldflags: str) -> Path:
+    """``go install package@version`` into the cache (for modules without replace directives)."""
+    key = fingerprint(version, _go_version())  # package and ldflags follow from name and version
+    with locked(name):
+        if (hit := _cached(name, key)) is not None:
             return hit
-        print(f"building kwok {KWOK_VERSION}: go install sigs.k8s.io/kwok/cmd/kwok", file=sys.stderr)
+        print(f"building {name} {version}: go install {package}", file=sys.stderr)
         started = time.monotonic()
-        staging = cache_dir() / "src" / "kwok-bin"
+        staging = cache_dir() / "src" / f"{name}-bin"
         staging.mkdir(parents=True, exist_ok=True)
         env = dict(_go_env(), GOBIN=str(staging), GOFLAGS="-buildvcs=false")
         result = subprocess.run(
-            [_go(), "install", "-trimpath", "-ldflags", f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION}",
-             f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"],
+            [_go(), "install", "-trimpath", "-ldflags", f"-s -w {ldflags}", f"{package}@{version}"],
             env=env, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise ToolchainError(f"go install of kwok failed:\n{result.stderr.strip()[-3000:]}")
+            raise ToolchainError(f"go install of {name} failed:\n{result.stderr.strip()[-3000:]}")
         bin_dir().mkdir(parents=True, exist_ok=True)
-        (staging / "kwok").replace(bin_dir() / "kwok")
-        return _record("kwok", key, time.monotonic() - started)
+        (staging / name).replace(bin_dir() / name)
+        return _record(name, key, time.monotonic() - started)
 
 
 def _install_python_shim() -> Path:
@@ -377,7 +379,11 @@ def ensure(name: str) -> Path:
     if name in GO_TOOLS:
         return _build_go_tool(GO_TOOLS[name])
     if name == "kwok":
-        return _build_kwok()
+        return _go_install("kwok", KWOK_VERSION, "sigs.k8s.io/kwok/cmd/kwok",
+                           f"-X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION}")
+    if name == "helm-docs":
+        return _go_install("helm-docs", HELM_DOCS_VERSION, "github.com/norwoodj/helm-docs/cmd/helm-docs",
+                           f"-X main.version={HELM_DOCS_VERSION.removeprefix('v')}")
     if name == "pulumi-resource-pulumi-python":
         return _install_python_shim()
     raise ToolchainError(f"unknown tool {name!r}; known: {', '.join(ALL_TOOLS)}")

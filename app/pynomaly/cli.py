@@ -462,6 +462,16 @@ def cancel(job_id: str, api_url: str | None, api_key: str | None) -> None:
 @main.command()
 @click.argument("job_id")
 @_client_options
+def delete(job_id: str, api_url: str | None, api_key: str | None) -> None:
+    """Delete a finished job with its datasets, result and reports (a queued or running one: cancel first)."""
+    with _client(api_url, api_key) as client:
+        _call(lambda: client.delete_job(job_id))
+    click.echo(f"job {job_id} deleted")
+
+
+@main.command()
+@click.argument("job_id")
+@_client_options
 def retry(job_id: str, api_url: str | None, api_key: str | None) -> None:
     """Run a failed or cancelled job again."""
     with _client(api_url, api_key) as client:

@@ -107,6 +107,10 @@ class PynomalyClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call("DELETE", f"/v1/jobs/{segment(job_id)}")
 
+    def delete_job(self, job_id: str) -> None:
+        """Delete a finished job with its datasets, result and reports (``DELETE ...?purge=true``)."""
+        self._call("DELETE", f"/v1/jobs/{segment(job_id)}", params={"purge": "true"})
+
     def retry(self, job_id: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/jobs/{segment(job_id)}/retry")
 

@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 if TYPE_CHECKING:
     from pynomaly.storage.encryption import BlobCodec
@@ -85,7 +95,50 @@ class Settings(BaseModel):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted dataset, bytes.")
     max_rows: int = Field(100_000, ge=1, description="Most rows a dataset may have.")
     max_columns: int = Field(200, ge=1, description="Most columns a dataset may have.")
-    result_ttl_seconds: int = Field(7 * 24 * 3600, ge=60, description="How long job results are kept.")
+    result_ttl_seconds: int = Field(
+        7 * 24 * 3600, ge=60, description="How long a job's record, result and reports are kept, seconds."
+    )
+    job_data_ttl_seconds: int = Field(
+        0,
+        ge=0,
+        description="How long a job's submitted dataset is kept, seconds (0 = as long as the job, "
+        "result_ttl_seconds); a failed or cancelled job can be retried only while it is kept. The "
+        "preprocessed copy is deleted as soon as the job finishes.",
+    )
+    redis_memory_high_watermark: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Share of Redis' maxmemory above which the API refuses new jobs and dataset uploads with "
+        "507 (what is stored, plus what queued jobs will still write); Redis itself refuses writes only at "
+        "maxmemory. No effect when Redis has no maxmemory.",
+    )
+    local_redis_maxmemory: str = Field(
+        "512mb",
+        description="maxmemory of the redis-server the local system starts (pynomaly local up, the tests), "
+        "e.g. 512mb; with noeviction Redis refuses writes past it, so the API refuses new work before.",
+    )
+    audit_retention_seconds: int = Field(
+        90 * 24 * 3600, ge=0, description="Audit records older than this are deleted by maintenance (0 = no age limit)."
+    )
+    audit_max_records: int = Field(
+        100_000, ge=0, description="Most audit records kept; maintenance deletes the oldest beyond it (0 = no limit)."
+    )
+    event_max_list_items: int = Field(
+        2000,
+        ge=1,
+        description="Lists in event data (Kafka, dashboard stream) keep their first this many items; a sibling "
+        "<name>_total gives the full length (2000: the score sample the dashboard charts).",
+    )
+    event_max_mapping_items: int = Field(
+        50,
+        ge=1,
+        description="Mappings in event data (e.g. per-column contributions) keep this many entries (the largest "
+        "numbers, or the first ones); a sibling <name>_total gives the full count.",
+    )
+    event_max_string_chars: int = Field(
+        2000, ge=64, description="Strings in event data (e.g. errors) are cut to this many characters."
+    )
     webhook_secret: str = Field("", description="HMAC-SHA256 key that signs webhook bodies.")
     encryption_enabled: bool = Field(
         False,
@@ -190,6 +243,22 @@ class Settings(BaseModel):
             raise ValueError("must be PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL")
         return value
 
+    @field_validator("job_data_ttl_seconds")
+    @classmethod
+    def _data_ttl(cls, value: int, info: ValidationInfo) -> int:
+        # A job's data never outlives the job: a retry needs both, a result without the job is unreachable.
+        if value > info.data.get("result_ttl_seconds", value):
+            raise ValueError("must not exceed result_ttl_seconds (0 = the same)")
+        return value
+
+    @field_validator("local_redis_maxmemory")
+    @classmethod
+    def _maxmemory(cls, value: str) -> str:
+        value = value.strip().lower()
+        if redis_size_bytes(value) <= 0:
+            raise ValueError("must be a Redis size above 0, like 512mb, 1gb or 268435456")
+        return value
+
     @model_validator(mode="after")
     def _limits(self) -> Settings:
         if self.task_soft_time_limit >= self.task_time_limit:
@@ -214,6 +283,11 @@ class Settings(BaseModel):
         alerts, a worker's deliveries handed to others): a few missed beats (a busy machine, a long GC)
         are not a failure, a stopped loop is."""
         return max(15.0, 4 * self.heartbeat_interval)
+
+    @property
+    def job_data_ttl(self) -> int:
+        """Seconds a job's submitted (and preprocessed) dataset is kept."""
+        return self.job_data_ttl_seconds or self.result_ttl_seconds
 
     @property
     def redis_tls(self) -> bool:
@@ -279,6 +353,17 @@ class Settings(BaseModel):
             return BlobCodec(tuple(keys), self.encryption_enabled)
         except EncryptionKeyError as exc:
             raise SettingsError(str(exc)) from None
+
+
+_REDIS_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
+
+
+def redis_size_bytes(value: str) -> int:
+    """A size as redis.conf writes it (``512mb``, ``1g``, ``268435456``) in bytes; -1 when malformed."""
+    match = re.fullmatch(r"\s*([0-9]+)\s*([kmg]?b?)\s*", value.lower())
+    if not match:
+        return -1
+    return int(match.group(1)) * _REDIS_UNITS[match.group(2)]
 
 
 def hash_api_key(key: str) -> str:

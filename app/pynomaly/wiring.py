@@ -14,6 +14,7 @@ from celery import Celery
 from redis import Redis
 
 from pynomaly.config import Settings
+from pynomaly.messaging.events import PayloadCaps
 from pynomaly.messaging.service import MessageQueueService
 from pynomaly.messaging.streams import RedisStreams
 from pynomaly.storage.audit import AuditLog
@@ -21,6 +22,7 @@ from pynomaly.storage.datasets import DatasetStore
 from pynomaly.storage.dead_letters import DeadLetterStore
 from pynomaly.storage.encryption import BlobCodec
 from pynomaly.storage.jobs import JobStore
+from pynomaly.storage.memory import MemoryAdmission
 from pynomaly.storage.redis_client import redis_from_settings
 from pynomaly.storage.schedules import ScheduleStore
 from pynomaly.usecases.jobs import JobService, webhook_policy
@@ -51,7 +53,13 @@ class Container:
 
     @cached_property
     def jobs(self) -> JobStore:
-        return JobStore(self.redis, self.redis_bytes, self.settings.result_ttl_seconds, self.codec)
+        settings = self.settings
+        return JobStore(self.redis, self.redis_bytes, settings.result_ttl_seconds, self.codec, settings.job_data_ttl)
+
+    @cached_property
+    def admission(self) -> MemoryAdmission:
+        """One per process: it caches Redis' memory reading for a second across requests."""
+        return MemoryAdmission(self.redis, self.settings.redis_memory_high_watermark, self.jobs.reserved_bytes)
 
     @cached_property
     def dead_letters(self) -> DeadLetterStore:
@@ -92,13 +100,22 @@ class Container:
         from pynomaly.messaging.outbox import OutboxPublisher
 
         return MessageQueueService(
-            self.celery, OutboxPublisher(self.outbox), self.streams, self.component, outbox=self.outbox
+            self.celery,
+            OutboxPublisher(self.outbox),
+            self.streams,
+            self.component,
+            outbox=self.outbox,
+            caps=PayloadCaps.from_settings(self.settings),
         )
 
     @cached_property
     def job_service(self) -> JobService:
         return JobService(
-            self.jobs, self.messaging, self.dead_letters, webhook_policy(self.settings.webhook_url_allowlist)
+            self.jobs,
+            self.messaging,
+            self.dead_letters,
+            webhook_policy(self.settings.webhook_url_allowlist),
+            admission=self.admission,
         )
 
     @cached_property

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tools import helm as helm_tool
+from tools import toolchain
 
 pytestmark = pytest.mark.helm
 
@@ -38,6 +39,24 @@ def test_helm_targets_the_kubernetes_version_of_its_modules(helm: Path, tmp_path
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: probe}\n"
         "data: {kube: {{ .Capabilities.KubeVersion.Version | quote }}}\n"
     )
-    rendered = helm_tool.template_chart((), chart=chart)
+    rendered = helm_tool.run_helm("template", "probe", str(chart), check=True).stdout  # no --kube-version
     minor = int(rendered.split('kube: "v1.', 1)[1].split(".", 1)[0])
     assert minor >= 30, rendered
+
+
+def test_the_chart_renders_for_the_kubernetes_the_project_builds(helm: Path, tmp_path: Path) -> None:
+    """helm v3.22 targets Kubernetes 1.37 by default; the project builds and tests on KUBERNETES_VERSION."""
+    assert helm_tool.KUBE_VERSION == toolchain.KUBERNETES_VERSION
+    chart = tmp_path / "probe"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text(
+        f"apiVersion: v2\nname: probe\nversion: 0.1.0\nkubeVersion: '{toolchain.KUBERNETES_VERSION}'\n"
+    )
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: probe}\n"
+        "data: {kube: {{ .Capabilities.KubeVersion.Version | quote }}}\n"
+    )
+    assert f'kube: "{toolchain.KUBERNETES_VERSION}"' in helm_tool.template_chart((), chart=chart)
+    # without the pin, the same chart is refused: helm's own default is another version
+    unpinned = helm_tool.run_helm("template", "probe", str(chart))
+    assert unpinned.returncode != 0 and "is incompatible with Kubernetes" in unpinned.stderr

@@ -9,7 +9,7 @@ import pytest
 
 from tests.charts.chartlib import ENVIRONMENTS, MINIMAL_VALUES, env_values_path
 from tests.support.k8s import baseline_violations, count_kinds, format_kind_counts, validate_object
-from tools.helm import CHART, run_helm
+from tools.helm import CHART, KUBE_VERSION, run_helm
 
 pytestmark = pytest.mark.helm
 
@@ -20,7 +20,8 @@ def test_the_three_environments_have_helm_values() -> None:
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_helm_lint_strict(helm: Any, env: str) -> None:
-    result = run_helm("lint", "--strict", str(CHART), "--values", str(env_values_path(env)))
+    values = env_values_path(env)
+    result = run_helm("lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION, "--values", str(values))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
     assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
@@ -32,7 +33,7 @@ def test_helm_lint_strict_of_a_bare_install(helm: Any, tmp_path: Any) -> None:
 
     extra = tmp_path / "minimal.json"
     extra.write_text(json.dumps(MINIMAL_VALUES))
-    result = run_helm("lint", "--strict", str(CHART), "--values", str(extra))
+    result = run_helm("lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION, "--values", str(extra))
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -31,6 +31,7 @@ def test_stack_files_parse_and_hold_no_plain_secrets(env: str) -> None:
     ({"redis": {"mode": "cluster"}}, "pynomaly.redis.mode: must be one of standalone, sentinel, external"),
     ({"redis": {"mode": "sentinel", "replicas": 2}}, "sentinel mode needs at least 3 replicas"),
     ({"redis": {"maxmemroy": "1gb"}}, "pynomaly.redis.maxmemroy: unknown key"),
+    ({"redis": {"maxmemory": "0"}}, "pynomaly.redis.maxmemory: must be a Redis size above 0 like 256mb, got '0'"),
     ({"kafka": {"brokers": 0}}, "pynomaly.kafka.brokers: must be between 1 and 15"),
     ({"kafka": {"controllers": 2}}, "pynomaly.kafka.controllers: must be 0, 1, 3 or 5"),
     ({"kafka": {"image": "apache/kafka:latest"}}, "must not use the 'latest' tag"),

@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 from importlib import resources
 
 import redis.asyncio
-from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -24,6 +24,7 @@ from pynomaly.api.routes_ops import router as ops_router
 from pynomaly.api.routes_schedules import router as schedules_router
 from pynomaly.api.websocket import router as ws_router
 from pynomaly.config import Settings, SettingsError
+from pynomaly.domain.errors import InsufficientStorage
 from pynomaly.observability.metrics import RedisStateCollector, RegistryCollector
 from pynomaly.wiring import Container
 
@@ -69,6 +70,14 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     app.state.metrics_registry = metrics_registry(container)
 
     problems.install(app)
+
+    @app.exception_handler(InsufficientStorage)
+    async def _insufficient_storage(_: Request, exc: InsufficientStorage) -> JSONResponse:
+        # Redis is near its maxmemory: the client should come back later, not retry at once.
+        response = problems.problem(exc.status, exc.title, str(exc))
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
     app.include_router(ops_router)
     app.include_router(jobs_router)
     app.include_router(schedules_router)

@@ -23,6 +23,7 @@ from pynomaly.storage.audit import AuditLog
 from pynomaly.storage.datasets import DatasetStore
 from pynomaly.storage.dead_letters import DeadLetterStore
 from pynomaly.storage.jobs import JobStore
+from pynomaly.storage.memory import MemoryAdmission
 from pynomaly.storage.schedules import ScheduleStore
 from pynomaly.usecases.jobs import JobService
 from pynomaly.usecases.schedules import DatasetService, ScheduleService
@@ -75,6 +76,10 @@ async def get_jobs(container: ContainerDep) -> JobStore:
     return container.jobs
 
 
+async def get_admission(container: ContainerDep) -> MemoryAdmission:
+    return container.admission
+
+
 async def get_dead_letters(container: ContainerDep) -> DeadLetterStore:
     return container.dead_letters
 
@@ -112,6 +117,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 AsyncRedisDep = Annotated[redis.asyncio.Redis, Depends(get_async_redis)]
 JobStoreDep = Annotated[JobStore, Depends(get_jobs)]
+AdmissionDep = Annotated[MemoryAdmission, Depends(get_admission)]
 DeadLetterStoreDep = Annotated[DeadLetterStore, Depends(get_dead_letters)]
 AuditLogDep = Annotated[AuditLog, Depends(get_audit_log)]
 ScheduleStoreDep = Annotated[ScheduleStore, Depends(get_schedules)]

@@ -78,6 +78,15 @@ def install(app: FastAPI) -> None:
     for kind in UNAVAILABLE:
         app.add_exception_handler(kind, _unavailable)
 
+    @app.exception_handler(redis.exceptions.OutOfMemoryError)
+    async def _redis_full(request: Request, exc: Exception) -> JSONResponse:
+        # Redis refused a write at its maxmemory (noeviction), past the admission check's watermark
+        # (which covers new jobs and uploads): one warning, and the client comes back later.
+        log.warning("%s %s: 507, Redis is full: %s", request.method, request.url.path, exc)
+        response = problem(507, "Insufficient storage", "Redis refused a write at its memory limit; retry later")
+        response.headers["Retry-After"] = "30"
+        return response
+
     @app.exception_handler(OutboxFull)
     async def _outbox_full(request: Request, exc: OutboxFull) -> JSONResponse:
         log.warning("%s %s: 503, %s", request.method, request.url.path, exc)

@@ -8,7 +8,14 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from pynomaly.api.deps import Caller, DatasetServiceDep, DatasetStoreDep, ScheduleStoreDep, SettingsDep
+from pynomaly.api.deps import (
+    AdmissionDep,
+    Caller,
+    DatasetServiceDep,
+    DatasetStoreDep,
+    ScheduleStoreDep,
+    SettingsDep,
+)
 from pynomaly.api.routes_jobs import _read_form, _read_limited
 from pynomaly.api.schemas import Offset
 from pynomaly.api.schemas_schedules import DatasetCreate, DatasetPage, DatasetView
@@ -43,9 +50,14 @@ async def upload_dataset(
     caller: Caller,
     settings: SettingsDep,
     service: DatasetServiceDep,
+    admission: AdmissionDep,
     name: Annotated[str | None, Query(max_length=100, description="Label for text/csv uploads.")] = None,
 ) -> DatasetView:
     limit = settings.max_upload_bytes
+    # 507 before reading the body: a stored dataset stays until deleted, so Redis must have room for it.
+    declared = request.headers.get("content-length", "")
+    incoming = min(int(declared), limit * 4) if declared.isdigit() else limit
+    await run_in_threadpool(admission.check, incoming, "dataset")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in ("text/csv", "application/csv", "text/plain"):
         body = await _read_limited(request, limit)

@@ -298,8 +298,27 @@ def get_notifications(job_id: str, store: JobStoreDep, client: RedisDep, _: Call
     )
 
 
-@router.delete("/{job_id}", response_model=JobView, summary="Cancel a queued or running job")
-def cancel_job(job_id: str, job_service: JobServiceDep, caller: Caller) -> JobView:
+@router.delete(
+    "/{job_id}",
+    response_model=JobView,
+    summary="Cancel a queued or running job; with purge=true, delete a finished job and its data",
+    responses={
+        204: {"description": "purge=true: the job, its datasets, result and reports are deleted"},
+        409: {"description": "cancel: the job already finished; purge: the job is still queued or running"},
+    },
+)
+def cancel_job(
+    job_id: str,
+    job_service: JobServiceDep,
+    caller: Caller,
+    purge: Annotated[
+        bool,
+        Query(description="Delete the finished (completed, failed or cancelled) job with everything kept for it."),
+    ] = False,
+) -> Any:
+    if purge:
+        job_service.purge(job_id, actor=caller)
+        return Response(status_code=204)
     return view(job_service.cancel(job_id, actor=caller))
 
 

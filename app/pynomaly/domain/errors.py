@@ -32,6 +32,17 @@ class JobCancelled(DomainError):
     title = "Job cancelled"
 
 
+class InsufficientStorage(DomainError):
+    """Redis is close to its maxmemory: new work is refused before Redis itself refuses writes."""
+
+    status = 507
+    title = "Insufficient storage"
+
+    def __init__(self, message: str, retry_after: int = 30) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class DetectorFailed(InvalidInput):
     """The detector's library (PyOD, numpy, scikit-learn) raised on the job's data.
 

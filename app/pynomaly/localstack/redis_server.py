@@ -1,7 +1,9 @@
 """A real ``redis-server`` (Debian's package) for the local system and the tests.
 
 Configured as a Celery broker must be: a password, AOF with ``appendfsync everysec`` and
-``maxmemory-policy noeviction`` (an evicted queue entry is a lost job), bound to loopback only.
+``maxmemory-policy noeviction`` (an evicted queue entry is a lost job), bound to loopback only, and a
+``maxmemory`` (``local_redis_maxmemory``) so it never takes the laptop's memory: the API reads it and
+refuses new work before Redis refuses writes.
 """
 
 from __future__ import annotations
@@ -68,7 +70,14 @@ class RedisServer(ManagedServer):
         password: str | None = None,
         log_path: Path | str | None = None,
         die_with_parent: bool = True,
+        maxmemory: str | None = None,
     ) -> None:
+        from pynomaly.config import Settings, redis_size_bytes
+
+        # The setting's default unless given: a local Redis always has a limit.
+        self.maxmemory = (maxmemory or Settings.model_fields["local_redis_maxmemory"].default).strip().lower()
+        if redis_size_bytes(self.maxmemory) <= 0:
+            raise LocalStackError(f"Redis maxmemory {maxmemory!r} is not a size above 0 (like 512mb)")
         self.data_dir = Path(data_dir).resolve()
         self.configured_port = port
         self.port = port or 0
@@ -130,6 +139,7 @@ class RedisServer(ManagedServer):
             f'requirepass "{self.password}"',
             "appendonly yes",
             "appendfsync everysec",
+            f"maxmemory {self.maxmemory}",
             "maxmemory-policy noeviction",
             # The broker's durability comes from the AOF; RDB snapshots would only add fork pauses.
             'save ""',
@@ -162,4 +172,3 @@ class RedisServer(ManagedServer):
             probe, timeout, 0.1, "redis-server", "Redis did not answer PING", self.log_path,
             lambda: log_tail(self.log_path) or log_tail(self.log_path.with_suffix(".out")),
         )  # fmt: skip
-

@@ -283,6 +283,7 @@ class LocalSystem:
             self.redis = RedisServer(
                 self.state_dir / "redis", port=self.redis_port, log_path=self.log_dir / "redis.log",
                 die_with_parent=self.die_with_parent,
+                maxmemory=self._redis_maxmemory(),
             )  # fmt: skip
             self.redis.start(progress=out)
             self._save()
@@ -305,6 +306,12 @@ class LocalSystem:
             self.supervisor.start_all(components, timeout=self.health_timeout, progress=out)
         self._save()
 
+    def _redis_maxmemory(self) -> str:
+        """``local_redis_maxmemory`` from the overrides, else PYNOMALY_LOCAL_REDIS_MAXMEMORY or its default."""
+        from pynomaly.config import settings_from_env
+
+        return str(self.settings_overrides.get("local_redis_maxmemory") or settings_from_env().local_redis_maxmemory)
+
     def _make_settings(self) -> Settings:
         values: dict[str, Any] = {
             "environment": "local",
@@ -320,6 +327,8 @@ class LocalSystem:
             "worker_concurrency": 1,
             "heartbeat_interval": 2.0,
         }
+        if self._own_redis:
+            values["local_redis_maxmemory"] = self.redis.maxmemory
         values.update(self.settings_overrides)
         return Settings(**values)
 

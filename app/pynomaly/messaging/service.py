@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from celery import Celery, chain
 
 from pynomaly.domain.jobs import Job, Step
-from pynomaly.messaging.events import EventEnvelope, make_event
+from pynomaly.messaging.events import EventEnvelope, PayloadCaps, make_event
 from pynomaly.messaging.streams import RedisStreams
 from pynomaly.topology import TASK_DETECT, TASK_NOTIFY, TASK_PREPROCESS, TASK_REPORT, TOPOLOGY, Priority
 
@@ -52,8 +52,10 @@ class MessageQueueService:
         streams: RedisStreams,
         source: str,
         outbox: Outbox,
+        caps: PayloadCaps | None = None,
     ) -> None:
         self._celery = celery
+        self._caps = caps or PayloadCaps()  # event data is always bounded
         self._publisher = publisher
         self._streams = streams
         self.source = source
@@ -84,7 +86,7 @@ class MessageQueueService:
     # -- Kafka -----------------------------------------------------------------------------------
     def publish_event(self, event_type: str, subject: str, *, wait: bool = True, **data: Any) -> EventEnvelope:
         """Publish and, by default, wait for the broker's ack; ``wait=False`` needs a later ``flush_events``."""
-        event = make_event(event_type, subject, self.source, **data)
+        event = make_event(event_type, subject, self.source, self._caps, **data)
         self._publisher.publish(event, wait=wait)
         return event
 
@@ -93,7 +95,7 @@ class MessageQueueService:
         return self._outbox
 
     def new_event(self, event_type: str, subject: str, **data: Any) -> EventEnvelope:
-        return make_event(event_type, subject, self.source, **data)
+        return make_event(event_type, subject, self.source, self._caps, **data)
 
     def stage_events(self, events: Sequence[EventEnvelope]) -> Callable[[Any], None]:
         """Writes that add ``events`` to the outbox inside the caller's Redis transaction (the caller

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,8 @@ from pynomaly.storage.redis_client import KEY_PREFIX
 
 AUDIT_INDEX = f"{KEY_PREFIX}audit:index"
 AUDIT_RECORDS = f"{KEY_PREFIX}audit:records"
+# Records deleted per round trip while trimming: a large backlog never becomes one huge command.
+TRIM_BATCH = 1000
 
 
 def _epoch(iso: str) -> float:
@@ -29,6 +32,29 @@ class AuditLog:
         pipe.zadd(AUDIT_INDEX, {event["id"]: _epoch(event["time"])})
         added, _ = pipe.execute()
         return bool(added)
+
+    def size(self) -> int:
+        return int(self._r.zcard(AUDIT_INDEX))
+
+    def trim(self, max_age_seconds: int = 0, max_records: int = 0, now: float | None = None) -> int:
+        """Delete records older than ``max_age_seconds`` (by event time), then the oldest beyond
+        ``max_records``; 0 turns either limit off.  Returns how many were deleted."""
+        removed = 0
+        if max_age_seconds > 0:
+            cutoff = (time.time() if now is None else now) - max_age_seconds
+            while ids := self._r.zrangebyscore(AUDIT_INDEX, "-inf", cutoff, start=0, num=TRIM_BATCH):
+                removed += self._drop(ids)
+        if max_records > 0:
+            while (excess := self.size() - max_records) > 0:
+                removed += self._drop(self._r.zrange(AUDIT_INDEX, 0, min(excess, TRIM_BATCH) - 1))
+        return removed
+
+    def _drop(self, ids: list[str]) -> int:
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hdel(AUDIT_RECORDS, *ids)
+        pipe.zrem(AUDIT_INDEX, *ids)
+        pipe.execute()
+        return len(ids)
 
     def query(
         self,

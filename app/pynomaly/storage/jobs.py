@@ -11,7 +11,7 @@ from typing import Any
 import redis
 
 from pynomaly.domain.datasets import Dataset
-from pynomaly.domain.errors import Conflict, NotFound
+from pynomaly.domain.errors import Conflict, InsufficientStorage, NotFound
 from pynomaly.domain.jobs import Job, JobStatus, check_transition, utcnow
 from pynomaly.storage.encryption import PLAIN, BlobCodec
 from pynomaly.storage.redis_client import KEY_PREFIX, update_document
@@ -23,6 +23,26 @@ UNQUEUED = f"{KEY_PREFIX}jobs:unqueued"
 # Blob kinds holding a job's data: as submitted, and after preprocessing.
 DATASET = "dataset"
 PREPARED = "prepared"
+RESULT = "result"
+REPORT_KINDS = ("report-json", "report-csv", "report-html")
+# job id -> bytes an accepted, unfinished job may still write (its preprocessed copy, result and
+# reports); admission control counts them as used, so accepted jobs always have room to finish.
+RESERVATIONS = f"{KEY_PREFIX}memory:reservations"
+_SUM_RESERVATIONS = """
+local total = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) end
+return total
+"""
+
+
+def expected_growth(dataset_bytes: int) -> int:
+    """What a job still writes after submit: a preprocessed copy as large as the dataset, the result
+    (scores and labels, gzip'd: 15-35% of it, measured) and reports; per-key overhead on top."""
+    return dataset_bytes + dataset_bytes // 2 + 16 * 1024
+
+
+def _refuse_oom(exc: redis.exceptions.OutOfMemoryError) -> InsufficientStorage:
+    return InsufficientStorage(f"Redis refused the write (it is at its maxmemory): {exc}")
 
 
 def _job_key(job_id: str) -> str:
@@ -69,26 +89,93 @@ class JobStore:
     ``codec`` (encryption at rest; job documents stay plain so listing needs no key).
     """
 
-    def __init__(self, client: redis.Redis, blobs: redis.Redis, ttl_seconds: int, codec: BlobCodec = PLAIN) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        blobs: redis.Redis,
+        ttl_seconds: int,
+        codec: BlobCodec = PLAIN,
+        data_ttl_seconds: int | None = None,
+    ) -> None:
         self._r = client
         self._b = blobs
         self._ttl = ttl_seconds
         self._codec = codec
+        # The submitted and preprocessed datasets may go before the job's record and result.
+        self._data_ttl = min(data_ttl_seconds or ttl_seconds, ttl_seconds)
 
     # -- jobs ----------------------------------------------------------------------------------
     def create(self, job: Job, dataset: Dataset, also: Callable[[Any], None] | None = None) -> None:
         """Store the dataset first, then the job, so a visible job always has its data.
 
         ``also`` adds writes to the job's MULTI/EXEC (its events in the outbox): all or nothing.
+        The job's expected growth is reserved with it (released when it finishes): see RESERVATIONS.
+        A Redis at its maxmemory refuses the dataset before any job exists.
         """
-        self.put_dataset(DATASET, job.id, dataset)
-        pipe = self._r.pipeline(transaction=True)
-        pipe.set(_job_key(job.id), json.dumps(job.as_dict()), ex=self._ttl)
-        pipe.zadd(JOB_INDEX, {job.id: time.time()})
-        pipe.zadd(UNQUEUED, {job.id: time.time()})
-        if also is not None:
-            also(pipe)
-        pipe.execute()
+        key = _blob_key(DATASET, job.id)
+        raw = dataset.to_bytes()
+        try:
+            self._b.set(key, self._codec.seal(key, raw), ex=self._data_ttl)
+            pipe = self._r.pipeline(transaction=True)
+            pipe.set(_job_key(job.id), json.dumps(job.as_dict()), ex=self._ttl)
+            pipe.zadd(JOB_INDEX, {job.id: time.time()})
+            pipe.zadd(UNQUEUED, {job.id: time.time()})
+            pipe.hset(RESERVATIONS, job.id, expected_growth(len(raw)))
+            if also is not None:
+                also(pipe)
+            pipe.execute()
+        except redis.exceptions.OutOfMemoryError as exc:
+            self._b.delete(key)  # DEL is allowed at maxmemory
+            raise _refuse_oom(exc) from exc
+
+    # -- memory reservations ---------------------------------------------------------------------
+    def reserved_bytes(self) -> int:
+        return int(self._r.eval(_SUM_RESERVATIONS, 1, RESERVATIONS))
+
+    def release(self, job_id: str) -> None:
+        """The job finished: it writes nothing more (its preprocessed copy is dropped too)."""
+        self._r.hdel(RESERVATIONS, job_id)
+        self._b.delete(_blob_key(PREPARED, job_id))
+
+    def forget_stale_reservations(self) -> int:
+        """Drop reservations of jobs that finished or expired (a release that never ran); maintenance."""
+        ids = self._r.hkeys(RESERVATIONS)
+        stale: list[str] = []
+        for start in range(0, len(ids), 200):
+            chunk = ids[start : start + 200]
+            for job_id, raw in zip(chunk, self._r.mget([_job_key(i) for i in chunk]), strict=True):
+                if raw is None or JobStatus(json.loads(raw)["status"]).terminal:
+                    stale.append(job_id)
+        if stale:
+            self._r.hdel(RESERVATIONS, *stale)
+        return len(stale)
+
+    def purge(self, job_id: str) -> Job:
+        """Delete a finished job with everything kept for it: record, index entry, datasets, result,
+        reports, reservation and its Idempotency-Key.  A queued or running job is a 409 (cancel it first)."""
+        key = _job_key(job_id)
+        while True:
+            with self._r.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        raise NotFound(f"no job {job_id!r}")
+                    job = Job.from_dict(json.loads(raw))
+                    if not job.state.terminal:
+                        raise Conflict(f"job {job_id} is {job.status}: cancel it and wait until it stops, then delete")
+                    pipe.multi()
+                    pipe.delete(key, *(_blob_key(k, job_id) for k in (DATASET, PREPARED, RESULT, *REPORT_KINDS)))
+                    pipe.zrem(JOB_INDEX, job_id)
+                    pipe.zrem(UNQUEUED, job_id)
+                    pipe.hdel(RESERVATIONS, job_id)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        if job.idempotency_key:
+            self.release_idempotency_key(job.idempotency_key, job_id)
+        return job
 
     def mark_unqueued(self, job_id: str) -> None:
         """The job is about to be (re)enqueued outside :meth:`create` (a retry, a replay)."""
@@ -149,7 +236,13 @@ class JobStore:
             if target.terminal:
                 job.finished_at = utcnow()
 
-        return self.update(job_id, change)
+        job = self.update(job_id, change)
+        if target.terminal:
+            self.release(job_id)
+        elif target is JobStatus.QUEUED:  # run again (retry, replay): it will write its outputs again
+            size = int(self._b.strlen(_blob_key(DATASET, job_id)))
+            self._r.hset(RESERVATIONS, job_id, expected_growth(size))
+        return job
 
     def request_cancel(self, job_id: str) -> Job:
         """Queued jobs are cancelled at once; running ones stop at their next checkpoint."""
@@ -163,7 +256,10 @@ class JobStore:
                 job.message = "cancelled before it started"
                 job.finished_at = utcnow()
 
-        return self.update(job_id, change)
+        job = self.update(job_id, change)
+        if job.state.terminal:
+            self.release(job_id)
+        return job
 
     def list(
         self,
@@ -217,8 +313,9 @@ class JobStore:
         return _unpack(self._codec.open(key, raw))
 
     def put_dataset(self, kind: str, job_id: str, dataset: Dataset) -> str:
+        """A job's submitted or preprocessed dataset, kept ``data_ttl_seconds`` (never past the job)."""
         key = _blob_key(kind, job_id)
-        self._b.set(key, self._codec.seal(key, dataset.to_bytes()), ex=self._ttl)
+        self._b.set(key, self._codec.seal(key, dataset.to_bytes()), ex=self._data_ttl)
         return key
 
     def get_dataset(self, kind: str, job_id: str) -> Dataset:

@@ -24,7 +24,8 @@ from pynomaly.messaging.events import EventEnvelope
 from pynomaly.messaging.service import MessageQueueService
 from pynomaly.observability import metrics
 from pynomaly.storage.dead_letters import DeadLetter, DeadLetterStore
-from pynomaly.storage.jobs import JobStore
+from pynomaly.storage.jobs import DATASET, JobStore, expected_growth
+from pynomaly.storage.memory import MemoryAdmission
 from pynomaly.topology import TASK_DELIVER, Priority
 from pynomaly.usecases.audit import record_audit
 from pynomaly.usecases.remote_datasets import WEBHOOK_ALLOWLIST, Resolver, UrlPolicy, check_url, system_resolver
@@ -85,8 +86,10 @@ class JobService:
         dead_letters: DeadLetterStore,
         webhooks: UrlPolicy | None = None,
         resolve: Resolver = system_resolver,
+        admission: MemoryAdmission | None = None,
     ) -> None:
         self._jobs = jobs
+        self._admission = admission  # None: no memory check (tools, tests of other concerns)
         self._mq = messaging
         self._dlq = dead_letters
         # Default: public addresses only; the process wiring passes PYNOMALY_WEBHOOK_URL_ALLOWLIST.
@@ -119,6 +122,9 @@ class JobService:
         _refuse_data_the_job_would_fail_on(request.dataset, preprocessing, steps)
         if request.idempotency_key is not None and not 1 <= len(request.idempotency_key) <= 128:
             raise InvalidInput("Idempotency-Key must be 1 to 128 characters")
+        if self._admission is not None:  # 507 before anything is stored, while Redis still has room
+            size = request.dataset.values.nbytes
+            self._admission.check(size + expected_growth(size))
 
         job = Job(
             id=new_job_id(),
@@ -179,6 +185,8 @@ class JobService:
         job = self._jobs.get(job_id)
         if job.state not in (JobStatus.FAILED, JobStatus.CANCELLED):
             raise Conflict(f"only failed or cancelled jobs can be retried; this one is {job.status}")
+        if not self._jobs.has_blob(DATASET, job_id):
+            raise Conflict(f"job {job_id}'s dataset is no longer kept (job_data_ttl_seconds): submit it again")
         self._jobs.mark_unqueued(job_id)  # before the change: a crash after it still gets the job sent
         job = self._jobs.transition(
             job_id,
@@ -194,6 +202,12 @@ class JobService:
         self._announce("job_submitted", job, detector=job.detector, priority=job.priority, steps=job.steps, retry=True)
         self._enqueue(job)
         self._audit("job.retry", job.id, actor)
+        return job
+
+    def purge(self, job_id: str, actor: str | None = None) -> Job:
+        """Delete a finished job with its datasets, result and reports (409 while queued or running)."""
+        job = self._jobs.purge(job_id)
+        self._audit("job.purge", job.id, actor)
         return job
 
     def replay_dead_letter(self, letter_id: str, actor: str | None = None) -> DeadLetter:

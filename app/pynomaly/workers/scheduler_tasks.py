@@ -5,7 +5,7 @@
   Redis or the broker failing, is retried with backoff, then dead-lettered; bad data or a schedule
   that no longer validates fails the run at once (``last_error`` on the schedule).
 - ``maintenance``: retention (stored datasets no schedule uses; index entries of expired jobs and
-  runs), and stream trimming.
+  runs; the audit log by age and count; memory reservations of finished jobs), and stream trimming.
 - ``health_check``: a ``system_alert`` event (which the bridge also puts on the dashboard stream)
   when the DLQ grew or a component's heartbeat stopped, and the periodic ``health_summary``.
 """
@@ -70,7 +70,8 @@ def scheduled_run(self: Task, schedule_id: str, trigger: str = "beat") -> dict[s
 
 @shared_task(name=TASK_MAINTENANCE)
 def maintenance() -> dict[str, Any]:
-    """Retention, stream trimming, and jobs whose queue message was never sent."""
+    """Retention (stored datasets, job index, audit log, reservations), stream trimming, and jobs whose
+    queue message was never sent."""
     c = container()
     settings = c.settings
     trimmed = {s.name: c.redis.xtrim(s.name, maxlen=settings.stream_maxlen, approximate=True) for s in TOPOLOGY.streams}
@@ -93,6 +94,9 @@ def maintenance() -> dict[str, Any]:
             if dataset_id not in used:
                 store.delete(dataset_id)
                 datasets_expired.append(dataset_id)
+    audit_trimmed = c.audit_log.trim(settings.audit_retention_seconds, settings.audit_max_records)
+    # A job marked failed without a terminal transition (not queued) or expired keeps no reservation.
+    reservations_dropped = c.jobs.forget_stale_reservations()
     requeued = c.job_service.requeue_unqueued(UNQUEUED_GRACE_SECONDS)
     return {
         "requeued": requeued,
@@ -100,6 +104,8 @@ def maintenance() -> dict[str, Any]:
         "jobs": jobs_left,
         "runs_forgotten": runs_forgotten,
         "datasets_expired": datasets_expired,
+        "audit_trimmed": audit_trimmed,
+        "reservations_dropped": reservations_dropped,
     }
 
 
