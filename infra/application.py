@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -101,8 +101,9 @@ class Application(pulumi.ComponentResource):
             self.api_key = pulumi.Output.secret(secrets.api_keys)
         else:
             self.api_key = generated.password(f"{name}-api-key", 40, parent=self)
-        webhook = (pulumi.Output.secret(secrets.webhook_secret) if secrets.webhook_secret is not None else
-                   generated.password(f"{name}-webhook-secret", 48, parent=self))
+        webhook: pulumi.Output[str] = (
+            pulumi.Output.secret(secrets.webhook_secret) if secrets.webhook_secret is not None else
+            generated.password(f"{name}-webhook-secret", 48, parent=self))
         api_keys_file = self.api_key.apply(lambda v: "\n".join(k.strip() for k in v.split(",") if k.strip()) + "\n")
         # Encryption keys are never generated: the operator keeps a copy, or the sealed data is lost with the state.
         encryption: dict[str, Any] = {}
@@ -127,7 +128,7 @@ class Application(pulumi.ComponentResource):
             },
             opts=kx.child(self),
         )
-        self.secret_name = secret.metadata.apply(lambda m: m.name)
+        self.secret_name = secret.metadata.name
         # The pods' ServiceAccount is made here, before the chart, not by the chart: the chart's objects are
         # applied in parallel, and a pool whose ReplicaSet came first got "serviceaccount not found" from
         # admission (FailedCreate events, seen on the real cluster) until the account existed.
@@ -191,7 +192,7 @@ class Application(pulumi.ComponentResource):
         """Let the autoscaler own ``spec.replicas`` of the pool Deployments (SSA: not re-applied)."""
         if args.type_ != "kubernetes:apps/v1:Deployment":
             return None
-        metadata = args.props.get("metadata") or {}
+        metadata = cast(dict[str, Any], args.props.get("metadata") or {})  # a chart object's: a plain dict
         if metadata.get("name") not in self._scaled_deployments():
             return None
         ignore = [*(args.opts.ignore_changes or []), "spec.replicas"]

@@ -110,6 +110,7 @@ def _provider_class() -> type[dynamic.ResourceProvider]:
 
 
 GeneratedSecretProvider = _provider_class()
+# Typed as its base class (it is built inside a function, see above): mypy cannot see its own members.
 KINDS: tuple[str, ...] = GeneratedSecretProvider.KINDS  # type: ignore[attr-defined]
 kafka_uuid = GeneratedSecretProvider.kafka_uuid  # type: ignore[attr-defined]
 generate = GeneratedSecretProvider.generate  # type: ignore[attr-defined]

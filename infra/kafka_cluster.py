@@ -146,7 +146,7 @@ class Kafka(pulumi.ComponentResource):
             },
             opts=kx.child(self),
         )
-        self.secret_name = secret.metadata.apply(lambda m: m.name)
+        self.secret_name = secret.metadata.name
         self._client_secret = secret
         self.objects.append(secret)
 
@@ -187,7 +187,7 @@ class Kafka(pulumi.ComponentResource):
             string_data=cluster_data,
             opts=kx.child(self),
         )
-        self.cluster_secret_name = cluster_secret.metadata.apply(lambda m: m.name)
+        self.cluster_secret_name = cluster_secret.metadata.name
 
         # Every pod of both StatefulSets shares the headless Service (stable per-pod DNS names).
         all_pods = self.pod_labels

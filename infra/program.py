@@ -81,7 +81,7 @@ def build(cfg: StackConfig) -> Deployment:
         ),
         opts=on_cluster,
     )
-    ns = namespace.metadata.apply(lambda m: m.name)
+    ns = namespace.metadata.name
     in_ns = pulumi.ResourceOptions(provider=provider, depends_on=[namespace])
 
     # KEDA's operator reads Redis list lengths and Kafka consumer lag: its namespace may connect to both.

@@ -100,7 +100,7 @@ class Redis(pulumi.ComponentResource):
             string_data={KEY_PASSWORD: self.password, KEY_URL: self.url, KEY_ADDRESS: self.address},
             opts=kx.child(self),
         )
-        self.secret_name = secret.metadata.apply(lambda m: m.name)
+        self.secret_name = secret.metadata.name
         self._secret = secret
         self.objects: list[pulumi.Resource] = [secret]
 

@@ -13,12 +13,15 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pynomaly.config import ENV_PREFIX, Settings, SettingsError, load_settings
 from pynomaly.localstack.cli import local
+
+if TYPE_CHECKING:
+    from pynomaly.client import PynomalyClient
 
 ENV_API_URL = "PYNOMALY_API_URL"
 ENV_API_KEY = "PYNOMALY_API_KEY"
@@ -69,9 +72,7 @@ def api(host: str | None, port: int | None) -> None:
     from pynomaly.storage.redis_client import redis_from_settings
 
     client = redis_from_settings(settings)
-    beat = Heartbeat(
-        settings, "api", stream_add=lambda s, f: client.xadd(s, f, maxlen=settings.stream_maxlen, approximate=True)
-    ).start()
+    beat = Heartbeat(settings, "api", client).start()
     try:
         uvicorn.run(
             app,
@@ -183,7 +184,7 @@ def _client_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _client(api_url: str | None, api_key: str | None):  # type: ignore[no-untyped-def]
+def _client(api_url: str | None, api_key: str | None) -> PynomalyClient:
     from pynomaly.client import PynomalyClient
     from pynomaly.localstack.state import read_state
     from pynomaly.localstack.system import default_state_dir
@@ -330,7 +331,7 @@ def submit(
             sys.exit(1)
 
 
-def _follow(client, job_id: str, timeout: float) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _follow(client: PynomalyClient, job_id: str, timeout: float) -> dict[str, Any]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
@@ -352,7 +353,7 @@ def _follow(client, job_id: str, timeout: float) -> dict[str, Any]:  # type: ign
             raise click.ClickException(str(exc)) from None
 
 
-def _print_outcome(client, job: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+def _print_outcome(client: PynomalyClient, job: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 

@@ -5,8 +5,8 @@ The app declares Celery queues and creates topics from it, the infra program siz
 autoscaling triggers from it, the chart receives its names through values, and tests assert that
 all of them agree.  Nobody writes one of these names as a literal anywhere else.
 
-Seed values: ADR-016 (see ../shared/DESIGN.md).  Where the ADR's sketch disagrees with itself
-(task names, queue keys) this module is the settled answer.
+Seed values: ADR-016 (Pynomaly's hybrid message-queue architecture).  Where the ADR's sketch
+disagrees with itself (task names, queue keys) this module is the settled answer.
 """
 
 from __future__ import annotations

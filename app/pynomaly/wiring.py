@@ -1,6 +1,8 @@
 """Builds each process's collaborators once, from settings: the composition root.
 
-Components (API, worker, consumer) ask for a ``Container``; nothing else constructs clients.
+Components (API, worker, consumer) ask for a ``Container``; nothing else constructs clients, stores
+or services.  Every collaborator is built on first use and shared for the process's lifetime (the
+stores and services hold no per-request state).
 """
 
 from __future__ import annotations
@@ -8,18 +10,23 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-import redis
 from celery import Celery
+from redis import Redis
 
 from pynomaly.config import Settings
 from pynomaly.messaging.events import PayloadCaps
 from pynomaly.messaging.service import MessageQueueService
 from pynomaly.messaging.streams import RedisStreams
+from pynomaly.storage.audit import AuditLog
+from pynomaly.storage.datasets import DatasetStore
 from pynomaly.storage.dead_letters import DeadLetterStore
 from pynomaly.storage.encryption import BlobCodec
 from pynomaly.storage.jobs import JobStore
 from pynomaly.storage.memory import MemoryAdmission
 from pynomaly.storage.redis_client import redis_from_settings
+from pynomaly.storage.schedules import ScheduleStore
+from pynomaly.usecases.jobs import JobService, webhook_policy
+from pynomaly.usecases.schedules import DatasetService, ScheduleService
 
 if TYPE_CHECKING:
     from pynomaly.messaging.outbox import Outbox, OutboxRelay
@@ -32,11 +39,11 @@ class Container:
         self.relay: OutboxRelay | None = None  # set by ``start_relay``
 
     @cached_property
-    def redis(self) -> redis.Redis:
+    def redis(self) -> Redis:
         return redis_from_settings(self.settings)
 
     @cached_property
-    def redis_bytes(self) -> redis.Redis:
+    def redis_bytes(self) -> Redis:
         return redis_from_settings(self.settings, decode=False)
 
     @cached_property
@@ -57,6 +64,18 @@ class Container:
     @cached_property
     def dead_letters(self) -> DeadLetterStore:
         return DeadLetterStore(self.redis)
+
+    @cached_property
+    def schedules(self) -> ScheduleStore:
+        return ScheduleStore(self.redis)
+
+    @cached_property
+    def datasets(self) -> DatasetStore:
+        return DatasetStore(self.redis, self.redis_bytes, self.codec)
+
+    @cached_property
+    def audit_log(self) -> AuditLog:
+        return AuditLog(self.redis)
 
     @cached_property
     def streams(self) -> RedisStreams:
@@ -87,6 +106,35 @@ class Container:
             self.component,
             outbox=self.outbox,
             caps=PayloadCaps.from_settings(self.settings),
+        )
+
+    @cached_property
+    def job_service(self) -> JobService:
+        return JobService(
+            self.jobs,
+            self.messaging,
+            self.dead_letters,
+            webhook_policy(self.settings.webhook_url_allowlist),
+            admission=self.admission,
+        )
+
+    @cached_property
+    def dataset_service(self) -> DatasetService:
+        return DatasetService(self.datasets, self.settings, self.messaging)
+
+    @cached_property
+    def schedule_service(self) -> ScheduleService:
+        # RedBeat (and so Celery's configuration) is loaded only by a process that uses schedules.
+        from pynomaly.messaging.beat import RedBeatTimer
+
+        return ScheduleService(
+            self.schedules,
+            self.datasets,
+            self.jobs,
+            self.job_service,
+            RedBeatTimer(self.celery),
+            self.settings,
+            self.messaging,
         )
 
     def start_relay(self) -> OutboxRelay:

@@ -28,7 +28,6 @@ from pynomaly.config import Settings, env_for
 from pynomaly.domain.datasets import Dataset, DatasetLimits, from_rows
 from pynomaly.localstack.procs import log_tail, spawn, stop_process
 from pynomaly.localstack.system import pynomaly_argv
-from pynomaly.scheduling import dataset_store
 from pynomaly.storage.datasets import StoredDataset, new_dataset_id
 from pynomaly.storage.dead_letters import DeadLetterStore
 from pynomaly.storage.encryption import MAGIC, PayloadUnreadable, key_id
@@ -101,7 +100,7 @@ def _store_everything(settings: Settings, job_id: str) -> tuple[Dataset, dict[st
         container.jobs.put_blob("result", job_id, result)
         container.jobs.put_blob("report-csv", job_id, f"row,{MARKER_COLUMN}\n0,{MARKER_VALUE}\n")
         meta = StoredDataset(new_dataset_id(), "sensitive", 3, [MARKER_COLUMN, "b"], 10, "0" * 64, "json")
-        dataset_store(container).add(meta, dataset, max_datasets=10)
+        container.datasets.add(meta, dataset, max_datasets=10)
         return dataset, result, meta.id
     finally:
         container.close()
@@ -130,7 +129,7 @@ def test_plain_blobs_show_the_markers_and_encrypted_ones_do_not(stores_db: Setti
             back = container.jobs.get_dataset(PREPARED, "b" * 32)
             assert back.columns == dataset.columns and np.array_equal(back.values, dataset.values)
             assert container.jobs.get_blob("result", "b" * 32) == result
-            assert dataset_store(container).load(stored_id).values[0, 0] == MARKER_VALUE
+            assert container.datasets.load(stored_id).values[0, 0] == MARKER_VALUE
             # What was stored in the clear before encryption was turned on is still read.
             assert container.jobs.get_blob("result", "a" * 32) == result
         finally:
@@ -158,7 +157,7 @@ def test_tampered_or_unknown_key_blobs_on_redis_are_refused(stores_db: Settings,
         with pytest.raises(PayloadUnreadable, match=key_id(K1).hex()):
             other.jobs.get_blob("result", "c" * 32)
         with pytest.raises(PayloadUnreadable, match="no encryption key is configured"):
-            dataset_store(Container(stores_db, "test")).load(stored_id)
+            Container(stores_db, "test").datasets.load(stored_id)
     finally:
         for c in (container, other):
             c.close()

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from pynomaly.client import ApiError, PynomalyClient
-from pynomaly.consumers.stream_groups import NOTIFICATION_LOG
+from pynomaly.storage.notification_log import NOTIFICATION_LOG
 from pynomaly.topology import S_NOTIFICATIONS, TASK_DELIVER, TOPOLOGY
 from pynomaly.usecases.pipeline import SIGNATURE_HEADER
 from tests.conftest import E2E_WEBHOOK_SECRET

@@ -18,13 +18,9 @@ import pytest
 import redis
 
 from pynomaly.config import Settings
-from pynomaly.consumers.stream_groups import (
-    COMPONENTS,
-    StreamGroupConsumer,
-    component_health,
-    record_heartbeat,
-)
+from pynomaly.consumers.stream_groups import StreamGroupConsumer, record_heartbeat
 from pynomaly.observability.heartbeat import Heartbeat
+from pynomaly.storage.components import COMPONENTS, component_health
 from pynomaly.storage.redis_client import redis_from_settings
 from pynomaly.topology import S_HEALTH
 from tests.e2e.support import own_redis_db, wait_for
@@ -138,11 +134,8 @@ def test_component_health_marks_a_component_whose_heartbeats_stopped_as_stale(
     monitor.ensure_group()
     no_file = settings.model_copy(update={"heartbeat_dir": None})
 
-    def add(stream: str, fields: dict[str, str]) -> str:
-        return client.xadd(stream, fields)
-
-    stopped = Heartbeat(no_file, "worker:stopped", stream_add=add)
-    alive = Heartbeat(no_file, "worker:alive", stream_add=add)
+    stopped = Heartbeat(no_file, "worker:stopped", client)
+    alive = Heartbeat(no_file, "worker:alive", client)
     stopped.beat()
     alive.beat()
     assert monitor.poll_once(block_ms=10) == 2

@@ -48,7 +48,7 @@ def _event(subject: str, n: int = 0) -> EventEnvelope:
     return make_event("job_progress", subject, "e2e-test", progress=n / 10, step="detect", message=f"event {n}")
 
 
-def test_a_jobs_events_reach_the_dashboard_and_notifications_streams(
+def test_a_jobs_events_reach_the_dashboard_stream_and_only_it(
     api: PynomalyClient, system_redis: redis.Redis
 ) -> None:
     job_id = api.submit_rows(small_rows(30), "ecod")["id"]
@@ -59,14 +59,19 @@ def test_a_jobs_events_reach_the_dashboard_and_notifications_streams(
         return types if "job_completed" in types and "anomalies_detected" in types else []
 
     types = wait_for(bridged, 30, what="the job's events on dashboard:stream")
-    assert types[0] == "job_submitted" and types[-1] == "job_completed"
-    assert types.index("job_started") < types.index("anomalies_detected") < types.index("job_completed")
+    # Kafka orders a job's events within a topic, not across topics: anomalies_detected (anomaly_events)
+    # may be bridged before or after any job_events record, so the order is checked per topic.
+    job_events = [t for t in types if t != "anomalies_detected"]
+    assert job_events[0] == "job_submitted" and job_events[-1] == "job_completed"
+    assert job_events.index("job_started") < job_events.index("job_completed")
     entry = dict(_entries(system_redis, S_DASHBOARD, job_id))
     fields = next(f for f in entry.values() if f["type"] == "job_completed")
     assert set(fields) == {"id", "type", "source", "time", "subject", "data", "schema_version"}
     assert json.loads(fields["data"])["status"] == "completed"
-    notified = wait_for(lambda: _entries(system_redis, S_NOTIFICATIONS, job_id), 30, what="notifications:stream")
-    assert [f["type"] for _, f in notified] == ["job_completed"]
+    # notifications:stream holds delivery outcomes only: the bridge copies no job events there
+    # (this job has no notification targets, so nothing of it may be on that stream).
+    assert _entries(system_redis, S_NOTIFICATIONS, job_id) == []
+    assert not [f for _, f in system_redis.xrevrange(S_NOTIFICATIONS, count=1000) if f.get("job_id") == job_id]
 
 
 def test_bridge_is_idempotent_and_moves_past_a_poison_event(

@@ -20,7 +20,6 @@ from pynomaly.domain.datasets import DatasetLimits, from_rows
 from pynomaly.domain.jobs import utcnow
 from pynomaly.localstack.procs import log_tail, spawn, stop_process
 from pynomaly.localstack.system import child_env, pynomaly_argv
-from pynomaly.scheduling import job_service_for
 from pynomaly.topology import Q_DETECTION, Q_NOTIFICATIONS, Q_REPORTS
 from pynomaly.usecases.jobs import SubmitRequest
 from pynomaly.usecases.pipeline import SIGNATURE_HEADER
@@ -44,7 +43,7 @@ def test_critical_job_starts_before_100_queued_low_ones_and_webhooks_are_signed(
     isolated: Settings, tmp_path: Path
 ) -> None:
     container = Container(isolated, "test")
-    service = job_service_for(container)  # with the settings' webhook allowlist (the receiver is on loopback)
+    service = container.job_service  # with the settings' webhook allowlist (the receiver is on loopback)
     dataset = from_rows(small_rows(20), None, DatasetLimits(10**6, 1000, 10))
     try:
         lows = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 
@@ -24,12 +25,18 @@ from pynomaly.api.routes_schedules import router as schedules_router
 from pynomaly.api.websocket import router as ws_router
 from pynomaly.config import Settings, SettingsError
 from pynomaly.domain.errors import InsufficientStorage
-from pynomaly.observability.metrics import RedisStateCollector
-from pynomaly.scheduling import job_service_for
-from pynomaly.storage.audit import AuditLog
+from pynomaly.observability.metrics import RedisStateCollector, RegistryCollector
 from pynomaly.wiring import Container
 
 log = logging.getLogger(__name__)
+
+
+def metrics_registry(container: Container) -> CollectorRegistry:
+    """The process's own metrics plus the Redis state (queue depths, DLQ size) read at scrape time."""
+    registry = CollectorRegistry()
+    registry.register(RedisStateCollector(container.redis))
+    registry.register(RegistryCollector(REGISTRY))  # the process's own counters too
+    return registry
 
 
 def create_app(settings: Settings, container: Container | None = None) -> FastAPI:
@@ -41,7 +48,7 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     container = container or Container(settings, "api")
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.async_redis = redis.asyncio.Redis.from_url(
             settings.redis_url, decode_responses=True, **settings.redis_ssl_options()
         )
@@ -57,17 +64,10 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
         "Every endpoint except /healthz, /readyz and /metrics needs an API key in the X-API-Key header.",
         lifespan=lifespan,
     )
-    app.state.settings = settings
+    # What api/deps.py hands to the routes; nothing else reads app.state.
     app.state.container = container
     app.state.api_keys = keys
-    app.state.job_service = job_service_for(container)
-    app.state.audit_log = AuditLog(container.redis)
-
-    registry = CollectorRegistry()
-    registry.register(RedisStateCollector(container.redis))
-    for collector in list(REGISTRY._collector_to_names):  # the process's own counters too
-        registry.register(collector)
-    app.state.metrics_registry = registry
+    app.state.metrics_registry = metrics_registry(container)
 
     problems.install(app)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import HTTPException, Request
+from starlette.requests import HTTPConnection
 
 from pynomaly.api import API_KEY_HEADER
 from pynomaly.config import hash_api_key
@@ -29,7 +29,7 @@ class ApiKeys:
         return f"key:{digest[:12]}" if matched else None
 
 
-def key_from_request(request: Request) -> str | None:
+def key_from_request(request: HTTPConnection) -> str | None:
     header = request.headers.get(API_KEY_HEADER)
     if header:
         return header
@@ -37,11 +37,3 @@ def key_from_request(request: Request) -> str | None:
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
     return None
-
-
-def require_api_key(request: Request) -> str:
-    keys: ApiKeys = request.app.state.api_keys
-    identity = keys.identify(key_from_request(request))
-    if identity is None:
-        raise HTTPException(401, f"a valid API key is required in the {API_KEY_HEADER} header")
-    return identity

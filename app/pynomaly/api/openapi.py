@@ -16,7 +16,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from pynomaly.api import API_KEY_HEADER
-from pynomaly.api.auth import require_api_key
+from pynomaly.api.deps import require_api_key
 from pynomaly.api.problems import PROBLEM_JSON
 from pynomaly.api.schemas import JobCreate
 from pynomaly.api.schemas_schedules import DatasetCreate
@@ -87,7 +87,7 @@ def complete(schema: dict[str, Any], routers: list[APIRouter]) -> dict[str, Any]
         for router in routers
         for route in router.routes
         if isinstance(route, APIRoute) and _needs_key(route)
-        for method in route.methods
+        for method in route.methods or ()
     }
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
@@ -110,4 +110,5 @@ def install(app: FastAPI, routers: list[APIRouter]) -> None:
             app.openapi_schema = complete(generate(), routers)
         return app.openapi_schema
 
+    # Replacing the method is FastAPI's documented way to extend the schema ("Extending OpenAPI").
     app.openapi = openapi  # type: ignore[method-assign]

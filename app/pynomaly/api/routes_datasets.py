@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from pynomaly.api.auth import require_api_key
-from pynomaly.api.routes_jobs import _read_limited
+from pynomaly.api.deps import (
+    AdmissionDep,
+    Caller,
+    DatasetServiceDep,
+    DatasetStoreDep,
+    ScheduleStoreDep,
+    SettingsDep,
+)
+from pynomaly.api.routes_jobs import _read_form, _read_limited
 from pynomaly.api.schemas import Offset
 from pynomaly.api.schemas_schedules import DatasetCreate, DatasetPage, DatasetView
 from pynomaly.domain.errors import InvalidInput
-from pynomaly.scheduling import dataset_service, dataset_store, schedule_store
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
-Caller = Annotated[str, Depends(require_api_key)]
 
 _UPLOAD_BODY = {
     "requestBody": {
@@ -43,22 +48,22 @@ async def upload_dataset(
     request: Request,
     response: Response,
     caller: Caller,
+    settings: SettingsDep,
+    service: DatasetServiceDep,
+    admission: AdmissionDep,
     name: Annotated[str | None, Query(max_length=100, description="Label for text/csv uploads.")] = None,
 ) -> DatasetView:
-    state = request.app.state
-    limit = state.settings.max_upload_bytes
-    service = dataset_service(state.container)
+    limit = settings.max_upload_bytes
     # 507 before reading the body: a stored dataset stays until deleted, so Redis must have room for it.
     declared = request.headers.get("content-length", "")
     incoming = min(int(declared), limit * 4) if declared.isdigit() else limit
-    await run_in_threadpool(state.container.admission.check, incoming, "dataset")
+    await run_in_threadpool(admission.check, incoming, "dataset")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in ("text/csv", "application/csv", "text/plain"):
         body = await _read_limited(request, limit)
         meta = await run_in_threadpool(service.add_csv, body, name, caller)  # Redis: off the loop
     elif content_type == "multipart/form-data":
-        await _read_limited(request, limit + 64 * 1024)
-        form = await request.form()
+        form = await _read_form(request, limit + 64 * 1024)
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise InvalidInput("multipart body needs a 'file' part with the CSV")
@@ -83,22 +88,23 @@ async def upload_dataset(
 
 @router.get("", response_model=DatasetPage, summary="List stored datasets, newest first")
 def list_datasets(
-    request: Request,
+    store: DatasetStoreDep,
     _: Caller,
     offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> DatasetPage:
-    items, total = dataset_store(request.app.state.container).list(offset, limit)
+    items, total = store.list(offset, limit)
     return DatasetPage(items=[DatasetView(**d.as_dict()) for d in items], total=total, offset=offset, limit=limit)
 
 
 @router.get("/{dataset_id}", response_model=DatasetView, summary="A stored dataset's size, columns and checksum")
-def get_dataset(dataset_id: str, request: Request, _: Caller) -> DatasetView:
-    return DatasetView(**dataset_store(request.app.state.container).get(dataset_id).as_dict())
+def get_dataset(dataset_id: str, store: DatasetStoreDep, _: Caller) -> DatasetView:
+    return DatasetView(**store.get(dataset_id).as_dict())
 
 
 @router.delete("/{dataset_id}", status_code=204, summary="Delete a stored dataset no schedule uses")
-def delete_dataset(dataset_id: str, request: Request, caller: Caller) -> Response:
-    container = request.app.state.container
-    dataset_service(container).delete(dataset_id, schedule_store(container), actor=caller)
+def delete_dataset(
+    dataset_id: str, service: DatasetServiceDep, schedules: ScheduleStoreDep, caller: Caller
+) -> Response:
+    service.delete(dataset_id, schedules, actor=caller)
     return Response(status_code=204)

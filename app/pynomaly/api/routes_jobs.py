@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.types import Message
 
-from pynomaly.api.auth import require_api_key
+from pynomaly.api.deps import Caller, JobServiceDep, JobStoreDep, RedisDep, SettingsDep
 from pynomaly.api.schemas import (
     JobAccepted,
     JobCreate,
@@ -26,10 +28,11 @@ from pynomaly.domain.datasets import DatasetLimits, from_rows, parse_csv
 from pynomaly.domain.errors import Conflict, InvalidInput
 from pynomaly.domain.jobs import Job
 from pynomaly.domain.reports import MEDIA_TYPES
+from pynomaly.storage.jobs import JobStore
+from pynomaly.storage.notification_log import notification_log
 from pynomaly.usecases.jobs import SubmitRequest
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-Caller = Annotated[str, Depends(require_api_key)]
 
 _SUBMIT_BODY = {
     "requestBody": {
@@ -80,8 +83,31 @@ async def _read_limited(request: Request, limit: int) -> bytes:
         body.extend(chunk)
         if len(body) > limit:
             raise InvalidInput(f"request body exceeds the limit of {limit} bytes")
-    request._body = bytes(body)  # lets request.form() parse what was already read
     return bytes(body)
+
+
+async def _read_form(request: Request, limit: int) -> FormData:
+    """The multipart form of a body read within ``limit`` bytes (then parsed from memory)."""
+    body = await _read_limited(request, limit)
+    replayed = False
+
+    async def receive() -> Message:
+        nonlocal replayed
+        if replayed:
+            return {"type": "http.disconnect"}
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    # The stream is consumed: a request over the same scope that replays the bytes read parses the form.
+    return await Request(request.scope, receive).form()
+
+
+def _form_text(form: FormData, name: str) -> str | None:
+    """A text field of a multipart form (None when absent); a file sent under a text field's name is refused."""
+    value = form.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise InvalidInput(f"{name} must be a text field, not a file")
 
 
 def _json_field(raw: str | None, name: str) -> Any:
@@ -116,10 +142,10 @@ async def submit_job(
     request: Request,
     response: Response,
     caller: Caller,
+    settings: SettingsDep,
+    job_service: JobServiceDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JobAccepted:
-    state = request.app.state
-    settings = state.settings
     limits = DatasetLimits(settings.max_upload_bytes, settings.max_rows, settings.max_columns)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     # JSON rows are wordier than CSV: allow them four times the dataset byte limit.
@@ -134,8 +160,7 @@ async def submit_job(
         dataset = await run_in_threadpool(from_rows, payload.rows, payload.columns, limits)
         fields: dict[str, Any] = payload.model_dump(exclude={"rows", "columns"})
     elif content_type == "multipart/form-data":
-        await _read_limited(request, settings.max_upload_bytes + 64 * 1024)
-        form = await request.form()
+        form = await _read_form(request, settings.max_upload_bytes + 64 * 1024)
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise InvalidInput("multipart body needs a 'file' part with the CSV")
@@ -157,33 +182,29 @@ async def submit_job(
         )
         if unknown:
             raise InvalidInput(f"unknown form field(s) {unknown}")
-        detector = form.get("detector")
-        if not isinstance(detector, str) or not detector:
+        detector = _form_text(form, "detector")
+        if not detector:
             raise InvalidInput("detector is required")
-        steps_raw = form.get("steps")
+        steps_raw = _form_text(form, "steps")
         fields = {
             "detector": detector,
-            "params": _json_field(form.get("params"), "params"),  # type: ignore[arg-type]
-            "contamination": _number_field(form.get("contamination"), "contamination"),  # type: ignore[arg-type]
-            "threshold": _number_field(form.get("threshold"), "threshold"),  # type: ignore[arg-type]
-            "priority": form.get("priority") or None,
-            "steps": [s.strip() for s in steps_raw.split(",") if s.strip()]
-            if isinstance(steps_raw, str) and steps_raw
-            else None,
-            "preprocessing": _json_field(form.get("preprocessing"), "preprocessing"),  # type: ignore[arg-type]
-            "webhook_url": form.get("webhook_url") or None,
-            "notify": _json_list_field(form.get("notify"), "notify"),  # type: ignore[arg-type]
+            "params": _json_field(_form_text(form, "params"), "params"),
+            "contamination": _number_field(_form_text(form, "contamination"), "contamination"),
+            "threshold": _number_field(_form_text(form, "threshold"), "threshold"),
+            "priority": _form_text(form, "priority") or None,
+            "steps": [s.strip() for s in steps_raw.split(",") if s.strip()] if steps_raw else None,
+            "preprocessing": _json_field(_form_text(form, "preprocessing"), "preprocessing"),
+            "webhook_url": _form_text(form, "webhook_url") or None,
+            "notify": _json_list_field(_form_text(form, "notify"), "notify"),
         }
     else:
-        from fastapi import HTTPException
-
         raise HTTPException(415, "send application/json (rows) or multipart/form-data (a CSV file)")
     for name in ("params", "preprocessing"):
         if fields.get(name) is not None and not isinstance(fields[name], dict):
             raise InvalidInput(f"{name} must be a JSON object")
     # Redis and Celery calls block: they run in the thread pool, never on the event loop.
     job, created = await run_in_threadpool(
-        state.job_service.submit,
+        job_service.submit,
         SubmitRequest(dataset=dataset, idempotency_key=idempotency_key, submitted_by=caller, **fields),
     )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -194,7 +215,7 @@ async def submit_job(
 
 @router.get("", response_model=JobPage, summary="List jobs, newest first")
 def list_jobs(
-    request: Request,
+    store: JobStoreDep,
     _: Caller,
     status: Annotated[JobStatusName | None, Query()] = None,
     detector: Annotated[str | None, Query(max_length=32)] = None,
@@ -202,19 +223,16 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     schedule_id: Annotated[str | None, Query(max_length=64, description="Only runs of this schedule.")] = None,
 ) -> JobPage:
-    jobs, total = request.app.state.container.jobs.list(
-        status=status, detector=detector, offset=offset, limit=limit, schedule_id=schedule_id
-    )
+    jobs, total = store.list(status=status, detector=detector, offset=offset, limit=limit, schedule_id=schedule_id)
     return JobPage(items=[view(j) for j in jobs], total=total, offset=offset, limit=limit)
 
 
 @router.get("/{job_id}", response_model=JobView, summary="A job's status, progress and timings")
-def get_job(job_id: str, request: Request, _: Caller) -> JobView:
-    return view(request.app.state.container.jobs.get(job_id))
+def get_job(job_id: str, store: JobStoreDep, _: Caller) -> JobView:
+    return view(store.get(job_id))
 
 
-def _finished_result(request: Request, job_id: str) -> tuple[Job, dict[str, Any]]:
-    store = request.app.state.container.jobs
+def _finished_result(store: JobStore, job_id: str) -> tuple[Job, dict[str, Any]]:
     job = store.get(job_id)
     if job.result_location is None:
         raise Conflict(f"job {job_id} has no result yet (status {job.status})")
@@ -222,8 +240,8 @@ def _finished_result(request: Request, job_id: str) -> tuple[Job, dict[str, Any]
 
 
 @router.get("/{job_id}/result", summary="Scores, labels, threshold and top anomalies")
-def get_result(job_id: str, request: Request, _: Caller) -> dict[str, Any]:
-    job, result = _finished_result(request, job_id)
+def get_result(job_id: str, store: JobStoreDep, _: Caller) -> dict[str, Any]:
+    job, result = _finished_result(store, job_id)
     return {"job_id": job.id, "status": job.status, **result}
 
 
@@ -234,14 +252,13 @@ def get_result(job_id: str, request: Request, _: Caller) -> dict[str, Any]:
 )
 def get_report(
     job_id: str,
-    request: Request,
+    store: JobStoreDep,
     _: Caller,
     format: Annotated[str, Query(pattern="^(json|csv|html)$")] = "json",
 ) -> Response:
     from pynomaly.domain.reports import render
 
-    job, result = _finished_result(request, job_id)
-    store = request.app.state.container.jobs
+    job, result = _finished_result(store, job_id)
     # Reports made by the report step are served as stored; otherwise render on demand.
     body = (
         store.get_blob(f"report-{format}", job_id)
@@ -257,11 +274,9 @@ def get_report(
     response_model=NotificationLog,
     summary="The job's notification outcomes (queued, delivered, retrying, dead_lettered) per target",
 )
-def get_notifications(job_id: str, request: Request, _: Caller) -> NotificationLog:
-    from pynomaly.consumers.stream_groups import notification_log
-
-    job = request.app.state.container.jobs.get(job_id)  # 404 for an unknown (or expired) job
-    entries = notification_log(request.app.state.container.redis, job.id)
+def get_notifications(job_id: str, store: JobStoreDep, client: RedisDep, _: Caller) -> NotificationLog:
+    job = store.get(job_id)  # 404 for an unknown (or expired) job
+    entries = notification_log(client, job.id)
     latest: dict[int, NotificationTargetState] = {}
     for entry in entries:
         previous = latest.get(entry["index"])
@@ -294,20 +309,19 @@ def get_notifications(job_id: str, request: Request, _: Caller) -> NotificationL
 )
 def cancel_job(
     job_id: str,
-    request: Request,
+    job_service: JobServiceDep,
     caller: Caller,
     purge: Annotated[
         bool,
         Query(description="Delete the finished (completed, failed or cancelled) job with everything kept for it."),
     ] = False,
 ) -> Any:
-    service = request.app.state.job_service
     if purge:
-        service.purge(job_id, actor=caller)
+        job_service.purge(job_id, actor=caller)
         return Response(status_code=204)
-    return view(service.cancel(job_id, actor=caller))
+    return view(job_service.cancel(job_id, actor=caller))
 
 
 @router.post("/{job_id}/retry", response_model=JobView, status_code=202, summary="Run a failed or cancelled job again")
-def retry_job(job_id: str, request: Request, caller: Caller) -> JobView:
-    return view(request.app.state.job_service.retry(job_id, actor=caller))
+def retry_job(job_id: str, job_service: JobServiceDep, caller: Caller) -> JobView:
+    return view(job_service.retry(job_id, actor=caller))

@@ -6,17 +6,26 @@ import asyncio
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pynomaly.api.auth import require_api_key
+from pynomaly.api.deps import (
+    AuditLogDep,
+    Caller,
+    ContainerDep,
+    DeadLetterStoreDep,
+    JobServiceDep,
+    MetricsRegistryDep,
+    RedisDep,
+    SettingsDep,
+)
 from pynomaly.api.schemas import AuditPage, DeadLetterPage, DeadLetterView, DetectorView, Offset
 from pynomaly.api.schemas_ops import OpsMetrics
 from pynomaly.domain.detectors import DETECTORS
+from pynomaly.storage.components import component_health
 
 router = APIRouter()
-Caller = Annotated[str, Depends(require_api_key)]
 
 
 @router.get("/healthz", tags=["health"], summary="Liveness: the process answers")
@@ -27,8 +36,8 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", tags=["health"], summary="Readiness: Redis reachable (Kafka and the outbox reported)")
-async def readyz(request: Request) -> JSONResponse:
-    outbox = request.app.state.container.outbox
+async def readyz(container: ContainerDep) -> JSONResponse:
+    outbox = container.outbox
     report: dict[str, Any] = {}
 
     def look() -> None:
@@ -52,8 +61,8 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
-def metrics_endpoint(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+def metrics_endpoint(registry: MetricsRegistryDep) -> Response:
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get(
@@ -62,12 +71,11 @@ def metrics_endpoint(request: Request) -> Response:
     response_model=OpsMetrics,
     summary="The operations view's figures: queue depths, task runs and run times, consumer lag, DLQ, outbox",
 )
-def ops_metrics(request: Request, _: Caller) -> OpsMetrics:
+def ops_metrics(container: ContainerDep, _: Caller) -> OpsMetrics:
     # The sources /metrics and /readyz use, as JSON; the dashboard samples it and draws the series.
     from pynomaly.observability import ops
 
-    settings = request.app.state.settings
-    container = request.app.state.container
+    settings = container.settings
     at = time.time()
     state = ops.redis_state(container.redis)
     outbox = {"pending": container.outbox.depth(), "oldest_seconds": round(container.outbox.oldest_age(), 1)}
@@ -97,47 +105,44 @@ def detectors(_: Caller) -> list[DetectorView]:
 
 
 @router.get("/v1/components", tags=["health"], summary="Every component's last heartbeat and whether it is stale")
-def components(request: Request, _: Caller) -> list[dict[str, Any]]:
-    from pynomaly.consumers.stream_groups import component_health
-
-    settings = request.app.state.settings
-    return component_health(request.app.state.container.redis, stale_after=settings.heartbeat_stale_after)
+def components(client: RedisDep, settings: SettingsDep, _: Caller) -> list[dict[str, Any]]:
+    return component_health(client, stale_after=settings.heartbeat_stale_after)
 
 
 @router.get("/v1/dlq", tags=["dead letters"], response_model=DeadLetterPage, summary="Dead letters, newest first")
 def list_dead_letters(
-    request: Request,
+    dead_letters: DeadLetterStoreDep,
     _: Caller,
     offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> DeadLetterPage:
-    letters, total = request.app.state.container.dead_letters.list(offset, limit)
+    letters, total = dead_letters.list(offset, limit)
     return DeadLetterPage(
         items=[DeadLetterView(**d.as_dict()) for d in letters], total=total, offset=offset, limit=limit
     )
 
 
 @router.get("/v1/dlq/{letter_id}", tags=["dead letters"], response_model=DeadLetterView)
-def get_dead_letter(letter_id: str, request: Request, _: Caller) -> DeadLetterView:
-    return DeadLetterView(**request.app.state.container.dead_letters.get(letter_id).as_dict())
+def get_dead_letter(letter_id: str, dead_letters: DeadLetterStoreDep, _: Caller) -> DeadLetterView:
+    return DeadLetterView(**dead_letters.get(letter_id).as_dict())
 
 
 @router.post(
     "/v1/dlq/{letter_id}/replay", tags=["dead letters"], status_code=202, summary="Enqueue a dead letter again"
 )
-def replay_dead_letter(letter_id: str, request: Request, caller: Caller) -> dict[str, Any]:
-    letter = request.app.state.job_service.replay_dead_letter(letter_id, actor=caller)
+def replay_dead_letter(letter_id: str, job_service: JobServiceDep, caller: Caller) -> dict[str, Any]:
+    letter = job_service.replay_dead_letter(letter_id, actor=caller)
     return {"replayed": letter.id, "task": letter.task, "job_id": letter.job_id}
 
 
 @router.delete("/v1/dlq", tags=["dead letters"], summary="Delete every dead letter")
-def purge_dead_letters(request: Request, caller: Caller) -> dict[str, int]:
-    return {"purged": request.app.state.job_service.purge_dead_letters(actor=caller)}
+def purge_dead_letters(job_service: JobServiceDep, caller: Caller) -> dict[str, int]:
+    return {"purged": job_service.purge_dead_letters(actor=caller)}
 
 
 @router.get("/v1/audit", tags=["audit"], response_model=AuditPage, summary="Audit events, newest first")
 def audit(
-    request: Request,
+    audit_log: AuditLogDep,
     _: Caller,
     action: Annotated[str | None, Query(max_length=64)] = None,
     actor: Annotated[str | None, Query(max_length=64)] = None,
@@ -145,5 +150,5 @@ def audit(
     offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> AuditPage:
-    items, total = request.app.state.audit_log.query(action, actor, subject, offset, limit)
+    items, total = audit_log.query(action, actor, subject, offset, limit)
     return AuditPage(items=items, total=total, offset=offset, limit=limit)

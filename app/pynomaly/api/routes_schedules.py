@@ -6,28 +6,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
-from pynomaly.api.auth import require_api_key
+from pynomaly.api.deps import Caller, ScheduleServiceDep, ScheduleStoreDep
 from pynomaly.api.schemas import Offset
-from pynomaly.api.schemas_schedules import RunAccepted, ScheduleCreate, SchedulePage, ScheduleView
+from pynomaly.api.schemas_schedules import RunAccepted, ScheduleCreate, SchedulePage, ScheduleRun, ScheduleView
 from pynomaly.domain.errors import NotFound
 from pynomaly.domain.schedules import Schedule
-from pynomaly.scheduling import schedule_service
 from pynomaly.usecases.schedules import ScheduleService
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
-Caller = Annotated[str, Depends(require_api_key)]
-
-
-def _service(request: Request) -> ScheduleService:
-    state = request.app.state
-    return schedule_service(state.container, state.job_service)
 
 
 def view(service: ScheduleService, item: Schedule, runs: int = 10) -> ScheduleView:
     return ScheduleView(
         **item.as_dict(),
         next_run_at=service.next_run(item),
-        last_runs=service.recent_runs(item.id, runs) if runs else [],
+        last_runs=[ScheduleRun.model_validate(run) for run in service.recent_runs(item.id, runs)] if runs else [],
         jobs=f"/v1/jobs?schedule_id={item.id}",
     )
 
@@ -45,8 +38,9 @@ def _json_body(request: Request, _: Caller) -> None:
     summary="Create a recurring detection schedule",
     dependencies=[Depends(_json_body)],
 )
-def create_schedule(body: ScheduleCreate, request: Request, response: Response, caller: Caller) -> ScheduleView:
-    service = _service(request)
+def create_schedule(
+    body: ScheduleCreate, service: ScheduleServiceDep, response: Response, caller: Caller
+) -> ScheduleView:
     item = service.create(body.model_dump(), actor=caller)
     response.headers["Location"] = f"/v1/schedules/{item.id}"
     return view(service, item, runs=0)
@@ -54,41 +48,36 @@ def create_schedule(body: ScheduleCreate, request: Request, response: Response, 
 
 @router.get("", response_model=SchedulePage, summary="List schedules, newest first")
 def list_schedules(
-    request: Request,
+    service: ScheduleServiceDep,
+    store: ScheduleStoreDep,
     _: Caller,
     offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> SchedulePage:
-    service = _service(request)
-    from pynomaly.scheduling import schedule_store
-
-    items, total = schedule_store(request.app.state.container).list(offset, limit)
+    items, total = store.list(offset, limit)
     return SchedulePage(items=[view(service, s, runs=0) for s in items], total=total, offset=offset, limit=limit)
 
 
 @router.get("/{schedule_id}", response_model=ScheduleView, summary="A schedule with its last runs and next run")
 def get_schedule(
-    schedule_id: str, request: Request, _: Caller, runs: Annotated[int, Query(ge=0, le=100)] = 10
+    schedule_id: str, service: ScheduleServiceDep, _: Caller, runs: Annotated[int, Query(ge=0, le=100)] = 10
 ) -> ScheduleView:
-    service = _service(request)
     return view(service, service.get(schedule_id), runs)
 
 
 @router.post("/{schedule_id}/pause", response_model=ScheduleView, summary="Stop sending runs until resumed")
-def pause_schedule(schedule_id: str, request: Request, caller: Caller) -> ScheduleView:
-    service = _service(request)
+def pause_schedule(schedule_id: str, service: ScheduleServiceDep, caller: Caller) -> ScheduleView:
     return view(service, service.pause(schedule_id, actor=caller))
 
 
 @router.post("/{schedule_id}/resume", response_model=ScheduleView, summary="Send runs again")
-def resume_schedule(schedule_id: str, request: Request, caller: Caller) -> ScheduleView:
-    service = _service(request)
+def resume_schedule(schedule_id: str, service: ScheduleServiceDep, caller: Caller) -> ScheduleView:
     return view(service, service.resume(schedule_id, actor=caller))
 
 
 @router.post("/{schedule_id}/run", status_code=202, response_model=RunAccepted, summary="Start one run now")
-def run_schedule(schedule_id: str, request: Request, response: Response, caller: Caller) -> RunAccepted:
-    job = _service(request).run(schedule_id, trigger="manual", actor=caller)
+def run_schedule(schedule_id: str, service: ScheduleServiceDep, response: Response, caller: Caller) -> RunAccepted:
+    job = service.run(schedule_id, trigger="manual", actor=caller)
     if job is None:  # deleted since it was looked up: a manual run skips only a missing schedule
         raise NotFound(f"no schedule {schedule_id!r}")
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -96,6 +85,6 @@ def run_schedule(schedule_id: str, request: Request, response: Response, caller:
 
 
 @router.delete("/{schedule_id}", status_code=204, summary="Delete a schedule (its past jobs stay)")
-def delete_schedule(schedule_id: str, request: Request, caller: Caller) -> Response:
-    _service(request).delete(schedule_id, actor=caller)
+def delete_schedule(schedule_id: str, service: ScheduleServiceDep, caller: Caller) -> Response:
+    service.delete(schedule_id, actor=caller)
     return Response(status_code=204)

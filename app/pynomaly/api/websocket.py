@@ -17,6 +17,7 @@ import redis
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from pynomaly.api import API_KEY_HEADER
+from pynomaly.api.deps import ApiKeysDep, AsyncRedisDep
 from pynomaly.observability import metrics
 from pynomaly.topology import S_DASHBOARD, S_HEALTH
 
@@ -29,8 +30,7 @@ POLICY_VIOLATION = 1008
 
 
 def _entry(stream: str, entry_id: str, fields: dict[str, str]) -> dict[str, object]:
-    # ``id`` is the stream entry id, the resume point; a bridged envelope's own id becomes ``event_id``
-    # (it used to overwrite the stream id, so no client could ever resume).
+    # ``id`` is the stream entry id, the resume point; a bridged envelope's own id becomes ``event_id``.
     message: dict[str, object] = {"stream": stream, **fields, "id": entry_id}
     if "id" in fields:
         message["event_id"] = fields["id"]
@@ -50,9 +50,8 @@ async def _tail_id(client: redis.asyncio.Redis, stream: str) -> str:
 
 
 @router.websocket("/v1/stream")
-async def stream(websocket: WebSocket) -> None:
+async def stream(websocket: WebSocket, keys: ApiKeysDep, client: AsyncRedisDep) -> None:
     await websocket.accept()
-    keys = websocket.app.state.api_keys
     key = websocket.headers.get(API_KEY_HEADER)
     last_id = websocket.query_params.get("last_id", "$")
     if not key:
@@ -73,7 +72,6 @@ async def stream(websocket: WebSocket) -> None:
         await websocket.close(code=POLICY_VIOLATION)
         return
 
-    client: redis.asyncio.Redis = websocket.app.state.async_redis
     # The health stream is live only: a reconnecting dashboard wants jobs it missed, not old beats.
     # "$" is pinned to the stream's current last id once: passed to every XREAD it would skip any
     # entry added while the previous batch was being sent.

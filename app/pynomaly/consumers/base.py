@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import redis
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import TopicPartition
 
 from pynomaly.config import Settings
 from pynomaly.messaging.events import EventEnvelope, InvalidEvent
@@ -51,7 +53,7 @@ class EventConsumer:
         settings: Settings,
         group: ConsumerGroup,
         handler: Handler,
-        heartbeat_stream: Callable[[str, dict[str, str]], object] | None = None,
+        heartbeat_client: redis.Redis | None = None,
     ) -> None:
         settings.require("kafka_bootstrap_servers")
         self._settings = settings
@@ -63,7 +65,7 @@ class EventConsumer:
         self._heartbeat = Heartbeat(
             settings,
             f"consumer:{group.pool}",
-            stream_add=heartbeat_stream,
+            heartbeat_client,
             # Beat only while the poll loop turns: a stuck consumer must fail its probe.
             alive=lambda: time.monotonic() - self._last_poll < max(30.0, 3 * settings.heartbeat_interval),
         )
@@ -124,7 +126,12 @@ class EventConsumer:
             consumer.close()
             log.info("consumer group %s stopped", self._group.name)
 
-    def _handle_batch(self, consumer: KafkaConsumer, batch: dict, dead_letters: KafkaProducer) -> None:  # type: ignore[type-arg]
+    def _handle_batch(
+        self,
+        consumer: KafkaConsumer,
+        batch: dict[TopicPartition, list[ConsumerRecord]],
+        dead_letters: KafkaProducer,
+    ) -> None:
         """Handle a poll's records in order and commit them; on ``StoreUnavailable`` rewind every
         partition to its first unhandled record and commit only what was handled, then re-raise."""
         partitions = list(batch.items())
@@ -141,7 +148,7 @@ class EventConsumer:
         if batch:
             consumer.commit()
 
-    def _process(self, record, dead_letters: KafkaProducer) -> None:  # type: ignore[no-untyped-def]
+    def _process(self, record: ConsumerRecord, dead_letters: KafkaProducer) -> None:
         try:
             event = EventEnvelope.decode(record.value)
         except InvalidEvent as exc:
@@ -168,7 +175,7 @@ class EventConsumer:
                     return
                 time.sleep(HANDLER_BACKOFF * 2 ** (attempt - 1))
 
-    def _dead_letter(self, record, dead_letters: KafkaProducer, error: str) -> None:  # type: ignore[no-untyped-def]
+    def _dead_letter(self, record: ConsumerRecord, dead_letters: KafkaProducer, error: str) -> None:
         headers = [
             ("error", error[:1000].encode()),
             ("original_topic", record.topic.encode()),

@@ -1,8 +1,8 @@
 """What each consumer group does with an event.
 
-The bridge copies job, anomaly and system events into Redis Streams for the dashboard (and
-finished-job events into notifications:stream).  Dedup marker and XADD happen in one Lua script,
-so a redelivered event is never appended twice, even after a crash between the two.
+The bridge copies job, anomaly and system events into ``dashboard:stream`` for the dashboard.
+Dedup marker and XADD happen in one Lua script, so a redelivered event is never appended twice,
+even after a crash between the two.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import redis
 from pynomaly.messaging.events import EventEnvelope
 from pynomaly.storage.audit import AuditLog
 from pynomaly.storage.redis_client import KEY_PREFIX
-from pynomaly.topology import S_DASHBOARD, S_NOTIFICATIONS
+from pynomaly.topology import S_DASHBOARD
 
 SEEN_TTL_SECONDS = 7 * 24 * 3600
-NOTIFY_EVENTS = frozenset({"job_completed", "job_failed", "job_dead_lettered"})
 
 _APPEND_ONCE = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
@@ -32,11 +31,9 @@ class StreamBridge:
         self._group = group
 
     def __call__(self, event: EventEnvelope) -> None:
-        targets = [S_DASHBOARD] + ([S_NOTIFICATIONS] if event.type in NOTIFY_EVENTS else [])
         fields = [part for pair in event.flat().items() for part in pair]
-        for stream in targets:
-            marker = f"{KEY_PREFIX}seen:{self._group}:{stream}:{event.id}"
-            self._append_once(keys=[marker, stream], args=[SEEN_TTL_SECONDS, self._maxlen, *fields])
+        marker = f"{KEY_PREFIX}seen:{self._group}:{S_DASHBOARD}:{event.id}"
+        self._append_once(keys=[marker, S_DASHBOARD], args=[SEEN_TTL_SECONDS, self._maxlen, *fields])
 
 
 class AuditSink:

@@ -45,12 +45,7 @@ def run_consumer(settings: Settings, pool: str) -> None:
     snapshots = SnapshotPublisher(f"consumer:{group.pool}", REGISTRY, lambda: client, settings.heartbeat_interval)
     snapshots.start()
     try:
-        EventConsumer(
-            settings,
-            group,
-            build_handler(settings, group.name),
-            heartbeat_stream=lambda s, f: client.xadd(s, f, maxlen=settings.stream_maxlen, approximate=True),
-        ).run()
+        EventConsumer(settings, group, build_handler(settings, group.name), heartbeat_client=client).run()
     finally:
         snapshots.stop()
         relay.stop()

@@ -131,4 +131,5 @@ def _scale(values: np.ndarray, scaling: Scaling) -> np.ndarray:
     else:
         centre, spread = values.min(axis=0), values.max(axis=0) - values.min(axis=0)
     spread = np.where(spread == 0, 1.0, spread)
-    return (values - centre) / spread
+    scaled: np.ndarray = (values - centre) / spread  # numpy's operators on arrays are typed Any
+    return scaled

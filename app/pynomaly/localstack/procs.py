@@ -20,8 +20,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from pynomaly.localstack.errors import LocalStackError
+from pynomaly.localstack.progress import Progress
 
 _PR_SET_PDEATHSIG = 1
 # What a child may create (AOF, Kafka segments, heartbeats): private to the user who started it.
@@ -60,8 +62,8 @@ class ProcessRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> ProcessRecord:
-        return cls(str(data["name"]), int(data["pid"]), int(data.get("start_time", 0)), str(data.get("log", "")))  # type: ignore[call-overload]
+    def from_dict(cls, data: Mapping[str, Any]) -> ProcessRecord:  # parsed JSON
+        return cls(str(data["name"]), int(data["pid"]), int(data.get("start_time", 0)), str(data.get("log", "")))
 
 
 def proc_start_time(pid: int) -> int:
@@ -219,7 +221,8 @@ class ManagedServer:
     record: ProcessRecord | None
     _proc: subprocess.Popen[bytes] | None
 
-    def start(self, *args: object, **kwargs: object) -> ManagedServer:
+    def start(self, timeout: float = 60.0, progress: Progress | None = None) -> ManagedServer:
+        """Start the server and wait until it answers (within ``timeout`` seconds)."""
         raise NotImplementedError
 
     @property

@@ -70,5 +70,5 @@ def as_progress(progress: Progress | Callable[[str], None] | None) -> Progress:
     if progress is None:
         return NullProgress()
     if hasattr(progress, "step") and hasattr(progress, "update"):
-        return progress  # type: ignore[return-value]
-    return CallbackProgress(progress)  # type: ignore[arg-type]
+        return progress
+    return CallbackProgress(progress)

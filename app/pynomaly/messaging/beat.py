@@ -129,11 +129,7 @@ def run_beat(settings: Settings) -> None:
     app.set_current()
     client = redis_from_settings(settings)
     # The standby beat (waiting on the lock) beats too: it is alive and ready to take over.
-    heartbeat = Heartbeat(
-        settings,
-        "beat",
-        stream_add=lambda s, f: client.xadd(s, f, maxlen=settings.stream_maxlen, approximate=True),
-    ).start()
+    heartbeat = Heartbeat(settings, "beat", client).start()
     log.info("starting beat (RedBeat, lock %s, timeout %ss)", BEAT_LOCK_KEY, int(settings.beat_lock_timeout))
     try:
         app.Beat(

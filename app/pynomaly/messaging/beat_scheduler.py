@@ -25,7 +25,9 @@ REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.Read
 RETRY_SECONDS = 1.0
 
 
-class OutageTolerantScheduler(RedBeatScheduler):  # type: ignore[misc]  (RedBeat ships no type hints)
+# RedBeat ships no type hints, so its scheduler class is Any to mypy: subclassing it is the point.
+class OutageTolerantScheduler(RedBeatScheduler):  # type: ignore[misc]
+    lock: Any  # RedBeat's: the held beat lock, or None
     _outage = False
 
     def tick(self, min: Any = min, **kwargs: Any) -> float:  # Celery calls tick(min=...)

@@ -234,10 +234,10 @@ class OutboxRelay:
         self._producer.flush(timeout=self._ack_timeout)
         done: list[str] = []
         try:
-            for entry_id, future, event in sent:
-                if future is not None and event is not None:
+            for entry_id, future, published in sent:
+                if future is not None and published is not None:
                     future.get(timeout=self._ack_timeout)
-                    metrics.KAFKA_PUBLISHED.labels(topic=event.topic, type=event.type).inc()
+                    metrics.KAFKA_PUBLISHED.labels(topic=published.topic, type=published.type).inc()
                 done.append(entry_id)
         finally:
             self._outbox.remove(done)

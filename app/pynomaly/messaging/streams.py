@@ -18,4 +18,4 @@ class RedisStreams:
 
     def add(self, stream: str, fields: dict[str, str]) -> str:
         TOPOLOGY.stream(stream)  # unknown names fail loudly instead of creating stray streams
-        return self._r.xadd(stream, fields, maxlen=self._maxlen, approximate=True)
+        return str(self._r.xadd(stream, fields, maxlen=self._maxlen, approximate=True))

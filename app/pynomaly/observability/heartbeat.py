@@ -14,8 +14,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import redis
+
 from pynomaly.config import Settings
 from pynomaly.domain.jobs import utcnow
+from pynomaly.messaging.streams import RedisStreams
 from pynomaly.topology import S_HEALTH
 
 log = logging.getLogger(__name__)
@@ -34,19 +37,20 @@ def heartbeat_age(path: Path) -> float | None:
 
 
 class Heartbeat:
-    """Beats from a daemon thread while ``alive()`` says the component is still healthy."""
+    """Beats from a daemon thread while ``alive()`` says the component is still healthy: touches the
+    heartbeat file and, given a Redis client, appends to health:stream (capped at ``stream_maxlen``)."""
 
     def __init__(
         self,
         settings: Settings,
         component: str,
-        stream_add: Callable[[str, dict[str, str]], object] | None = None,
+        client: redis.Redis | None = None,
         alive: Callable[[], bool] = lambda: True,
     ) -> None:
         self._path = heartbeat_path(settings)
         self._interval = settings.heartbeat_interval
         self._component = component
-        self._stream_add = stream_add
+        self._streams = RedisStreams(client, settings.stream_maxlen) if client is not None else None
         self._alive = alive
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{component}", daemon=True)
@@ -67,9 +71,9 @@ class Heartbeat:
         if self._path:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             self._path.touch()
-        if self._stream_add:
+        if self._streams:
             try:
-                self._stream_add(
+                self._streams.add(
                     S_HEALTH,
                     {
                         "component": self._component,

@@ -9,8 +9,9 @@ import logging
 from collections.abc import Iterator
 
 import redis
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from pynomaly.topology import PRIORITY_STEPS, TOPOLOGY
@@ -79,11 +80,22 @@ class RedisStateCollector(Collector):
         except redis.RedisError as exc:  # a scrape must not fail because Redis blinked
             log.warning("metrics: cannot read Redis state: %s", exc)
             return
-        for (queue, prio), value in zip(layout, values, strict=False):
-            depth.add_metric([queue, prio], value)
+        for (queue_name, prio), value in zip(layout, values, strict=False):
+            depth.add_metric([queue_name, prio], value)
         dlq.add_metric([], values[len(layout)])
         for stream, value in zip(TOPOLOGY.streams, values[len(layout) + 1 :], strict=True):
             streams.add_metric([stream.name], value)
         yield depth
         yield dlq
         yield streams
+
+
+class RegistryCollector(Collector):
+    """Everything another registry holds, collected at scrape time (the API serves the process's
+    default registry next to :class:`RedisStateCollector` this way, through public API only)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._registry.collect()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import gzip
 import json
 import time
@@ -102,5 +103,5 @@ class DatasetStore:
         pipe.zrem(DATASET_INDEX, dataset_id)
         pipe.execute()
 
-    def older_than(self, seconds: float) -> list[str]:
+    def older_than(self, seconds: float) -> builtins.list[str]:
         return list(self._r.zrangebyscore(DATASET_INDEX, 0, time.time() - seconds))

@@ -222,7 +222,7 @@ class JobStore:
     def exists(self, job_id: str) -> bool:
         return bool(self._r.exists(_job_key(job_id)))
 
-    def update(self, job_id: str, change: Callable[[Job], None]) -> Job:
+    def update(self, job_id: str, change: Callable[[Job], object]) -> Job:
         return update_document(self._r, _job_key(job_id), Job.from_dict, change, lambda: NotFound(f"no job {job_id!r}"))
 
     def transition(self, job_id: str, target: JobStatus, **fields: Any) -> Job:

@@ -39,7 +39,7 @@ def update_document(
     client: redis.Redis,
     key: str,
     load: Callable[[dict[str, Any]], D],
-    change: Callable[[D], None],
+    change: Callable[[D], object],
     missing: Callable[[], Exception],
 ) -> D:
     """Read-modify-write of a JSON document under WATCH, so concurrent updates never lose one another.

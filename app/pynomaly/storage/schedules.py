@@ -6,6 +6,7 @@ what a run needs (detector, parameters, source, notification rules) and its hist
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from collections.abc import Callable
@@ -63,7 +64,7 @@ class ScheduleStore:
         raws = self._r.mget([_key(i) for i in ids]) if ids else []
         return [Schedule.from_dict(json.loads(r)) for r in raws if r is not None], total
 
-    def all(self) -> list[Schedule]:
+    def all(self) -> builtins.list[Schedule]:
         return self.list(0, 10**9)[0]
 
     def delete(self, schedule_id: str) -> None:
@@ -84,12 +85,12 @@ class ScheduleStore:
         pipe.expire(key, max(ttl_seconds, 3600))
         pipe.execute()
 
-    def run_ids(self, schedule_id: str, offset: int = 0, limit: int = 10) -> list[str]:
+    def run_ids(self, schedule_id: str, offset: int = 0, limit: int = 10) -> builtins.list[str]:
         return list(self._r.zrevrange(runs_key(schedule_id), offset, offset + limit - 1))
 
     def count_runs(self, schedule_id: str) -> int:
         return int(self._r.zcard(runs_key(schedule_id)))
 
-    def forget_runs(self, schedule_id: str, job_ids: list[str]) -> None:
+    def forget_runs(self, schedule_id: str, job_ids: builtins.list[str]) -> None:
         if job_ids:
             self._r.zrem(runs_key(schedule_id), *job_ids)

@@ -171,9 +171,13 @@ class JobService:
 
     def cancel(self, job_id: str, actor: str | None = None) -> Job:
         job = self._jobs.request_cancel(job_id)
+        # One audit record, under the caller who cancelled (a running job is cancelled by its
+        # worker at the next checkpoint; that worker's job_cancelled event is no one's action).
+        events = [self._audit_event("job.cancel", job.id, actor)]
         if job.state is JobStatus.CANCELLED:
-            self._announce("job_cancelled", job, reason="cancelled before it started")
-        self._audit("job.cancel", job.id, actor)
+            reason = "cancelled before it started"
+            events.insert(0, self._mq.new_event("job_cancelled", job.id, status=job.status, reason=reason))
+        self._publish(events)
         return job
 
     def retry(self, job_id: str, actor: str | None = None) -> Job:
@@ -300,12 +304,9 @@ class JobService:
             raise ServiceUnavailable(f"the job could not be queued (broker unavailable): {exc}") from exc
 
     def _announce(self, event_type: str, job: Job, **data: Any) -> None:
-        self._publish(
-            [
-                self._mq.new_event(event_type, job.id, status=job.status, **data),
-                self._audit_event(event_type.replace("_", "."), job.id, job.submitted_by),
-            ]
-        )
+        """A lifecycle event.  Its audit record, if any, is the caller's: written where the caller
+        acted (``job.submitted``, ``job.cancel``, ``job.retry``), under that caller."""
+        self._publish([self._mq.new_event(event_type, job.id, status=job.status, **data)])
 
     def _publish(self, events: list[EventEnvelope]) -> None:
         try:

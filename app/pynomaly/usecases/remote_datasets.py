@@ -88,7 +88,7 @@ def system_resolver(host: str, port: int) -> list[str]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise InvalidInput(f"host {host!r} does not resolve: {exc}") from None
-    return sorted({info[4][0] for info in infos})
+    return sorted({str(info[4][0]) for info in infos})
 
 
 def check_url(url: str, policy: UrlPolicy, resolve: Resolver = system_resolver, field: str = "dataset_url") -> str:

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps
 
@@ -17,8 +17,11 @@ from pynomaly.config import Settings
 from pynomaly.topology import TOPOLOGY
 
 if TYPE_CHECKING:
+    from celery.worker import WorkController
+    from kombu.asynchronous.timer import Entry
     from prometheus_client import CollectorRegistry
 
+    from pynomaly.observability.heartbeat import Heartbeat
     from pynomaly.observability.ops import SnapshotPublisher
     from pynomaly.workers.reaper import WorkerDeliveries
 
@@ -99,21 +102,17 @@ def _heartbeat_step(
     class HeartbeatStep(bootsteps.StartStopStep):
         requires = {"celery.worker.components:Timer"}
 
-        def __init__(self, worker, **kwargs):  # type: ignore[no-untyped-def]
+        def __init__(self, worker: WorkController, **kwargs: Any) -> None:
             super().__init__(worker, **kwargs)
-            self.trefs: list[object] = []
-            self.heartbeat = None
+            self.trefs: list[Entry] = []
+            self.heartbeat: Heartbeat | None = None
 
-        def start(self, worker):  # type: ignore[no-untyped-def]
+        def start(self, worker: WorkController) -> None:
             from pynomaly.observability.heartbeat import Heartbeat
             from pynomaly.storage.redis_client import redis_from_settings
 
             client = redis_from_settings(settings)
-            self.heartbeat = Heartbeat(
-                settings,
-                component,
-                stream_add=lambda s, f: client.xadd(s, f, maxlen=settings.stream_maxlen, approximate=True),
-            )
+            self.heartbeat = Heartbeat(settings, component, client)
             heartbeat = self.heartbeat
             if deliveries is not None:
                 # Alive before the consumer starts: nothing is received (and recorded) before this.
@@ -133,9 +132,9 @@ def _heartbeat_step(
                 interval = RECOVER_EVERY_BEATS * settings.heartbeat_interval
                 self.trefs.append(worker.timer.call_repeatedly(interval, deliveries.recover))
 
-        def stop(self, worker):  # type: ignore[no-untyped-def]
+        def stop(self, worker: WorkController) -> None:
             for tref in self.trefs:
-                tref.cancel()  # type: ignore[attr-defined]
+                tref.cancel()
             if deliveries is not None:
                 deliveries.stop()
                 # The timer stops here, but a warm shutdown still runs the pool's tasks: keep vouching for

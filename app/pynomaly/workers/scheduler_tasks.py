@@ -18,10 +18,8 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from pynomaly.consumers.stream_groups import COMPONENTS, component_health
 from pynomaly.messaging.events import make_event
-from pynomaly.scheduling import dataset_store, job_service_for, schedule_service, schedule_store
-from pynomaly.storage.audit import AuditLog
+from pynomaly.storage.components import component_health, forget_components
 from pynomaly.storage.dead_letters import DeadLetter
 from pynomaly.storage.redis_client import KEY_PREFIX
 from pynomaly.topology import (
@@ -49,7 +47,7 @@ class ScheduledRun(TaskRun):
         self.trigger = trigger
 
     def body(self) -> dict[str, Any]:
-        job = schedule_service(self.container).run(self.schedule_id, self.trigger)
+        job = self.container.schedule_service.run(self.schedule_id, self.trigger)
         if job is None:
             return {"schedule_id": self.schedule_id, "status": "skipped"}
         return {"schedule_id": self.schedule_id, "status": "submitted", "job_id": job.id}
@@ -79,7 +77,7 @@ def maintenance() -> dict[str, Any]:
     trimmed = {s.name: c.redis.xtrim(s.name, maxlen=settings.stream_maxlen, approximate=True) for s in TOPOLOGY.streams}
     # Job records, results and reports expire by TTL (result_ttl_seconds); drop their index entries.
     _, jobs_left = c.jobs.list(limit=0)
-    schedules = schedule_store(c)
+    schedules = c.schedules
     runs_forgotten = 0
     used: set[str] = set()
     for item in schedules.all():
@@ -91,15 +89,15 @@ def maintenance() -> dict[str, Any]:
         runs_forgotten += len(gone)
     datasets_expired: list[str] = []
     if settings.dataset_retention_seconds:
-        store = dataset_store(c)
+        store = c.datasets
         for dataset_id in store.older_than(settings.dataset_retention_seconds):
             if dataset_id not in used:
                 store.delete(dataset_id)
                 datasets_expired.append(dataset_id)
-    audit_trimmed = AuditLog(c.redis).trim(settings.audit_retention_seconds, settings.audit_max_records)
+    audit_trimmed = c.audit_log.trim(settings.audit_retention_seconds, settings.audit_max_records)
     # A job marked failed without a terminal transition (not queued) or expired keeps no reservation.
     reservations_dropped = c.jobs.forget_stale_reservations()
-    requeued = job_service_for(c).requeue_unqueued(UNQUEUED_GRACE_SECONDS)
+    requeued = c.job_service.requeue_unqueued(UNQUEUED_GRACE_SECONDS)
     return {
         "requeued": requeued,
         "streams_trimmed": trimmed,
@@ -132,7 +130,7 @@ def health_check() -> dict[str, Any]:
     components = component_health(r, stale_after=stale_after)
     forgotten = [row["id"] for row in components if row["age_seconds"] > FORGET_COMPONENT_AFTER]
     if forgotten:
-        r.hdel(COMPONENTS, *forgotten)
+        forget_components(r, forgotten)
         r.srem(ALERT_STALE, *forgotten)
     components = [row for row in components if row["id"] not in forgotten]
     stale = sorted(row["id"] for row in components if row["stale"])
@@ -170,8 +168,8 @@ def health_check() -> dict[str, Any]:
     for name in lists:
         pipe.llen(name)
     depths = dict(zip(lists, pipe.execute(), strict=True))
-    schedules = schedule_store(c).all()
-    summary = {
+    schedules = c.schedules.all()
+    summary: dict[str, Any] = {
         "jobs": c.jobs.counts_by_status(),
         "dlq_size": dlq_size,
         "queues": {q.name: sum(depths[n] for n in q.redis_lists()) for q in TOPOLOGY.queues},
