@@ -166,6 +166,11 @@ class Settings(BaseModel):
     heartbeat_interval: float = Field(5.0, gt=0, description="Seconds between heartbeats.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port of workers/consumers (0 = off).")
     log_level: str = Field("INFO", description="Python log level.")
+    log_format: str = Field(
+        "console",
+        description="json: one JSON object per line (time, level, component, logger, message, job_id, task_id, "
+        "event_id in scope), what the chart sets; console: one readable line each (the local system's).",
+    )
 
     # -- schedules, stored datasets, beat and maintenance ------------------------------------------
     schedule_min_interval_seconds: int = Field(
@@ -210,6 +215,14 @@ class Settings(BaseModel):
         value = value.upper()
         if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"json", "console"}:
+            raise ValueError("must be json or console")
         return value
 
     @field_validator("redis_url")
