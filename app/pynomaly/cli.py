@@ -8,7 +8,6 @@ Heavy modules are imported inside commands so ``pynomaly healthcheck`` (a Kubern
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -24,12 +23,18 @@ ENV_API_URL = "PYNOMALY_API_URL"
 ENV_API_KEY = "PYNOMALY_API_KEY"
 
 
-def _settings() -> Settings:
+def _settings(component: str = "cli", tracing: bool = True) -> Settings:
+    """The settings, with this process's logging (and, unless the caller sets it up later, tracing)."""
+    from pynomaly.observability.logs import configure_logging
+    from pynomaly.observability.tracing import configure_tracing
+
     try:
         settings = load_settings()
+        configure_logging(settings, component)
+        if tracing:
+            configure_tracing(component)
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return settings
 
 
@@ -64,7 +69,7 @@ def api(host: str | None, port: int | None) -> None:
     from pynomaly.api.app import create_app
     from pynomaly.observability.heartbeat import Heartbeat
 
-    settings = _settings()
+    settings = _settings("api")
     app = _fail_cleanly(lambda: create_app(settings))
     from pynomaly.storage.redis_client import redis_from_settings
 
@@ -78,6 +83,7 @@ def api(host: str | None, port: int | None) -> None:
             host=host or settings.api_host,
             port=port or settings.api_port,
             log_level=settings.log_level.lower(),
+            log_config=None,  # uvicorn's loggers (the access log too) write through ours
             proxy_headers=True,
         )
     finally:
@@ -94,7 +100,8 @@ def worker(pool: str | None, queues: tuple[str, ...], concurrency: int | None) -
 
     if bool(pool) == bool(queues):
         raise click.UsageError("give exactly one of --pool or --queue")
-    settings = _settings()
+    # Tracing starts in each pool child (a gRPC channel must not cross the fork): see run_worker.
+    settings = _settings(f"worker:{pool or '-'.join(queues)}", tracing=False)
     try:
         run_worker(settings, pool, list(queues) or None, concurrency)
     except KeyError as exc:
@@ -109,7 +116,7 @@ def consumer(group: str) -> None:
     """Run a Kafka consumer pool."""
     from pynomaly.consumers.main import run_consumer
 
-    settings = _settings()
+    settings = _settings(f"consumer:{group}")
     _fail_cleanly(lambda: run_consumer(settings, group))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import redis
 
 from pynomaly.messaging.events import EventEnvelope
+from pynomaly.observability import tracing
 from pynomaly.storage.audit import AuditLog
 from pynomaly.storage.redis_client import KEY_PREFIX
 from pynomaly.topology import S_DASHBOARD, S_NOTIFICATIONS
@@ -36,7 +37,8 @@ class StreamBridge:
         fields = [part for pair in event.flat().items() for part in pair]
         for stream in targets:
             marker = f"{KEY_PREFIX}seen:{self._group}:{stream}:{event.id}"
-            self._append_once(keys=[marker, stream], args=[SEEN_TTL_SECONDS, self._maxlen, *fields])
+            with tracing.tracer().start_as_current_span(f"append {stream}", attributes={"pynomaly.stream": stream}):
+                self._append_once(keys=[marker, stream], args=[SEEN_TTL_SECONDS, self._maxlen, *fields])
 
 
 class AuditSink:
