@@ -6,7 +6,7 @@ import logging
 import os
 import tempfile
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps
 
@@ -82,16 +82,23 @@ def run_worker(settings: Settings, pool: str | None, queues: list[str] | None, c
 def _own_logging_and_tracing(component: str) -> None:
     """Celery leaves logging to ours (the root handler set up by the CLI; pool children inherit it)
     and each pool child starts its own tracing after the fork, flushing it when it exits."""
-    from celery.signals import worker_process_init, worker_process_shutdown
+    from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
 
     from pynomaly.observability.logs import keep_celery_off_logging
     from pynomaly.observability.tracing import configure_tracing, shutdown_tracing
 
     keep_celery_off_logging()
+    # Celery redirects print()s to its logger only when it configured logging itself; keep that (a
+    # task's stray output becomes a log line, one JSON object with json).
+    celeryd_after_setup.connect(_redirect_stdouts, weak=False, dispatch_uid="pynomaly-redirect-stdouts")
     worker_process_init.connect(
         lambda **_: configure_tracing(component), weak=False, dispatch_uid="pynomaly-tracing-init"
     )
     worker_process_shutdown.connect(lambda **_: shutdown_tracing(), weak=False, dispatch_uid="pynomaly-tracing-stop")
+
+
+def _redirect_stdouts(instance: Any, **_: Any) -> None:
+    instance.app.log.redirect_stdouts(instance.app.conf.worker_redirect_stdouts_level)
 
 
 def _heartbeat_step(
