@@ -1,6 +1,6 @@
 """Logs and traces of real components on the session's Redis and Kafka.
 
-- Logs: the API, a worker and beat run as real processes at DEBUG with JSON lines and a known Redis
+- Logs: the API, a worker, beat and the audit consumer run as real processes at DEBUG with JSON lines and a known Redis
   password, API key, Kafka SASL password, SMTP password, webhook secret and encryption key; one job
   goes through them.  Every line of their output parses as one JSON object with the common fields, the
   job's id is on the API's lines (uvicorn's access lines too) and the worker's (Celery's own too, with
@@ -103,6 +103,8 @@ def test_components_write_json_lines_with_the_job_in_scope_and_no_secret(isolate
         "api": pynomaly_argv("api"),
         "worker": pynomaly_argv("worker", f"--queue={Q_PROCESSING}", f"--queue={Q_DETECTION}", "--concurrency=1"),
         "beat": pynomaly_argv("beat"),
+        # The audit pool (its group is the session's, idle outside the e2e tests, which run last).
+        "consumer": pynomaly_argv("consumer", "--group", "audit"),
     }
     logs = {name: tmp_path / f"{name}.log" for name in argvs}
     started = {name: spawn(f"obs-{name}", argv, logs[name], env=env) for name, argv in argvs.items()}
@@ -124,6 +126,14 @@ def test_components_write_json_lines_with_the_job_in_scope_and_no_secret(isolate
 
         assert wait_for(finished, 120, interval=0.3, what="the job to finish") == "completed"
         assert httpx.get(f"{url}/v1/jobs/{job_id}", headers={"X-API-Key": "wrong-key"}, timeout=10).status_code == 401
+        # A client that puts its key in the query string: uvicorn's access line holds the whole path.
+        assert httpx.get(f"{url}/v1/jobs", params={"api_key": API_KEY}, headers=headers, timeout=10).status_code == 200
+
+        def audited() -> bool:  # the audit consumer handled the job's audit record
+            answer = httpx.get(f"{url}/v1/audit", params={"subject": job_id}, headers=headers, timeout=10)
+            return bool(answer.json()["items"])
+
+        wait_for(audited, 90, interval=0.5, what="the audit consumer to record the job")
     finally:
         for proc, record in started.values():
             stop_process(record, grace=20, proc=proc)
@@ -133,7 +143,13 @@ def test_components_write_json_lines_with_the_job_in_scope_and_no_secret(isolate
         for secret_name, secret in secrets.items():
             assert secret not in text, f"{secret_name} appears in the {name} log"
     lines = {name: _json_lines(path) for name, path in logs.items()}
-    for name, expected in (("api", "api"), ("worker", f"worker:{Q_PROCESSING}-{Q_DETECTION}"), ("beat", "beat")):
+    components = {
+        "api": "api",
+        "worker": f"worker:{Q_PROCESSING}-{Q_DETECTION}",
+        "beat": "beat",
+        "consumer": "consumer:audit",
+    }
+    for name, expected in components.items():
         assert {line["component"] for line in lines[name]} == {expected}
         assert any(line["level"] == "DEBUG" for line in lines[name]), f"{name} did not log at DEBUG"
 
@@ -142,6 +158,14 @@ def test_components_write_json_lines_with_the_job_in_scope_and_no_secret(isolate
     status_lines = [line for line in access if f"GET /v1/jobs/{job_id} HTTP" in line["message"]]
     assert submit_line and submit_line[0]["job_id"] == job_id, submit_line
     assert status_lines and all(line["job_id"] == job_id for line in status_lines)
+    assert [line for line in access if "GET /v1/jobs?api_key=*** HTTP" in line["message"]], "the key is not masked"
+
+    # The relay (in the API or the consumer: whichever holds the lease) names the event it sends; the
+    # consumer the event it handles.
+    relaying = lines["api"] + lines["consumer"]
+    assert any(line["logger"].startswith("kafka.producer") and "event_id" in line for line in relaying)
+    handled = [line for line in lines["consumer"] if line["message"].startswith("handled audit")]
+    assert handled and all(len(line["event_id"]) == 32 for line in handled), handled[:3]
 
     task_lines = [line for line in lines["worker"] if line.get("job_id") == job_id]
     assert {line["task_id"] for line in task_lines if "task_id" in line}, "no worker line names its task"

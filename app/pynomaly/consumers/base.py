@@ -171,6 +171,7 @@ class EventConsumer:
             try:
                 self._handler(event)
                 metrics.KAFKA_CONSUMED.labels(group=self._group.name, topic=record.topic, outcome="ok").inc()
+                log.debug("handled %s from %s@%s/%s", event.type, record.topic, record.partition, record.offset)
                 return
             except STORE_UNAVAILABLE as exc:
                 raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
