@@ -26,13 +26,15 @@ ENV_API_KEY = "PYNOMALY_API_KEY"
 def _settings(component: str = "cli", tracing: bool = True) -> Settings:
     """The settings, with this process's logging (and, unless the caller sets it up later, tracing)."""
     from pynomaly.observability.logs import configure_logging
-    from pynomaly.observability.tracing import configure_tracing
+    from pynomaly.observability.tracing import configure_tracing, exporters_from_env
 
     try:
         settings = load_settings()
         configure_logging(settings, component)
         if tracing:
             configure_tracing(component)
+        else:
+            exporters_from_env(os.environ)  # a bad OTEL_* value stops the start here, not in each child
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     return settings
