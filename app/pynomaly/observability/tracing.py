@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping
+from contextvars import Token
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -151,7 +152,7 @@ def fail(span: Span, exc: BaseException) -> None:
 
 
 # -- Celery -----------------------------------------------------------------------------------------
-_task_spans: dict[str, tuple[Span, object]] = {}
+_task_spans: dict[str, tuple[Span, Token[otel_context.Context]]] = {}
 
 
 def _on_publish(sender: str | None = None, headers: dict[str, Any] | None = None, **kwargs: Any) -> None:
@@ -188,7 +189,7 @@ def _on_postrun(task_id: str, state: str | None = None, **_: Any) -> None:
     span.set_attribute("celery.state", str(state))
     if state == "FAILURE":
         span.set_status(Status(StatusCode.ERROR, "task failed"))
-    otel_context.detach(token)  # type: ignore[arg-type]  (the token attach returned)
+    otel_context.detach(token)
     span.end()
 
 
