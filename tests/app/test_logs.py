@@ -4,6 +4,7 @@ checked in tests/e2e/test_observability.py."""
 
 from __future__ import annotations
 
+import contextvars
 import io
 import json
 import logging
@@ -106,6 +107,20 @@ def test_bind_adds_to_the_scope_its_sharers_see(capture: tuple[logging.Logger, i
     logger.info("after the request")
     during, after = lines(out)
     assert during["job_id"] == "job-2" and "job_id" not in after
+
+
+def test_bind_outside_any_scope_leaves_later_lines_alone(capture: tuple[logging.Logger, io.StringIO]) -> None:
+    # A use case called outside a request or task (a script, a test) binds its job id: nothing
+    # may keep it for the thread's later lines.
+    logger, out = capture
+
+    def outside() -> None:
+        logs.bind(job_id="job-3")
+        logger.info("a later line")
+
+    contextvars.Context().run(outside)  # a context with no scope, whatever ran before in this thread
+    (line,) = lines(out)
+    assert "job_id" not in line
 
 
 def test_every_secret_is_masked_in_messages_fields_and_tracebacks(

@@ -65,13 +65,13 @@ def log_context(**fields: str | None) -> Iterator[None]:
 
 def bind(**fields: str | None) -> None:
     """Add ``fields`` to the current scope in place: code that shares the scope sees them too (the
-    API's access log line is written outside the route, in the request's outer scope)."""
+    API's access log line is written outside the route, in the request's outer scope).
+
+    Outside any scope (a script, a test calling a use case) it does nothing: a scope set here would
+    never be closed and would name that job on every later line of the thread."""
     scope = _scope.get()
-    values = {k: str(v) for k, v in fields.items() if v}
-    if scope is None:
-        _scope.set(values)
-    else:
-        scope.update(values)
+    if scope is not None:
+        scope.update({k: str(v) for k, v in fields.items() if v})
 
 
 def current_fields() -> dict[str, str]:
