@@ -161,7 +161,10 @@ class Application(pulumi.ComponentResource):
         # Chart objects carry their namespace.  The transformation keeps only the autoscaling objects.
         self.autoscalers_chart = k8s.helm.v3.Chart(
             args.release,
-            k8s.helm.v3.LocalChartOpts(path=args.chart_path, namespace=args.namespace, values=self.values,
+            # The values hint says a mapping of inputs, but the v3 Chart resolves its whole
+            # options with Output.from_input (ChartOpts.to_json), so an Output of the values is fine.
+            k8s.helm.v3.LocalChartOpts(path=args.chart_path, namespace=args.namespace,
+                                       values=self.values,  # type: ignore[arg-type]
                                        transformations=[_only_autoscalers]),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.chart]),
         )

@@ -21,7 +21,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import pulumi
 from pydantic import (
@@ -195,13 +195,15 @@ class Resources(_Model):
             limits["cpu"] = self.cpu_limit
         return {"requests": {"cpu": self.cpu_request, "memory": self.memory_request}, "limits": limits}
 
+    @classmethod
+    def of(cls, cpu: str, memory: str, memory_limit: str) -> Resources:
+        return cls(cpu_request=cpu, memory_request=memory, memory_limit=memory_limit)
 
-def _resources(cpu: str, memory: str, memory_limit: str) -> Any:
-    """A resources field: given keys override these defaults one by one."""
-    default = Resources(cpu=cpu, memory=memory, memoryLimit=memory_limit)
+
+def _over(cpu: str, memory: str, memory_limit: str) -> BeforeValidator:
+    """A resources field's defaults (``Annotated[Resources, _over(...)]``): given keys override them one by one."""
     raw = {"cpu": cpu, "memory": memory, "memoryLimit": memory_limit}
-    merge = BeforeValidator(lambda v: {**raw, **v} if isinstance(v, Mapping) else v)
-    return Annotated[Resources, merge], default
+    return BeforeValidator(lambda v: {**raw, **v} if isinstance(v, Mapping) else v)
 
 
 class KubernetesConfig(_Model):
@@ -233,7 +235,7 @@ class ExposeConfig(_Model):
         return self
 
 
-_REDIS_RESOURCES, _REDIS_RESOURCES_DEFAULT = _resources("100m", "128Mi", "256Mi")
+_REDIS_RESOURCES = ("100m", "128Mi", "256Mi")
 
 
 class RedisConfig(_Model):
@@ -244,7 +246,7 @@ class RedisConfig(_Model):
     maxmemory: Annotated[str, matching(_MAXMEMORY, _MAXMEMORY_WHAT)] = "256mb"
     image: Image = "redis:7.4.2"
     proxy_image: Image = Field("haproxy:3.0.5-alpine", alias="proxyImage")
-    resources: _REDIS_RESOURCES = _REDIS_RESOURCES_DEFAULT  # type: ignore[valid-type]  # an Annotated alias
+    resources: Annotated[Resources, _over(*_REDIS_RESOURCES)] = Resources.of(*_REDIS_RESOURCES)
     external_tls: Bool = Field(True, alias="tls")
 
     @model_validator(mode="before")
@@ -276,7 +278,7 @@ class KafkaExternal(_Model):
     username: str | None = None
 
 
-_KAFKA_RESOURCES, _KAFKA_RESOURCES_DEFAULT = _resources("250m", "1Gi", "1Gi")
+_KAFKA_RESOURCES = ("250m", "1Gi", "1Gi")
 
 
 def _controllers(v: int) -> int:
@@ -295,7 +297,7 @@ class KafkaConfig(_Model):
     # Protocol version KEDA's kafka scaler speaks (the chart's default too); Kafka 4.x brokers
     # refuse clients older than 2.1, so it must be set explicitly.
     version: Annotated[str, matching(_VERSION, "x.y.z")] = "4.0.0"
-    resources: _KAFKA_RESOURCES = _KAFKA_RESOURCES_DEFAULT  # type: ignore[valid-type]  # an Annotated alias
+    resources: Annotated[Resources, _over(*_KAFKA_RESOURCES)] = Resources.of(*_KAFKA_RESOURCES)
     heap: Annotated[str, matching(_JVM_SIZE, "a JVM size like 512m")] = "512m"
     sasl: Bool = True
     tls_secret: Annotated[str, matching(_NAME, "a Secret name")] | None = Field(None, alias="tlsSecret")
@@ -361,28 +363,39 @@ class PoolOverride(_Model):
                            base.target if self.target is None else self.target)
 
 
-def _pools_model(name: str, pools: list[str], defaults: PoolScaling) -> type[BaseModel]:
-    """``{default: {...}, <pool>: {...}}``: per-pool overrides on top of ``default``, checked min <= max."""
+class _Pools(_Model):
+    """``{default: {...}, <pool>: {...}}``: per-pool overrides on top of ``default``, checked min <= max.
 
-    def resolved(self: BaseModel) -> dict[str, PoolScaling]:
-        base = (getattr(self, "default") or PoolOverride()).over(defaults)  # noqa: B009 # a dynamic field
-        return {p: (getattr(self, p) or PoolOverride()).over(base) for p in pools}
+    The fields (``default`` and one per pool of the topology) are made by :func:`_pools_model`."""
 
-    def min_below_max(self: BaseModel) -> BaseModel:
+    POOLS: ClassVar[tuple[str, ...]] = ()
+    DEFAULTS: ClassVar[PoolScaling] = PoolScaling(1, 1, 1)
+
+    def resolved(self) -> dict[str, PoolScaling]:
+        base = (getattr(self, "default") or PoolOverride()).over(self.DEFAULTS)  # noqa: B009 # a dynamic field
+        return {p: (getattr(self, p) or PoolOverride()).over(base) for p in self.POOLS}
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> _Pools:
         bad = [f"{p}: min ({s.min_replicas}) is above max ({s.max_replicas})"
-               for p, s in resolved(self).items() if s.min_replicas > s.max_replicas]
+               for p, s in self.resolved().items() if s.min_replicas > s.max_replicas]
         _keyed(bad)
         return self
 
+
+def _pools_model(name: str, pools: list[str], defaults: PoolScaling) -> type[_Pools]:
     fields: dict[str, Any] = {p: (PoolOverride | None, None) for p in ["default", *pools]}
-    model = create_model(name, __base__=_Model, __validators__={"_min_below_max": model_validator(mode="after")(
-        min_below_max)}, **fields)
-    model.resolved = resolved  # type: ignore[attr-defined]  # a method added to the generated class
+    model = create_model(name, __base__=_Pools, **fields)
+    model.POOLS, model.DEFAULTS = tuple(pools), defaults
     return model
 
 
-WorkerPools = _pools_model("WorkerPools", [p.name for p in TOPOLOGY.worker_pools], PoolScaling(1, 4, 10))
-ConsumerPools = _pools_model("ConsumerPools", [g.pool for g in TOPOLOGY.consumer_groups], PoolScaling(1, 3, 100))
+if TYPE_CHECKING:  # made at import from the topology; to the type checker, what they all are
+    WorkerPools = _Pools
+    ConsumerPools = _Pools
+else:
+    WorkerPools = _pools_model("WorkerPools", [p.name for p in TOPOLOGY.worker_pools], PoolScaling(1, 4, 10))
+    ConsumerPools = _pools_model("ConsumerPools", [g.pool for g in TOPOLOGY.consumer_groups], PoolScaling(1, 3, 100))
 
 
 class AutoscalingConfig(_Model):
@@ -392,8 +405,8 @@ class AutoscalingConfig(_Model):
     scale_to_zero_batch: Bool = Field(False, alias="scaleToZeroBatch")
     cpu_utilization: Annotated[Int, between(10, 100)] = Field(70, alias="cpuUtilization")
     memory_utilization: Annotated[Int, between(10, 100)] | None = Field(None, alias="memoryUtilization")
-    worker_pools: WorkerPools = Field(WorkerPools(), alias="workers")  # type: ignore[valid-type]
-    consumer_pools: ConsumerPools = Field(ConsumerPools(), alias="consumers")  # type: ignore[valid-type]
+    worker_pools: WorkerPools = Field(WorkerPools(), alias="workers")
+    consumer_pools: ConsumerPools = Field(ConsumerPools(), alias="consumers")
     # Where KEDA's operator runs: its pods may read Redis list lengths and Kafka lag.
     keda_namespace: Name = Field("keda", alias="kedaNamespace")
     fallback_replicas: Annotated[Int, between(0, 500)] = Field(0, alias="fallbackReplicas")  # 0: no fallback
@@ -412,22 +425,22 @@ class AutoscalingConfig(_Model):
 
     @property
     def workers(self) -> dict[str, PoolScaling]:
-        return self.worker_pools.resolved()  # type: ignore[attr-defined, no-any-return]
+        return self.worker_pools.resolved()
 
     @property
     def consumers(self) -> dict[str, PoolScaling]:
-        return self.consumer_pools.resolved()  # type: ignore[attr-defined, no-any-return]
+        return self.consumer_pools.resolved()
 
 
-_API_RESOURCES, _API_DEFAULT = _resources("100m", "256Mi", "512Mi")
-_WORKER_RESOURCES, _WORKER_DEFAULT = _resources("250m", "512Mi", "1Gi")
-_CONSUMER_RESOURCES, _CONSUMER_DEFAULT = _resources("50m", "128Mi", "256Mi")
+_API_RESOURCES = ("100m", "256Mi", "512Mi")
+_WORKER_RESOURCES = ("250m", "512Mi", "1Gi")
+_CONSUMER_RESOURCES = ("50m", "128Mi", "256Mi")
 
 
 class AppResources(_Model):
-    api: _API_RESOURCES = _API_DEFAULT  # type: ignore[valid-type]  # an Annotated alias
-    worker: _WORKER_RESOURCES = _WORKER_DEFAULT  # type: ignore[valid-type]
-    consumer: _CONSUMER_RESOURCES = _CONSUMER_DEFAULT  # type: ignore[valid-type]
+    api: Annotated[Resources, _over(*_API_RESOURCES)] = Resources.of(*_API_RESOURCES)
+    worker: Annotated[Resources, _over(*_WORKER_RESOURCES)] = Resources.of(*_WORKER_RESOURCES)
+    consumer: Annotated[Resources, _over(*_CONSUMER_RESOURCES)] = Resources.of(*_CONSUMER_RESOURCES)
 
 
 class AppConfig(_Model):
@@ -448,15 +461,15 @@ class AppConfig(_Model):
 
     @property
     def api_resources(self) -> Resources:
-        return self.resources.api  # type: ignore[no-any-return]
+        return self.resources.api
 
     @property
     def worker_resources(self) -> Resources:
-        return self.resources.worker  # type: ignore[no-any-return]
+        return self.resources.worker
 
     @property
     def consumer_resources(self) -> Resources:
-        return self.resources.consumer  # type: ignore[no-any-return]
+        return self.resources.consumer
 
 
 def _cidrs(v: Any) -> Any:
@@ -473,7 +486,7 @@ class SmtpConfig(_Model):
     security: Annotated[str, one_of("none", "starttls", "tls")] = "starttls"  # none | starttls | tls
     username: str = ""
     sender: Annotated[str, matching(_EMAIL, "an e-mail address")] = Field("pynomaly@localhost", alias="from")
-    timeout: Annotated[Int, between(1, 300), AfterValidator(float)] = 10.0  # seconds, whole
+    timeout: Annotated[Int, between(1, 300)] = 10  # seconds, whole (the app reads PYNOMALY_SMTP_TIMEOUT as a float)
     # Where the notification pools may reach the server (NetworkPolicy).
     cidrs: Annotated[tuple[str, ...], BeforeValidator(_cidrs)] = ()
 
@@ -723,4 +736,6 @@ def encryption_key_problems(raw: Mapping[str, Any]) -> list[str]:
 
 def _secret_in_env(full_key: str) -> bool:
     keys = os.environ.get("PULUMI_CONFIG_SECRET_KEYS")
-    return bool(keys) and full_key in json.loads(keys)
+    if not keys:
+        return False
+    return full_key in json.loads(keys)

@@ -304,6 +304,7 @@ class Kafka(pulumi.ComponentResource):
         initial_controllers = pulumi.Output.all(controller_fqdn, *dir_ids).apply(
             lambda a: ",".join(f"{i}@{h}:{CONTROLLER_PORT}:{d}" for i, (h, d) in enumerate(
                 zip(a[0], a[1:], strict=True))))
+        cluster_name = cluster_secret.metadata.name
         env = [
             k8s.core.v1.EnvVarArgs(name="POD_NAMESPACE", value_from=k8s.core.v1.EnvVarSourceArgs(
                 field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="metadata.namespace"))),
@@ -312,9 +313,9 @@ class Kafka(pulumi.ComponentResource):
             k8s.core.v1.EnvVarArgs(name="NODE_ID_OFFSET", value=str(role.id_offset)),
             k8s.core.v1.EnvVarArgs(name="CONTROLLER_BOOTSTRAP", value=bootstrap_controllers),
             k8s.core.v1.EnvVarArgs(name="INITIAL_CONTROLLERS", value=initial_controllers if is_controller else ""),
-            k8s.core.v1.EnvVarArgs(name="CLUSTER_ID", value_from=from_secret(self.cluster_secret_name, KEY_CLUSTER_ID)),
+            k8s.core.v1.EnvVarArgs(name="CLUSTER_ID", value_from=from_secret(cluster_name, KEY_CLUSTER_ID)),
             k8s.core.v1.EnvVarArgs(name="ADMIN_PASSWORD",
-                                   value_from=from_secret(self.cluster_secret_name, KEY_ADMIN_PASSWORD)),
+                                   value_from=from_secret(cluster_name, KEY_ADMIN_PASSWORD)),
             k8s.core.v1.EnvVarArgs(name="APP_PASSWORD", value_from=from_secret(self.secret_name, KEY_PASSWORD)),
             k8s.core.v1.EnvVarArgs(name="REPLICATION_FACTOR", value=str(cfg.replication_factor)),
             k8s.core.v1.EnvVarArgs(name="MIN_INSYNC_REPLICAS", value=str(cfg.min_insync_replicas)),

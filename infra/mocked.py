@@ -75,7 +75,10 @@ class MockedRun:
     def chart_values(self) -> dict[str, Any]:
         """Every value the program derives for charts/pynomaly (autoscaling included): ``helm template`` with
         them renders what ``pulumi up`` applies (the autoscalers through a helm v3 Chart, the rest v4)."""
-        return dict(_sync_await(self.deployment.application.values.future()))
+        values = _sync_await(self.deployment.application.values.future())
+        if values is None:  # an unknown value: only a preview leaves one, never the mocks
+            raise RuntimeError("the chart values are unknown")
+        return dict(values)
 
     def by_type(self, type_: str) -> list[Registration]:
         return [r for r in self.registrations if r.type == type_]

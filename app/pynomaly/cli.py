@@ -8,7 +8,6 @@ Heavy modules are imported inside commands so ``pynomaly healthcheck`` (a Kubern
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -27,12 +26,20 @@ ENV_API_URL = "PYNOMALY_API_URL"
 ENV_API_KEY = "PYNOMALY_API_KEY"
 
 
-def _settings() -> Settings:
+def _settings(component: str = "cli", tracing: bool = True) -> Settings:
+    """The settings, with this process's logging (and, unless the caller sets it up later, tracing)."""
+    from pynomaly.observability.logs import configure_logging
+    from pynomaly.observability.tracing import configure_tracing, exporters_from_env
+
     try:
         settings = load_settings()
+        configure_logging(settings, component)
+        if tracing:
+            configure_tracing(component)
+        else:
+            exporters_from_env(os.environ)  # a bad OTEL_* value stops the start here, not in each child
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return settings
 
 
@@ -67,7 +74,7 @@ def api(host: str | None, port: int | None) -> None:
     from pynomaly.api.app import create_app
     from pynomaly.observability.heartbeat import Heartbeat
 
-    settings = _settings()
+    settings = _settings("api")
     app = _fail_cleanly(lambda: create_app(settings))
     from pynomaly.storage.redis_client import redis_from_settings
 
@@ -79,6 +86,7 @@ def api(host: str | None, port: int | None) -> None:
             host=host or settings.api_host,
             port=port or settings.api_port,
             log_level=settings.log_level.lower(),
+            log_config=None,  # uvicorn's loggers (the access log too) write through ours
             proxy_headers=True,
         )
     finally:
@@ -95,7 +103,8 @@ def worker(pool: str | None, queues: tuple[str, ...], concurrency: int | None) -
 
     if bool(pool) == bool(queues):
         raise click.UsageError("give exactly one of --pool or --queue")
-    settings = _settings()
+    # Tracing starts in each pool child (a gRPC channel must not cross the fork): see run_worker.
+    settings = _settings(f"worker:{pool or '-'.join(queues)}", tracing=False)
     try:
         run_worker(settings, pool, list(queues) or None, concurrency)
     except KeyError as exc:
@@ -110,7 +119,7 @@ def consumer(group: str) -> None:
     """Run a Kafka consumer pool."""
     from pynomaly.consumers.main import run_consumer
 
-    settings = _settings()
+    settings = _settings(f"consumer:{group}")
     _fail_cleanly(lambda: run_consumer(settings, group))
 
 
@@ -121,7 +130,7 @@ def flower(host: str | None, port: int | None) -> None:
     """Run Flower (Celery's web monitor) behind basic auth from PYNOMALY_FLOWER_BASIC_AUTH."""
     from pynomaly.observability.flower import run_flower
 
-    settings = _settings()
+    settings = _settings("flower")
     _fail_cleanly(lambda: run_flower(settings, host, port))
 
 

@@ -18,7 +18,7 @@ def beat() -> None:
     """Run Celery beat (RedBeat): schedules and maintenance; a second beat waits on the lock."""
     from pynomaly.messaging.beat import run_beat
 
-    settings = _settings()
+    settings = _settings("beat")
     try:
         run_beat(settings)
     except SettingsError as exc:

@@ -173,6 +173,11 @@ class Settings(BaseModel):
         description="Comma-separated user:password pairs Flower's HTTP basic auth accepts (from a Secret; "
         "passwords of at least 12 characters). `pynomaly flower` refuses to start without one: never anonymous.",
     )
+    log_format: str = Field(
+        "console",
+        description="json: one JSON object per line (time, level, component, logger, message, job_id, task_id, "
+        "event_id in scope), what the chart sets; console: one readable line each (the local system's).",
+    )
 
     # -- schedules, stored datasets, beat and maintenance ------------------------------------------
     schedule_min_interval_seconds: int = Field(
@@ -217,6 +222,14 @@ class Settings(BaseModel):
         value = value.upper()
         if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"json", "console"}:
+            raise ValueError("must be json or console")
         return value
 
     @field_validator("redis_url")

@@ -41,7 +41,7 @@ def container(settings: Settings, redis_server: Any) -> Iterator[Container]:
 def _events(c: Container, job_id: str) -> list[EventEnvelope]:
     """Every event of ``job_id`` in the outbox, in the order written (nothing relays it here)."""
     entries = c.outbox.head(10_000, block_ms=0)
-    events = [EventEnvelope.model_validate_json(raw) for _, raw in entries]
+    events = [EventEnvelope.model_validate_json(raw) for _, raw, _fields in entries]
     return [e for e in events if e.subject == job_id]
 
 

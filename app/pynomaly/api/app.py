@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 
 import redis.asyncio
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 import pynomaly
 from pynomaly.api import problems
 from pynomaly.api.auth import ApiKeys
+from pynomaly.api.observe import RequestScope, bind_path_ids
 from pynomaly.api.openapi import install as complete_openapi
 from pynomaly.api.routes_datasets import router as datasets_router
 from pynomaly.api.routes_jobs import router as jobs_router
@@ -63,7 +64,12 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
         description="Asynchronous anomaly detection: submit a dataset, follow the job, fetch results and reports. "
         "Every endpoint except /healthz, /readyz and /metrics needs an API key in the X-API-Key header.",
         lifespan=lifespan,
+        dependencies=[Depends(bind_path_ids)],  # the job a request is about, in its log lines
+        # Request spans only when tracing is on (observability/tracing.py installs the provider from
+        # OTEL_*); metrics stay Prometheus' and logs stay ours, on stderr.
+        telemetry={"metrics": False, "logs": False, "auto_configure": False},
     )
+    app.add_middleware(RequestScope)  # outermost middleware: its log scope encloses the access log line
     # What api/deps.py hands to the routes; nothing else reads app.state.
     app.state.container = container
     app.state.api_keys = keys

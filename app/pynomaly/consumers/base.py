@@ -21,16 +21,19 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
+from opentelemetry.trace import SpanKind
 
 from pynomaly.config import Settings
 from pynomaly.messaging.events import EventEnvelope, InvalidEvent
 from pynomaly.messaging.kafka_admin import connection_config
-from pynomaly.observability import metrics
+from pynomaly.observability import logs, metrics, tracing
 from pynomaly.observability.heartbeat import Heartbeat
-from pynomaly.topology import ConsumerGroup
+from pynomaly.topology import T_ANOMALY, T_JOB, ConsumerGroup
 
 log = logging.getLogger(__name__)
 
+# Topics whose events' subject is a job id (logged as job_id).
+JOB_TOPICS = frozenset({T_JOB, T_ANOMALY})
 HANDLER_ATTEMPTS = 3
 HANDLER_BACKOFF = 0.2
 LAG_INTERVAL = 5.0
@@ -149,15 +152,34 @@ class EventConsumer:
             consumer.commit()
 
     def _process(self, record: ConsumerRecord, dead_letters: KafkaProducer) -> None:
-        try:
-            event = EventEnvelope.decode(record.value)
-        except InvalidEvent as exc:
-            self._dead_letter(record, dead_letters, f"invalid envelope: {exc}")
-            return
+        # The record's span continues the trace the relay put in its headers.
+        with tracing.tracer().start_as_current_span(
+            f"consume {record.topic}",
+            context=tracing.extract_headers(record.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": record.topic,
+                "messaging.consumer.group.name": self._group.name,
+                "messaging.kafka.offset": record.offset,
+                "messaging.destination.partition.id": str(record.partition),
+            },
+        ):
+            try:
+                event = EventEnvelope.decode(record.value)
+            except InvalidEvent as exc:
+                self._dead_letter(record, dead_letters, f"invalid envelope: {exc}")
+                return
+            job_id = event.subject if record.topic in JOB_TOPICS else None
+            with logs.log_context(event_id=event.id, job_id=job_id):
+                self._handle(record, event, dead_letters)
+
+    def _handle(self, record: ConsumerRecord, event: EventEnvelope, dead_letters: KafkaProducer) -> None:
         for attempt in range(1, HANDLER_ATTEMPTS + 1):
             try:
                 self._handler(event)
                 metrics.KAFKA_CONSUMED.labels(group=self._group.name, topic=record.topic, outcome="ok").inc()
+                log.debug("handled %s from %s@%s/%s", event.type, record.topic, record.partition, record.offset)
                 return
             except STORE_UNAVAILABLE as exc:
                 raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc

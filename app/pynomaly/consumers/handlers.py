@@ -10,6 +10,7 @@ from __future__ import annotations
 import redis
 
 from pynomaly.messaging.events import EventEnvelope
+from pynomaly.observability import tracing
 from pynomaly.storage.audit import AuditLog
 from pynomaly.storage.redis_client import KEY_PREFIX
 from pynomaly.topology import S_DASHBOARD
@@ -33,7 +34,9 @@ class StreamBridge:
     def __call__(self, event: EventEnvelope) -> None:
         fields = [part for pair in event.flat().items() for part in pair]
         marker = f"{KEY_PREFIX}seen:{self._group}:{S_DASHBOARD}:{event.id}"
-        self._append_once(keys=[marker, S_DASHBOARD], args=[SEEN_TTL_SECONDS, self._maxlen, *fields])
+        span_attributes = {"pynomaly.stream": S_DASHBOARD}
+        with tracing.tracer().start_as_current_span(f"append {S_DASHBOARD}", attributes=span_attributes):
+            self._append_once(keys=[marker, S_DASHBOARD], args=[SEEN_TTL_SECONDS, self._maxlen, *fields])
 
 
 class AuditSink:

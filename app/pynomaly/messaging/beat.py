@@ -122,11 +122,13 @@ class RedBeatTimer:
 def run_beat(settings: Settings) -> None:
     from pynomaly.messaging.celery_app import create_celery
     from pynomaly.observability.heartbeat import Heartbeat
+    from pynomaly.observability.logs import keep_celery_off_logging
     from pynomaly.storage.redis_client import redis_from_settings
 
     app = create_celery(settings)
     app.set_default()
     app.set_current()
+    keep_celery_off_logging()
     client = redis_from_settings(settings)
     # The standby beat (waiting on the lock) beats too: it is alive and ready to take over.
     heartbeat = Heartbeat(settings, "beat", client).start()

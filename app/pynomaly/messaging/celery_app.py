@@ -11,6 +11,7 @@ from kombu import Exchange, Queue
 
 from pynomaly.config import Settings
 from pynomaly.messaging.beat import beat_config
+from pynomaly.observability.tracing import install_celery_tracing
 from pynomaly.topology import DEFAULT_PRIORITY, PRIORITY_SEPARATOR, PRIORITY_STEPS, Q_DEFAULT, TOPOLOGY
 
 
@@ -67,4 +68,5 @@ def create_celery(settings: Settings) -> Celery:
     settings.require("redis_url")
     app = Celery("pynomaly")
     app.conf.update(celery_config(settings))
+    install_celery_tracing()  # every process that sends or runs tasks carries the trace context
     return app

@@ -31,11 +31,12 @@ from typing import Any
 
 import redis
 from kafka import KafkaProducer
+from opentelemetry.trace import Span, SpanKind
 
 from pynomaly.config import Settings
 from pynomaly.messaging.events import EventEnvelope, InvalidEvent
 from pynomaly.messaging.kafka_events import producer_config
-from pynomaly.observability import metrics
+from pynomaly.observability import logs, metrics, tracing
 from pynomaly.storage.redis_client import KEY_PREFIX
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,13 @@ class Outbox:
             raise OutboxFull(f"the event outbox holds {depth} events (limit {self._max}); Kafka is not draining it")
 
     def stage(self, pipe: Any, events: Sequence[EventEnvelope]) -> None:
-        """Queue the XADDs on ``pipe`` (the caller's MULTI/EXEC): they commit with the caller's writes."""
+        """Queue the XADDs on ``pipe`` (the caller's MULTI/EXEC): they commit with the caller's writes.
+
+        Each entry carries the trace context it was written in next to the event (the envelope stays
+        as it is): the relay's Kafka produce continues that trace."""
+        trace_fields = tracing.inject()
         for event in events:
-            pipe.xadd(OUTBOX_STREAM, {FIELD: event.model_dump_json()})
+            pipe.xadd(OUTBOX_STREAM, {FIELD: event.model_dump_json(), **trace_fields})
 
     def add(self, events: Sequence[EventEnvelope]) -> None:
         """Append ``events`` (no bound: they belong to work already accepted)."""
@@ -95,10 +100,12 @@ class Outbox:
     def depth(self) -> int:
         return int(self._r.xlen(OUTBOX_STREAM))
 
-    def head(self, count: int, block_ms: int) -> list[tuple[str, str]]:
-        """The oldest ``count`` entries; waits up to ``block_ms`` while the outbox is empty."""
+    def head(self, count: int, block_ms: int) -> list[tuple[str, str, dict[str, str]]]:
+        """The oldest ``count`` entries (id, event, all fields); waits up to ``block_ms`` while empty."""
         batches = self._r.xread({OUTBOX_STREAM: "0-0"}, count=count, block=block_ms or None)
-        return [(entry_id, fields.get(FIELD, "")) for _, entries in batches or [] for entry_id, fields in entries]
+        return [
+            (entry_id, fields.get(FIELD, ""), fields) for _, entries in batches or [] for entry_id, fields in entries
+        ]
 
     def remove(self, entry_ids: Sequence[str]) -> None:
         if entry_ids:
@@ -125,6 +132,16 @@ class Outbox:
             return 0.0
         millis = int(str(head[0][0]).split("-")[0])
         return max(0.0, time.time() - millis / 1000)
+
+
+def _span_attributes(event: EventEnvelope) -> dict[str, str]:
+    return {
+        "messaging.system": "kafka",
+        "messaging.destination.name": event.topic,
+        "messaging.message.id": event.id,
+        "pynomaly.event_type": event.type,
+        "pynomaly.subject": event.subject,
+    }
 
 
 class OutboxPublisher:
@@ -221,26 +238,49 @@ class OutboxRelay:
         entries = self._outbox.head(self._batch, self._block_ms)
         if not entries:  # idle: "ok" stands for the last batch (and the producer's bootstrap)
             return 0
-        sent: list[tuple[str, Any, EventEnvelope | None]] = []
-        for entry_id, raw in entries:
-            try:
-                event = EventEnvelope.decode(raw)
-            except InvalidEvent as exc:  # validated when written; only a foreign writer gets here
-                log.error("outbox entry %s is not an event and is dropped: %s", entry_id, exc)
-                sent.append((entry_id, None, None))
-                continue
-            future = self._producer.send(event.topic, key=event.subject.encode(), value=event.encode())
-            sent.append((entry_id, future, event))
-        self._producer.flush(timeout=self._ack_timeout)
-        done: list[str] = []
+        sent: list[tuple[str, Any, EventEnvelope | None, Span | None]] = []
+        spans: list[Span] = []
         try:
-            for entry_id, future, published in sent:
-                if future is not None and published is not None:
-                    future.get(timeout=self._ack_timeout)
-                    metrics.KAFKA_PUBLISHED.labels(topic=published.topic, type=published.type).inc()
-                done.append(entry_id)
+            for entry_id, raw, fields in entries:
+                try:
+                    event = EventEnvelope.decode(raw)
+                except InvalidEvent as exc:  # validated when written; only a foreign writer gets here
+                    log.error("outbox entry %s is not an event and is dropped: %s", entry_id, exc)
+                    sent.append((entry_id, None, None, None))
+                    continue
+                # The produce continues the trace the event was written in; Kafka headers carry it on.
+                span = tracing.tracer().start_span(
+                    f"publish {event.topic}",
+                    context=tracing.extract(fields),
+                    kind=SpanKind.PRODUCER,
+                    attributes=_span_attributes(event),
+                )
+                spans.append(span)
+                with logs.log_context(event_id=event.id):
+                    future = self._producer.send(
+                        event.topic,
+                        key=event.subject.encode(),
+                        value=event.encode(),
+                        headers=tracing.to_headers(tracing.inject(span)),
+                    )
+                sent.append((entry_id, future, event, span))
+            self._producer.flush(timeout=self._ack_timeout)
+            done: list[str] = []
+            try:
+                for entry_id, future, published, produce_span in sent:
+                    if future is not None and published is not None and produce_span is not None:
+                        try:
+                            future.get(timeout=self._ack_timeout)
+                        except Exception as exc:
+                            tracing.fail(produce_span, exc)
+                            raise
+                        metrics.KAFKA_PUBLISHED.labels(topic=published.topic, type=published.type).inc()
+                    done.append(entry_id)
+            finally:
+                self._outbox.remove(done)
         finally:
-            self._outbox.remove(done)
+            for span in spans:
+                span.end()  # a batch that failed part-way is sent again from its first unacked entry, in new spans
         return len(done)
 
     # -- the loop ----------------------------------------------------------------------------------

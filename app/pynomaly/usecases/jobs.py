@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from opentelemetry import trace
+
 from pynomaly.domain.datasets import Dataset
 from pynomaly.domain.detectors import get_detector, validate_contamination
 from pynomaly.domain.errors import Conflict, DomainError, InvalidInput, NotFound
@@ -22,7 +24,7 @@ from pynomaly.domain.notifications import Channel, NotificationTarget, parse_tar
 from pynomaly.domain.preprocessing import REJECT_HINT, MissingPolicy, PreprocessOptions, refuse_non_finite
 from pynomaly.messaging.events import EventEnvelope
 from pynomaly.messaging.service import MessageQueueService
-from pynomaly.observability import metrics
+from pynomaly.observability import logs, metrics, tracing
 from pynomaly.storage.dead_letters import DeadLetter, DeadLetterStore
 from pynomaly.storage.jobs import DATASET, JobStore, expected_growth
 from pynomaly.storage.memory import MemoryAdmission
@@ -146,7 +148,10 @@ class JobService:
         if request.idempotency_key:
             existing = self._claim(request.idempotency_key, job, request.dataset)
             if existing is not None:
+                logs.bind(job_id=existing.id)
                 return existing, False
+        logs.bind(job_id=job.id)  # the request's log lines, its access line too
+        trace.get_current_span().set_attribute("pynomaly.job_id", job.id)
         # The job and its events are written in one MULTI/EXEC with the outbox, before the job is
         # enqueued: a worker may start it at once, and its own events (written to the same outbox
         # later) then come after job_submitted on Kafka.
@@ -162,7 +167,9 @@ class JobService:
             ),
             self._audit_event("job.submitted", job.id, job.submitted_by),
         ]
-        self._jobs.create(job, request.dataset, also=self._mq.stage_events(events))
+        # The outbox entries carry this span's context: the events' trace starts here.
+        with tracing.tracer().start_as_current_span("store job", attributes={"pynomaly.job_id": job.id}):
+            self._jobs.create(job, request.dataset, also=self._mq.stage_events(events))
         if request.idempotency_key:
             self._jobs.confirm_idempotency_key(request.idempotency_key, job.id)
         self._enqueue(job)

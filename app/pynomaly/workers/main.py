@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from celery import bootsteps
 
 from pynomaly.config import Settings
+from pynomaly.observability.logs import celery_notices_as_log_lines
 from pynomaly.topology import TOPOLOGY
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ def run_worker(settings: Settings, pool: str | None, queues: list[str] | None, c
     app = create_celery(settings)
     app.set_default()
     app.set_current()
+    _own_logging_and_tracing(f"worker:{node}")
     import pynomaly.workers.notify_tasks  # (the notification delivery task)
     import pynomaly.workers.tasks  # noqa: F401  (registers the task bodies on this app)
     from pynomaly.observability.ops import SnapshotPublisher
@@ -73,7 +75,13 @@ def run_worker(settings: Settings, pool: str | None, queues: list[str] | None, c
         from prometheus_client import start_http_server
 
         start_http_server(settings.metrics_port, registry=registry)
-    argv = [
+    # Celery's banner and shutdown notices are no log lines: in JSON lines they would break the
+    # one-object-per-line promise.
+    argv: list[str] = []
+    if settings.log_format == "json":
+        argv.append("--quiet")
+        celery_notices_as_log_lines(settings, f"worker:{node}")
+    argv += [
         "worker",
         f"--queues={','.join(names)}",
         f"--concurrency={procs}",
@@ -84,6 +92,28 @@ def run_worker(settings: Settings, pool: str | None, queues: list[str] | None, c
     ]
     log.info("starting worker %s on queues %s with %d processes", node, names, procs)
     app.worker_main(argv)
+
+
+def _own_logging_and_tracing(component: str) -> None:
+    """Celery leaves logging to ours (the root handler set up by the CLI; pool children inherit it)
+    and each pool child starts its own tracing after the fork, flushing it when it exits."""
+    from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
+
+    from pynomaly.observability.logs import keep_celery_off_logging
+    from pynomaly.observability.tracing import configure_tracing, shutdown_tracing
+
+    keep_celery_off_logging()
+    # Celery redirects print()s to its logger only when it configured logging itself; keep that (a
+    # task's stray output becomes a log line, one JSON object with json).
+    celeryd_after_setup.connect(_redirect_stdouts, weak=False, dispatch_uid="pynomaly-redirect-stdouts")
+    worker_process_init.connect(
+        lambda **_: configure_tracing(component), weak=False, dispatch_uid="pynomaly-tracing-init"
+    )
+    worker_process_shutdown.connect(lambda **_: shutdown_tracing(), weak=False, dispatch_uid="pynomaly-tracing-stop")
+
+
+def _redirect_stdouts(instance: Any, **_: Any) -> None:
+    instance.app.log.redirect_stdouts(instance.app.conf.worker_redirect_stdouts_level)
 
 
 def _heartbeat_step(

@@ -34,6 +34,7 @@ import logging
 import random
 import time
 import traceback
+from contextvars import Token
 from typing import Any, ClassVar
 
 import kombu.exceptions
@@ -45,7 +46,7 @@ from kafka.errors import KafkaError
 
 from pynomaly.config import load_settings
 from pynomaly.domain.errors import DomainError
-from pynomaly.observability import metrics
+from pynomaly.observability import logs, metrics
 from pynomaly.storage.dead_letters import DeadLetter
 from pynomaly.topology import TOPOLOGY
 from pynomaly.usecases.pipeline import PermanentFailure
@@ -161,6 +162,7 @@ class TaskRun:
 
     # -- the policy --------------------------------------------------------------------------------
     def __call__(self) -> dict[str, Any]:
+        logs.bind(job_id=self.job_id)  # into the task's scope (task_prerun): Celery's own lines show it too
         try:
             result = self.body()
         except Retry:
@@ -204,16 +206,21 @@ class TaskRun:
 
 
 _task_started: dict[str, float] = {}
+_task_scopes: dict[str, Token[dict[str, str] | None]] = {}
 
 
 @task_prerun.connect
 def _time_task(task_id: str, **_: Any) -> None:
     _task_started[task_id] = time.perf_counter()
+    _task_scopes[task_id] = logs.push(task_id=task_id)  # every line of the run names its task
 
 
 @task_postrun.connect
 def _record_task(task_id: str, task: Task, **_: Any) -> None:
     """Every task's run time, whatever it is (pipeline step, delivery, maintenance), recorded once."""
+    scope = _task_scopes.pop(task_id, None)
+    if scope is not None:
+        logs.pop(scope)
     started = _task_started.pop(task_id, None)
     if started is not None:
         metrics.TASK_SECONDS.labels(task=task.name).observe(time.perf_counter() - started)
