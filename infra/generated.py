@@ -16,6 +16,9 @@ dynamic-provider process needs only the Pulumi SDK, not this repository on its i
 
 from __future__ import annotations
 
+import inspect
+import pickle
+from collections.abc import Callable
 from typing import Any, Literal
 
 import pulumi
@@ -116,6 +119,21 @@ kafka_uuid = GeneratedSecretProvider.kafka_uuid  # type: ignore[attr-defined]
 generate = GeneratedSecretProvider.generate  # type: ignore[attr-defined]
 
 
+# pulumi's serialize_provider (3.272) wraps ``pickle._Pickler._batch_setitems`` in a sorting wrapper and
+# never restores it: every dynamic resource created in a process adds one level, and a process that
+# declares a few hundred (a test session deploying every environment) dies with RecursionError.  Each
+# GeneratedSecret puts the original back first, so the wrapping stays one level deep.
+def _unwrapped(batch_setitems: Callable[..., Any]) -> Callable[..., Any]:
+    while batch_setitems.__name__.startswith("batch_set_items_sorted"):  # pulumi's wrapper: take its inner
+        batch_setitems = inspect.getclosurevars(batch_setitems).nonlocals["unsorted_batch_setitems"]
+    return batch_setitems
+
+
+def _restore_pickler() -> None:
+    pickler: Any = pickle._Pickler  # type: ignore[attr-defined]  # the private class pulumi patches
+    pickler._batch_setitems = _unwrapped(pickler._batch_setitems)
+
+
 class GeneratedSecret(dynamic.Resource, module="pynomaly", name="GeneratedSecret"):
     """A value generated once and kept in the state; ``value`` is a secret output."""
 
@@ -129,6 +147,7 @@ class GeneratedSecret(dynamic.Resource, module="pynomaly", name="GeneratedSecret
         if kind == "password" and not 8 <= length <= 256:
             raise ValueError(f"GeneratedSecret {name}: password length must be 8..256, not {length}")
         props = {"kind": kind, "length": length if kind == "password" else 16, "value": None}
+        _restore_pickler()
         super().__init__(GeneratedSecretProvider(), name, props,
                          pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
                              additional_secret_outputs=["value"])))
