@@ -130,7 +130,7 @@ def _unwrapped(batch_setitems: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _restore_pickler() -> None:
-    pickler: Any = pickle._Pickler  # type: ignore[attr-defined]  # the private class pulumi patches
+    pickler: Any = pickle._Pickler  # the private class pulumi patches
     pickler._batch_setitems = _unwrapped(pickler._batch_setitems)
 
 
