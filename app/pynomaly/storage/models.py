@@ -20,6 +20,7 @@ checksum), verified once: checksum first, then library versions, only then unpic
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import json
@@ -176,7 +177,7 @@ class ModelStore:
     def exists(self, name: str) -> bool:
         return bool(self._r.exists(_model_key(name)))
 
-    def list(self, offset: int = 0, limit: int = 50) -> tuple[list[Model], int]:
+    def list(self, offset: int = 0, limit: int = 50) -> tuple[builtins.list[Model], int]:
         """Newest first."""
         total = int(self._r.zcard(MODEL_INDEX))
         names = self._r.zrevrange(MODEL_INDEX, offset, offset + limit - 1) if limit else []
@@ -191,7 +192,7 @@ class ModelStore:
             raise NotFound(f"model {name!r} has no version {version}")
         return ModelVersion.from_dict(json.loads(raw))
 
-    def versions(self, name: str) -> list[ModelVersion]:
+    def versions(self, name: str) -> builtins.list[ModelVersion]:
         model = self.get(name)
         raws = self._r.mget([_version_key(name, v) for v in model.versions]) if model.versions else []
         return [ModelVersion.from_dict(json.loads(raw)) for raw in raws if raw is not None]
@@ -306,7 +307,7 @@ class ModelStore:
             self._artifacts.delete(name, old)
         return meta
 
-    def _add_version(self, meta: ModelVersion) -> list[int]:
+    def _add_version(self, meta: ModelVersion) -> builtins.list[int]:
         key = _model_key(meta.name)
         while True:
             with self._r.pipeline() as pipe:
@@ -318,7 +319,7 @@ class ModelStore:
                     model.latest = meta.version
                     if model.promoted is None:
                         model.promoted = meta.version
-                    pruned: list[int] = []
+                    pruned: builtins.list[int] = []
                     while len(model.versions) > self._max_versions:
                         oldest = next(v for v in model.versions if v != model.promoted)
                         model.versions.remove(oldest)
@@ -386,7 +387,9 @@ class ModelStore:
             self._artifacts.delete(name, version)
         return model
 
-    def _update(self, name: str, change: Callable[[Model], None], also_delete: list[str] | None = None) -> Model:
+    def _update(
+        self, name: str, change: Callable[[Model], None], also_delete: builtins.list[str] | None = None
+    ) -> Model:
         key = _model_key(validate_model_name(name))
         while True:
             with self._r.pipeline() as pipe:
