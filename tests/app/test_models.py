@@ -340,3 +340,31 @@ def test_the_model_store_setting_is_validated() -> None:
     for bad in ("s3://bucket", "dir:relative", "dir:", "REDIS"):
         with pytest.raises(ValueError, match=r"redis or dir:/absolute/path|absolute directory"):
             Settings(model_store=bad)
+
+
+def test_idempotency_fingerprints_of_detect_jobs_are_unchanged_and_scoring_jobs_use_the_model_named() -> None:
+    from dataclasses import replace
+
+    from pynomaly.domain.datasets import Dataset
+    from pynomaly.domain.jobs import Job
+    from pynomaly.usecases.jobs import _fingerprint
+
+    job = Job(
+        id="x",
+        detector="ecod",
+        params={},
+        contamination=0.1,
+        threshold=None,
+        priority="normal",
+        steps=["preprocess", "detect"],
+        preprocessing={"missing": "impute_median", "scaling": "none"},
+        dataset={},
+    )
+    data = Dataset(("a",), np.zeros((2, 1)))
+    # The fingerprint a claim stored before models existed: an upgrade keeps pending keys valid.
+    assert _fingerprint(job, data) == "cd632ba00a1e9b32a646c55f3a56ad071e9178bc084ec04206b566158159934b"
+    assert _fingerprint(replace(job, save_model="m"), data) != _fingerprint(job, data)
+    scoring = replace(job, mode="score", model="m", model_version=1)
+    promoted = replace(scoring, model_version=2, detector="iforest", threshold=0.3)
+    assert _fingerprint(scoring, data, "m") == _fingerprint(promoted, data, "m")
+    assert _fingerprint(scoring, data, "m") != _fingerprint(scoring, data, "m:1")

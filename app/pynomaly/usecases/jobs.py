@@ -196,7 +196,7 @@ class JobService:
             save_model=save_model,
         )
         if request.idempotency_key:
-            existing = self._claim(request.idempotency_key, job, request.dataset)
+            existing = self._claim(request.idempotency_key, job, request.dataset, request.model)
             if existing is not None:
                 return existing, False
         # The job and its events are written in one MULTI/EXEC with the outbox, before the job is
@@ -335,14 +335,14 @@ class JobService:
         return count
 
     # -- internals -------------------------------------------------------------------------------
-    def _claim(self, key: str, job: Job, dataset: Dataset) -> Job | None:
+    def _claim(self, key: str, job: Job, dataset: Dataset, model_ref: str | None = None) -> Job | None:
         """Claim ``key`` for ``job`` atomically: None when this request won it (and creates the job),
         else the job an earlier request with the same key and body made.
 
         A different body under the key is a 422; a claim whose job is not stored yet (the winner is
         between claim and create) is waited for briefly, then a 409 to retry.
         """
-        fingerprint = _fingerprint(job, dataset)
+        fingerprint = _fingerprint(job, dataset, model_ref)
         deadline = time.monotonic() + CLAIM_WAIT_SECONDS
         while True:
             held = self._jobs.claim_idempotency_key(key, job.id, fingerprint, CLAIM_PENDING_SECONDS)
@@ -415,14 +415,20 @@ class JobService:
         record_audit(self._mq, action, subject, actor, **data)
 
 
-def _fingerprint(job: Job, dataset: Dataset) -> str:
-    """What makes two submits the same request: the validated fields and the dataset's bytes."""
-    fields = {
-        name: getattr(job, name)
-        for name in ("detector", "params", "contamination", "threshold", "priority", "steps", "preprocessing",
-                     "webhook_url", "notify", "schedule_id", "submitted_by", "mode", "model", "model_version",
-                     "save_model")
-    }  # fmt: skip
+def _fingerprint(job: Job, dataset: Dataset, model_ref: str | None = None) -> str:
+    """What makes two submits the same request: the validated fields and the dataset's bytes.
+
+    A scoring job's detector, params, threshold and preprocessing are its model's, resolved at submit:
+    it is fingerprinted by the model it named (``model_ref`` as sent), so the same request after a
+    promotion is still the same request."""
+    names = ["priority", "steps", "webhook_url", "notify", "schedule_id", "submitted_by"]
+    if job.mode == Mode.DETECT.value:
+        names += ["detector", "params", "contamination", "threshold", "preprocessing"]
+    fields: dict[str, Any] = {name: getattr(job, name) for name in names}
+    # Added only when used, so a plain detect job's fingerprint is what it was before models existed
+    # (claims stored by the previous version still match after an upgrade).
+    extra = {"mode": job.mode if job.mode != Mode.DETECT.value else None, "save_model": job.save_model}
+    fields |= {name: value for name, value in {**extra, "model_ref": model_ref}.items() if value is not None}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode())
     digest.update(dataset.to_bytes())
     return digest.hexdigest()

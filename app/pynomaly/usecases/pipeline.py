@@ -195,7 +195,7 @@ class Pipeline:
         saved: ModelVersion | None = None
         if job.mode == Mode.SCORE.value:
             meta, model = self._load_model(job)
-            if kind is DATASET:  # always preprocessed at submit; an old message may lack the step
+            if kind == DATASET:  # mode score always has the preprocess step; this is only a fallback
                 dataset = Dataset(tuple(model.columns), model.prepare(model.select(dataset.columns, dataset.values))[0])
             result = run_scoring(dataset.values, model, checkpoint=checkpoint)
             result.params = dict(meta.params)
