@@ -274,6 +274,7 @@ def _parse_notify(specs: tuple[str, ...], allow_json: bool = False) -> list[dict
 @click.option("--scaling", type=click.Choice(["none", "standard", "robust", "minmax"]), help="Feature scaling.")
 @click.option("--webhook", help="URL that receives the signed completion notice.")
 @click.option("--notify", "notify", multiple=True, metavar="CHANNEL:TARGET[:ON[:THRESHOLD]]", help=NOTIFY_HELP)
+@click.option("--save-model", metavar="NAME", help="Store the fitted detector as the next version of model NAME.")
 @click.option("--wait/--no-wait", default=False, help="Follow the job with a progress bar and print the anomalies.")
 @click.option(
     "--timeout",
@@ -296,6 +297,7 @@ def submit(
     scaling: str | None,
     webhook: str | None,
     notify: tuple[str, ...],
+    save_model: str | None,
     wait: bool,
     timeout: float,
     as_json: bool,
@@ -318,26 +320,80 @@ def submit(
                 preprocessing=preprocessing,
                 webhook_url=webhook,
                 notify=targets,
+                save_model=save_model,
             )
         )
-        if not wait:
-            click.echo(json.dumps(accepted, indent=2) if as_json else f"job {accepted['id']} {accepted['status']}")
-            return
-        job = _follow(client, accepted["id"], timeout)
-        if as_json:
-            click.echo(
-                json.dumps(
-                    {
-                        "job": job,
-                        "result": _call(lambda: client.result(job["id"])) if job["status"] == "completed" else None,
-                    },
-                    indent=2,
-                )
+        _report_job(client, accepted, wait, timeout, as_json)
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", "-m", required=True, metavar="NAME[:VERSION]", help="The model (NAME: its promoted version).")
+@click.option("--priority", type=click.Choice(["low", "normal", "high", "critical"]), help="Queue priority.")
+@click.option("--steps", help="Pipeline steps, comma-separated (preprocess always runs: the model's own).")
+@click.option("--webhook", help="URL that receives the signed completion notice.")
+@click.option("--notify", "notify", multiple=True, metavar="CHANNEL:TARGET[:ON[:THRESHOLD]]", help=NOTIFY_HELP)
+@click.option("--wait/--no-wait", default=False, help="Follow the job with a progress bar and print the anomalies.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    show_default=True,
+    help="Seconds to wait with --wait.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@_client_options
+def score(
+    dataset: Path,
+    model: str,
+    priority: str | None,
+    steps: str | None,
+    webhook: str | None,
+    notify: tuple[str, ...],
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+    api_url: str | None,
+    api_key: str | None,
+) -> None:
+    """Score DATASET (a CSV with the model's columns) with a stored model: no refit."""
+    targets = _parse_notify(notify)
+    with _client(api_url, api_key) as client:
+        accepted = _call(
+            lambda: client.submit_csv(
+                dataset,
+                None,
+                mode="score",
+                model=model,
+                priority=priority,
+                steps=steps.split(",") if steps else None,
+                webhook_url=webhook,
+                notify=targets,
             )
-            return
-        _print_outcome(client, job)
-        if job["status"] != "completed":
-            sys.exit(1)
+        )
+        _report_job(client, accepted, wait, timeout, as_json)
+
+
+def _report_job(client: PynomalyClient, accepted: dict[str, Any], wait: bool, timeout: float, as_json: bool) -> None:
+    """Print the accepted job, or follow it to the end (exit 1 unless it completed)."""
+    if not wait:
+        click.echo(json.dumps(accepted, indent=2) if as_json else f"job {accepted['id']} {accepted['status']}")
+        return
+    job = _follow(client, accepted["id"], timeout)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "job": job,
+                    "result": _call(lambda: client.result(job["id"])) if job["status"] == "completed" else None,
+                },
+                indent=2,
+            )
+        )
+        return
+    _print_outcome(client, job)
+    if job["status"] != "completed":
+        sys.exit(1)
 
 
 def _follow(client: PynomalyClient, job_id: str, timeout: float) -> dict[str, Any]:
@@ -375,6 +431,10 @@ def _print_outcome(client: PynomalyClient, job: dict[str, Any]) -> None:
         f"job {job['id']} completed: [bold]{result['anomaly_count']}[/bold] anomalies in {result['rows']} rows "
         f"({result['detector']}, threshold {result['threshold']:.4g})"
     )
+    model = result.get("model")
+    if model:
+        verb = "saved as" if model.get("saved") else "scored with"
+        console.print(f"{verb} model [bold]{model['name']}:{model['version']}[/bold]")
     table = Table("row", "score", "values", "top features")
     for anomaly in result["top_anomalies"]:
         top = sorted(anomaly["contributions"].items(), key=lambda kv: -kv[1])[:3]
@@ -571,6 +631,87 @@ def dlq_purge(yes: bool, api_url: str | None, api_key: str | None) -> None:
         click.confirm("Delete every dead letter?", abort=True)
     with _client(api_url, api_key) as client:
         click.echo(f"purged {_call(client.purge)['purged']} dead letter(s)")
+
+
+@main.group()
+def models() -> None:
+    """Trained models: list, show, promote (or roll back), delete."""
+
+
+@models.command("list")
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0)
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@_client_options
+def models_list(limit: int, offset: int, as_json: bool, api_url: str | None, api_key: str | None) -> None:
+    """List models, newest first."""
+    with _client(api_url, api_key) as client:
+        page = _call(lambda: client.models(offset=offset, limit=limit))
+    if as_json:
+        click.echo(json.dumps(page, indent=2))
+        return
+    click.echo(f"{page['total']} model(s)")
+    for item in page["items"]:
+        versions = ",".join(str(v) for v in item["versions"])
+        click.echo(f"{item['name']:<32} promoted {item['promoted']}  latest {item['latest']}  versions {versions}")
+
+
+def _model_arg(value: str) -> tuple[str, int | None]:
+    from pynomaly.domain.errors import InvalidInput
+    from pynomaly.domain.models import ModelRef
+
+    try:
+        ref = ModelRef.parse(value)
+    except InvalidInput as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME[:VERSION]") from None
+    return ref.name, ref.version
+
+
+@models.command("show")
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@_client_options
+def models_show(model: str, as_json: bool, api_url: str | None, api_key: str | None) -> None:
+    """Show MODEL (NAME: every version; NAME:VERSION: that version)."""
+    name, version = _model_arg(model)
+    with _client(api_url, api_key) as client:
+        data = _call(lambda: client.model(name) if version is None else client.model_version(name, version))
+    if as_json or version is not None:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"model {data['name']}: promoted {data['promoted']}, latest {data['latest']}")
+    for v in data["versions"]:
+        mark = "*" if v["promoted"] else " "
+        click.echo(
+            f"{mark} v{v['version']:<4} {v['detector']:<7} threshold {v['threshold']:.4g}  {v['rows']} rows  "
+            f"{','.join(v['columns'])}  job {v['training_job']}  {v['created_at']}  sha256 {v['checksum'][:12]}"
+        )
+
+
+@models.command("promote")
+@click.argument("name")
+@click.argument("version", type=click.IntRange(min=1))
+@_client_options
+def models_promote(name: str, version: int, api_url: str | None, api_key: str | None) -> None:
+    """Make VERSION the one NAME means (an older version rolls back)."""
+    name, _ = _model_arg(name)
+    with _client(api_url, api_key) as client:
+        data = _call(lambda: client.promote(name, version))
+    click.echo(f"model {data['name']}: version {data['promoted']} promoted")
+
+
+@models.command("delete")
+@click.argument("model")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation when deleting a whole model.")
+@_client_options
+def models_delete(model: str, yes: bool, api_url: str | None, api_key: str | None) -> None:
+    """Delete MODEL (NAME: the model with every version; NAME:VERSION: that version only)."""
+    name, version = _model_arg(model)
+    if version is None and not yes:
+        click.confirm(f"Delete model {name} with every version?", abort=True)
+    with _client(api_url, api_key) as client:
+        _call(lambda: client.delete_model(name, version))
+    click.echo(f"model {model} deleted")
 
 
 from pynomaly import cli_schedules  # noqa: E402,F401  (adds `beat`, `schedules` and `datasets`)

@@ -64,7 +64,8 @@ class PynomalyClient:
             return response.json()
         return response.text
 
-    def submit_csv(self, path: Path, detector: str, **options: Any) -> dict[str, Any]:
+    def submit_csv(self, path: Path, detector: str | None, **options: Any) -> dict[str, Any]:
+        """Submit a CSV file; ``detector`` None for a scoring job (``mode="score", model=...``)."""
         # Multipart fields are strings: objects and the notify list as JSON, steps comma-separated.
         form = {
             k: (
@@ -77,7 +78,8 @@ class PynomalyClient:
             for k, v in options.items()
             if v is not None
         }
-        form["detector"] = detector
+        if detector is not None:
+            form["detector"] = detector
         with path.open("rb") as handle:
             return self._call("POST", "/v1/jobs", data=form, files={"file": (path.name, handle, "text/csv")})
 
@@ -113,6 +115,24 @@ class PynomalyClient:
 
     def retry(self, job_id: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/jobs/{segment(job_id)}/retry")
+
+    # -- models ------------------------------------------------------------------------------------
+    def models(self, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+        return self._call("GET", "/v1/models", params={"offset": offset, "limit": limit})
+
+    def model(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/models/{segment(name)}")
+
+    def model_version(self, name: str, version: int) -> dict[str, Any]:
+        return self._call("GET", f"/v1/models/{segment(name)}/versions/{int(version)}")
+
+    def promote(self, name: str, version: int) -> dict[str, Any]:
+        return self._call("POST", f"/v1/models/{segment(name)}/promote", json={"version": version})
+
+    def delete_model(self, name: str, version: int | None = None) -> None:
+        """Delete a model, or only one of its versions."""
+        path = f"/v1/models/{segment(name)}" + ("" if version is None else f"/versions/{int(version)}")
+        self._call("DELETE", path)
 
     def detectors(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/detectors")

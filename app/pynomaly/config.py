@@ -216,6 +216,24 @@ class Settings(BaseModel):
     )
     dlq_alert_threshold: int = Field(1, ge=1, description="Alert when the DLQ grew and holds at least this many.")
 
+    # -- trained models ------------------------------------------------------------------------------
+    model_store: str = Field(
+        "redis",
+        description="Where model artifacts are kept: redis (the default, for dev and local; admitted against "
+        "Redis' memory) or dir:/absolute/path (a directory every worker and the API mount, e.g. a "
+        "PersistentVolume). Metadata is always in Redis. An S3-compatible bucket is not supported yet.",
+    )
+    max_models: int = Field(1000, ge=1, description="Most trained models kept at once (a new name is refused past it).")
+    model_max_versions: int = Field(
+        50, ge=1, le=10_000, description="Versions kept per model; saving one more deletes the oldest not promoted."
+    )
+    model_max_artifact_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        le=512 * 1024 * 1024,
+        description="Largest model artifact a job may save, bytes (a KNN or LOF model holds its training rows).",
+    )
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -270,6 +288,12 @@ class Settings(BaseModel):
         if value > info.data.get("result_ttl_seconds", value):
             raise ValueError("must not exceed result_ttl_seconds (0 = the same)")
         return value
+
+    @field_validator("model_store")
+    @classmethod
+    def _model_store(cls, value: str) -> str:
+        parse_model_store(value.strip())
+        return value.strip()
 
     @field_validator("local_redis_maxmemory")
     @classmethod
@@ -384,6 +408,18 @@ def redis_size_bytes(value: str) -> int:
     if not match:
         return -1
     return int(match.group(1)) * _REDIS_UNITS[match.group(2)]
+
+
+def parse_model_store(value: str) -> tuple[str, Path | None]:
+    """``model_store`` as (kind, directory): ``redis`` or ``dir:/absolute/path``."""
+    if value == "redis":
+        return "redis", None
+    if value.startswith("dir:"):
+        path = value[4:]
+        if not path or not os.path.isabs(path):
+            raise ValueError("dir: needs an absolute directory, e.g. dir:/var/lib/pynomaly/models")
+        return "dir", Path(path)
+    raise ValueError("must be redis or dir:/absolute/path (an S3-compatible bucket is not supported yet)")
 
 
 def hash_api_key(key: str) -> str:

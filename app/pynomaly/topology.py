@@ -222,7 +222,17 @@ JOB_EVENTS = (
     "job_dead_lettered",
 )
 ANOMALY_EVENTS = ("anomalies_detected",)
-SYSTEM_EVENTS = ("component_heartbeat", "component_started", "component_stopped", "health_summary", "system_alert")
+SYSTEM_EVENTS = (
+    "component_heartbeat",
+    "component_started",
+    "component_stopped",
+    "health_summary",
+    "system_alert",
+    # Model changes: a scorer drops its cached copy of the model on these (pynomaly.storage.models).
+    "model_saved",
+    "model_promoted",
+    "model_deleted",
+)
 AUDIT_EVENTS = ("audit_record",)
 
 TOPOLOGY = Topology(

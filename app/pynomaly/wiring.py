@@ -23,6 +23,7 @@ from pynomaly.storage.dead_letters import DeadLetterStore
 from pynomaly.storage.encryption import BlobCodec
 from pynomaly.storage.jobs import JobStore
 from pynomaly.storage.memory import MemoryAdmission
+from pynomaly.storage.models import ModelStore, artifacts_from_setting
 from pynomaly.storage.redis_client import redis_from_settings
 from pynomaly.storage.schedules import ScheduleStore
 from pynomaly.usecases.jobs import JobService, webhook_policy
@@ -60,6 +61,19 @@ class Container:
     def admission(self) -> MemoryAdmission:
         """One per process: it caches Redis' memory reading for a second across requests."""
         return MemoryAdmission(self.redis, self.settings.redis_memory_high_watermark, self.jobs.reserved_bytes)
+
+    @cached_property
+    def models(self) -> ModelStore:
+        """Trained models: metadata in Redis, artifacts where ``model_store`` says (cached per process)."""
+        settings = self.settings
+        artifacts = artifacts_from_setting(settings.model_store, self.redis_bytes, self.codec, self.admission)
+        return ModelStore(
+            self.redis,
+            artifacts,
+            max_models=settings.max_models,
+            max_versions=settings.model_max_versions,
+            max_artifact_bytes=settings.model_max_artifact_bytes,
+        )
 
     @cached_property
     def dead_letters(self) -> DeadLetterStore:
@@ -116,6 +130,7 @@ class Container:
             self.dead_letters,
             webhook_policy(self.settings.webhook_url_allowlist),
             admission=self.admission,
+            models=self.models,
         )
 
     @cached_property

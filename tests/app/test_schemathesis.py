@@ -46,6 +46,7 @@ pytestmark = pytest.mark.services
 
 SCHEMATHESIS_DB = 14  # 13 is the task policy test's
 API_KEY = "schemathesis-key"
+MODEL_NAME = "fuzz-model"
 AUTH = {API_KEY_HEADER: API_KEY}
 # Per operation and generation mode (positive, negative).  Hypothesis stops early where it runs out of
 # distinct inputs: the two runs make about 1,900 requests, under a minute on a loaded 2-core machine.
@@ -103,7 +104,12 @@ def _completed_job(settings: Settings, url: str) -> str:
     """A job submitted through the API and run in-process by the worker's pipeline (no worker here)."""
     answer = httpx.post(
         f"{url}/v1/jobs",
-        json={"rows": small_rows(30), "detector": "ecod", "steps": ["preprocess", "detect", "report"]},
+        json={
+            "rows": small_rows(30),
+            "detector": "ecod",
+            "steps": ["preprocess", "detect", "report"],
+            "save_model": MODEL_NAME,  # the model the known-id run fuzzes
+        },
         headers=AUTH,
         timeout=60,
     )
@@ -111,7 +117,7 @@ def _completed_job(settings: Settings, url: str) -> str:
     job_id: str = answer.json()["id"]
     container = Container(settings, "tests")
     try:
-        pipeline = Pipeline(container.jobs, container.messaging)
+        pipeline = Pipeline(container.jobs, container.messaging, models=container.models)
         for step in (Step.PREPROCESS, Step.DETECT, Step.REPORT):
             job = pipeline.begin(job_id, step, attempt=1)
             assert job is not None, step
@@ -149,6 +155,8 @@ def known_ids(api_settings: Settings, api_url: str) -> dict[str, str]:
         "dataset_id": dataset.json()["id"],
         "schedule_id": schedule.json()["id"],
         "letter_id": letters[0]["id"],
+        "name": MODEL_NAME,
+        "version": "1",
     }
 
 
@@ -207,14 +215,14 @@ def test_generated_inputs_get_no_server_error(api_url: str) -> None:
 
 
 def test_generated_inputs_on_existing_resources_get_no_server_error(api_url: str, known_ids: dict[str, str]) -> None:
-    # Deleting the known schedule or dataset would leave the other operations on them nothing to find:
-    # those two deletes run with generated ids only (above).
+    # Deleting the known schedule, dataset or model would leave the other operations on them nothing to find:
+    # those deletes run with generated ids only (above).
     failures = _run("known ids", _schema(api_url), known_ids)
     assert not failures, "\n\n".join(f"{op}: {error}" for op, error in failures.items())
 
 
 def _not_on_known_ids(label: str) -> bool:
-    return "{" not in label or label.startswith(("DELETE /v1/schedules/", "DELETE /v1/datasets/"))
+    return "{" not in label or label.startswith(("DELETE /v1/schedules/", "DELETE /v1/datasets/", "DELETE /v1/models/"))
 
 
 def test_every_operation_was_exercised(api_url: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -24,6 +24,7 @@ from pynomaly.storage.datasets import DatasetStore
 from pynomaly.storage.dead_letters import DeadLetterStore
 from pynomaly.storage.jobs import JobStore
 from pynomaly.storage.memory import MemoryAdmission
+from pynomaly.storage.models import ModelStore
 from pynomaly.storage.schedules import ScheduleStore
 from pynomaly.usecases.jobs import JobService
 from pynomaly.usecases.schedules import DatasetService, ScheduleService
@@ -80,6 +81,10 @@ async def get_admission(container: ContainerDep) -> MemoryAdmission:
     return container.admission
 
 
+async def get_models(container: ContainerDep) -> ModelStore:
+    return container.models
+
+
 async def get_dead_letters(container: ContainerDep) -> DeadLetterStore:
     return container.dead_letters
 
@@ -118,6 +123,7 @@ RedisDep = Annotated[Redis, Depends(get_redis)]
 AsyncRedisDep = Annotated[redis.asyncio.Redis, Depends(get_async_redis)]
 JobStoreDep = Annotated[JobStore, Depends(get_jobs)]
 AdmissionDep = Annotated[MemoryAdmission, Depends(get_admission)]
+ModelStoreDep = Annotated[ModelStore, Depends(get_models)]
 DeadLetterStoreDep = Annotated[DeadLetterStore, Depends(get_dead_letters)]
 AuditLogDep = Annotated[AuditLog, Depends(get_audit_log)]
 ScheduleStoreDep = Annotated[ScheduleStore, Depends(get_schedules)]

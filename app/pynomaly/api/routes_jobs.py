@@ -42,7 +42,7 @@ _SUBMIT_BODY = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["file", "detector"],
+                    "required": ["file"],
                     "properties": {
                         "file": {"type": "string", "format": "binary", "description": "CSV with a header row"},
                         "detector": {"type": "string"},
@@ -54,6 +54,9 @@ _SUBMIT_BODY = {
                         "preprocessing": {"type": "string", "description": "JSON object"},
                         "webhook_url": {"type": "string"},
                         "notify": {"type": "string", "description": "JSON array of {channel, target, on, threshold?}"},
+                        "mode": {"type": "string", "enum": ["detect", "score"]},
+                        "model": {"type": "string", "description": "mode score: <name>[:version]"},
+                        "save_model": {"type": "string", "description": "mode detect: model name to save to"},
                     },
                 }
             },
@@ -178,16 +181,16 @@ async def submit_job(
                 "preprocessing",
                 "webhook_url",
                 "notify",
+                "mode",
+                "model",
+                "save_model",
             }
         )
         if unknown:
             raise InvalidInput(f"unknown form field(s) {unknown}")
-        detector = _form_text(form, "detector")
-        if not detector:
-            raise InvalidInput("detector is required")
         steps_raw = _form_text(form, "steps")
         fields = {
-            "detector": detector,
+            "detector": _form_text(form, "detector") or None,
             "params": _json_field(_form_text(form, "params"), "params"),
             "contamination": _number_field(_form_text(form, "contamination"), "contamination"),
             "threshold": _number_field(_form_text(form, "threshold"), "threshold"),
@@ -196,6 +199,9 @@ async def submit_job(
             "preprocessing": _json_field(_form_text(form, "preprocessing"), "preprocessing"),
             "webhook_url": _form_text(form, "webhook_url") or None,
             "notify": _json_list_field(_form_text(form, "notify"), "notify"),
+            "mode": _form_text(form, "mode") or None,
+            "model": _form_text(form, "model") or None,
+            "save_model": _form_text(form, "save_model") or None,
         }
     else:
         raise HTTPException(415, "send application/json (rows) or multipart/form-data (a CSV file)")

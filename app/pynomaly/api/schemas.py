@@ -35,7 +35,9 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    detector: str = Field(description="One of GET /v1/detectors, e.g. iforest or ecod.")
+    detector: str | None = Field(
+        None, description="One of GET /v1/detectors, e.g. iforest or ecod; required in mode detect."
+    )
     rows: list[list[Any]] | list[dict[str, Any]] = Field(description="Dataset rows; null or 'nan' for missing cells.")
     columns: list[str] | None = Field(None, description="Column names for list rows (default x0, x1, ...).")
     params: dict[str, Any] | None = Field(None, description="Detector parameters, see the detector's schema.")
@@ -51,6 +53,18 @@ class JobCreate(BaseModel):
     webhook_url: str | None = Field(None, description="Receives an HMAC-signed JSON summary when the job completes.")
     notify: list[NotifyTarget] | None = Field(
         None, description="Notification targets, each delivered by its own task with its own retries."
+    )
+    mode: Literal["detect", "score"] | None = Field(
+        None, description="detect (default): fit the detector on the rows; score: score them with a stored model."
+    )
+    model: str | None = Field(
+        None, description="Mode score: '<name>' (its promoted version) or '<name>:<version>'.", max_length=80
+    )
+    save_model: str | None = Field(
+        None,
+        description="Mode detect: store the fitted detector, threshold and preprocessing as the next version "
+        "of this model.",
+        max_length=64,
     )
 
 
@@ -98,6 +112,12 @@ class JobView(BaseModel):
     result_location: str | None
     report_location: str | None
     schedule_id: str | None = Field(None, description="The schedule this job is a run of, if any.")
+    mode: str = Field("detect", description="detect (fit and score) or score (with a stored model).")
+    model: str | None = Field(None, description="Mode score: the model scored with.")
+    model_version: int | None = Field(
+        None, description="Mode score: the version scored with (pinned at submit); save_model: the version saved."
+    )
+    save_model: str | None = Field(None, description="The model this job stores its fitted detector in.")
     links: Links
 
 

@@ -88,6 +88,9 @@ class DetectorSpec:
     params: tuple[Param, ...] = ()
     # Detectors with per-dimension outlier scores (PyOD's ``O`` matrix) give exact contributions.
     per_feature_scores: bool = False
+    # Scores of new rows depend on the other rows scored with them (ECOD/COPOD rank each new row among
+    # the training rows and the whole batch): a saved model scores them in one call, never in chunks.
+    batch_dependent: bool = False
     min_rows: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -140,8 +143,20 @@ DETECTORS: dict[str, DetectorSpec] = {
                 Param("method", str, "largest", "Distance aggregate", choices=("largest", "mean", "median")),
             ),
         ),
-        DetectorSpec("ecod", "pyod.models.ecod:ECOD", "Empirical CDF outlier detection", per_feature_scores=True),
-        DetectorSpec("copod", "pyod.models.copod:COPOD", "Copula-based outlier detection", per_feature_scores=True),
+        DetectorSpec(
+            "ecod",
+            "pyod.models.ecod:ECOD",
+            "Empirical CDF outlier detection",
+            per_feature_scores=True,
+            batch_dependent=True,
+        ),
+        DetectorSpec(
+            "copod",
+            "pyod.models.copod:COPOD",
+            "Copula-based outlier detection",
+            per_feature_scores=True,
+            batch_dependent=True,
+        ),
         DetectorSpec(
             "hbos",
             "pyod.models.hbos:HBOS",
@@ -198,6 +213,8 @@ class DetectionResult:
     labels: list[int]
     top_anomalies: list[dict[str, Any]]
     columns: list[str]
+    # The fitted PyOD estimator (what a job's save_model stores); not part of the result document.
+    model: Any = field(default=None, repr=False, compare=False)
 
     @property
     def anomaly_count(self) -> int:
@@ -279,6 +296,7 @@ def run_detection(
         labels=[int(v) for v in labels],
         top_anomalies=top,
         columns=list(columns),
+        model=model,
     )
 
 

@@ -40,6 +40,22 @@ _ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
+class Mode(enum.Enum):
+    """What a job does with its rows: fit a detector on them, or score them with a stored model."""
+
+    DETECT = "detect"
+    SCORE = "score"
+
+
+def parse_mode(raw: str | None) -> Mode:
+    if raw is None:
+        return Mode.DETECT
+    try:
+        return Mode(raw)
+    except ValueError:
+        raise InvalidInput(f"mode must be one of {[m.value for m in Mode]}") from None
+
+
 class Step(enum.Enum):
     """Pipeline steps, always run in this order."""
 
@@ -134,6 +150,13 @@ class Job:
     # memory, its node gone).  Per step too, for the dead-letter decision; a retry or replay resets those.
     redeliveries: int = 0
     step_redeliveries: dict[str, int] = field(default_factory=dict)
+    # Models (pynomaly.domain.models): mode score scores with ``model`` at ``model_version`` (pinned at
+    # submit); a detect job with ``save_model`` stores its fitted detector as a version of that model
+    # and records the new version in ``model_version``.
+    mode: str = Mode.DETECT.value
+    model: str | None = None
+    model_version: int | None = None
+    save_model: str | None = None
 
     @property
     def state(self) -> JobStatus:

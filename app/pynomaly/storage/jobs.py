@@ -23,6 +23,8 @@ UNQUEUED = f"{KEY_PREFIX}jobs:unqueued"
 # Blob kinds holding a job's data: as submitted, and after preprocessing.
 DATASET = "dataset"
 PREPARED = "prepared"
+# What preprocessing learned (imputation values, scaling), kept for a save_model job's detect step.
+PREPROCESSING_FIT = "preprocessing-fit"
 RESULT = "result"
 REPORT_KINDS = ("report-json", "report-csv", "report-html")
 # job id -> bytes an accepted, unfinished job may still write (its preprocessed copy, result and
@@ -135,7 +137,7 @@ class JobStore:
     def release(self, job_id: str) -> None:
         """The job finished: it writes nothing more (its preprocessed copy is dropped too)."""
         self._r.hdel(RESERVATIONS, job_id)
-        self._b.delete(_blob_key(PREPARED, job_id))
+        self._b.delete(_blob_key(PREPARED, job_id), _blob_key(PREPROCESSING_FIT, job_id))
 
     def forget_stale_reservations(self) -> int:
         """Drop reservations of jobs that finished or expired (a release that never ran); maintenance."""
@@ -165,7 +167,8 @@ class JobStore:
                     if not job.state.terminal:
                         raise Conflict(f"job {job_id} is {job.status}: cancel it and wait until it stops, then delete")
                     pipe.multi()
-                    pipe.delete(key, *(_blob_key(k, job_id) for k in (DATASET, PREPARED, RESULT, *REPORT_KINDS)))
+                    kinds = (DATASET, PREPARED, PREPROCESSING_FIT, RESULT, *REPORT_KINDS)
+                    pipe.delete(key, *(_blob_key(k, job_id) for k in kinds))
                     pipe.zrem(JOB_INDEX, job_id)
                     pipe.zrem(UNQUEUED, job_id)
                     pipe.hdel(RESERVATIONS, job_id)

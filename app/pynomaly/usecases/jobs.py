@@ -19,7 +19,19 @@ from opentelemetry import trace
 from pynomaly.domain.datasets import Dataset
 from pynomaly.domain.detectors import get_detector, validate_contamination
 from pynomaly.domain.errors import Conflict, DomainError, InvalidInput, NotFound
-from pynomaly.domain.jobs import Job, JobStatus, Step, new_job_id, new_run_token, parse_priority, parse_steps
+from pynomaly.domain.jobs import (
+    STEP_ORDER,
+    Job,
+    JobStatus,
+    Mode,
+    Step,
+    new_job_id,
+    new_run_token,
+    parse_mode,
+    parse_priority,
+    parse_steps,
+)
+from pynomaly.domain.models import ModelRef, ModelVersion, validate_model_name
 from pynomaly.domain.notifications import Channel, NotificationTarget, parse_targets
 from pynomaly.domain.preprocessing import REJECT_HINT, MissingPolicy, PreprocessOptions, refuse_non_finite
 from pynomaly.messaging.events import EventEnvelope
@@ -28,6 +40,7 @@ from pynomaly.observability import logs, metrics, tracing
 from pynomaly.storage.dead_letters import DeadLetter, DeadLetterStore
 from pynomaly.storage.jobs import DATASET, JobStore, expected_growth
 from pynomaly.storage.memory import MemoryAdmission
+from pynomaly.storage.models import ModelStore
 from pynomaly.topology import TASK_DELIVER, Priority
 from pynomaly.usecases.audit import record_audit
 from pynomaly.usecases.remote_datasets import WEBHOOK_ALLOWLIST, Resolver, UrlPolicy, check_url, system_resolver
@@ -50,7 +63,7 @@ class ServiceUnavailable(DomainError):
 @dataclass(frozen=True)
 class SubmitRequest:
     dataset: Dataset
-    detector: str
+    detector: str | None = None  # required in mode detect; in mode score it comes from the model
     params: dict[str, Any] | None = None
     contamination: float | None = None
     threshold: float | None = None
@@ -64,6 +77,26 @@ class SubmitRequest:
     # a schedule passes its own into every run.
     notify: list[dict[str, Any]] | None = None
     schedule_id: str | None = None  # runs of a recurring schedule
+    mode: str | None = None  # detect (default) or score
+    model: str | None = None  # mode score: "<name>[:version]"
+    save_model: str | None = None  # mode detect: store the fitted detector as the next version of this model
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """What a scoring job takes from its model, resolved at submit (the version is pinned then)."""
+
+    meta: ModelVersion
+
+    @property
+    def preprocessing(self) -> dict[str, str]:
+        # A model trained without the preprocess step still gets it (identity, finite cells only).
+        return self.meta.fitted_preprocessing.options() or {"missing": "reject", "scaling": "none"}
+
+    def features(self, dataset: Dataset) -> Dataset:
+        """The dataset's columns the model reads (other columns are ignored, whatever they hold)."""
+        index = [dataset.columns.index(c) for c in self.meta.columns]
+        return Dataset(tuple(self.meta.columns), dataset.values[:, index])
 
 
 def webhook_policy(allowlist: str) -> UrlPolicy:
@@ -89,8 +122,10 @@ class JobService:
         webhooks: UrlPolicy | None = None,
         resolve: Resolver = system_resolver,
         admission: MemoryAdmission | None = None,
+        models: ModelStore | None = None,
     ) -> None:
         self._jobs = jobs
+        self._models = models  # None: no model store (mode score and save_model are refused)
         self._admission = admission  # None: no memory check (tools, tests of other concerns)
         self._mq = messaging
         self._dlq = dead_letters
@@ -110,18 +145,31 @@ class JobService:
 
     def submit(self, request: SubmitRequest) -> tuple[Job, bool]:
         """Returns the job and whether it was created (False: the idempotency key matched)."""
-        spec = get_detector(request.detector)
-        params = spec.validate(request.params)
-        contamination = validate_contamination(request.contamination, request.threshold)
-        if request.threshold is not None and isinstance(request.threshold, bool):
-            raise InvalidInput("threshold must be a number")
+        mode = parse_mode(request.mode)
+        scoring = self._scoring(request) if mode is Mode.SCORE else None
+        save_model = self._save_model(request) if mode is Mode.DETECT else None
+        if scoring is None:
+            if not request.detector:
+                raise InvalidInput("detector is required (mode detect)")
+            spec = get_detector(request.detector)
+            params = spec.validate(request.params)
+            contamination = validate_contamination(request.contamination, request.threshold)
+            if request.threshold is not None and isinstance(request.threshold, bool):
+                raise InvalidInput("threshold must be a number")
+            detector, threshold = spec.name, request.threshold
+        else:
+            meta = scoring.meta
+            detector, params, contamination, threshold = meta.detector, meta.params, meta.contamination, meta.threshold
         webhook = validate_webhook_url(request.webhook_url)
         targets = parse_targets(request.notify, webhook)
         self.check_targets(targets, webhook is not None)
         steps = parse_steps(request.steps, has_webhook=bool(targets))
+        if scoring is not None:  # the model's imputation and scaling always apply to the new rows
+            steps = [s for s in STEP_ORDER if s in {*steps, Step.PREPROCESS}]
         priority = parse_priority(request.priority)
-        preprocessing = PreprocessOptions.parse(request.preprocessing)
-        _refuse_data_the_job_would_fail_on(request.dataset, preprocessing, steps)
+        preprocessing = PreprocessOptions.parse(scoring.preprocessing if scoring is not None else request.preprocessing)
+        checked = request.dataset if scoring is None else scoring.features(request.dataset)
+        _refuse_data_the_job_would_fail_on(checked, preprocessing, steps)
         if request.idempotency_key is not None and not 1 <= len(request.idempotency_key) <= 128:
             raise InvalidInput("Idempotency-Key must be 1 to 128 characters")
         if self._admission is not None:  # 507 before anything is stored, while Redis still has room
@@ -130,10 +178,10 @@ class JobService:
 
         job = Job(
             id=new_job_id(),
-            detector=spec.name,
+            detector=detector,
             params=params,
             contamination=contamination,
-            threshold=request.threshold,
+            threshold=threshold,
             priority=priority.value,
             steps=[s.value for s in steps],
             preprocessing=preprocessing.as_dict(),
@@ -144,9 +192,13 @@ class JobService:
             submitted_by=request.submitted_by,
             schedule_id=request.schedule_id,
             run_token=new_run_token(),
+            mode=mode.value,
+            model=scoring.meta.name if scoring is not None else None,
+            model_version=scoring.meta.version if scoring is not None else None,
+            save_model=save_model,
         )
         if request.idempotency_key:
-            existing = self._claim(request.idempotency_key, job, request.dataset)
+            existing = self._claim(request.idempotency_key, job, request.dataset, request.model)
             if existing is not None:
                 logs.bind(job_id=existing.id)
                 return existing, False
@@ -175,6 +227,48 @@ class JobService:
         self._enqueue(job)
         metrics.JOBS_SUBMITTED.labels(detector=job.detector, priority=job.priority).inc()
         return job, True
+
+    def _scoring(self, request: SubmitRequest) -> _Scoring:
+        """Validate a mode score request: the model exists, and its settings are not given again."""
+        if request.save_model is not None:
+            raise InvalidInput("save_model needs mode detect: a scoring job fits no model")
+        if not request.model:
+            raise InvalidInput("mode score needs model: '<name>' (its promoted version) or '<name>:<version>'")
+        given = [
+            name
+            for name in ("params", "contamination", "threshold", "preprocessing")
+            if getattr(request, name) is not None
+        ]
+        if given:
+            raise InvalidInput(f"{', '.join(given)}: a scoring job uses the model's own; leave them out")
+        ref = ModelRef.parse(request.model)
+        if self._models is None:
+            raise InvalidInput("this service has no model store")
+        try:
+            meta = self._models.resolve(ref)
+        except NotFound as exc:
+            raise InvalidInput(f"model {str(ref)!r}: {exc} (see GET /v1/models)") from None
+        except Conflict as exc:
+            raise InvalidInput(str(exc)) from None
+        if request.detector and get_detector(request.detector).name != meta.detector:
+            raise InvalidInput(
+                f"detector {request.detector!r} does not match model {meta.ref}'s {meta.detector!r}; leave it out"
+            )
+        missing = [c for c in meta.columns if c not in request.dataset.columns]
+        if missing:
+            raise InvalidInput(f"the dataset has no column(s) {missing}; model {meta.ref} needs {meta.columns}")
+        return _Scoring(meta)
+
+    def _save_model(self, request: SubmitRequest) -> str | None:
+        if request.model is not None:
+            raise InvalidInput("model is for mode score; to store this job's fitted detector use save_model")
+        if request.save_model is None:
+            return None
+        name = validate_model_name(request.save_model, "save_model")
+        if self._models is None:
+            raise InvalidInput("this service has no model store")
+        self._models.check_room(name)
+        return name
 
     def cancel(self, job_id: str, actor: str | None = None) -> Job:
         job = self._jobs.request_cancel(job_id)
@@ -248,14 +342,14 @@ class JobService:
         return count
 
     # -- internals -------------------------------------------------------------------------------
-    def _claim(self, key: str, job: Job, dataset: Dataset) -> Job | None:
+    def _claim(self, key: str, job: Job, dataset: Dataset, model_ref: str | None = None) -> Job | None:
         """Claim ``key`` for ``job`` atomically: None when this request won it (and creates the job),
         else the job an earlier request with the same key and body made.
 
         A different body under the key is a 422; a claim whose job is not stored yet (the winner is
         between claim and create) is waited for briefly, then a 409 to retry.
         """
-        fingerprint = _fingerprint(job, dataset)
+        fingerprint = _fingerprint(job, dataset, model_ref)
         deadline = time.monotonic() + CLAIM_WAIT_SECONDS
         while True:
             held = self._jobs.claim_idempotency_key(key, job.id, fingerprint, CLAIM_PENDING_SECONDS)
@@ -328,13 +422,20 @@ class JobService:
         record_audit(self._mq, action, subject, actor, **data)
 
 
-def _fingerprint(job: Job, dataset: Dataset) -> str:
-    """What makes two submits the same request: the validated fields and the dataset's bytes."""
-    fields = {
-        name: getattr(job, name)
-        for name in ("detector", "params", "contamination", "threshold", "priority", "steps", "preprocessing",
-                     "webhook_url", "notify", "schedule_id", "submitted_by")
-    }  # fmt: skip
+def _fingerprint(job: Job, dataset: Dataset, model_ref: str | None = None) -> str:
+    """What makes two submits the same request: the validated fields and the dataset's bytes.
+
+    A scoring job's detector, params, threshold and preprocessing are its model's, resolved at submit:
+    it is fingerprinted by the model it named (``model_ref`` as sent), so the same request after a
+    promotion is still the same request."""
+    names = ["priority", "steps", "webhook_url", "notify", "schedule_id", "submitted_by"]
+    if job.mode == Mode.DETECT.value:
+        names += ["detector", "params", "contamination", "threshold", "preprocessing"]
+    fields: dict[str, Any] = {name: getattr(job, name) for name in names}
+    # Added only when used, so a plain detect job's fingerprint is what it was before models existed
+    # (claims stored by the previous version still match after an upgrade).
+    extra = {"mode": job.mode if job.mode != Mode.DETECT.value else None, "save_model": job.save_model}
+    fields |= {name: value for name, value in {**extra, "model_ref": model_ref}.items() if value is not None}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode())
     digest.update(dataset.to_bytes())
     return digest.hexdigest()

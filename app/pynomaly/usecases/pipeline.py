@@ -14,13 +14,16 @@ import time
 from typing import Any
 
 from pynomaly.domain.datasets import Dataset
-from pynomaly.domain.detectors import run_detection
-from pynomaly.domain.errors import JobCancelled
-from pynomaly.domain.jobs import Job, JobStatus, Step
-from pynomaly.domain.preprocessing import PreprocessOptions, preprocess
+from pynomaly.domain.detectors import DetectionResult, run_detection
+from pynomaly.domain.errors import InvalidInput, JobCancelled
+from pynomaly.domain.jobs import Job, JobStatus, Mode, Step
+from pynomaly.domain.models import ModelRef, ModelVersion, TrainedModel, run_scoring
+from pynomaly.domain.preprocessing import FittedPreprocessing, PreprocessOptions, fit_preprocess
 from pynomaly.domain.reports import REPORT_FORMATS, render
 from pynomaly.messaging.service import MessageQueueService
-from pynomaly.storage.jobs import DATASET, PREPARED, JobStore
+from pynomaly.storage.jobs import DATASET, PREPARED, PREPROCESSING_FIT, JobStore
+from pynomaly.storage.models import ModelStore
+from pynomaly.usecases.audit import record_audit
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +48,16 @@ def sign(secret: str, body: bytes) -> str:
 
 class Pipeline:
     def __init__(
-        self, jobs: JobStore, messaging: MessageQueueService, webhook_secret: str = "", public_url: str = ""
+        self,
+        jobs: JobStore,
+        messaging: MessageQueueService,
+        webhook_secret: str = "",
+        public_url: str = "",
+        models: ModelStore | None = None,
     ) -> None:
         self._jobs = jobs
         self._mq = messaging
+        self._models = models
         self._secret = webhook_secret
         self._public_url = public_url.rstrip("/")
         self._last_progress_event = 0.0
@@ -166,26 +175,52 @@ class Pipeline:
     # -- steps -----------------------------------------------------------------------------------
     def preprocess(self, job: Job) -> dict[str, Any]:
         dataset = self._jobs.get_dataset(DATASET, job.id)
+        if job.mode == Mode.SCORE.value:
+            # The stored model's imputation values and scaling, on its columns in its order.
+            _, model = self._load_model(job)
+            values, report = model.prepare(model.select(dataset.columns, dataset.values))
+            self._jobs.put_dataset(PREPARED, job.id, Dataset(tuple(model.columns), values))
+            return report.as_dict()
         options = PreprocessOptions.parse(job.preprocessing)
-        values, report = preprocess(dataset.values, dataset.columns, options)
+        values, report, fitted = fit_preprocess(dataset.values, dataset.columns, options, learn=bool(job.save_model))
         self._jobs.put_dataset(PREPARED, job.id, Dataset(dataset.columns, values))
+        if job.save_model:  # the detect step stores it with the model (another process, maybe another host)
+            self._jobs.put_blob(PREPROCESSING_FIT, job.id, fitted.as_dict())
         return report.as_dict()
 
     def detect(self, job: Job) -> dict[str, Any]:
         kind = PREPARED if self._jobs.has_blob(PREPARED, job.id) else DATASET
         dataset = self._jobs.get_dataset(kind, job.id)
-        result = run_detection(
-            dataset.values,
-            list(dataset.columns),
-            job.detector,
-            job.params,
-            job.contamination,
-            job.threshold,
-            checkpoint=self.checkpoint(job, Step.DETECT),
-        )
+        checkpoint = self.checkpoint(job, Step.DETECT)
+        saved: ModelVersion | None = None
+        if job.mode == Mode.SCORE.value:
+            meta, model = self._load_model(job)
+            if kind == DATASET:  # mode score always has the preprocess step; this is only a fallback
+                dataset = Dataset(tuple(model.columns), model.prepare(model.select(dataset.columns, dataset.values))[0])
+            result = run_scoring(dataset.values, model, checkpoint=checkpoint)
+            result.params = dict(meta.params)
+        else:
+            result = run_detection(
+                dataset.values,
+                list(dataset.columns),
+                job.detector,
+                job.params,
+                job.contamination,
+                job.threshold,
+                checkpoint=checkpoint,
+            )
+            if job.save_model:
+                saved = self._save_model(job, result, dataset.values.shape[0])
         data = result.as_dict()
+        model_ref = self._model_ref(job, saved)
+        if model_ref is not None:
+            data["model"] = model_ref
         location = self._jobs.put_blob("result", job.id, data)
-        self._jobs.update(job.id, lambda j: _set(j, result_location=location, anomaly_count=result.anomaly_count))
+        version = saved.version if saved is not None else job.model_version
+        self._jobs.update(
+            job.id,
+            lambda j: _set(j, result_location=location, anomaly_count=result.anomaly_count, model_version=version),
+        )
         self._event(
             "anomalies_detected",
             job,
@@ -196,8 +231,53 @@ class Pipeline:
             top_anomalies=[{k: a[k] for k in ("row", "score", "contributions")} for a in result.top_anomalies],
             # A sample of scores lets the dashboard draw the job's score chart without another call.
             scores=[round(s, 5) for s in result.scores[:2000]],
+            **({"model": model_ref} if model_ref is not None else {}),
         )
-        return {"anomaly_count": result.anomaly_count, "rows": len(result.labels)}
+        output: dict[str, Any] = {"anomaly_count": result.anomaly_count, "rows": len(result.labels)}
+        if model_ref is not None:
+            output["model"] = model_ref
+        return output
+
+    # -- models ----------------------------------------------------------------------------------
+    def _load_model(self, job: Job) -> tuple[ModelVersion, TrainedModel]:
+        """The version pinned at submit; a refused artifact (checksum, library versions) fails the job."""
+        if self._models is None or job.model is None or job.model_version is None:
+            raise InvalidInput(f"job {job.id} is a scoring job without a model")
+        return self._models.load(ModelRef(job.model, job.model_version))
+
+    def _save_model(self, job: Job, result: DetectionResult, rows: int) -> ModelVersion:
+        if self._models is None or job.save_model is None:
+            raise InvalidInput(f"job {job.id} asks to save a model but this worker has no model store")
+        if Step.PREPROCESS.value in job.steps:
+            fitted = FittedPreprocessing.from_dict(self._jobs.get_blob(PREPROCESSING_FIT, job.id))
+        else:
+            fitted = FittedPreprocessing()  # no preprocess step: new rows must be finite as they are
+        model = TrainedModel(job.detector, result.model, result.threshold, result.columns, fitted)
+        saved = self._models.save(
+            job.save_model,
+            model,
+            params=result.params,
+            contamination=job.contamination,
+            rows=rows,
+            training_job=job.id,
+            created_by=job.submitted_by,
+        )
+        try:  # keyed by the model's name on system_events, as promotions and deletions are
+            self._mq.publish_event(
+                "model_saved", saved.name, wait=False, version=saved.version, job_id=job.id, checksum=saved.checksum
+            )
+        except Exception:
+            log.exception("could not publish model_saved for %s", saved.ref)
+        record_audit(self._mq, "model.save", saved.name, job.submitted_by, version=saved.version, job_id=job.id)
+        return saved
+
+    @staticmethod
+    def _model_ref(job: Job, saved: ModelVersion | None) -> dict[str, Any] | None:
+        if saved is not None:
+            return {"name": saved.name, "version": saved.version, "saved": True}
+        if job.mode == Mode.SCORE.value:
+            return {"name": job.model, "version": job.model_version, "saved": False}
+        return None
 
     def report(self, job: Job) -> dict[str, Any]:
         result = self._jobs.get_blob("result", job.id)

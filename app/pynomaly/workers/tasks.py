@@ -30,7 +30,7 @@ Work = Callable[[Pipeline, Any], dict[str, Any]]
 
 def pipeline() -> Pipeline:
     c = container()
-    return Pipeline(c.jobs, c.messaging, c.settings.webhook_secret, c.settings.public_url)
+    return Pipeline(c.jobs, c.messaging, c.settings.webhook_secret, c.settings.public_url, c.models)
 
 
 class StepRun(TaskRun):

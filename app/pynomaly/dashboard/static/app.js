@@ -538,7 +538,9 @@
     const data = entry.data && typeof entry.data === "object" ? entry.data : {};
     logEvent(entry, data);
     if (!id || !entry.type) return;
-    if (entry.type === "audit_record") return;
+    // Only job and anomaly events describe a job; system events (health summaries, alerts, model
+    // changes) are keyed by a component or model name and stay in the event log.
+    if (!entry.type.startsWith("job_") && entry.type !== "anomalies_detected") return;
     const known = state.jobs.has(id);
     const job = state.jobs.get(id) || { id, progress: 0, anomaly_count: null };
     const patch = { id };
