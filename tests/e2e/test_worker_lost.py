@@ -23,6 +23,7 @@ from pynomaly.localstack.supervisor import Running
 from pynomaly.messaging.deliveries import DELIVERIES, Delivery
 from pynomaly.messaging.events import EventEnvelope
 from pynomaly.topology import T_JOB
+from tests.chaos.support import record_figures
 from tests.e2e.support import read_topic, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -124,6 +125,12 @@ def test_a_sigkilled_worker_s_job_completes_once_after_the_stale_threshold(
     # The lost run's unflushed events died with it; the redelivered run announces itself.
     assert [e.data.get("redeliveries") for e in events if e.type == "job_started"][-1] == 1, types
     assert not system_redis.hexists(DELIVERIES, record.tag)  # forgotten once it ran
+    # The chaos suite's figures file (benchmarks/results/local-chaos.json) quotes this one too.
+    record_figures("whole_worker_sigkill", {
+        "stale_threshold_s": settings.heartbeat_stale_after, "bound_s": limit,
+        "running_again_after_s": round(redelivered_after, 1), "completed_after_s": round(completed_after, 1),
+        "redeliveries": done["redeliveries"],
+    })  # fmt: skip
 
 
 def test_a_job_whose_pool_process_dies_every_time_goes_to_the_dead_letter_queue(
