@@ -228,7 +228,12 @@ def per_subject(events: Iterable[EventEnvelope], event_type: str) -> dict[str, l
 
 def record_figures(section: str, values: dict[str, Any], **about: Any) -> None:
     """Merge one scenario's figures into benchmarks/results/local-chaos.json (committed; the README's
-    reliability table quotes it), with when and on what machine they were measured."""
+    reliability table quotes it), with when and on what machine they were measured.
+
+    Only when ``PYNOMALY_RECORD_FIGURES=1``: a routine ``./dev test`` (CI) leaves the committed file alone.
+    """
+    if os.environ.get("PYNOMALY_RECORD_FIGURES") != "1":
+        return
     recorded = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     recorded.setdefault("figures", {})[section] = values
     recorded.update(about)
