@@ -105,6 +105,19 @@ class MessageQueueService:
         outbox.check_room(len(events))
         return lambda pipe: outbox.stage(pipe, events)
 
+    def event_with(self, event_type: str, **data: Any) -> Callable[[Any, Any], None]:
+        """``also`` for a job-store write: stages ``event_type`` about the written job (its status and
+        progress as written, plus ``data``; a callable value is called with the job) in the same
+        MULTI/EXEC, so a process killed in between loses neither.  No outbox bound: the job is accepted."""
+        outbox = self._outbox
+
+        def stage(job: Any, pipe: Any) -> None:
+            values = {name: value(job) if callable(value) else value for name, value in data.items()}
+            event = self.new_event(event_type, job.id, **{"status": job.status, "progress": job.progress, **values})
+            outbox.stage(pipe, [event])
+
+        return stage
+
     def publish_events(self, events: Sequence[EventEnvelope]) -> None:
         for event in events:
             self._publisher.publish(event)

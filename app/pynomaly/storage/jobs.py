@@ -225,10 +225,17 @@ class JobStore:
     def exists(self, job_id: str) -> bool:
         return bool(self._r.exists(_job_key(job_id)))
 
-    def update(self, job_id: str, change: Callable[[Job], object]) -> Job:
-        return update_document(self._r, _job_key(job_id), Job.from_dict, change, lambda: NotFound(f"no job {job_id!r}"))
+    def update(
+        self, job_id: str, change: Callable[[Job], object], also: Callable[[Job, Any], object] | None = None
+    ) -> Job:
+        """``also(job, pipe)`` adds writes to the update's MULTI/EXEC (its event in the outbox)."""
+        return update_document(
+            self._r, _job_key(job_id), Job.from_dict, change, lambda: NotFound(f"no job {job_id!r}"), also
+        )
 
-    def transition(self, job_id: str, target: JobStatus, **fields: Any) -> Job:
+    def transition(
+        self, job_id: str, target: JobStatus, also: Callable[[Job, Any], object] | None = None, **fields: Any
+    ) -> Job:
         def change(job: Job) -> None:
             check_transition(job.state, target)
             job.status = target.value
@@ -239,7 +246,7 @@ class JobStore:
             if target.terminal:
                 job.finished_at = utcnow()
 
-        job = self.update(job_id, change)
+        job = self.update(job_id, change, also)
         if target.terminal:
             self.release(job_id)
         elif target is JobStatus.QUEUED:  # run again (retry, replay): it will write its outputs again

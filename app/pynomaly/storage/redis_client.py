@@ -41,10 +41,12 @@ def update_document(
     load: Callable[[dict[str, Any]], D],
     change: Callable[[D], object],
     missing: Callable[[], Exception],
+    also: Callable[[D, Any], object] | None = None,
 ) -> D:
     """Read-modify-write of a JSON document under WATCH, so concurrent updates never lose one another.
 
-    ``change`` may raise to refuse the update; the document keeps its TTL.
+    ``change`` may raise to refuse the update; the document keeps its TTL.  ``also(document, pipe)``
+    adds writes to the same MULTI/EXEC (an event about the change in the outbox): both or neither.
     """
     from pynomaly.domain.jobs import utcnow
 
@@ -60,6 +62,8 @@ def update_document(
                 document.updated_at = utcnow()
                 pipe.multi()
                 pipe.set(key, json.dumps(document.as_dict()), keepttl=True)
+                if also is not None:
+                    also(document, pipe)
                 pipe.execute()
                 return document
             except redis.WatchError:

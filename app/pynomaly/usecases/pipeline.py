@@ -117,32 +117,44 @@ class Pipeline:
             return self._jobs.update(
                 job.id, lambda j: _set(j, progress=self._overall(j, step, 1.0), message=f"{step.value} done")
             )
-        done = self._jobs.transition(job.id, JobStatus.COMPLETED, progress=1.0, message="completed", current_step=None)
-        self._event(
-            "job_completed", done, anomaly_count=done.anomaly_count, result=done.result_location, steps=done.steps
+        # The completion and its event in one transaction: a worker killed in between loses neither.
+        completed = self._mq.event_with(
+            "job_completed",
+            anomaly_count=lambda j: j.anomaly_count,
+            result=lambda j: j.result_location,
+            steps=lambda j: j.steps,
         )
-        return done
+        return self._jobs.transition(
+            job.id, JobStatus.COMPLETED, also=completed, progress=1.0, message="completed", current_step=None
+        )
 
     def cancelled(self, job: Job | str) -> None:
         """Record a cancel that took effect (``job`` as read, or its id to read it now)."""
         if isinstance(job, str):
             job = self._jobs.get(job)
         if job.state is not JobStatus.CANCELLED:
-            job = self._jobs.transition(
-                job.id, JobStatus.CANCELLED, message="cancelled while running", current_step=None
+            self._jobs.transition(
+                job.id,
+                JobStatus.CANCELLED,
+                also=self._mq.event_with("job_cancelled", reason="cancel requested"),
+                message="cancelled while running",
+                current_step=None,
             )
-            self._event("job_cancelled", job, reason="cancel requested")
 
     def retrying(self, job_id: str, error: str, attempt: int, delay: float) -> None:
-        job = self._jobs.transition(job_id, JobStatus.RETRYING, error=error, message=f"retry {attempt} in {delay:.1f}s")
-        self._event("job_retrying", job, error=error, attempt=attempt, delay_seconds=round(delay, 3))
+        retrying = self._mq.event_with("job_retrying", error=error, attempt=attempt, delay_seconds=round(delay, 3))
+        self._jobs.transition(
+            job_id, JobStatus.RETRYING, also=retrying, error=error, message=f"retry {attempt} in {delay:.1f}s"
+        )
 
     def failed(self, job_id: str, error: str, dead_letter_id: str | None = None) -> None:
         job = self._jobs.get(job_id)
         if job.state.terminal:
             return
-        job = self._jobs.transition(job_id, JobStatus.FAILED, error=error, message="failed", current_step=None)
-        self._event("job_failed", job, error=error, dead_letter_id=dead_letter_id)
+        failed = self._mq.event_with("job_failed", error=error, dead_letter_id=dead_letter_id)
+        job = self._jobs.transition(
+            job_id, JobStatus.FAILED, also=failed, error=error, message="failed", current_step=None
+        )
         if dead_letter_id:
             self._event("job_dead_lettered", job, dead_letter_id=dead_letter_id, error=error)
         self._notify_failure(job)
