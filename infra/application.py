@@ -44,8 +44,14 @@ AUTOSCALER_KINDS = ("ScaledObject", "TriggerAuthentication", "HorizontalPodAutos
 
 
 def _autoscalers_elsewhere(values: dict[str, Any]) -> dict[str, Any]:
-    return {**values, "autoscaling": {"keda": {**values["autoscaling"]["keda"], "enabled": False},
-                                      "hpa": {**values["autoscaling"]["hpa"], "enabled": False}, "external": True}}
+    return {
+        **values,
+        "autoscaling": {
+            "keda": {**values["autoscaling"]["keda"], "enabled": False},
+            "hpa": {**values["autoscaling"]["hpa"], "enabled": False},
+            "external": True,
+        },
+    }
 
 
 def _only_autoscalers(obj: dict[str, Any], opts: pulumi.ResourceOptions) -> None:
@@ -102,8 +108,10 @@ class Application(pulumi.ComponentResource):
         else:
             self.api_key = generated.password(f"{name}-api-key", 40, parent=self)
         webhook: pulumi.Output[str] = (
-            pulumi.Output.secret(secrets.webhook_secret) if secrets.webhook_secret is not None else
-            generated.password(f"{name}-webhook-secret", 48, parent=self))
+            pulumi.Output.secret(secrets.webhook_secret)
+            if secrets.webhook_secret is not None
+            else generated.password(f"{name}-webhook-secret", 48, parent=self)
+        )
         api_keys_file = self.api_key.apply(lambda v: "\n".join(k.strip() for k in v.split(",") if k.strip()) + "\n")
         # Encryption keys are never generated: the operator keeps a copy, or the sealed data is lost with the state.
         encryption: dict[str, Any] = {}
@@ -111,7 +119,9 @@ class Application(pulumi.ComponentResource):
             previous = secrets.encryption_previous_keys or ""
             encryption[defaults["encryption"]["secretKey"]] = pulumi.Output.secret(
                 pulumi.Output.all(secrets.encryption_key, previous).apply(
-                    lambda v: "".join(k.strip() + "\n" for k in [v[0], *v[1].split(",")] if k.strip())))
+                    lambda v: "".join(k.strip() + "\n" for k in [v[0], *v[1].split(",")] if k.strip())
+                )
+            )
         secret = k8s.core.v1.Secret(
             f"{name}-secret",
             metadata=kx.meta(f"{self.fullname}-app", args.namespace, kx.labels(self.fullname, "app", args.labels)),
@@ -122,8 +132,9 @@ class Application(pulumi.ComponentResource):
                 keys["apiKeys"]: api_keys_file,
                 keys["webhookSecret"]: webhook,
                 # Read by the notification pools only when smtp.username is set; empty otherwise.
-                keys["smtpPassword"]: pulumi.Output.secret(secrets.smtp_password if secrets.smtp_password is not None
-                                                           else ""),
+                keys["smtpPassword"]: pulumi.Output.secret(
+                    secrets.smtp_password if secrets.smtp_password is not None else ""
+                ),
                 **encryption,
             },
             opts=kx.child(self),
@@ -141,10 +152,16 @@ class Application(pulumi.ComponentResource):
         self.service_account = account.metadata.apply(lambda m: m.name)
 
         self.values = pulumi.Output.all(
-            redis_host=args.redis.host, redis_port=args.redis.port, kafka_bootstrap=args.kafka.bootstrap_servers,
-            secret_name=self.secret_name, account=self.service_account,
-        ).apply(lambda o: self._values(o["redis_host"], o["redis_port"], o["kafka_bootstrap"], o["secret_name"],
-                                       o["account"]))
+            redis_host=args.redis.host,
+            redis_port=args.redis.port,
+            kafka_bootstrap=args.kafka.bootstrap_servers,
+            secret_name=self.secret_name,
+            account=self.service_account,
+        ).apply(
+            lambda o: self._values(
+                o["redis_host"], o["redis_port"], o["kafka_bootstrap"], o["secret_name"], o["account"]
+            )
+        )
 
         # The application: everything but the pools' autoscalers (`external`: replicas left unset too).
         self.chart = k8s.helm.v4.Chart(
@@ -163,16 +180,23 @@ class Application(pulumi.ComponentResource):
             args.release,
             # The values hint says a mapping of inputs, but the v3 Chart resolves its whole
             # options with Output.from_input (ChartOpts.to_json), so an Output of the values is fine.
-            k8s.helm.v3.LocalChartOpts(path=args.chart_path, namespace=args.namespace,
-                                       values=self.values,  # type: ignore[arg-type]
-                                       transformations=[_only_autoscalers]),
+            k8s.helm.v3.LocalChartOpts(
+                path=args.chart_path,
+                namespace=args.namespace,
+                values=self.values,  # type: ignore[arg-type]
+                transformations=[_only_autoscalers],
+            ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.chart]),
         )
         self.api_url, self.api_access = self._access()
-        self.register_outputs({
-            "values": self.values, "secret_name": self.secret_name, "api_url": self.api_url,
-            "api_access": self.api_access,
-        })
+        self.register_outputs(
+            {
+                "values": self.values,
+                "secret_name": self.secret_name,
+                "api_url": self.api_url,
+                "api_access": self.api_access,
+            }
+        )
 
     # -- names in the chart -------------------------------------------------------------------------
 
@@ -199,13 +223,15 @@ class Application(pulumi.ComponentResource):
         if metadata.get("name") not in self._scaled_deployments():
             return None
         ignore = [*(args.opts.ignore_changes or []), "spec.replicas"]
-        return pulumi.ResourceTransformResult(args.props, pulumi.ResourceOptions.merge(
-            args.opts, pulumi.ResourceOptions(ignore_changes=ignore)))
+        return pulumi.ResourceTransformResult(
+            args.props, pulumi.ResourceOptions.merge(args.opts, pulumi.ResourceOptions(ignore_changes=ignore))
+        )
 
     # -- values -------------------------------------------------------------------------------------
 
-    def _values(self, redis_host: str, redis_port: int, kafka_bootstrap: str, secret_name: str,
-                service_account: str) -> dict[str, Any]:
+    def _values(
+        self, redis_host: str, redis_port: int, kafka_bootstrap: str, secret_name: str, service_account: str
+    ) -> dict[str, Any]:
         args, stack = self._args, self._args.stack
         topo, app, scaling, smtp = args.topology, stack.app, stack.autoscaling, stack.smtp
         defaults = chart_defaults(args.chart_path)
@@ -232,21 +258,33 @@ class Application(pulumi.ComponentResource):
             consumers[group.pool] = {
                 "group": group.name,
                 "topics": [{"name": t, "partitions": topo.topic(t).partitions} for t in group.topics],
-                **pool_bounds(PoolScaling(s.min_replicas, min(s.max_replicas, topo.max_partitions(group)), s.target),
-                              False),
+                **pool_bounds(
+                    PoolScaling(s.min_replicas, min(s.max_replicas, topo.max_partitions(group)), s.target), False
+                ),
                 "lagThreshold": s.target,
                 "resources": {},
             }
 
         expose = stack.expose
-        service: dict[str, Any] = {"type": {"portForward": "ClusterIP", "ingress": "ClusterIP", "nodePort": "NodePort",
-                                            "loadBalancer": "LoadBalancer"}[expose.mode]}
+        service: dict[str, Any] = {
+            "type": {
+                "portForward": "ClusterIP",
+                "ingress": "ClusterIP",
+                "nodePort": "NodePort",
+                "loadBalancer": "LoadBalancer",
+            }[expose.mode]
+        }
         if expose.mode == "nodePort" and expose.node_port:
             service["nodePort"] = expose.node_port
         ingress: dict[str, Any] = {"enabled": expose.mode == "ingress"}
         if expose.mode == "ingress":
-            ingress.update({"className": expose.ingress_class or "", "host": expose.host or "",
-                            "tls": {"enabled": bool(expose.tls_secret), "secretName": expose.tls_secret or ""}})
+            ingress.update(
+                {
+                    "className": expose.ingress_class or "",
+                    "host": expose.host or "",
+                    "tls": {"enabled": bool(expose.tls_secret), "secretName": expose.tls_secret or ""},
+                }
+            )
 
         redis_cfg, kafka = stack.redis, args.kafka
         redis_allow: dict[str, Any] = {"cidrs": [], "podSelector": {}, "namespaceSelector": {}}
@@ -260,18 +298,27 @@ class Application(pulumi.ComponentResource):
             "fullnameOverride": self.fullname,
             "serviceAccount": {"create": False, "name": service_account},
             "commonLabels": {**args.labels, "pynomaly.io/environment": stack.environment},
-            "image": {"repository": stack.image.repository, "tag": stack.image.tag,
-                      "pullPolicy": stack.image.pull_policy},
+            "image": {
+                "repository": stack.image.repository,
+                "tag": stack.image.tag,
+                "pullPolicy": stack.image.pull_policy,
+            },
             "settings": {
                 "environment": stack.environment,
                 "logLevel": app.log_level,
-                "publicUrl": f"https://{expose.host}" if expose.mode == "ingress" and expose.tls_secret else (
-                    f"http://{expose.host}" if expose.host else ""),
+                "publicUrl": f"https://{expose.host}"
+                if expose.mode == "ingress" and expose.tls_secret
+                else (f"http://{expose.host}" if expose.host else ""),
                 "taskTimeLimit": app.task_time_limit,
                 "taskSoftTimeLimit": app.task_soft_time_limit,
             },
-            "redis": {"host": redis_host, "port": int(redis_port), "db": 0, "tls": args.redis.tls,
-                      "allowTo": redis_allow},
+            "redis": {
+                "host": redis_host,
+                "port": int(redis_port),
+                "db": 0,
+                "tls": args.redis.tls,
+                "allowTo": redis_allow,
+            },
             "kafka": {
                 "bootstrapServers": kafka_bootstrap,
                 "securityProtocol": kafka.security_protocol,
@@ -285,9 +332,11 @@ class Application(pulumi.ComponentResource):
             "secrets": {"existingSecret": secret_name},
             # The keys file sits in the same Secret; mounted whenever a key is set, so turning `enabled` off
             # still reads what was sealed.
-            "encryption": {"enabled": stack.encryption.enabled,
-                           "existingSecret": secret_name if stack.secrets.encryption_key is not None else "",
-                           "secretKey": defaults["encryption"]["secretKey"]},
+            "encryption": {
+                "enabled": stack.encryption.enabled,
+                "existingSecret": secret_name if stack.secrets.encryption_key is not None else "",
+                "secretKey": defaults["encryption"]["secretKey"],
+            },
             "api": {
                 "replicas": app.api_replicas,
                 "resources": app.api_resources.to_k8s(),
@@ -303,21 +352,36 @@ class Application(pulumi.ComponentResource):
             "consumers": {"resources": app.consumer_resources.to_k8s(), "pools": consumers},
             # One autoscaler per pool, never both (the chart refuses both); the pools' replicas stay unset.
             "autoscaling": {
-                "keda": {"enabled": scaling.keda, "pollingInterval": scaling.polling_interval,
-                         "cooldownPeriod": scaling.cooldown_period, "fallbackReplicas": scaling.fallback_replicas,
-                         # KEDA must trust the in-cluster listener's CA like the clients do.
-                         "kafkaCaSecret": (stack.kafka.tls_secret or "") if stack.kafka.in_cluster else ""},
-                "hpa": {"enabled": not scaling.keda, "targetCPUUtilizationPercentage": scaling.cpu_utilization,
-                        "targetMemoryUtilizationPercentage": scaling.memory_utilization or 0},
+                "keda": {
+                    "enabled": scaling.keda,
+                    "pollingInterval": scaling.polling_interval,
+                    "cooldownPeriod": scaling.cooldown_period,
+                    "fallbackReplicas": scaling.fallback_replicas,
+                    # KEDA must trust the in-cluster listener's CA like the clients do.
+                    "kafkaCaSecret": (stack.kafka.tls_secret or "") if stack.kafka.in_cluster else "",
+                },
+                "hpa": {
+                    "enabled": not scaling.keda,
+                    "targetCPUUtilizationPercentage": scaling.cpu_utilization,
+                    "targetMemoryUtilizationPercentage": scaling.memory_utilization or 0,
+                },
             },
-            "smtp": {"host": smtp.host, "port": smtp.port, "security": smtp.security, "username": smtp.username,
-                     "from": smtp.sender, "timeout": smtp.timeout,
-                     "allowTo": {"cidrs": list(smtp.cidrs), "podSelector": {}, "namespaceSelector": {}}},
+            "smtp": {
+                "host": smtp.host,
+                "port": smtp.port,
+                "security": smtp.security,
+                "username": smtp.username,
+                "from": smtp.sender,
+                "timeout": smtp.timeout,
+                "allowTo": {"cidrs": list(smtp.cidrs), "podSelector": {}, "namespaceSelector": {}},
+            },
             "notifications": {"queue": Q_NOTIFICATIONS},
             # Beat runs as the chart's singleton (replicas 1, Recreate); the Autoscaling component never targets it.
             "beat": {"enabled": True},
-            "metrics": {"serviceMonitor": {"enabled": app.service_monitor},
-                        "prometheusRule": {"enabled": app.service_monitor}},
+            "metrics": {
+                "serviceMonitor": {"enabled": app.service_monitor},
+                "prometheusRule": {"enabled": app.service_monitor},
+            },
             "networkPolicy": {"enabled": app.network_policies},
         }
 
@@ -331,13 +395,21 @@ class Application(pulumi.ComponentResource):
             url = pulumi.Output.from_input(f"{scheme}://{expose.host}")
             return url, url.apply(lambda u: f"open {u} (Ingress class {expose.ingress_class or 'default'})")
         if expose.mode == "loadBalancer":
-            access = ns.apply(lambda n: f"kubectl -n {n} get svc {svc} "
-                                        "-o jsonpath='{.status.loadBalancer.ingress[0].*}'  # then http://<that>/")
+            access = ns.apply(
+                lambda n: (
+                    f"kubectl -n {n} get svc {svc} "
+                    "-o jsonpath='{.status.loadBalancer.ingress[0].*}'  # then http://<that>/"
+                )
+            )
             return pulumi.Output.from_input("http://<load-balancer address>/"), access
         if expose.mode == "nodePort":
             port = expose.node_port
-            access = ns.apply(lambda n: f"kubectl -n {n} get svc {svc} -o jsonpath='{{.spec.ports[0].nodePort}}'"
-                                        "  # then http://<any node address>:<that port>/")
+            access = ns.apply(
+                lambda n: (
+                    f"kubectl -n {n} get svc {svc} -o jsonpath='{{.spec.ports[0].nodePort}}'"
+                    "  # then http://<any node address>:<that port>/"
+                )
+            )
             return pulumi.Output.from_input(f"http://<node address>:{port or '<nodePort>'}/"), access
         access = ns.apply(lambda n: f"kubectl -n {n} port-forward svc/{svc} 8000:{API_SERVICE_PORT}")
         return pulumi.Output.from_input("http://127.0.0.1:8000/"), access

@@ -51,7 +51,7 @@ SECRET_KEYS: dict[str, str] = {
     "webhookSecret": "HMAC key signing webhook bodies (default: generated)",
     "smtpPassword": "password of the SMTP user smtp.username (required with it; never generated)",
     "encryptionKey": "base64 key of 32 random bytes sealing dataset and result blobs in Redis (required with "
-                     "encryption.enabled; never generated: losing it loses the data)",
+    "encryption.enabled; never generated: losing it loses the data)",
     "encryptionPreviousKeys": "comma-separated base64 keys that only decrypt, kept after a rotation of encryptionKey",
 }
 # The one command that makes an encryption key (told in every error that asks for one).
@@ -272,9 +272,11 @@ class RedisConfig(_Model):
 class KafkaExternal(_Model):
     bootstrap_servers: str | None = Field(None, alias="bootstrapServers")
     security_protocol: Annotated[str, one_of("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")] = Field(
-        "SASL_SSL", alias="securityProtocol")
+        "SASL_SSL", alias="securityProtocol"
+    )
     sasl_mechanism: Annotated[str, one_of("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")] = Field(
-        "SCRAM-SHA-512", alias="saslMechanism")
+        "SCRAM-SHA-512", alias="saslMechanism"
+    )
     username: str | None = None
 
 
@@ -358,9 +360,11 @@ class PoolOverride(_Model):
     target: Annotated[Int, between(1, 100_000)] | None = None
 
     def over(self, base: PoolScaling) -> PoolScaling:
-        return PoolScaling(base.min_replicas if self.min is None else self.min,
-                           base.max_replicas if self.max is None else self.max,
-                           base.target if self.target is None else self.target)
+        return PoolScaling(
+            base.min_replicas if self.min is None else self.min,
+            base.max_replicas if self.max is None else self.max,
+            base.target if self.target is None else self.target,
+        )
 
 
 class _Pools(_Model):
@@ -377,8 +381,11 @@ class _Pools(_Model):
 
     @model_validator(mode="after")
     def _min_below_max(self) -> _Pools:
-        bad = [f"{p}: min ({s.min_replicas}) is above max ({s.max_replicas})"
-               for p, s in self.resolved().items() if s.min_replicas > s.max_replicas]
+        bad = [
+            f"{p}: min ({s.min_replicas}) is above max ({s.max_replicas})"
+            for p, s in self.resolved().items()
+            if s.min_replicas > s.max_replicas
+        ]
         _keyed(bad)
         return self
 
@@ -418,8 +425,10 @@ class AutoscalingConfig(_Model):
             limit = TOPOLOGY.max_partitions(group)
             scaling = self.consumers[group.pool]
             if scaling.max_replicas > limit:
-                problems.append(f"consumers.{group.pool}.max: {scaling.max_replicas} is above the {limit} "
-                                "partition(s) of the group's largest topic; extra consumers would sit idle")
+                problems.append(
+                    f"consumers.{group.pool}.max: {scaling.max_replicas} is above the {limit} "
+                    "partition(s) of the group's largest topic; extra consumers would sit idle"
+                )
         _keyed(problems)
         return self
 
@@ -445,8 +454,7 @@ class AppResources(_Model):
 
 class AppConfig(_Model):
     api_replicas: Annotated[Int, between(1, 50)] = Field(1, alias="apiReplicas")
-    log_level: Annotated[str, one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")] = Field(
-        "INFO", alias="logLevel")
+    log_level: Annotated[str, one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")] = Field("INFO", alias="logLevel")
     task_time_limit: Annotated[Int, between(10, 86400)] = Field(3600, alias="taskTimeLimit")
     task_soft_time_limit: Annotated[Int, between(5, 86400)] = Field(3300, alias="taskSoftTimeLimit")
     resources: AppResources = AppResources()
@@ -499,8 +507,7 @@ class EncryptionConfig(_Model):
 
 
 def _labels(v: Any) -> Any:
-    _check(isinstance(v, Mapping) and all(isinstance(x, str) for x in v.values()),
-           "must map label names to strings")
+    _check(isinstance(v, Mapping) and all(isinstance(x, str) for x in v.values()), "must map label names to strings")
     return dict(v)
 
 
@@ -538,8 +545,12 @@ class _Document(_Model):
     @model_validator(mode="after")
     def _smtp_egress(self) -> _Document:
         if self.smtp.host and self.app.network_policies and not self.smtp.cidrs:
-            _keyed(["smtp.cidrs: required with smtp.host while app.networkPolicies is on (the SMTP server's "
-                    "address as CIDRs; egress is never opened to everything)"])
+            _keyed(
+                [
+                    "smtp.cidrs: required with smtp.host while app.networkPolicies is on (the SMTP server's "
+                    "address as CIDRs; egress is never opened to everything)"
+                ]
+            )
         return self
 
 
@@ -620,12 +631,17 @@ def parse_config(raw: Mapping[str, Any], environment: str, *, default_tag: str) 
     ``raw`` holds the non-secret keys with their JSON values decoded; secret keys are read by
     :func:`load` and must not appear here.  Raises :class:`ConfigError` listing every problem.
     """
-    problems = [f"{PROJECT}:{key}: is a secret; set it with `pulumi config set --secret {key}`"
-                for key in sorted(set(SECRET_KEYS) & set(raw))]
+    problems = [
+        f"{PROJECT}:{key}: is a secret; set it with `pulumi config set --secret {key}`"
+        for key in sorted(set(SECRET_KEYS) & set(raw))
+    ]
     data = {k: v for k, v in raw.items() if k not in SECRET_KEYS}
     image = data.get("image")
-    data["image"] = {"tag": default_tag, **image} if isinstance(image, Mapping) else (
-        image if image is not None else {"tag": default_tag})
+    data["image"] = (
+        {"tag": default_tag, **image}
+        if isinstance(image, Mapping)
+        else (image if image is not None else {"tag": default_tag})
+    )
     try:
         doc = _Document.model_validate(data)
     except ValidationError as exc:
@@ -633,8 +649,20 @@ def parse_config(raw: Mapping[str, Any], environment: str, *, default_tag: str) 
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
-    return StackConfig(doc.environment or environment, doc.kubernetes, doc.image, doc.expose, doc.redis, doc.kafka,
-                       doc.autoscaling, doc.app, Secrets(), doc.labels, doc.smtp, doc.encryption)
+    return StackConfig(
+        doc.environment or environment,
+        doc.kubernetes,
+        doc.image,
+        doc.expose,
+        doc.redis,
+        doc.kafka,
+        doc.autoscaling,
+        doc.app,
+        Secrets(),
+        doc.labels,
+        doc.smtp,
+        doc.encryption,
+    )
 
 
 # -- reading from Pulumi -------------------------------------------------------------------------
@@ -694,20 +722,36 @@ def load(default_tag: str) -> StackConfig:
     extra = []
     if stack.redis.mode == "external" and secrets.redis_url is None:
         extra.append(f"{PROJECT}:redisUrl: required (as a secret) when redis.mode is external")
-    if stack.kafka.mode == "external" and stack.kafka.external_security_protocol.startswith("SASL") and (
-        secrets.kafka_password is None or not stack.kafka.external_username
+    if (
+        stack.kafka.mode == "external"
+        and stack.kafka.external_security_protocol.startswith("SASL")
+        and (secrets.kafka_password is None or not stack.kafka.external_username)
     ):
         extra.append(f"{PROJECT}:kafkaPassword and kafka.external.username: required for an external SASL Kafka")
     if stack.smtp.username and secrets.smtp_password is None:
         extra.append(f"{PROJECT}:smtpPassword: required (as a secret) when smtp.username is set")
     if stack.encryption.enabled and secrets.encryption_key is None:
-        extra.append(f"{PROJECT}:encryptionKey: required (as a secret) when encryption.enabled is true; make one "
-                     f"with `{ENCRYPTION_KEY_COMMAND}` and keep a copy (without it the sealed data is lost)")
+        extra.append(
+            f"{PROJECT}:encryptionKey: required (as a secret) when encryption.enabled is true; make one "
+            f"with `{ENCRYPTION_KEY_COMMAND}` and keep a copy (without it the sealed data is lost)"
+        )
     extra += encryption_key_problems(raw)
     if extra:
         raise ConfigError(extra)
-    return StackConfig(stack.environment, stack.kubernetes, stack.image, stack.expose, stack.redis, stack.kafka,
-                       stack.autoscaling, stack.app, secrets, stack.labels, stack.smtp, stack.encryption)
+    return StackConfig(
+        stack.environment,
+        stack.kubernetes,
+        stack.image,
+        stack.expose,
+        stack.redis,
+        stack.kafka,
+        stack.autoscaling,
+        stack.app,
+        secrets,
+        stack.labels,
+        stack.smtp,
+        stack.encryption,
+    )
 
 
 def encryption_key_problems(raw: Mapping[str, Any]) -> list[str]:

@@ -148,15 +148,19 @@ class GeneratedSecret(dynamic.Resource, module="pynomaly", name="GeneratedSecret
             raise ValueError(f"GeneratedSecret {name}: password length must be 8..256, not {length}")
         props = {"kind": kind, "length": length if kind == "password" else 16, "value": None}
         _restore_pickler()
-        super().__init__(GeneratedSecretProvider(), name, props,
-                         pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
-                             additional_secret_outputs=["value"])))
+        super().__init__(
+            GeneratedSecretProvider(),
+            name,
+            props,
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["value"])),
+        )
 
 
 def password(name: str, length: int, parent: pulumi.Resource) -> pulumi.Output[str]:
     """A generated alphanumeric password of ``length`` characters, as a secret output."""
-    return pulumi.Output.secret(GeneratedSecret(name, "password", length,
-                                                opts=pulumi.ResourceOptions(parent=parent)).value)
+    return pulumi.Output.secret(
+        GeneratedSecret(name, "password", length, opts=pulumi.ResourceOptions(parent=parent)).value
+    )
 
 
 def kafka_id(name: str, parent: pulumi.Resource) -> pulumi.Output[str]:

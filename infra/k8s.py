@@ -42,10 +42,12 @@ def labels(name: str, component: str, extra: Mapping[str, str] | None = None) ->
     }
 
 
-def meta(name: str, namespace: pulumi.Input[str], lbls: Mapping[str, str],
-         annotations: Mapping[str, str] | None = None) -> k8s.meta.v1.ObjectMetaArgs:
-    return k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=dict(lbls),
-                                      annotations=dict(annotations) if annotations else None)
+def meta(
+    name: str, namespace: pulumi.Input[str], lbls: Mapping[str, str], annotations: Mapping[str, str] | None = None
+) -> k8s.meta.v1.ObjectMetaArgs:
+    return k8s.meta.v1.ObjectMetaArgs(
+        name=name, namespace=namespace, labels=dict(lbls), annotations=dict(annotations) if annotations else None
+    )
 
 
 def pod_security(uid: int) -> k8s.core.v1.PodSecurityContextArgs:
@@ -80,10 +82,14 @@ def spread(selector: Mapping[str, str], *, zones_required: bool) -> list[k8s.cor
     match = k8s.meta.v1.LabelSelectorArgs(match_labels=dict(selector))
     return [
         k8s.core.v1.TopologySpreadConstraintArgs(
-            max_skew=1, topology_key=ZONE_LABEL,
-            when_unsatisfiable="DoNotSchedule" if zones_required else "ScheduleAnyway", label_selector=match),
+            max_skew=1,
+            topology_key=ZONE_LABEL,
+            when_unsatisfiable="DoNotSchedule" if zones_required else "ScheduleAnyway",
+            label_selector=match,
+        ),
         k8s.core.v1.TopologySpreadConstraintArgs(
-            max_skew=1, topology_key=HOSTNAME_LABEL, when_unsatisfiable="ScheduleAnyway", label_selector=match),
+            max_skew=1, topology_key=HOSTNAME_LABEL, when_unsatisfiable="ScheduleAnyway", label_selector=match
+        ),
     ]
 
 
@@ -105,14 +111,17 @@ def anti_affinity(selector: Mapping[str, str]) -> k8s.core.v1.AffinityArgs:
 
 def empty_dir(name: str, size: str = "64Mi", memory: bool = False) -> k8s.core.v1.VolumeArgs:
     return k8s.core.v1.VolumeArgs(
-        name=name, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=size, medium="Memory" if memory else None))
+        name=name, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=size, medium="Memory" if memory else None)
+    )
 
 
-def pvc_template(name: str, size: str, storage_class: str | None,
-                 lbls: Mapping[str, str]) -> k8s.core.v1.PersistentVolumeClaimArgs:
+def pvc_template(
+    name: str, size: str, storage_class: str | None, lbls: Mapping[str, str]
+) -> k8s.core.v1.PersistentVolumeClaimArgs:
     # `kind`/`apiVersion` make the embedded template a complete object for schema validation too.
     return k8s.core.v1.PersistentVolumeClaimArgs(
-        api_version="v1", kind="PersistentVolumeClaim",
+        api_version="v1",
+        kind="PersistentVolumeClaim",
         metadata=k8s.meta.v1.ObjectMetaArgs(name=name, labels=dict(lbls)),
         spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
             access_modes=["ReadWriteOnce"],
@@ -128,12 +137,19 @@ def child(parent: pulumi.Resource, **extra: Any) -> pulumi.ResourceOptions:
 
 def app_or_own_pods(own_name: str) -> k8s.networking.v1.NetworkPolicyPeerArgs:
     """NetworkPolicy peer: the application's pods and the component's own, in the policy's namespace."""
-    return k8s.networking.v1.NetworkPolicyPeerArgs(pod_selector=k8s.meta.v1.LabelSelectorArgs(
-        match_expressions=[k8s.meta.v1.LabelSelectorRequirementArgs(
-            key="app.kubernetes.io/name", operator="In", values=[APP_NAME, own_name])]))
+    return k8s.networking.v1.NetworkPolicyPeerArgs(
+        pod_selector=k8s.meta.v1.LabelSelectorArgs(
+            match_expressions=[
+                k8s.meta.v1.LabelSelectorRequirementArgs(
+                    key="app.kubernetes.io/name", operator="In", values=[APP_NAME, own_name]
+                )
+            ]
+        )
+    )
 
 
 def namespace_peer(namespace: str) -> k8s.networking.v1.NetworkPolicyPeerArgs:
     """NetworkPolicy peer: every pod of another namespace (e.g. KEDA's operator)."""
-    return k8s.networking.v1.NetworkPolicyPeerArgs(namespace_selector=k8s.meta.v1.LabelSelectorArgs(
-        match_labels={"kubernetes.io/metadata.name": namespace}))
+    return k8s.networking.v1.NetworkPolicyPeerArgs(
+        namespace_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"kubernetes.io/metadata.name": namespace})
+    )

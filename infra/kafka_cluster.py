@@ -124,8 +124,11 @@ class Kafka(pulumi.ComponentResource):
                 ]
             else:
                 self.roles = [_Role(args.name, "kafka-broker", "broker,controller", cfg.brokers, 0)]
-            self.bootstrap_servers = pulumi.Output.from_input(ns).apply(lambda n: ",".join(
-                f"{args.name}-{i}.{self.headless}.{n}.svc.cluster.local:{CLIENT_PORT}" for i in range(cfg.brokers)))
+            self.bootstrap_servers = pulumi.Output.from_input(ns).apply(
+                lambda n: ",".join(
+                    f"{args.name}-{i}.{self.headless}.{n}.svc.cluster.local:{CLIENT_PORT}" for i in range(cfg.brokers)
+                )
+            )
         else:
             self.security_protocol = cfg.external_security_protocol
             self.sasl_mechanism = cfg.external_sasl_mechanism if self.security_protocol.startswith("SASL") else ""
@@ -153,11 +156,15 @@ class Kafka(pulumi.ComponentResource):
         if cfg.in_cluster:
             self._cluster(name)
 
-        self.register_outputs({
-            "bootstrap_servers": self.bootstrap_servers, "security_protocol": self.security_protocol,
-            "secret_name": self.secret_name, "cluster_secret_name": self.cluster_secret_name,
-            "password": self.password,
-        })
+        self.register_outputs(
+            {
+                "bootstrap_servers": self.bootstrap_servers,
+                "security_protocol": self.security_protocol,
+                "secret_name": self.secret_name,
+                "cluster_secret_name": self.cluster_secret_name,
+                "password": self.password,
+            }
+        )
 
     def _password(self, resource_name: str, configured: pulumi.Input[str] | None) -> pulumi.Output[str]:
         if configured is not None:
@@ -171,8 +178,10 @@ class Kafka(pulumi.ComponentResource):
         controller_role = self.roles[0]
         # Kafka UUIDs (16 bytes, URL-safe base64 without padding), generated once and kept in the state.
         cluster_id = generated.kafka_id(f"{name}-cluster-id", parent=self)
-        dir_ids = [generated.kafka_id(f"{name}-controller-{i}-directory-id", parent=self)
-                   for i in range(controller_role.replicas)]
+        dir_ids = [
+            generated.kafka_id(f"{name}-controller-{i}-directory-id", parent=self)
+            for i in range(controller_role.replicas)
+        ]
 
         cluster_data: dict[str, pulumi.Input[str]] = {
             KEY_CLUSTER_ID: cluster_id,
@@ -195,11 +204,14 @@ class Kafka(pulumi.ComponentResource):
             f"{name}-headless",
             metadata=kx.meta(self.headless, ns, kx.labels(args.name, "kafka", args.labels)),
             spec=k8s.core.v1.ServiceSpecArgs(
-                cluster_ip="None", publish_not_ready_addresses=True, selector=all_pods,
+                cluster_ip="None",
+                publish_not_ready_addresses=True,
+                selector=all_pods,
                 ports=[
                     k8s.core.v1.ServicePortArgs(name="client", port=CLIENT_PORT, target_port=CLIENT_PORT),
                     k8s.core.v1.ServicePortArgs(name="controller", port=CONTROLLER_PORT, target_port=CONTROLLER_PORT),
-                ]),
+                ],
+            ),
             opts=kx.child(self),
         )
         broker_sel = kx.selector_labels(args.name, "kafka-broker")
@@ -207,15 +219,20 @@ class Kafka(pulumi.ComponentResource):
             f"{name}-client",
             metadata=kx.meta(args.name, ns, kx.labels(args.name, "kafka-broker", args.labels)),
             spec=k8s.core.v1.ServiceSpecArgs(
-                type="ClusterIP", selector=broker_sel,
-                ports=[k8s.core.v1.ServicePortArgs(name="client", port=CLIENT_PORT, target_port=CLIENT_PORT)]),
+                type="ClusterIP",
+                selector=broker_sel,
+                ports=[k8s.core.v1.ServicePortArgs(name="client", port=CLIENT_PORT, target_port=CLIENT_PORT)],
+            ),
             opts=kx.child(self),
         )
         self.objects += [cluster_secret, headless, client]
 
-        controller_fqdn = pulumi.Output.from_input(ns).apply(lambda n: [
-            f"{controller_role.statefulset}-{i}.{self.headless}.{n}.svc.cluster.local"
-            for i in range(controller_role.replicas)])
+        controller_fqdn = pulumi.Output.from_input(ns).apply(
+            lambda n: [
+                f"{controller_role.statefulset}-{i}.{self.headless}.{n}.svc.cluster.local"
+                for i in range(controller_role.replicas)
+            ]
+        )
         bootstrap_controllers = controller_fqdn.apply(lambda hs: ",".join(f"{h}:{CONTROLLER_PORT}" for h in hs))
         scripts = k8s.core.v1.ConfigMap(
             f"{name}-scripts",
@@ -231,32 +248,53 @@ class Kafka(pulumi.ComponentResource):
 
         statefulsets = []
         for role in self.roles:
-            statefulsets.append(self._statefulset(name, role, bootstrap_controllers, controller_fqdn, dir_ids,
-                                                  service_account, cluster_secret, headless, scripts))
+            statefulsets.append(
+                self._statefulset(
+                    name,
+                    role,
+                    bootstrap_controllers,
+                    controller_fqdn,
+                    dir_ids,
+                    service_account,
+                    cluster_secret,
+                    headless,
+                    scripts,
+                )
+            )
 
         # Controllers talk only to Kafka pods; clients (the app's pods, the topics Job, KEDA's operator)
         # only reach 9092, and no other pod reaches it, SASL password or not.
         clients = [kx.app_or_own_pods(args.name)]
         if args.scaler_namespace:
             clients.append(kx.namespace_peer(args.scaler_namespace))
-        self.objects.append(k8s.networking.v1.NetworkPolicy(
-            f"{name}-ingress",
-            metadata=kx.meta(args.name, ns, kx.labels(args.name, "kafka", args.labels)),
-            spec=k8s.networking.v1.NetworkPolicySpecArgs(
-                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=all_pods),
-                policy_types=["Ingress"],
-                ingress=[
-                    k8s.networking.v1.NetworkPolicyIngressRuleArgs(
-                        from_=[k8s.networking.v1.NetworkPolicyPeerArgs(
-                            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=all_pods))],
-                        ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=p, protocol="TCP")
-                               for p in (CLIENT_PORT, CONTROLLER_PORT)]),
-                    k8s.networking.v1.NetworkPolicyIngressRuleArgs(
-                        from_=clients,
-                        ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=CLIENT_PORT, protocol="TCP")]),
-                ]),
-            opts=kx.child(self),
-        ))
+        self.objects.append(
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-ingress",
+                metadata=kx.meta(args.name, ns, kx.labels(args.name, "kafka", args.labels)),
+                spec=k8s.networking.v1.NetworkPolicySpecArgs(
+                    pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=all_pods),
+                    policy_types=["Ingress"],
+                    ingress=[
+                        k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+                            from_=[
+                                k8s.networking.v1.NetworkPolicyPeerArgs(
+                                    pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=all_pods)
+                                )
+                            ],
+                            ports=[
+                                k8s.networking.v1.NetworkPolicyPortArgs(port=p, protocol="TCP")
+                                for p in (CLIENT_PORT, CONTROLLER_PORT)
+                            ],
+                        ),
+                        k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+                            from_=clients,
+                            ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=CLIENT_PORT, protocol="TCP")],
+                        ),
+                    ],
+                ),
+                opts=kx.child(self),
+            )
+        )
         self.objects.append(self._topics_job(name, scripts, [*statefulsets, client]))
 
     def _rack_rbac(self, name: str) -> pulumi.Output[str]:
@@ -265,8 +303,11 @@ class Kafka(pulumi.ComponentResource):
         lbls = kx.labels(args.name, "kafka", args.labels)
         sa_name = f"{args.name}-rack"
         sa = k8s.core.v1.ServiceAccount(
-            f"{name}-rack", metadata=kx.meta(sa_name, ns, lbls), automount_service_account_token=False,
-            opts=kx.child(self))
+            f"{name}-rack",
+            metadata=kx.meta(sa_name, ns, lbls),
+            automount_service_account_token=False,
+            opts=kx.child(self),
+        )
         role_name = pulumi.Output.from_input(ns).apply(lambda n: f"{n}-{sa_name}")
         role = k8s.rbac.v1.ClusterRole(
             f"{name}-rack",
@@ -277,18 +318,27 @@ class Kafka(pulumi.ComponentResource):
         binding = k8s.rbac.v1.ClusterRoleBinding(
             f"{name}-rack",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=role_name, labels=lbls),
-            role_ref=k8s.rbac.v1.RoleRefArgs(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
-                                             name=role.metadata.name),
+            role_ref=k8s.rbac.v1.RoleRefArgs(
+                api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=role.metadata.name
+            ),
             subjects=[k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name=sa.metadata.name, namespace=ns)],
             opts=kx.child(self),
         )
         self.objects += [sa, role, binding]
         return sa.metadata.name
 
-    def _statefulset(self, name: str, role: _Role, bootstrap_controllers: pulumi.Output[str],
-                     controller_fqdn: pulumi.Output[list[str]], dir_ids: list[pulumi.Output[str]],
-                     service_account: pulumi.Output[str] | None, cluster_secret: k8s.core.v1.Secret,
-                     headless: k8s.core.v1.Service, scripts: k8s.core.v1.ConfigMap) -> k8s.apps.v1.StatefulSet:
+    def _statefulset(
+        self,
+        name: str,
+        role: _Role,
+        bootstrap_controllers: pulumi.Output[str],
+        controller_fqdn: pulumi.Output[list[str]],
+        dir_ids: list[pulumi.Output[str]],
+        service_account: pulumi.Output[str] | None,
+        cluster_secret: k8s.core.v1.Secret,
+        headless: k8s.core.v1.Service,
+        scripts: k8s.core.v1.ConfigMap,
+    ) -> k8s.apps.v1.StatefulSet:
         args, cfg, ns = self._args, self._args.config, self._args.namespace
         sel = kx.selector_labels(args.name, role.component)
         lbls = kx.labels(args.name, role.component, args.labels)
@@ -297,25 +347,29 @@ class Kafka(pulumi.ComponentResource):
         deps = [cluster_secret, self._client_secret, headless, scripts]
 
         def from_secret(secret: pulumi.Input[str], key: str) -> k8s.core.v1.EnvVarSourceArgs:
-            return k8s.core.v1.EnvVarSourceArgs(
-                secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret, key=key))
+            return k8s.core.v1.EnvVarSourceArgs(secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret, key=key))
 
         # "0@host-0:9093:<dir id>,..." for formatting the dynamic quorum's first voters.
         initial_controllers = pulumi.Output.all(controller_fqdn, *dir_ids).apply(
-            lambda a: ",".join(f"{i}@{h}:{CONTROLLER_PORT}:{d}" for i, (h, d) in enumerate(
-                zip(a[0], a[1:], strict=True))))
+            lambda a: ",".join(
+                f"{i}@{h}:{CONTROLLER_PORT}:{d}" for i, (h, d) in enumerate(zip(a[0], a[1:], strict=True))
+            )
+        )
         cluster_name = cluster_secret.metadata.name
         env = [
-            k8s.core.v1.EnvVarArgs(name="POD_NAMESPACE", value_from=k8s.core.v1.EnvVarSourceArgs(
-                field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="metadata.namespace"))),
+            k8s.core.v1.EnvVarArgs(
+                name="POD_NAMESPACE",
+                value_from=k8s.core.v1.EnvVarSourceArgs(
+                    field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="metadata.namespace")
+                ),
+            ),
             k8s.core.v1.EnvVarArgs(name="HEADLESS", value=headless.metadata.name),
             k8s.core.v1.EnvVarArgs(name="PROCESS_ROLES", value=role.roles),
             k8s.core.v1.EnvVarArgs(name="NODE_ID_OFFSET", value=str(role.id_offset)),
             k8s.core.v1.EnvVarArgs(name="CONTROLLER_BOOTSTRAP", value=bootstrap_controllers),
             k8s.core.v1.EnvVarArgs(name="INITIAL_CONTROLLERS", value=initial_controllers if is_controller else ""),
             k8s.core.v1.EnvVarArgs(name="CLUSTER_ID", value_from=from_secret(cluster_name, KEY_CLUSTER_ID)),
-            k8s.core.v1.EnvVarArgs(name="ADMIN_PASSWORD",
-                                   value_from=from_secret(cluster_name, KEY_ADMIN_PASSWORD)),
+            k8s.core.v1.EnvVarArgs(name="ADMIN_PASSWORD", value_from=from_secret(cluster_name, KEY_ADMIN_PASSWORD)),
             k8s.core.v1.EnvVarArgs(name="APP_PASSWORD", value_from=from_secret(self.secret_name, KEY_PASSWORD)),
             k8s.core.v1.EnvVarArgs(name="REPLICATION_FACTOR", value=str(cfg.replication_factor)),
             k8s.core.v1.EnvVarArgs(name="MIN_INSYNC_REPLICAS", value=str(cfg.min_insync_replicas)),
@@ -328,60 +382,100 @@ class Kafka(pulumi.ComponentResource):
             k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
         ]
         volumes = [
-            k8s.core.v1.VolumeArgs(name="scripts", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
-                name=scripts.metadata.name, default_mode=0o555)),
+            k8s.core.v1.VolumeArgs(
+                name="scripts",
+                config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=scripts.metadata.name, default_mode=0o555),
+            ),
             kx.empty_dir("runtime", "4Mi", memory=True),
             kx.empty_dir("tmp", "512Mi"),
         ]
         if cfg.tls_secret:
             mounts.append(k8s.core.v1.VolumeMountArgs(name="tls", mount_path="/etc/kafka-tls", read_only=True))
-            volumes.append(k8s.core.v1.VolumeArgs(name="tls", secret=k8s.core.v1.SecretVolumeSourceArgs(
-                secret_name=cfg.tls_secret, default_mode=0o440)))
-        small = k8s.core.v1.ResourceRequirementsArgs(requests={"cpu": "50m", "memory": "256Mi"},
-                                                     limits={"memory": "512Mi"})
+            volumes.append(
+                k8s.core.v1.VolumeArgs(
+                    name="tls",
+                    secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=cfg.tls_secret, default_mode=0o440),
+                )
+            )
+        small = k8s.core.v1.ResourceRequirementsArgs(
+            requests={"cpu": "50m", "memory": "256Mi"}, limits={"memory": "512Mi"}
+        )
         init_containers = []
         if cfg.rack_awareness and is_broker:
             volumes += [
                 kx.empty_dir("rack", "1Mi", memory=True),
-                k8s.core.v1.VolumeArgs(name="rack-token", projected=k8s.core.v1.ProjectedVolumeSourceArgs(
-                    default_mode=0o444,
-                    sources=[
-                        k8s.core.v1.VolumeProjectionArgs(service_account_token=k8s.core.v1.ServiceAccountTokenProjectionArgs(
-                            path="token", expiration_seconds=3600)),
-                        k8s.core.v1.VolumeProjectionArgs(config_map=k8s.core.v1.ConfigMapProjectionArgs(
-                            name="kube-root-ca.crt", items=[k8s.core.v1.KeyToPathArgs(key="ca.crt", path="ca.crt")])),
-                        k8s.core.v1.VolumeProjectionArgs(downward_api=k8s.core.v1.DownwardAPIProjectionArgs(items=[
-                            k8s.core.v1.DownwardAPIVolumeFileArgs(
-                                path="namespace",
-                                field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="metadata.namespace"))])),
-                    ])),
+                k8s.core.v1.VolumeArgs(
+                    name="rack-token",
+                    projected=k8s.core.v1.ProjectedVolumeSourceArgs(
+                        default_mode=0o444,
+                        sources=[
+                            k8s.core.v1.VolumeProjectionArgs(
+                                service_account_token=k8s.core.v1.ServiceAccountTokenProjectionArgs(
+                                    path="token", expiration_seconds=3600
+                                )
+                            ),
+                            k8s.core.v1.VolumeProjectionArgs(
+                                config_map=k8s.core.v1.ConfigMapProjectionArgs(
+                                    name="kube-root-ca.crt",
+                                    items=[k8s.core.v1.KeyToPathArgs(key="ca.crt", path="ca.crt")],
+                                )
+                            ),
+                            k8s.core.v1.VolumeProjectionArgs(
+                                downward_api=k8s.core.v1.DownwardAPIProjectionArgs(
+                                    items=[
+                                        k8s.core.v1.DownwardAPIVolumeFileArgs(
+                                            path="namespace",
+                                            field_ref=k8s.core.v1.ObjectFieldSelectorArgs(
+                                                field_path="metadata.namespace"
+                                            ),
+                                        )
+                                    ]
+                                )
+                            ),
+                        ],
+                    ),
+                ),
             ]
             mounts.append(k8s.core.v1.VolumeMountArgs(name="rack", mount_path="/etc/kafka-rack", read_only=True))
-            init_containers.append(k8s.core.v1.ContainerArgs(
-                name="rack",
-                image=cfg.rack_init_image,
-                command=["/bin/sh", "/scripts/kafka-rack.sh"],
-                env=[k8s.core.v1.EnvVarArgs(name="NODE_NAME", value_from=k8s.core.v1.EnvVarSourceArgs(
-                    field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="spec.nodeName")))],
-                resources=k8s.core.v1.ResourceRequirementsArgs(requests={"cpu": "10m", "memory": "32Mi"},
-                                                               limits={"memory": "64Mi"}),
+            init_containers.append(
+                k8s.core.v1.ContainerArgs(
+                    name="rack",
+                    image=cfg.rack_init_image,
+                    command=["/bin/sh", "/scripts/kafka-rack.sh"],
+                    env=[
+                        k8s.core.v1.EnvVarArgs(
+                            name="NODE_NAME",
+                            value_from=k8s.core.v1.EnvVarSourceArgs(
+                                field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="spec.nodeName")
+                            ),
+                        )
+                    ],
+                    resources=k8s.core.v1.ResourceRequirementsArgs(
+                        requests={"cpu": "10m", "memory": "32Mi"}, limits={"memory": "64Mi"}
+                    ),
+                    security_context=kx.container_security(),
+                    volume_mounts=[
+                        k8s.core.v1.VolumeMountArgs(name="scripts", mount_path="/scripts", read_only=True),
+                        k8s.core.v1.VolumeMountArgs(name="rack", mount_path="/etc/kafka-rack"),
+                        k8s.core.v1.VolumeMountArgs(
+                            name="rack-token",
+                            read_only=True,
+                            mount_path="/var/run/secrets/kubernetes.io/serviceaccount",
+                        ),
+                    ],
+                )
+            )
+        init_containers.append(
+            k8s.core.v1.ContainerArgs(
+                name="format",
+                image=cfg.image,
+                command=["/bin/sh", "/scripts/kafka-format.sh"],
+                env=env,
+                resources=small,
                 security_context=kx.container_security(),
-                volume_mounts=[
-                    k8s.core.v1.VolumeMountArgs(name="scripts", mount_path="/scripts", read_only=True),
-                    k8s.core.v1.VolumeMountArgs(name="rack", mount_path="/etc/kafka-rack"),
-                    k8s.core.v1.VolumeMountArgs(name="rack-token", read_only=True,
-                                                mount_path="/var/run/secrets/kubernetes.io/serviceaccount"),
-                ],
-            ))
-        init_containers.append(k8s.core.v1.ContainerArgs(
-            name="format",
-            image=cfg.image,
-            command=["/bin/sh", "/scripts/kafka-format.sh"],
-            env=env,
-            resources=small,
-            security_context=kx.container_security(),
-            volume_mounts=mounts,
-        ))
+                volume_mounts=mounts,
+            )
+        )
         port = CLIENT_PORT if is_broker else CONTROLLER_PORT
         heap = cfg.heap if is_broker else "256m"
         container = k8s.core.v1.ContainerArgs(
@@ -394,19 +488,30 @@ class Kafka(pulumi.ComponentResource):
             ],
             ports=[
                 *([k8s.core.v1.ContainerPortArgs(name="client", container_port=CLIENT_PORT)] if is_broker else []),
-                *([k8s.core.v1.ContainerPortArgs(name="controller", container_port=CONTROLLER_PORT)]
-                  if is_controller else []),
+                *(
+                    [k8s.core.v1.ContainerPortArgs(name="controller", container_port=CONTROLLER_PORT)]
+                    if is_controller
+                    else []
+                ),
             ],
-            resources=kx.resources(cfg.resources.to_k8s()) if is_broker else k8s.core.v1.ResourceRequirementsArgs(
-                requests={"cpu": "100m", "memory": "512Mi"}, limits={"memory": "768Mi"}),
+            resources=kx.resources(cfg.resources.to_k8s())
+            if is_broker
+            else k8s.core.v1.ResourceRequirementsArgs(
+                requests={"cpu": "100m", "memory": "512Mi"}, limits={"memory": "768Mi"}
+            ),
             security_context=kx.container_security(),
             startup_probe=k8s.core.v1.ProbeArgs(
-                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port=port), period_seconds=5, failure_threshold=120),
+                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port=port), period_seconds=5, failure_threshold=120
+            ),
             liveness_probe=k8s.core.v1.ProbeArgs(
-                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port=port), period_seconds=15, timeout_seconds=5,
-                failure_threshold=4),
+                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port=port),
+                period_seconds=15,
+                timeout_seconds=5,
+                failure_threshold=4,
+            ),
             readiness_probe=k8s.core.v1.ProbeArgs(
-                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port=port), period_seconds=5, timeout_seconds=3),
+                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port=port), period_seconds=5, timeout_seconds=3
+            ),
             volume_mounts=[m for m in mounts if m.name != "scripts"],
         )
         sts = k8s.apps.v1.StatefulSet(
@@ -435,7 +540,8 @@ class Kafka(pulumi.ComponentResource):
                 ),
                 volume_claim_templates=[kx.pvc_template("data", cfg.storage_size, cfg.storage_class, lbls)],
                 persistent_volume_claim_retention_policy=k8s.apps.v1.StatefulSetPersistentVolumeClaimRetentionPolicyArgs(
-                    when_deleted="Retain", when_scaled="Retain"),
+                    when_deleted="Retain", when_scaled="Retain"
+                ),
             ),
             # The pods of a combined/controller layout only become ready once the quorum formed.
             opts=kx.child(self, depends_on=deps),
@@ -444,7 +550,8 @@ class Kafka(pulumi.ComponentResource):
             f"{name}-{role.component}",
             metadata=kx.meta(role.statefulset, ns, lbls),
             spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
-                max_unavailable=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels=sel)),
+                max_unavailable=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels=sel)
+            ),
             opts=kx.child(self),
         )
         self.objects += [sts, pdb]
@@ -458,14 +565,20 @@ class Kafka(pulumi.ComponentResource):
             k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
         ]
         volumes = [
-            k8s.core.v1.VolumeArgs(name="scripts", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
-                name=scripts.metadata.name, default_mode=0o555)),
+            k8s.core.v1.VolumeArgs(
+                name="scripts",
+                config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=scripts.metadata.name, default_mode=0o555),
+            ),
             kx.empty_dir("tmp", "256Mi"),
         ]
         if cfg.tls_secret:
             mounts.append(k8s.core.v1.VolumeMountArgs(name="tls", mount_path="/etc/kafka-tls", read_only=True))
-            volumes.append(k8s.core.v1.VolumeArgs(name="tls", secret=k8s.core.v1.SecretVolumeSourceArgs(
-                secret_name=cfg.tls_secret, default_mode=0o440)))
+            volumes.append(
+                k8s.core.v1.VolumeArgs(
+                    name="tls",
+                    secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=cfg.tls_secret, default_mode=0o440),
+                )
+            )
         return k8s.batch.v1.Job(
             f"{name}-topics",
             metadata=kx.meta(f"{args.name}-topics", ns, lbls),
@@ -477,24 +590,32 @@ class Kafka(pulumi.ComponentResource):
                         restart_policy="OnFailure",
                         automount_service_account_token=False,
                         security_context=kx.pod_security(UID),
-                        containers=[k8s.core.v1.ContainerArgs(
-                            name="topics",
-                            image=cfg.image,
-                            command=["/bin/sh", "/scripts/kafka-topics.sh"],
-                            env=[
-                                k8s.core.v1.EnvVarArgs(name="BOOTSTRAP", value=self.bootstrap_servers),
-                                k8s.core.v1.EnvVarArgs(name="ADMIN_PASSWORD", value_from=k8s.core.v1.EnvVarSourceArgs(
-                                    secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
-                                        name=self.cluster_secret_name, key=KEY_ADMIN_PASSWORD))),
-                                k8s.core.v1.EnvVarArgs(name="KAFKA_HEAP_OPTS", value="-Xmx192m"),
-                                k8s.core.v1.EnvVarArgs(name="LOG_DIR", value="/tmp/kafka-logs"),
-                                *_script_env(cfg),
-                            ],
-                            resources=k8s.core.v1.ResourceRequirementsArgs(
-                                requests={"cpu": "50m", "memory": "256Mi"}, limits={"memory": "384Mi"}),
-                            security_context=kx.container_security(),
-                            volume_mounts=mounts,
-                        )],
+                        containers=[
+                            k8s.core.v1.ContainerArgs(
+                                name="topics",
+                                image=cfg.image,
+                                command=["/bin/sh", "/scripts/kafka-topics.sh"],
+                                env=[
+                                    k8s.core.v1.EnvVarArgs(name="BOOTSTRAP", value=self.bootstrap_servers),
+                                    k8s.core.v1.EnvVarArgs(
+                                        name="ADMIN_PASSWORD",
+                                        value_from=k8s.core.v1.EnvVarSourceArgs(
+                                            secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
+                                                name=self.cluster_secret_name, key=KEY_ADMIN_PASSWORD
+                                            )
+                                        ),
+                                    ),
+                                    k8s.core.v1.EnvVarArgs(name="KAFKA_HEAP_OPTS", value="-Xmx192m"),
+                                    k8s.core.v1.EnvVarArgs(name="LOG_DIR", value="/tmp/kafka-logs"),
+                                    *_script_env(cfg),
+                                ],
+                                resources=k8s.core.v1.ResourceRequirementsArgs(
+                                    requests={"cpu": "50m", "memory": "256Mi"}, limits={"memory": "384Mi"}
+                                ),
+                                security_context=kx.container_security(),
+                                volume_mounts=mounts,
+                            )
+                        ],
                         volumes=volumes,
                     ),
                 ),
@@ -510,8 +631,10 @@ def topic_plan(topology: Topology, cfg: KafkaConfig) -> list[TopicPlan]:
 
 def _topics_plan_file(topology: Topology, cfg: KafkaConfig) -> str:
     """``topics.plan``: what infra/scripts/kafka-topics.sh applies, one topic per line."""
-    return "".join(f"{p.name} {p.partitions} {p.replication} {p.min_insync_replicas} {p.retention_ms}\n"
-                   for p in topic_plan(topology, cfg))
+    return "".join(
+        f"{p.name} {p.partitions} {p.replication} {p.min_insync_replicas} {p.retention_ms}\n"
+        for p in topic_plan(topology, cfg)
+    )
 
 
 def _script_env(cfg: KafkaConfig) -> list[k8s.core.v1.EnvVarArgs]:

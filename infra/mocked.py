@@ -155,8 +155,12 @@ def _helm_template(json_opts: str | dict[str, Any]) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         values = Path(tmp) / "values.json"
         values.write_text(json.dumps(opts.get("values") or {}))
-        text = template_chart([values], release=opts["release_name"], namespace=opts.get("namespace") or "default",
-                              chart=Path(opts["path"]))
+        text = template_chart(
+            [values],
+            release=opts["release_name"],
+            namespace=opts.get("namespace") or "default",
+            chart=Path(opts["path"]),
+        )
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
@@ -167,8 +171,16 @@ class _Monitor(pulumi_mocks.MockMonitor):
 
     def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)
-        self.registered.append((response.urn, request.type, request.name, request.parent, bool(request.custom),
-                                tuple(request.additionalSecretOutputs)))
+        self.registered.append(
+            (
+                response.urn,
+                request.type,
+                request.name,
+                request.parent,
+                bool(request.custom),
+                tuple(request.additionalSecretOutputs),
+            )
+        )
         return response
 
 

@@ -86,18 +86,44 @@ def build(cfg: StackConfig) -> Deployment:
 
     # KEDA's operator reads Redis list lengths and Kafka consumer lag: its namespace may connect to both.
     scaler_namespace = cfg.autoscaling.keda_namespace if cfg.autoscaling.keda else None
-    redis = Redis("redis", RedisArgs(
-        config=cfg.redis, namespace=ns, password=cfg.secrets.redis_password,
-        external_url=cfg.secrets.redis_url, labels=dict(cfg.labels),
-        scaler_namespace=scaler_namespace), opts=in_ns)
-    kafka = Kafka("kafka", KafkaArgs(
-        config=cfg.kafka, namespace=ns, topology=TOPOLOGY, password=cfg.secrets.kafka_password,
-        admin_password=cfg.secrets.kafka_admin_password, labels=dict(cfg.labels),
-        scaler_namespace=scaler_namespace), opts=in_ns)
-    application = Application("app", ApplicationArgs(
-        stack=cfg, namespace=ns, chart_path=str(CHART), topology=TOPOLOGY, redis=redis, kafka=kafka,
-        labels=dict(cfg.labels)),
-        opts=pulumi.ResourceOptions(provider=provider, depends_on=[namespace, redis, kafka]))
+    redis = Redis(
+        "redis",
+        RedisArgs(
+            config=cfg.redis,
+            namespace=ns,
+            password=cfg.secrets.redis_password,
+            external_url=cfg.secrets.redis_url,
+            labels=dict(cfg.labels),
+            scaler_namespace=scaler_namespace,
+        ),
+        opts=in_ns,
+    )
+    kafka = Kafka(
+        "kafka",
+        KafkaArgs(
+            config=cfg.kafka,
+            namespace=ns,
+            topology=TOPOLOGY,
+            password=cfg.secrets.kafka_password,
+            admin_password=cfg.secrets.kafka_admin_password,
+            labels=dict(cfg.labels),
+            scaler_namespace=scaler_namespace,
+        ),
+        opts=in_ns,
+    )
+    application = Application(
+        "app",
+        ApplicationArgs(
+            stack=cfg,
+            namespace=ns,
+            chart_path=str(CHART),
+            topology=TOPOLOGY,
+            redis=redis,
+            kafka=kafka,
+            labels=dict(cfg.labels),
+        ),
+        opts=pulumi.ResourceOptions(provider=provider, depends_on=[namespace, redis, kafka]),
+    )
 
     outputs: dict[str, Any] = {
         "environment": cfg.environment,

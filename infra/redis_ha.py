@@ -89,8 +89,11 @@ class Redis(pulumi.ComponentResource):
                 self.password = generated.password(f"{name}-password", 32, parent=self)
             self.host = pulumi.Output.from_input(ns).apply(lambda n: f"{args.name}.{n}.svc.cluster.local")
             self.port = pulumi.Output.from_input(PORT)
-            self.url = pulumi.Output.secret(pulumi.Output.all(self.password, self.host).apply(
-                lambda a: f"redis://:{quote(a[0], safe='')}@{a[1]}:{PORT}/0"))
+            self.url = pulumi.Output.secret(
+                pulumi.Output.all(self.password, self.host).apply(
+                    lambda a: f"redis://:{quote(a[0], safe='')}@{a[1]}:{PORT}/0"
+                )
+            )
         self.address = pulumi.Output.all(self.host, self.port).apply(lambda a: f"{a[0]}:{a[1]}")
 
         secret = k8s.core.v1.Secret(
@@ -112,10 +115,15 @@ class Redis(pulumi.ComponentResource):
         if cfg.mode != "external":
             self._ingress_policy(name)
 
-        self.register_outputs({
-            "host": self.host, "port": self.port, "address": self.address, "url": self.url,
-            "secret_name": self.secret_name,
-        })
+        self.register_outputs(
+            {
+                "host": self.host,
+                "port": self.port,
+                "address": self.address,
+                "url": self.url,
+                "secret_name": self.secret_name,
+            }
+        )
 
     # -- redis-server (+ sentinel) StatefulSet ------------------------------------------------------
 
@@ -126,12 +134,17 @@ class Redis(pulumi.ComponentResource):
         sel = kx.selector_labels(args.name, "redis-server")
         lbls = kx.labels(args.name, "redis-server", args.labels)
         secret_ref = k8s.core.v1.EnvVarSourceArgs(
-            secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=self.secret_name, key=KEY_PASSWORD))
+            secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=self.secret_name, key=KEY_PASSWORD)
+        )
         common_env = [
             k8s.core.v1.EnvVarArgs(name="REDIS_PASSWORD", value_from=secret_ref),
             k8s.core.v1.EnvVarArgs(name="REDISCLI_AUTH", value_from=secret_ref),
-            k8s.core.v1.EnvVarArgs(name="POD_NAMESPACE", value_from=k8s.core.v1.EnvVarSourceArgs(
-                field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="metadata.namespace"))),
+            k8s.core.v1.EnvVarArgs(
+                name="POD_NAMESPACE",
+                value_from=k8s.core.v1.EnvVarSourceArgs(
+                    field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="metadata.namespace")
+                ),
+            ),
             k8s.core.v1.EnvVarArgs(name="HEADLESS", value=headless),
             k8s.core.v1.EnvVarArgs(name="SERVER", value=server),
             k8s.core.v1.EnvVarArgs(name="REPLICAS", value=str(replicas)),
@@ -155,15 +168,14 @@ class Redis(pulumi.ComponentResource):
             f"{name}-headless",
             metadata=kx.meta(headless, ns, lbls),
             spec=k8s.core.v1.ServiceSpecArgs(
-                cluster_ip="None", publish_not_ready_addresses=True, selector=sel, ports=ports),
+                cluster_ip="None", publish_not_ready_addresses=True, selector=sel, ports=ports
+            ),
             opts=kx.child(self),
         )
         service = k8s.core.v1.Service(
             f"{name}-{'sentinel' if sentinel else 'service'}",
             metadata=kx.meta(f"{args.name}-sentinel" if sentinel else args.name, ns, lbls),
-            spec=k8s.core.v1.ServiceSpecArgs(
-                type="ClusterIP", selector=sel,
-                ports=[ports[1]] if sentinel else ports),
+            spec=k8s.core.v1.ServiceSpecArgs(type="ClusterIP", selector=sel, ports=[ports[1]] if sentinel else ports),
             opts=kx.child(self),
         )
 
@@ -185,44 +197,63 @@ class Redis(pulumi.ComponentResource):
                 resources=kx.resources(cfg.resources.to_k8s()),
                 security_context=kx.container_security(),
                 startup_probe=k8s.core.v1.ProbeArgs(
-                    exec_=k8s.core.v1.ExecActionArgs(command=live_cmd), period_seconds=5, failure_threshold=60),
+                    exec_=k8s.core.v1.ExecActionArgs(command=live_cmd), period_seconds=5, failure_threshold=60
+                ),
                 liveness_probe=k8s.core.v1.ProbeArgs(
-                    exec_=k8s.core.v1.ExecActionArgs(command=live_cmd), period_seconds=10, timeout_seconds=5,
-                    failure_threshold=6),
+                    exec_=k8s.core.v1.ExecActionArgs(command=live_cmd),
+                    period_seconds=10,
+                    timeout_seconds=5,
+                    failure_threshold=6,
+                ),
                 readiness_probe=k8s.core.v1.ProbeArgs(
-                    exec_=k8s.core.v1.ExecActionArgs(command=probe_cmd), period_seconds=5, timeout_seconds=3),
+                    exec_=k8s.core.v1.ExecActionArgs(command=probe_cmd), period_seconds=5, timeout_seconds=3
+                ),
                 # A stopping master hands over to a replica first: no second master, no lost write.
-                lifecycle=k8s.core.v1.LifecycleArgs(pre_stop=k8s.core.v1.LifecycleHandlerArgs(
-                    exec_=k8s.core.v1.ExecActionArgs(command=["sh", "/config/redis-handover.sh"])))
-                if sentinel else None,
+                lifecycle=k8s.core.v1.LifecycleArgs(
+                    pre_stop=k8s.core.v1.LifecycleHandlerArgs(
+                        exec_=k8s.core.v1.ExecActionArgs(command=["sh", "/config/redis-handover.sh"])
+                    )
+                )
+                if sentinel
+                else None,
                 volume_mounts=volume_mounts,
             )
         ]
         if sentinel:
             sentinel_check = ["sh", "-c", "redis-cli -h 127.0.0.1 -p 26379 ping | grep -q PONG"]
-            containers.append(k8s.core.v1.ContainerArgs(
-                name="sentinel",
-                image=cfg.image,
-                command=["sh", "/config/redis-sentinel-start.sh"],
-                env=common_env,
-                ports=[k8s.core.v1.ContainerPortArgs(name="sentinel", container_port=SENTINEL_PORT)],
-                resources=k8s.core.v1.ResourceRequirementsArgs(
-                    requests={"cpu": "20m", "memory": "32Mi"}, limits={"memory": "64Mi"}),
-                security_context=kx.container_security(),
-                liveness_probe=k8s.core.v1.ProbeArgs(
-                    exec_=k8s.core.v1.ExecActionArgs(command=sentinel_check), period_seconds=10, timeout_seconds=5,
-                    failure_threshold=6, initial_delay_seconds=10),
-                readiness_probe=k8s.core.v1.ProbeArgs(
-                    exec_=k8s.core.v1.ExecActionArgs(command=sentinel_check), period_seconds=5, timeout_seconds=3),
-                volume_mounts=[
-                    k8s.core.v1.VolumeMountArgs(name="config", mount_path="/config", read_only=True),
-                    k8s.core.v1.VolumeMountArgs(name="sentinel", mount_path="/run/sentinel"),
-                    k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
-                ],
-            ))
+            containers.append(
+                k8s.core.v1.ContainerArgs(
+                    name="sentinel",
+                    image=cfg.image,
+                    command=["sh", "/config/redis-sentinel-start.sh"],
+                    env=common_env,
+                    ports=[k8s.core.v1.ContainerPortArgs(name="sentinel", container_port=SENTINEL_PORT)],
+                    resources=k8s.core.v1.ResourceRequirementsArgs(
+                        requests={"cpu": "20m", "memory": "32Mi"}, limits={"memory": "64Mi"}
+                    ),
+                    security_context=kx.container_security(),
+                    liveness_probe=k8s.core.v1.ProbeArgs(
+                        exec_=k8s.core.v1.ExecActionArgs(command=sentinel_check),
+                        period_seconds=10,
+                        timeout_seconds=5,
+                        failure_threshold=6,
+                        initial_delay_seconds=10,
+                    ),
+                    readiness_probe=k8s.core.v1.ProbeArgs(
+                        exec_=k8s.core.v1.ExecActionArgs(command=sentinel_check), period_seconds=5, timeout_seconds=3
+                    ),
+                    volume_mounts=[
+                        k8s.core.v1.VolumeMountArgs(name="config", mount_path="/config", read_only=True),
+                        k8s.core.v1.VolumeMountArgs(name="sentinel", mount_path="/run/sentinel"),
+                        k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+                    ],
+                )
+            )
         volumes = [
-            k8s.core.v1.VolumeArgs(name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
-                name=config_map.metadata.name, default_mode=0o444)),
+            k8s.core.v1.VolumeArgs(
+                name="config",
+                config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config_map.metadata.name, default_mode=0o444),
+            ),
             kx.empty_dir("run", "1Mi", memory=True),
             kx.empty_dir("tmp", "16Mi"),
         ]
@@ -250,19 +281,23 @@ class Redis(pulumi.ComponentResource):
                 ),
                 volume_claim_templates=[kx.pvc_template("data", cfg.storage_size, cfg.storage_class, lbls)],
                 persistent_volume_claim_retention_policy=k8s.apps.v1.StatefulSetPersistentVolumeClaimRetentionPolicyArgs(
-                    when_deleted="Retain", when_scaled="Retain"),
+                    when_deleted="Retain", when_scaled="Retain"
+                ),
             ),
             opts=kx.child(self, depends_on=[self._secret, config_map, headless_svc]),
         )
         self.objects += [config_map, headless_svc, service, statefulset]
         if sentinel:
-            self.objects.append(k8s.policy.v1.PodDisruptionBudget(
-                f"{name}-server",
-                metadata=kx.meta(server, ns, lbls),
-                spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
-                    max_unavailable=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels=sel)),
-                opts=kx.child(self),
-            ))
+            self.objects.append(
+                k8s.policy.v1.PodDisruptionBudget(
+                    f"{name}-server",
+                    metadata=kx.meta(server, ns, lbls),
+                    spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+                        max_unavailable=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels=sel)
+                    ),
+                    opts=kx.child(self),
+                )
+            )
 
     # -- who may connect -------------------------------------------------------------------------------
 
@@ -275,17 +310,24 @@ class Redis(pulumi.ComponentResource):
         ports = [k8s.networking.v1.NetworkPolicyPortArgs(port=p, protocol="TCP") for p in (PORT, SENTINEL_PORT)]
         rules = [k8s.networking.v1.NetworkPolicyIngressRuleArgs(from_=[peers], ports=ports)]
         if args.scaler_namespace:
-            rules.append(k8s.networking.v1.NetworkPolicyIngressRuleArgs(
-                from_=[kx.namespace_peer(args.scaler_namespace)],
-                ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=PORT, protocol="TCP")]))
-        self.objects.append(k8s.networking.v1.NetworkPolicy(
-            f"{name}-ingress",
-            metadata=kx.meta(args.name, args.namespace, kx.labels(args.name, "redis", args.labels)),
-            spec=k8s.networking.v1.NetworkPolicySpecArgs(
-                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app.kubernetes.io/name": args.name}),
-                policy_types=["Ingress"], ingress=rules),
-            opts=kx.child(self),
-        ))
+            rules.append(
+                k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+                    from_=[kx.namespace_peer(args.scaler_namespace)],
+                    ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=PORT, protocol="TCP")],
+                )
+            )
+        self.objects.append(
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-ingress",
+                metadata=kx.meta(args.name, args.namespace, kx.labels(args.name, "redis", args.labels)),
+                spec=k8s.networking.v1.NetworkPolicySpecArgs(
+                    pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app.kubernetes.io/name": args.name}),
+                    policy_types=["Ingress"],
+                    ingress=rules,
+                ),
+                opts=kx.child(self),
+            )
+        )
 
     # -- HAProxy in front of the current master (sentinel mode) -------------------------------------
 
@@ -295,8 +337,10 @@ class Redis(pulumi.ComponentResource):
         lbls = kx.labels(args.name, "redis-proxy", args.labels)
         server = f"{args.name}-server"
         cfg_text = pulumi.Output.from_input(ns).apply(
-            lambda n: _haproxy_cfg([f"{server}-{i}.{server}-headless.{n}.svc.cluster.local"
-                                    for i in range(cfg.replicas)]))
+            lambda n: _haproxy_cfg(
+                [f"{server}-{i}.{server}-headless.{n}.svc.cluster.local" for i in range(cfg.replicas)]
+            )
+        )
         config_map = k8s.core.v1.ConfigMap(
             f"{name}-proxy",
             metadata=kx.meta(f"{args.name}-proxy", ns, lbls),
@@ -313,41 +357,57 @@ class Redis(pulumi.ComponentResource):
                     metadata=k8s.meta.v1.ObjectMetaArgs(
                         labels=lbls,
                         # Roll the proxies when the backend list changes.
-                        annotations={"pynomaly.io/config-hash": cfg_text.apply(_short_hash)}),
+                        annotations={"pynomaly.io/config-hash": cfg_text.apply(_short_hash)},
+                    ),
                     spec=k8s.core.v1.PodSpecArgs(
                         automount_service_account_token=False,
                         security_context=kx.pod_security(HAPROXY_UID),
                         affinity=kx.anti_affinity(sel),
                         topology_spread_constraints=kx.spread(sel, zones_required=False),
-                        containers=[k8s.core.v1.ContainerArgs(
-                            name="haproxy",
-                            image=cfg.proxy_image,
-                            args=["-f", "/usr/local/etc/haproxy/haproxy.cfg"],
-                            env=[k8s.core.v1.EnvVarArgs(name="REDIS_PASSWORD", value_from=k8s.core.v1.EnvVarSourceArgs(
-                                secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
-                                    name=self.secret_name, key=KEY_PASSWORD)))],
-                            ports=[
-                                k8s.core.v1.ContainerPortArgs(name="redis", container_port=PORT),
-                                k8s.core.v1.ContainerPortArgs(name="health", container_port=8404),
-                            ],
-                            resources=k8s.core.v1.ResourceRequirementsArgs(
-                                requests={"cpu": "20m", "memory": "32Mi"}, limits={"memory": "128Mi"}),
-                            security_context=kx.container_security(),
-                            liveness_probe=k8s.core.v1.ProbeArgs(
-                                http_get=k8s.core.v1.HTTPGetActionArgs(path="/healthz", port="health"),
-                                period_seconds=10),
-                            readiness_probe=k8s.core.v1.ProbeArgs(
-                                http_get=k8s.core.v1.HTTPGetActionArgs(path="/healthz", port="health"),
-                                period_seconds=5),
-                            volume_mounts=[
-                                k8s.core.v1.VolumeMountArgs(
-                                    name="config", mount_path="/usr/local/etc/haproxy", read_only=True),
-                                k8s.core.v1.VolumeMountArgs(name="run", mount_path="/var/lib/haproxy"),
-                            ],
-                        )],
+                        containers=[
+                            k8s.core.v1.ContainerArgs(
+                                name="haproxy",
+                                image=cfg.proxy_image,
+                                args=["-f", "/usr/local/etc/haproxy/haproxy.cfg"],
+                                env=[
+                                    k8s.core.v1.EnvVarArgs(
+                                        name="REDIS_PASSWORD",
+                                        value_from=k8s.core.v1.EnvVarSourceArgs(
+                                            secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
+                                                name=self.secret_name, key=KEY_PASSWORD
+                                            )
+                                        ),
+                                    )
+                                ],
+                                ports=[
+                                    k8s.core.v1.ContainerPortArgs(name="redis", container_port=PORT),
+                                    k8s.core.v1.ContainerPortArgs(name="health", container_port=8404),
+                                ],
+                                resources=k8s.core.v1.ResourceRequirementsArgs(
+                                    requests={"cpu": "20m", "memory": "32Mi"}, limits={"memory": "128Mi"}
+                                ),
+                                security_context=kx.container_security(),
+                                liveness_probe=k8s.core.v1.ProbeArgs(
+                                    http_get=k8s.core.v1.HTTPGetActionArgs(path="/healthz", port="health"),
+                                    period_seconds=10,
+                                ),
+                                readiness_probe=k8s.core.v1.ProbeArgs(
+                                    http_get=k8s.core.v1.HTTPGetActionArgs(path="/healthz", port="health"),
+                                    period_seconds=5,
+                                ),
+                                volume_mounts=[
+                                    k8s.core.v1.VolumeMountArgs(
+                                        name="config", mount_path="/usr/local/etc/haproxy", read_only=True
+                                    ),
+                                    k8s.core.v1.VolumeMountArgs(name="run", mount_path="/var/lib/haproxy"),
+                                ],
+                            )
+                        ],
                         volumes=[
-                            k8s.core.v1.VolumeArgs(name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
-                                name=config_map.metadata.name)),
+                            k8s.core.v1.VolumeArgs(
+                                name="config",
+                                config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config_map.metadata.name),
+                            ),
                             kx.empty_dir("run", "1Mi", memory=True),
                         ],
                     ),
@@ -359,15 +419,18 @@ class Redis(pulumi.ComponentResource):
             f"{name}-service",
             metadata=kx.meta(args.name, ns, lbls),
             spec=k8s.core.v1.ServiceSpecArgs(
-                type="ClusterIP", selector=sel,
-                ports=[k8s.core.v1.ServicePortArgs(name="redis", port=PORT, target_port="redis")]),
+                type="ClusterIP",
+                selector=sel,
+                ports=[k8s.core.v1.ServicePortArgs(name="redis", port=PORT, target_port="redis")],
+            ),
             opts=kx.child(self),
         )
         pdb = k8s.policy.v1.PodDisruptionBudget(
             f"{name}-proxy",
             metadata=kx.meta(f"{args.name}-proxy", ns, lbls),
             spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
-                max_unavailable=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels=sel)),
+                max_unavailable=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels=sel)
+            ),
             opts=kx.child(self),
         )
         self.objects += [config_map, deployment, service, pdb]
@@ -380,25 +443,27 @@ def _short_hash(text: str) -> str:
 
 
 def _redis_conf(cfg: RedisConfig) -> str:
-    return "\n".join([
-        "# Managed by the Pynomaly Pulumi program (infra/redis_ha.py).",
-        f"port {PORT}",
-        "bind * -::*",
-        "protected-mode no",
-        "dir /data",
-        "appendonly yes",
-        "appendfsync everysec",
-        "aof-use-rdb-preamble yes",
-        "save 900 1 300 100",
-        f"maxmemory {cfg.maxmemory}",
-        "maxmemory-policy noeviction",
-        "tcp-keepalive 60",
-        "timeout 0",
-        "replica-read-only yes",
-        "min-replicas-to-write 0",
-        "include /run/redis/runtime.conf",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Managed by the Pynomaly Pulumi program (infra/redis_ha.py).",
+            f"port {PORT}",
+            "bind * -::*",
+            "protected-mode no",
+            "dir /data",
+            "appendonly yes",
+            "appendfsync everysec",
+            "aof-use-rdb-preamble yes",
+            "save 900 1 300 100",
+            f"maxmemory {cfg.maxmemory}",
+            "maxmemory-policy noeviction",
+            "tcp-keepalive 60",
+            "timeout 0",
+            "replica-read-only yes",
+            "min-replicas-to-write 0",
+            "include /run/redis/runtime.conf",
+            "",
+        ]
+    )
 
 
 DOWN_AFTER_MS = 5000  # Sentinel's down-after-milliseconds: how long a master may be silent before failover
@@ -411,6 +476,8 @@ def _haproxy_cfg(servers: list[str]) -> str:
     """infra/scripts/haproxy.cfg with one checked ``server`` line per Redis pod."""
     lines = [kx.script("haproxy.cfg").rstrip("\n")]
     for i, host in enumerate(servers):
-        lines.append(f"  server redis{i} {host}:{PORT} check inter 1s fall 2 rise 1 "
-                     "resolvers k8s init-addr none on-marked-down shutdown-sessions")
+        lines.append(
+            f"  server redis{i} {host}:{PORT} check inter 1s fall 2 rise 1 "
+            "resolvers k8s init-addr none on-marked-down shutdown-sessions"
+        )
     return "\n".join(lines) + "\n"

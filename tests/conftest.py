@@ -88,8 +88,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--cluster-chaos", action="store_true",
-                     help="also collect the on-prem live tier (tests marked chaos; `./dev test --cluster-chaos`)")
+    parser.addoption(
+        "--cluster-chaos",
+        action="store_true",
+        help="also collect the on-prem live tier (tests marked chaos; `./dev test --cluster-chaos`)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -100,6 +103,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if chaos:
             config.hook.pytest_deselected(items=chaos)
             items[:] = [item for item in items if not item.get_closest_marker("chaos")]
+
     # A test with its own broker goes first (never two JVMs at once on a small machine); e2e goes
     # last, so the application's workers and consumers never compete with other tests' ones.
     def order(item: pytest.Item) -> int:

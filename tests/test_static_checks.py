@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # What ./dev lint checks; ruff's own excludes (.venv, .pynomaly, .cache) apply.
@@ -34,9 +32,6 @@ def test_ruff_finds_no_lint_errors() -> None:
     assert done.returncode == 0, f"ruff check failed:\n{done.stdout}{done.stderr}"
 
 
-# TODO(lead): remove this skip once the project-wide `ruff format` has landed (issue 13, point 7);
-# until then most existing files are not in ruff's format and this check would fail on all of them.
-@pytest.mark.skip(reason="TODO: enable after the project-wide `ruff format` (issue 13, point 7)")
 def test_ruff_format_leaves_every_file_unchanged() -> None:
     done = _run(str(BIN / "ruff"), "format", "--check", *LINTED)
     assert done.returncode == 0, f"files not in ruff's format (run `ruff format`):\n{done.stdout}{done.stderr}"

@@ -111,8 +111,13 @@ def parse_set(items: Sequence[str]) -> dict[str, str]:
     return overrides
 
 
-def stack_config(env: str, *, kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None,
-                 overrides: Mapping[str, str] | None = None) -> dict[str, auto.ConfigValue]:
+def stack_config(
+    env: str,
+    *,
+    kubeconfig: str | os.PathLike[str] | None = None,
+    context: str | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> dict[str, auto.ConfigValue]:
     """The stack's config as ``--path`` keys: the stack file, then kubeconfig/context, then overrides.
 
     Keys of :data:`infra.config.SECRET_KEYS` become secret config.  Raises :class:`DeployError` with
@@ -260,9 +265,15 @@ def _program() -> None:
     infra_program.main()
 
 
-def open_stack(env: str, *, kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None,
-               overrides: Mapping[str, str] | None = None, state_dir: Path = DEFAULT_STATE_DIR,
-               tools: Mapping[str, Path] | None = None) -> auto.Stack:
+def open_stack(
+    env: str,
+    *,
+    kubeconfig: str | os.PathLike[str] | None = None,
+    context: str | None = None,
+    overrides: Mapping[str, str] | None = None,
+    state_dir: Path = DEFAULT_STATE_DIR,
+    tools: Mapping[str, Path] | None = None,
+) -> auto.Stack:
     """Select (or create) stack ``env`` in ``state_dir`` with its whole config set afresh."""
     config = stack_config(env, kubeconfig=kubeconfig, context=context, overrides=overrides)
     state_dir = Path(state_dir).resolve()
@@ -276,8 +287,11 @@ def open_stack(env: str, *, kubeconfig: str | os.PathLike[str] | None = None, co
         pulumi_home=str(state_dir / "home"),
         pulumi_command=auto.PulumiCommand(root=str(tool_root)),
         project_settings=auto.ProjectSettings(
-            name=PROJECT, runtime="python", backend=auto.ProjectBackend(url=f"file://{backend}"),
-            description="Pynomaly (tools/deploy.py: the infra program run inline)"),
+            name=PROJECT,
+            runtime="python",
+            backend=auto.ProjectBackend(url=f"file://{backend}"),
+            description="Pynomaly (tools/deploy.py: the infra program run inline)",
+        ),
         secrets_provider="passphrase",
         env_vars=engine_env(state_dir, tool_root / "bin"),
     )
@@ -314,12 +328,27 @@ class Progress:
     errors: list[str] = field(default_factory=list)
 
     SYMBOLS: ClassVar[dict[str, str]] = {
-        "create": "+", "update": "~", "delete": "-", "replace": "+-", "create-replacement": "+-",
-        "delete-replaced": "--", "refresh": "~", "read": ">", "import": "="}
+        "create": "+",
+        "update": "~",
+        "delete": "-",
+        "replace": "+-",
+        "create-replacement": "+-",
+        "delete-replaced": "--",
+        "refresh": "~",
+        "read": ">",
+        "import": "=",
+    }
     DONE: ClassVar[dict[str, str]] = {
-        "create": "created", "update": "updated", "delete": "deleted", "replace": "replaced",
-        "create-replacement": "created replacement", "delete-replaced": "deleted original", "refresh": "refreshed",
-        "read": "read", "import": "imported"}
+        "create": "created",
+        "update": "updated",
+        "delete": "deleted",
+        "replace": "replaced",
+        "create-replacement": "created replacement",
+        "delete-replaced": "deleted original",
+        "refresh": "refreshed",
+        "read": "read",
+        "import": "imported",
+    }
     SLOW: ClassVar[tuple[str, ...]] = ("kubernetes:apps/v1:", "kubernetes:batch/v1:Job", "kubernetes:helm.sh/")
 
     def __call__(self, event: events.EngineEvent) -> None:
@@ -338,8 +367,10 @@ class Progress:
             op = meta.op.value
             if meta.type != "pulumi:pulumi:Stack" and op != "same" and not self.planning:
                 took = time.monotonic() - self.started.get(meta.urn, time.monotonic())
-                self.write(f"  {self.SYMBOLS.get(op, '*'):>2} {self.DONE.get(op, op)} {meta.type} "
-                           f"{_name(meta.urn)} ({took:.1f}s)")
+                self.write(
+                    f"  {self.SYMBOLS.get(op, '*'):>2} {self.DONE.get(op, op)} {meta.type} "
+                    f"{_name(meta.urn)} ({took:.1f}s)"
+                )
         elif event.res_op_failed_event is not None:
             meta = event.res_op_failed_event.metadata
             self.write(f"  !! {meta.op.value} failed: {meta.type} {_name(meta.urn)}")
@@ -393,6 +424,7 @@ def outputs(stack: auto.Stack, *, show_secrets: bool = False) -> dict[str, Any]:
 
 def check_cluster(config: Mapping[str, auto.ConfigValue], timeout: float = 5.0) -> str:
     """Fail fast, in one line, when the kubeconfig is missing or its API server does not answer."""
+
     def value(key: str) -> str | None:
         item = config.get(f"{PROJECT}:kubernetes.{key}")
         return item.value if item else None
@@ -408,8 +440,10 @@ def check_cluster(config: Mapping[str, auto.ConfigValue], timeout: float = 5.0) 
         cluster = next(c["cluster"] for c in kubeconfig.get("clusters") or [] if c.get("name") == context["cluster"])
         server = cluster["server"]
     except (yaml.YAMLError, StopIteration, KeyError, TypeError):
-        raise DeployError(f"{path}: no usable context {value('context') or '(current-context)'} "
-                          "with a cluster server in this kubeconfig") from None
+        raise DeployError(
+            f"{path}: no usable context {value('context') or '(current-context)'} "
+            "with a cluster server in this kubeconfig"
+        ) from None
     parts = urlsplit(server)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
@@ -454,24 +488,38 @@ def local_cluster_overrides() -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("env", help=f"environment / stack: {', '.join(ENVIRONMENTS)}")
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: the stack's, $KUBECONFIG, ~/.kube/config)")
     parser.add_argument("--context", help="kubeconfig context (default: the stack's, else the current one)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. 'pynomaly:kafka.image=apache/kafka:4.4.0' (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. 'pynomaly:kafka.image=apache/kafka:4.4.0' (repeatable)",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--preview", action="store_true", help="show what would change, change nothing")
     mode.add_argument("--destroy", action="store_true", help="delete everything the stack created")
     mode.add_argument("--refresh", action="store_true", help="read the cluster's state into the stack")
     parser.add_argument("--yes", action="store_true", help="do not ask before changing anything")
     parser.add_argument("--show-secrets", action="store_true", help="print secret outputs in clear")
-    parser.add_argument("--local-cluster", action="store_true",
-                        help="the project's own cluster (./dev cluster up): its kubeconfig, its StorageClass and "
-                             "the images ./dev images built and it loaded (--set still wins)")
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                        help=f"backend, passphrase and workspace (default: {DEFAULT_STATE_DIR.relative_to(ROOT)})")
+    parser.add_argument(
+        "--local-cluster",
+        action="store_true",
+        help="the project's own cluster (./dev cluster up): its kubeconfig, its StorageClass and "
+        "the images ./dev images built and it loaded (--set still wins)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help=f"backend, passphrase and workspace (default: {DEFAULT_STATE_DIR.relative_to(ROOT)})",
+    )
     args = parser.parse_args(argv)
 
     progress = Progress(planning=args.preview)
@@ -491,8 +539,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"==> {args.env}: render mode, manifests into {render_dir.value}", flush=True)
         started = time.monotonic()
-        stack = open_stack(args.env, kubeconfig=args.kubeconfig, context=args.context, overrides=overrides,
-                           state_dir=args.state_dir)
+        stack = open_stack(
+            args.env, kubeconfig=args.kubeconfig, context=args.context, overrides=overrides, state_dir=args.state_dir
+        )
         if args.preview:
             counts = preview(stack, on_event=progress)
         elif args.refresh:

@@ -120,11 +120,21 @@ def _say(message: str) -> None:
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 
-def run_in_rootfs(root: Path, argv: Sequence[str], *, user: str | None = None, env: dict[str, str] | None = None,
-                  read_only: bool = False, writable: Sequence[str] = ("tmp",), network: bool = True,
-                  check: bool = True, timeout: float | None = None, capture: bool = True,
-                  popen: bool = False, log: Path | None = None,
-                  ) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
+def run_in_rootfs(
+    root: Path,
+    argv: Sequence[str],
+    *,
+    user: str | None = None,
+    env: dict[str, str] | None = None,
+    read_only: bool = False,
+    writable: Sequence[str] = ("tmp",),
+    network: bool = True,
+    check: bool = True,
+    timeout: float | None = None,
+    capture: bool = True,
+    popen: bool = False,
+    log: Path | None = None,
+) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
     """Run ``argv`` chrooted in ``root`` in private mount and PID namespaces (nothing outlives it).
 
     A tmpfs ``/dev`` with a few host devices, a fresh ``/proc``, tmpfs on ``writable`` dirs; with
@@ -144,15 +154,30 @@ def run_in_rootfs(root: Path, argv: Sequence[str], *, user: str | None = None, e
     spec = f"--userspec={user} " if user else ""
     script = " && ".join(setup) + f' && exec chroot {spec}{r} /usr/bin/env -i "$@"'
     full_env = {"PATH": PATH_ENV, **(env or {})}
-    cmd = ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
-           "sh", "-c", script, "sh", *[f"{k}={v}" for k, v in full_env.items()], *argv]
+    cmd = [
+        "unshare",
+        "--mount",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        *[f"{k}={v}" for k, v in full_env.items()],
+        *argv,
+    ]
     if popen:
         with open(log or os.devnull, "w") as out:
             return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
     result = subprocess.run(cmd, capture_output=capture, text=True, timeout=timeout, check=False)
     if check and result.returncode != 0:
-        raise ImageError(f"in {root}: {' '.join(argv)} exited {result.returncode}:\n"
-                         f"{(result.stdout or '')[-2000:]}{(result.stderr or '')[-3000:]}")
+        raise ImageError(
+            f"in {root}: {' '.join(argv)} exited {result.returncode}:\n"
+            f"{(result.stdout or '')[-2000:]}{(result.stderr or '')[-3000:]}"
+        )
     return result
 
 
@@ -179,8 +204,13 @@ def stop(proc: subprocess.Popen[str], timeout: float = 30) -> None:
 
 
 def _chroot_sh(root: Path, script: str, env: dict[str, str] | None = None) -> str:
-    env = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C", "SOURCE_DATE_EPOCH": str(EPOCH), "HOME": "/root",
-           **(env or {})}
+    env = {
+        "DEBIAN_FRONTEND": "noninteractive",
+        "LC_ALL": "C",
+        "SOURCE_DATE_EPOCH": str(EPOCH),
+        "HOME": "/root",
+        **(env or {}),
+    }
     # The rootfs's own /tmp (excluded from layers) carries the build's inputs: no tmpfs over it.
     result = run_in_rootfs(root, ["sh", "-euc", script], env=env, writable=())
     assert isinstance(result, subprocess.CompletedProcess)
@@ -209,8 +239,11 @@ def _dpkg_version(root: Path, package: str) -> str:
 
 
 def _add_user(root: Path, name: str, uid: int, home: str = "/nonexistent") -> None:
-    _chroot_sh(root, f"groupadd --system --gid {uid} {name} && useradd --system --uid {uid} --gid {uid} "
-                     f"--home-dir {home} --no-create-home --shell /usr/sbin/nologin {name}")
+    _chroot_sh(
+        root,
+        f"groupadd --system --gid {uid} {name} && useradd --system --uid {uid} --gid {uid} "
+        f"--home-dir {home} --no-create-home --shell /usr/sbin/nologin {name}",
+    )
 
 
 # -- layers -----------------------------------------------------------------------------------------
@@ -258,8 +291,13 @@ class Layer:
     size: int
 
 
-def _write_layer(root: Path, entries: dict[str, _Entry], out: Path, whiteouts: Iterable[str] = (),
-                 xattrs: dict[str, dict[str, bytes]] | None = None) -> Layer:
+def _write_layer(
+    root: Path,
+    entries: dict[str, _Entry],
+    out: Path,
+    whiteouts: Iterable[str] = (),
+    xattrs: dict[str, dict[str, bytes]] | None = None,
+) -> Layer:
     """A deterministic layer tar: sorted names, fixed mtimes, numeric owners, OCI whiteouts."""
     tmp = out.with_suffix(".partial")
     first_link: dict[tuple[int, int], str] = {}
@@ -277,8 +315,9 @@ def _write_layer(root: Path, entries: dict[str, _Entry], out: Path, whiteouts: I
             info.mode, info.uid, info.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
             if xattrs and path in xattrs:
                 # Binary-safe: tarfile writes surrogate-escaped values back as the original bytes.
-                info.pax_headers = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape")
-                                    for k, v in xattrs[path].items()}
+                info.pax_headers = {
+                    f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape") for k, v in xattrs[path].items()
+                }
             fmt = stat.S_IFMT(st.st_mode)
             if fmt == stat.S_IFDIR:
                 info.type = tarfile.DIRTYPE
@@ -297,8 +336,11 @@ def _write_layer(root: Path, entries: dict[str, _Entry], out: Path, whiteouts: I
                 with open(root / path, "rb") as fh:
                     tar.addfile(info, fh)
             elif fmt in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO):
-                info.type = {stat.S_IFCHR: tarfile.CHRTYPE, stat.S_IFBLK: tarfile.BLKTYPE,
-                             stat.S_IFIFO: tarfile.FIFOTYPE}[fmt]
+                info.type = {
+                    stat.S_IFCHR: tarfile.CHRTYPE,
+                    stat.S_IFBLK: tarfile.BLKTYPE,
+                    stat.S_IFIFO: tarfile.FIFOTYPE,
+                }[fmt]
                 info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
                 tar.addfile(info)
     with open(tmp, "rb") as fh:
@@ -334,8 +376,13 @@ def _write_archive(out: Path, ref: str, layers: Sequence[Layer], config: dict[st
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(EPOCH)),
         "config": config,
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
-        "history": [{"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(EPOCH)),
-                     "created_by": f"tools/images.py layer {i}"} for i in range(len(layers))],
+        "history": [
+            {
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(EPOCH)),
+                "created_by": f"tools/images.py layer {i}",
+            }
+            for i in range(len(layers))
+        ],
     }
     config_bytes = json.dumps(image, sort_keys=True, separators=(",", ":")).encode()
     config_hex = hashlib.sha256(config_bytes).hexdigest()
@@ -349,6 +396,7 @@ def _write_archive(out: Path, ref: str, layers: Sequence[Layer], config: dict[st
     }
     tmp = out.with_suffix(".partial")
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+
         def add(name: str, data: bytes | None = None, source: Path | None = None, directory: bool = False) -> None:
             info = tarfile.TarInfo(name)
             info.mtime, info.uname, info.gname = EPOCH, "", ""
@@ -417,9 +465,13 @@ def _build_base(rootfs: Path) -> None:
     log = rootfs.parent / "debootstrap.log"
     with log.open("w") as fh:
         # No mirror argument: debootstrap's default archive (the project names no registry host).
-        code = subprocess.run(["debootstrap", "--variant=minbase", SUITE, str(partial)], stdout=fh,
-                              stderr=subprocess.STDOUT, check=False,
-                              env={**os.environ, "SOURCE_DATE_EPOCH": str(EPOCH)}).returncode
+        code = subprocess.run(
+            ["debootstrap", "--variant=minbase", SUITE, str(partial)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            check=False,
+            env={**os.environ, "SOURCE_DATE_EPOCH": str(EPOCH)},
+        ).returncode
     if code != 0:
         raise ImageError(f"debootstrap failed (exit {code}); see {log}")
     # debootstrap copies the host's name-service files: an image must not carry them.
@@ -440,9 +492,10 @@ def _build_base(rootfs: Path) -> None:
 
 def _prune(parent: Path, keep: Path, count: int = 3) -> None:
     """Keep the ``count`` newest builds of one image (other clones may be on other branches)."""
-    siblings = sorted((p for p in parent.iterdir() if p.is_dir() and p != keep),
-                      key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in siblings[count - 1:]:
+    siblings = sorted(
+        (p for p in parent.iterdir() if p.is_dir() and p != keep), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    for old in siblings[count - 1 :]:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -465,12 +518,25 @@ class Recipe:
     by_default: bool = True  # False: built only when asked for by name (KEDA: the on-prem live tier)
 
 
-def _config(cmd: list[str] | None, user: str, *, entrypoint: list[str] | None = None, env: Sequence[str] = (),
-            path: str = PATH_ENV, workdir: str = "/", ports: Sequence[str] = (), stop_signal: str | None = None,
-            labels: dict[str, str] | None = None) -> dict[str, object]:
+def _config(
+    cmd: list[str] | None,
+    user: str,
+    *,
+    entrypoint: list[str] | None = None,
+    env: Sequence[str] = (),
+    path: str = PATH_ENV,
+    workdir: str = "/",
+    ports: Sequence[str] = (),
+    stop_signal: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> dict[str, object]:
     cfg: dict[str, object] = {
-        "Env": [f"PATH={path}", *env], "Entrypoint": entrypoint, "Cmd": cmd, "User": user,
-        "WorkingDir": workdir, "Labels": {"org.opencontainers.image.source": "tools/images.py", **(labels or {})},
+        "Env": [f"PATH={path}", *env],
+        "Entrypoint": entrypoint,
+        "Cmd": cmd,
+        "User": user,
+        "WorkingDir": workdir,
+        "Labels": {"org.opencontainers.image.source": "tools/images.py", **(labels or {})},
     }
     if ports:
         cfg["ExposedPorts"] = {p: {} for p in ports}
@@ -514,8 +580,11 @@ def app_version() -> str:
 def pip_env(root: Path) -> dict[str, str]:
     """The host's pip settings for a pip run inside ``root`` (build time only, nothing enters a layer):
     ``PIP_*`` and proxy variables, and the CA bundle pip trusts on the host, copied into ``/tmp``."""
-    env = {k: v for k, v in os.environ.items()
-           if k.startswith("PIP_") or k.lower() in ("http_proxy", "https_proxy", "no_proxy")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith("PIP_") or k.lower() in ("http_proxy", "https_proxy", "no_proxy")
+    }
     # The host's pip (with truststore) trusts the system store even when no variable names it; the
     # chroot's older pip only reads a bundle file, so hand it the same store.
     candidates = [os.environ.get(var) for var in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")]
@@ -540,12 +609,17 @@ def _wheelhouse(root: Path) -> Path:
             return home
         stage = root / "tmp/pynomaly-wheels"
         # A copy, so the build never writes build/ or *.egg-info into the checkout.
-        shutil.copytree(ROOT / "app", stage / "app",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "build", "*.egg-info"))
+        shutil.copytree(
+            ROOT / "app", stage / "app", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "build", "*.egg-info")
+        )
         shutil.copy2(ROOT / "constraints.txt", stage / "constraints.txt")
-        _chroot_sh(root, f"PIP_CACHE_DIR=/tmp/pynomaly-wheels/cache {VENV}/bin/pip wheel -q "
-                         "--disable-pip-version-check -c /tmp/pynomaly-wheels/constraints.txt "
-                         "-w /tmp/pynomaly-wheels/out /tmp/pynomaly-wheels/app", env=pip_env(root))
+        _chroot_sh(
+            root,
+            f"PIP_CACHE_DIR=/tmp/pynomaly-wheels/cache {VENV}/bin/pip wheel -q "
+            "--disable-pip-version-check -c /tmp/pynomaly-wheels/constraints.txt "
+            "-w /tmp/pynomaly-wheels/out /tmp/pynomaly-wheels/app",
+            env=pip_env(root),
+        )
         partial = home.with_name(home.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         shutil.copytree(stage / "out", partial)
@@ -568,7 +642,9 @@ def _populate_app(root: Path) -> str:
     version = app_version()
     # `pip install -c constraints.txt ./app`, offline from the wheels above; bytecode is compiled
     # afterwards, hash-based, so the layers' fixed mtimes leave it valid on a read-only root.
-    _chroot_sh(root, f"""
+    _chroot_sh(
+        root,
+        f"""
 {VENV}/bin/pip install -q --disable-pip-version-check --no-cache-dir --no-index --no-compile \\
   --find-links /tmp/pynomaly-build/wheels -c /tmp/pynomaly-build/constraints.txt 'pynomaly=={version}'
 install -d -o {APP_UID} -g {APP_UID} /var/run/pynomaly
@@ -576,17 +652,27 @@ find / -xdev -name __pycache__ -type d -prune -exec rm -rf {{}} +
 PYTHONDONTWRITEBYTECODE=1 python3 -m compileall -q -f -j 0 --invalidation-mode unchecked-hash \\
   /usr/lib/python3 /usr/lib/python3.11 {VENV} \\
   >/dev/null || true
-""")
+""",
+    )
     shutil.rmtree(stage)
     return version
 
 
 def _app_recipe() -> Recipe:
     return Recipe(
-        name="pynomaly", repository="pynomaly/pynomaly", role="app", populate=_populate_app,
-        config=_config(["api"], f"{APP_UID}:{APP_UID}", entrypoint=["pynomaly"],
-                       path=f"{VENV}/bin:{PATH_ENV}", env=APP_ENV, ports=["8000/tcp"],
-                       labels={"org.opencontainers.image.version": app_version()}),
+        name="pynomaly",
+        repository="pynomaly/pynomaly",
+        role="app",
+        populate=_populate_app,
+        config=_config(
+            ["api"],
+            f"{APP_UID}:{APP_UID}",
+            entrypoint=["pynomaly"],
+            path=f"{VENV}/bin:{PATH_ENV}",
+            env=APP_ENV,
+            ports=["8000/tcp"],
+            labels={"org.opencontainers.image.version": app_version()},
+        ),
         inputs=lambda: [str(APP_PACKAGES), (ROOT / "constraints.txt").read_bytes(), *_files_under(ROOT / "app")],
     )
 
@@ -606,9 +692,12 @@ def _populate_redis(root: Path) -> str:
 def _populate_haproxy(root: Path) -> str:
     _apt_install(root, ["haproxy"])
     # Debian's postinst insists on a uid in the system range (100-999): renumber its user afterwards.
-    _chroot_sh(root, f"groupmod -g {HAPROXY_UID} haproxy && usermod -u {HAPROXY_UID} -g {HAPROXY_UID} haproxy "
-                     f"&& install -d /usr/local/etc/haproxy && install -d -o {HAPROXY_UID} -g {HAPROXY_UID} "
-                     "/var/lib/haproxy")
+    _chroot_sh(
+        root,
+        f"groupmod -g {HAPROXY_UID} haproxy && usermod -u {HAPROXY_UID} -g {HAPROXY_UID} haproxy "
+        f"&& install -d /usr/local/etc/haproxy && install -d -o {HAPROXY_UID} -g {HAPROXY_UID} "
+        "/var/lib/haproxy",
+    )
     return _dpkg_version(root, "haproxy")
 
 
@@ -686,8 +775,11 @@ def _kafka_jars() -> list[Path]:
     """The local system's jars: the project's pom fetched by its own KafkaJars (same cache code)."""
     kafka_jars = _app_module("pynomaly.localstack.kafka_jars")
     pom = (ROOT / "app/pynomaly/localstack/pom.xml").read_bytes()
-    jars = kafka_jars.KafkaJars(cache_dir() / "kafka-libs" / hashlib.sha256(pom).hexdigest()[:16], pom=pom,  # type: ignore[attr-defined]
-                                log_path=cache_dir() / "kafka-libs" / "fetch.log")
+    jars = kafka_jars.KafkaJars(
+        cache_dir() / "kafka-libs" / hashlib.sha256(pom).hexdigest()[:16],
+        pom=pom,  # type: ignore[attr-defined]
+        log_path=cache_dir() / "kafka-libs" / "fetch.log",
+    )
     jars.ensure()
     return list(jars.jars())
 
@@ -744,6 +836,7 @@ def _binary_inputs(name: str) -> Callable[[], list[str | bytes]]:
         path = _toolchain_binary(name)
         with path.open("rb") as fh:
             return [name, hashlib.file_digest(fh, "sha256").hexdigest()]
+
     return inputs
 
 
@@ -767,8 +860,9 @@ def _nonroot_skeleton(root: Path) -> None:
     for d in ("etc", "tmp"):
         (root / d).mkdir(mode=0o755)
     (root / "tmp").chmod(0o1777)
-    (root / "etc/passwd").write_text(f"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:{NONROOT_UID}:{NONROOT_UID}::"
-                                     "/home/nonroot:/sbin/nologin\n")
+    (root / "etc/passwd").write_text(
+        f"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:{NONROOT_UID}:{NONROOT_UID}::/home/nonroot:/sbin/nologin\n"
+    )
     (root / "etc/group").write_text(f"root:x:0:\nnonroot:x:{NONROOT_UID}:\n")
 
 
@@ -797,13 +891,19 @@ def _pause_source() -> Path:
     go = shutil.which("go")
     if go is None:
         raise ImageError("Go is needed to download the Kubernetes module (pause.c)")
-    out = subprocess.run([go, "mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"],
-                         capture_output=True, text=True, check=False, cwd=tempfile.gettempdir(),
-                         env={**os.environ, "GOFLAGS": "-mod=mod", "GO111MODULE": "on"})
+    out = subprocess.run(
+        [go, "mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tempfile.gettempdir(),
+        env={**os.environ, "GOFLAGS": "-mod=mod", "GO111MODULE": "on"},
+    )
     info = json.loads(out.stdout or "{}")
     if out.returncode != 0 or info.get("Error") or "Dir" not in info:
-        raise ImageError(f"go mod download k8s.io/kubernetes@{KUBERNETES_VERSION} failed: "
-                         f"{info.get('Error') or out.stderr[-2000:]}")
+        raise ImageError(
+            f"go mod download k8s.io/kubernetes@{KUBERNETES_VERSION} failed: {info.get('Error') or out.stderr[-2000:]}"
+        )
     return Path(info["Dir"]) / "build/pause"
 
 
@@ -818,52 +918,117 @@ def _populate_pause(root: Path) -> str:
     tag = re.search(r"^TAG \?= (\S+)", (src / "Makefile").read_text(), re.M)
     version = f"v{tag.group(1) if tag else PAUSE_TAG}-{KUBERNETES_VERSION}"
     # Kubernetes' build/pause/Makefile: $(CC) -Os -Wall -Werror -static -DVERSION=... then strip.
-    subprocess.run(["gcc", "-Os", "-Wall", "-Werror", "-static", f"-DVERSION={version}",
-                    "-o", str(root / "pause"), str(src / "linux/pause.c")], check=True)
+    subprocess.run(
+        [
+            "gcc",
+            "-Os",
+            "-Wall",
+            "-Werror",
+            "-static",
+            f"-DVERSION={version}",
+            "-o",
+            str(root / "pause"),
+            str(src / "linux/pause.c"),
+        ],
+        check=True,
+    )
     subprocess.run(["strip", str(root / "pause")], check=True)
     return PAUSE_TAG
 
 
 def recipes() -> dict[str, Recipe]:
-    return {r.name: r for r in [
-        _app_recipe(),
-        Recipe("redis", "pynomaly/redis", "redis", _populate_redis,
-               _config(["redis-server"], f"{REDIS_UID}:{REDIS_UID}", workdir="/data",
-                       ports=["6379/tcp", "26379/tcp"])),
-        Recipe("haproxy", "pynomaly/haproxy", "redis-proxy", _populate_haproxy,
-               # The manifest passes only args (-f ...): the entrypoint is haproxy itself.  SIGUSR1 is
-               # HAProxy's soft stop (finish open sessions), as upstream's image.
-               _config(["-f", "/usr/local/etc/haproxy/haproxy.cfg"], f"{HAPROXY_UID}:{HAPROXY_UID}",
-                       entrypoint=["haproxy"], workdir="/var/lib/haproxy", ports=["6379/tcp", "8404/tcp"],
-                       stop_signal="SIGUSR1")),
-        Recipe("kafka", "pynomaly/kafka", "kafka", _populate_kafka,
-               # infra/kafka_cluster.py's init container renders /etc/kafka-runtime/server.properties.
-               _config([f"{KAFKA_HOME}/bin/kafka-server-start.sh", "/etc/kafka-runtime/server.properties"],
-                       f"{KAFKA_UID}:{KAFKA_UID}", workdir=KAFKA_HOME,
-                       path=f"{KAFKA_HOME}/bin:{PATH_ENV}", ports=["9092/tcp", "9093/tcp"]),
-               inputs=lambda: [(ROOT / "app/pynomaly/localstack/pom.xml").read_bytes(),
-                               inspect.getsource(_app_module("pynomaly.localstack.kafka_jars")),  # type: ignore[arg-type]
-                               str(KAFKA_SCRIPTS), _KAFKA_RUN_CLASS, _KAFKA_LOG4J, _KAFKA_TOOLS_LOG4J]),
-        Recipe("kubectl", "pynomaly/kubectl", "kafka-rack-init", _populate_kubectl,
-               _config(["version", "--client"], f"{KAFKA_UID}:{KAFKA_UID}", entrypoint=["kubectl"]),
-               inputs=_binary_inputs("kubectl")),
-        Recipe("coredns", "pynomaly/coredns", "coredns", _populate_coredns,
-               _config(None, f"{NONROOT_UID}:{NONROOT_UID}", entrypoint=["/coredns"],
-                       ports=["1053/tcp", "1053/udp"]),
-               # No file capability: the cluster's pod binds 53 through its own unprivileged-port sysctl
-               # (tools/cluster/manifests.py), and a binary with a capability cannot even start under
-               # `capabilities: drop: [ALL]` (the kernel refuses the exec).
-               inputs=_binary_inputs("coredns"), on_base=False),
-        Recipe("pause", "pynomaly/pause", "pause", _populate_pause,
-               _config(None, f"{PAUSE_UID}:{PAUSE_UID}", entrypoint=["/pause"]),
-               inputs=_pause_inputs, on_base=False),
-        # Only the on-prem live tier runs KEDA (tools/cluster/keda.py): its Go build is long, so a plain
-        # `build()` (what CI runs) skips it.
-        Recipe("keda", "pynomaly/keda", "keda", _populate_keda,
-               _config(None, f"{NONROOT_UID}:{NONROOT_UID}", entrypoint=["/keda"]),
-               inputs=lambda: [*_binary_inputs("keda-operator")(), *_binary_inputs("keda-adapter")()],
-               on_base=False, by_default=False),
-    ]}
+    return {
+        r.name: r
+        for r in [
+            _app_recipe(),
+            Recipe(
+                "redis",
+                "pynomaly/redis",
+                "redis",
+                _populate_redis,
+                _config(["redis-server"], f"{REDIS_UID}:{REDIS_UID}", workdir="/data", ports=["6379/tcp", "26379/tcp"]),
+            ),
+            Recipe(
+                "haproxy",
+                "pynomaly/haproxy",
+                "redis-proxy",
+                _populate_haproxy,
+                # The manifest passes only args (-f ...): the entrypoint is haproxy itself.  SIGUSR1 is
+                # HAProxy's soft stop (finish open sessions), as upstream's image.
+                _config(
+                    ["-f", "/usr/local/etc/haproxy/haproxy.cfg"],
+                    f"{HAPROXY_UID}:{HAPROXY_UID}",
+                    entrypoint=["haproxy"],
+                    workdir="/var/lib/haproxy",
+                    ports=["6379/tcp", "8404/tcp"],
+                    stop_signal="SIGUSR1",
+                ),
+            ),
+            Recipe(
+                "kafka",
+                "pynomaly/kafka",
+                "kafka",
+                _populate_kafka,
+                # infra/kafka_cluster.py's init container renders /etc/kafka-runtime/server.properties.
+                _config(
+                    [f"{KAFKA_HOME}/bin/kafka-server-start.sh", "/etc/kafka-runtime/server.properties"],
+                    f"{KAFKA_UID}:{KAFKA_UID}",
+                    workdir=KAFKA_HOME,
+                    path=f"{KAFKA_HOME}/bin:{PATH_ENV}",
+                    ports=["9092/tcp", "9093/tcp"],
+                ),
+                inputs=lambda: [
+                    (ROOT / "app/pynomaly/localstack/pom.xml").read_bytes(),
+                    inspect.getsource(_app_module("pynomaly.localstack.kafka_jars")),  # type: ignore[arg-type]
+                    str(KAFKA_SCRIPTS),
+                    _KAFKA_RUN_CLASS,
+                    _KAFKA_LOG4J,
+                    _KAFKA_TOOLS_LOG4J,
+                ],
+            ),
+            Recipe(
+                "kubectl",
+                "pynomaly/kubectl",
+                "kafka-rack-init",
+                _populate_kubectl,
+                _config(["version", "--client"], f"{KAFKA_UID}:{KAFKA_UID}", entrypoint=["kubectl"]),
+                inputs=_binary_inputs("kubectl"),
+            ),
+            Recipe(
+                "coredns",
+                "pynomaly/coredns",
+                "coredns",
+                _populate_coredns,
+                _config(None, f"{NONROOT_UID}:{NONROOT_UID}", entrypoint=["/coredns"], ports=["1053/tcp", "1053/udp"]),
+                # No file capability: the cluster's pod binds 53 through its own unprivileged-port sysctl
+                # (tools/cluster/manifests.py), and a binary with a capability cannot even start under
+                # `capabilities: drop: [ALL]` (the kernel refuses the exec).
+                inputs=_binary_inputs("coredns"),
+                on_base=False,
+            ),
+            Recipe(
+                "pause",
+                "pynomaly/pause",
+                "pause",
+                _populate_pause,
+                _config(None, f"{PAUSE_UID}:{PAUSE_UID}", entrypoint=["/pause"]),
+                inputs=_pause_inputs,
+                on_base=False,
+            ),
+            # Only the on-prem live tier runs KEDA (tools/cluster/keda.py): its Go build is long, so a plain
+            # `build()` (what CI runs) skips it.
+            Recipe(
+                "keda",
+                "pynomaly/keda",
+                "keda",
+                _populate_keda,
+                _config(None, f"{NONROOT_UID}:{NONROOT_UID}", entrypoint=["/keda"]),
+                inputs=lambda: [*_binary_inputs("keda-operator")(), *_binary_inputs("keda-adapter")()],
+                on_base=False,
+                by_default=False,
+            ),
+        ]
+    }
 
 
 def default_names() -> list[str]:
@@ -887,15 +1052,33 @@ class Built:
 
 def _shared_code() -> str:
     """The build helpers every recipe uses: a change there rebuilds every image."""
-    helpers = (run_in_rootfs, _chroot_sh, _apt_install, _add_user, _dpkg_version, _index, _Entry, _diff,
-               _write_layer, _write_archive, _config)
+    helpers = (
+        run_in_rootfs,
+        _chroot_sh,
+        _apt_install,
+        _add_user,
+        _dpkg_version,
+        _index,
+        _Entry,
+        _diff,
+        _write_layer,
+        _write_archive,
+        _config,
+    )
     return "".join(inspect.getsource(h) for h in helpers)
 
 
 def _key(recipe: Recipe, base_key: str) -> str:
-    return _fingerprint(FORMAT, _shared_code(), recipe.name, base_key if recipe.on_base else "",
-                        json.dumps(recipe.config, sort_keys=True), inspect.getsource(recipe.populate),
-                        str(sorted(recipe.xattrs)), *recipe.inputs())
+    return _fingerprint(
+        FORMAT,
+        _shared_code(),
+        recipe.name,
+        base_key if recipe.on_base else "",
+        json.dumps(recipe.config, sort_keys=True),
+        inspect.getsource(recipe.populate),
+        str(sorted(recipe.xattrs)),
+        *recipe.inputs(),
+    )
 
 
 def _base_key() -> str:
@@ -949,8 +1132,9 @@ def build_one(recipe: Recipe) -> Built:
         (home / "layer.tar").unlink()  # it lives on inside image.tar
         (home / "meta.json").write_text(json.dumps({"ref": ref, "image_id": image_id}))
         _prune(home.parent, keep=home)
-        built = Built(recipe.name, ref, home / "image.tar", image_id, (home / "image.tar").stat().st_size, key,
-                      recipe.role)
+        built = Built(
+            recipe.name, ref, home / "image.tar", image_id, (home / "image.tar").stat().st_size, key, recipe.role
+        )
         _say(f"built {ref} in {time.monotonic() - started:.0f} s ({built.size / 1e6:.0f} MB, {built.archive})")
         return built
 
@@ -1007,8 +1191,12 @@ def stack_config(built: dict[str, Built] | None = None) -> dict[str, str]:
     out: dict[str, str] = {}
     if "app" in refs:
         out["image.repository"], out["image.tag"] = refs["app"].rsplit(":", 1)
-    for role, key in (("redis", "redis.image"), ("redis-proxy", "redis.proxyImage"), ("kafka", "kafka.image"),
-                      ("kafka-rack-init", "kafka.rackInitImage")):
+    for role, key in (
+        ("redis", "redis.image"),
+        ("redis-proxy", "redis.proxyImage"),
+        ("kafka", "kafka.image"),
+        ("kafka-rack-init", "kafka.rackInitImage"),
+    ):
         if role in refs:
             out[key] = refs[role]
     return out
@@ -1019,8 +1207,9 @@ def stack_config(built: dict[str, Built] | None = None) -> dict[str, str]:
 _IMPORTED = re.compile(r"^unpacking (\S+) \(sha256:[0-9a-f]+\)", re.M)
 
 
-def load(archive_paths: Iterable[Path | str], address: str, *, namespace: str = "k8s.io",
-         snapshotter: str | None = None) -> list[str]:
+def load(
+    archive_paths: Iterable[Path | str], address: str, *, namespace: str = "k8s.io", snapshotter: str | None = None
+) -> list[str]:
     """``ctr images import`` each archive into containerd at ``address``; returns the names the
     images got.  ctr normalizes a tag without a registry the way the CRI resolves ``image:`` in a
     pod spec, so ``pynomaly/redis:7.0.15`` in a manifest finds the imported image."""
@@ -1062,8 +1251,22 @@ def unpack(archive: Path, dest: Path) -> dict[str, object]:
                         shutil.rmtree(target)
                     elif target.exists() or target.is_symlink():
                         target.unlink()
-            subprocess.run(["tar", "-x", "-p", "--numeric-owner", "--xattrs", "--xattrs-include=*",
-                            "--exclude=.wh.*", "-C", str(dest), "-f", str(layer)], check=True)
+            subprocess.run(
+                [
+                    "tar",
+                    "-x",
+                    "-p",
+                    "--numeric-owner",
+                    "--xattrs",
+                    "--xattrs-include=*",
+                    "--exclude=.wh.*",
+                    "-C",
+                    str(dest),
+                    "-f",
+                    str(layer),
+                ],
+                check=True,
+            )
             layer.unlink()
     return config
 
@@ -1092,8 +1295,10 @@ def main(argv: list[str]) -> int:
             done = archives(recipes())
             for name, recipe in recipes().items():
                 hit = done.get(name)
-                print(f"{name}\t{hit.ref if hit else recipe.repository + ':?'}\t{recipe.role}\t"
-                      f"{'built ' + str(hit.archive) if hit else 'not built'}")
+                print(
+                    f"{name}\t{hit.ref if hit else recipe.repository + ':?'}\t{recipe.role}\t"
+                    f"{'built ' + str(hit.archive) if hit else 'not built'}"
+                )
         else:
             built = build(args.names)
             for name in load([b_.archive for b_ in built.values()], args.address, snapshotter=args.snapshotter):

@@ -57,8 +57,9 @@ def _summary(envs: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("env", nargs="?", choices=ENVIRONMENTS, help="stack / environment name")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--summary", action="store_true", help="print object counts per kind")

@@ -122,16 +122,24 @@ GO_TOOLS: dict[str, GoTool] = {
     },
     "etcd": GoTool("etcd", ETCD_VERSION, "go.etcd.io/etcd/server/v3", "etcd"),
     "coredns": GoTool(
-        "coredns", COREDNS_VERSION, ".", "coredns",
+        "coredns",
+        COREDNS_VERSION,
+        ".",
+        "coredns",
         (f"-X github.com/coredns/coredns/coremain.GitCommit={COREDNS_VERSION}",),
     ),
     "pulumi": GoTool(
-        "pulumi", PULUMI_VERSION, "github.com/pulumi/pulumi/pkg/v3/cmd/pulumi", "pulumi",
+        "pulumi",
+        PULUMI_VERSION,
+        "github.com/pulumi/pulumi/pkg/v3/cmd/pulumi",
+        "pulumi",
         (f"-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version={PULUMI_VERSION}",),
     ),
     "pulumi-resource-kubernetes": GoTool(
-        "pulumi-resource-kubernetes", PULUMI_KUBERNETES_VERSION,
-        "github.com/pulumi/pulumi-kubernetes/provider/v4/cmd/pulumi-resource-kubernetes", "pulumi-kubernetes",
+        "pulumi-resource-kubernetes",
+        PULUMI_KUBERNETES_VERSION,
+        "github.com/pulumi/pulumi-kubernetes/provider/v4/cmd/pulumi-resource-kubernetes",
+        "pulumi-kubernetes",
         (
             f"-X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version={PULUMI_KUBERNETES_VERSION}",
             # Helm's fallback Kubernetes version when no cluster is asked (render mode); 1.20 otherwise,
@@ -144,14 +152,21 @@ GO_TOOLS: dict[str, GoTool] = {
     # KEDA's operator and metrics API server: only the on-prem live tier runs them (tools/cluster/keda.py).
     **{
         name: GoTool(
-            name, KEDA_VERSION, f"github.com/kedacore/keda/v2/cmd/{cmd}", "keda",
+            name,
+            KEDA_VERSION,
+            f"github.com/kedacore/keda/v2/cmd/{cmd}",
+            "keda",
             (f"-X github.com/kedacore/keda/v2/version.Version={KEDA_VERSION.removeprefix('v')}",),
-            tier="chaos", nice=10,
+            tier="chaos",
+            nice=10,
         )
         for name, cmd in (("keda-operator", "operator"), ("keda-adapter", "adapter"))
     },
     "kube-network-policies": GoTool(
-        "kube-network-policies", KUBE_NETWORK_POLICIES_VERSION, ".", "kube-network-policies",
+        "kube-network-policies",
+        KUBE_NETWORK_POLICIES_VERSION,
+        ".",
+        "kube-network-policies",
         prepare="kube-network-policies",
     ),
 }
@@ -183,8 +198,9 @@ def _go_env() -> dict[str, str]:
 
 def _run_go(args: list[str], cwd: Path, what: str, nice: int = 0) -> str:
     prefix = ["nice", "-n", str(nice)] if nice > 0 else []
-    result = subprocess.run([*prefix, _go(), *args], cwd=cwd, env=_go_env(), capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        [*prefix, _go(), *args], cwd=cwd, env=_go_env(), capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
         raise ToolchainError(f"{what} failed (go {' '.join(args[:2])} in {cwd}):\n{result.stderr.strip()[-3000:]}")
     return result.stdout
@@ -271,8 +287,12 @@ def _prepare_pulumi_kubernetes(wrapper: Path) -> Path:
         shutil.copy2(wrapper / name, work / name)
     if not (cmd_dir / "schema-embed.json").is_file():
         _run_go(["build", "-o", str(work / "gen" / "generate"), "./gen"], work, "building the provider's generator")
-        subprocess.run([str(work / "gen" / "generate")], cwd=cmd_dir, check=True,
-                       env=dict(os.environ, VERSION=PULUMI_KUBERNETES_VERSION))
+        subprocess.run(
+            [str(work / "gen" / "generate")],
+            cwd=cmd_dir,
+            check=True,
+            env=dict(os.environ, VERSION=PULUMI_KUBERNETES_VERSION),
+        )
     return work
 
 
@@ -281,8 +301,10 @@ def _prepare_pulumi_kubernetes(wrapper: Path) -> Path:
 # without (`nft add rule ... queue num 100` fails with "No such file or directory").  Each stanza becomes
 # a call to xtQueue (tools/kube-network-policies/patch/xt_queue.go): xtables' NFQUEUE target run by
 # nft_compat, which the kernel has.
-KNP_QUEUE_STANZA = ("\tqueue := &expr.Queue{Num: uint16(c.config.QueueID)}\n"
-                    "\tif c.config.FailOpen {\n\t\tqueue.Flag = expr.QueueFlagBypass\n\t}\n")
+KNP_QUEUE_STANZA = (
+    "\tqueue := &expr.Queue{Num: uint16(c.config.QueueID)}\n"
+    "\tif c.config.FailOpen {\n\t\tqueue.Flag = expr.QueueFlagBypass\n\t}\n"
+)
 KNP_QUEUE_PATCHED = "\tqueue := xtQueue(uint16(c.config.QueueID), c.config.FailOpen)\n"
 
 
@@ -297,8 +319,10 @@ def _prepare_kube_network_policies(wrapper: Path) -> Path:
     upstream = module_dir(f"sigs.k8s.io/kube-network-policies@{KUBE_NETWORK_POLICIES_VERSION}")
     source = (upstream / "pkg" / "networkpolicy" / "controller.go").read_text()
     if source.count(KNP_QUEUE_STANZA) != 2:
-        raise ToolchainError("kube-network-policies: controller.go no longer has the two `expr.Queue` stanzas "
-                             "the NFQUEUE patch replaces; review tools/toolchain.py KNP_QUEUE_STANZA")
+        raise ToolchainError(
+            "kube-network-policies: controller.go no longer has the two `expr.Queue` stanzas "
+            "the NFQUEUE patch replaces; review tools/toolchain.py KNP_QUEUE_STANZA"
+        )
     work = cache_dir() / "src" / "kube-network-policies"
     shutil.rmtree(work, ignore_errors=True)
     copy = work / "upstream"
@@ -310,16 +334,20 @@ def _prepare_kube_network_policies(wrapper: Path) -> Path:
     shutil.copy2(wrapper / "patch" / "xt_queue.go", package / "xt_queue.go")
     for name in ("go.mod", "go.sum", "main.go"):
         shutil.copy2(wrapper / name, work / name)
-    _run_go(["mod", "edit", "-replace", "sigs.k8s.io/kube-network-policies=./upstream"], work,
-            "pointing the build at the patched copy")
+    _run_go(
+        ["mod", "edit", "-replace", "sigs.k8s.io/kube-network-policies=./upstream"],
+        work,
+        "pointing the build at the patched copy",
+    )
     return work
 
 
 def _build_go_tool(tool: GoTool) -> Path:
     wrapper = TOOLS / tool.module_dir
     extra = _knp_patch_inputs(wrapper) if tool.prepare == "kube-network-policies" else []
-    key = fingerprint(tool.version, tool.package, " ".join(tool.ldflags), _go_version(), *_module_inputs(wrapper),
-                      *extra)
+    key = fingerprint(
+        tool.version, tool.package, " ".join(tool.ldflags), _go_version(), *_module_inputs(wrapper), *extra
+    )
     with locked(tool.name):
         if (hit := _cached(tool.name, key)) is not None:
             return hit
@@ -332,8 +360,12 @@ def _build_go_tool(tool: GoTool) -> Path:
         print(f"building {tool.name} {tool.version} from the Go module proxy (first time: minutes)", file=sys.stderr)
         started = time.monotonic()
         tmp = bin_dir() / f".{tool.name}.tmp"
-        _run_go(["build", "-trimpath", "-ldflags", " ".join(("-s", "-w", *tool.ldflags)), "-o", str(tmp),
-                 tool.package], build_dir, f"building {tool.name}", nice=tool.nice)
+        _run_go(
+            ["build", "-trimpath", "-ldflags", " ".join(("-s", "-w", *tool.ldflags)), "-o", str(tmp), tool.package],
+            build_dir,
+            f"building {tool.name}",
+            nice=tool.nice,
+        )
         tmp.replace(bin_dir() / tool.name)
         return _record(tool.name, key, time.monotonic() - started)
 
@@ -351,7 +383,11 @@ def _go_install(name: str, version: str, package: str, ldflags: str) -> Path:
         env = dict(_go_env(), GOBIN=str(staging), GOFLAGS="-buildvcs=false")
         result = subprocess.run(
             [_go(), "install", "-trimpath", "-ldflags", f"-s -w {ldflags}", f"{package}@{version}"],
-            env=env, capture_output=True, text=True, check=False)
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if result.returncode != 0:
             raise ToolchainError(f"go install of {name} failed:\n{result.stderr.strip()[-3000:]}")
         bin_dir().mkdir(parents=True, exist_ok=True)
@@ -379,11 +415,16 @@ def ensure(name: str) -> Path:
     if name in GO_TOOLS:
         return _build_go_tool(GO_TOOLS[name])
     if name == "kwok":
-        return _go_install("kwok", KWOK_VERSION, "sigs.k8s.io/kwok/cmd/kwok",
-                           f"-X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION}")
+        return _go_install(
+            "kwok", KWOK_VERSION, "sigs.k8s.io/kwok/cmd/kwok", f"-X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION}"
+        )
     if name == "helm-docs":
-        return _go_install("helm-docs", HELM_DOCS_VERSION, "github.com/norwoodj/helm-docs/cmd/helm-docs",
-                           f"-X main.version={HELM_DOCS_VERSION.removeprefix('v')}")
+        return _go_install(
+            "helm-docs",
+            HELM_DOCS_VERSION,
+            "github.com/norwoodj/helm-docs/cmd/helm-docs",
+            f"-X main.version={HELM_DOCS_VERSION.removeprefix('v')}",
+        )
     if name == "pulumi-resource-pulumi-python":
         return _install_python_shim()
     raise ToolchainError(f"unknown tool {name!r}; known: {', '.join(ALL_TOOLS)}")

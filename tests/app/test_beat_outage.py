@@ -53,8 +53,14 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 
 def _settings(own: OwnRedis, tmp_path: Path) -> Settings:
     assert own.server is not None
-    return Settings(redis_url=own.server.url, environment="test", health_summary_interval_seconds=1,
-                    beat_max_loop_interval=0.5, beat_lock_timeout=3.0, heartbeat_dir=str(tmp_path / "beat"))
+    return Settings(
+        redis_url=own.server.url,
+        environment="test",
+        health_summary_interval_seconds=1,
+        beat_max_loop_interval=0.5,
+        beat_lock_timeout=3.0,
+        heartbeat_dir=str(tmp_path / "beat"),
+    )
 
 
 def _sent(client: redis.Redis) -> int:

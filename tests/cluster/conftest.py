@@ -31,8 +31,9 @@ def built_images() -> dict[str, images.Built]:
 
 
 @pytest.fixture(scope="session")
-def local_cluster(tmp_path_factory: pytest.TempPathFactory,
-                  built_images: dict[str, images.Built]) -> Iterator[LocalCluster]:
+def local_cluster(
+    tmp_path_factory: pytest.TempPathFactory, built_images: dict[str, images.Built]
+) -> Iterator[LocalCluster]:
     cluster = LocalCluster(tmp_path_factory.mktemp("cluster"), die_with_parent=True)
     atexit.register(cluster.down, quiet=True)  # an interrupted session still restores the host
     refs = images.image_refs(built_images)
@@ -62,22 +63,37 @@ def keda(local_cluster: LocalCluster) -> Iterator[str]:
         keda_addon.uninstall(local_cluster)
 
 
-def run_pod(cluster: LocalCluster, namespace: str, name: str, image: str, command: list[str],
-            timeout: float = 120) -> tuple[str, str]:
+def run_pod(
+    cluster: LocalCluster, namespace: str, name: str, image: str, command: list[str], timeout: float = 120
+) -> tuple[str, str]:
     """Run a one-shot pod that satisfies the 'restricted' standard; return (phase, logs)."""
     pod = {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "restartPolicy": "Never",
             "nodeSelector": {"pynomaly.io/local-node": "real"},
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": "main", "image": image, "imagePullPolicy": "Never", "command": command,
-                "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                    "capabilities": {"drop": ["ALL"]}},
-                "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
-            }],
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 10001,
+                "runAsGroup": 10001,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "main",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "command": command,
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "readOnlyRootFilesystem": True,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
+                }
+            ],
         },
     }
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(pod))
@@ -94,11 +110,21 @@ def run_pod(cluster: LocalCluster, namespace: str, name: str, image: str, comman
 
 
 def restricted_namespace(cluster: LocalCluster, name: str) -> str:
-    cluster.apply([{
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "restricted",
-                                              "pod-security.kubernetes.io/enforce-version": "latest"}},
-    }])
+    cluster.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {
+                    "name": name,
+                    "labels": {
+                        "pod-security.kubernetes.io/enforce": "restricted",
+                        "pod-security.kubernetes.io/enforce-version": "latest",
+                    },
+                },
+            }
+        ]
+    )
     return name
 
 

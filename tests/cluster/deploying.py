@@ -43,8 +43,9 @@ class DeployedStack:
     def reopen(self, cluster: LocalCluster, extra: Mapping[str, str]) -> auto.Stack:
         """The same stack with its whole config set again plus ``extra`` overrides."""
         self.overrides = {**self.overrides, **extra}
-        self.stack = deploy.open_stack(self.env, kubeconfig=cluster.kubeconfig, overrides=self.overrides,
-                                       state_dir=self.state_dir)
+        self.stack = deploy.open_stack(
+            self.env, kubeconfig=cluster.kubeconfig, overrides=self.overrides, state_dir=self.state_dir
+        )
         return self.stack
 
     def preview(self) -> dict[str, int]:
@@ -62,8 +63,13 @@ def image_overrides(built: Mapping[str, images.Built]) -> dict[str, str]:
     return {f"pynomaly:{key}": value for key, value in images.stack_config(dict(built)).items()}
 
 
-def deploy_env(cluster: LocalCluster, env: str, built: Mapping[str, images.Built], state_dir: Path,
-               extra: Mapping[str, str] | None = None) -> DeployedStack:
+def deploy_env(
+    cluster: LocalCluster,
+    env: str,
+    built: Mapping[str, images.Built],
+    state_dir: Path,
+    extra: Mapping[str, str] | None = None,
+) -> DeployedStack:
     overrides = {**image_overrides(built), **(extra or {})}
     stack = deploy.open_stack(env, kubeconfig=cluster.kubeconfig, overrides=overrides, state_dir=state_dir)
     started = time.monotonic()
@@ -84,8 +90,14 @@ def state_objects(stack: auto.Stack) -> list[dict[str, str]]:
             continue
         outputs = resource.get("outputs") or {}
         meta = outputs.get("metadata") or {}
-        found.append({"apiVersion": str(outputs.get("apiVersion")), "kind": str(outputs.get("kind")),
-                      "namespace": str(meta.get("namespace") or ""), "name": str(meta.get("name"))})
+        found.append(
+            {
+                "apiVersion": str(outputs.get("apiVersion")),
+                "kind": str(outputs.get("kind")),
+                "namespace": str(meta.get("namespace") or ""),
+                "name": str(meta.get("name")),
+            }
+        )
     return found
 
 
@@ -119,8 +131,9 @@ def workload_problems(cluster: LocalCluster, namespace: str) -> list[str]:
             problems.append(f"job/{job['metadata']['name']}: not complete")
     for event in get_json(cluster, "-n", namespace, "events")["items"]:
         if event.get("reason") == "FailedCreate":
-            problems.append(f"{event['involvedObject']['kind']}/{event['involvedObject']['name']}: "
-                            f"{event.get('message', '')[:300]}")
+            problems.append(
+                f"{event['involvedObject']['kind']}/{event['involvedObject']['name']}: {event.get('message', '')[:300]}"
+            )
     return problems
 
 
@@ -144,9 +157,22 @@ class PortForward:
             self.port = sock.getsockname()[1]
         kubectl = cluster.bins.get("kubectl")
         self.proc = subprocess.Popen(
-            [str(kubectl), "--kubeconfig", str(cluster.kubeconfig), "-n", namespace, "port-forward",
-             "--address", "127.0.0.1", target, f"{self.port}:{remote_port}"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                str(kubectl),
+                "--kubeconfig",
+                str(cluster.kubeconfig),
+                "-n",
+                namespace,
+                "port-forward",
+                "--address",
+                "127.0.0.1",
+                target,
+                f"{self.port}:{remote_port}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -198,12 +224,23 @@ def api_forward(cluster: LocalCluster, deployed: DeployedStack) -> tuple[PortFor
 POD_SCRIPTS = Path(__file__).parent / "pod_scripts"
 
 
-def pod_python(cluster: LocalCluster, namespace: str, pod: str, script: str, *args: str,
-               timeout: float = 300) -> Any:
+def pod_python(cluster: LocalCluster, namespace: str, pod: str, script: str, *args: str, timeout: float = 300) -> Any:
     """Run ``pod_scripts/<script>`` with the pod's python3 (its settings come from the pod's environment);
     the script's last stdout line is JSON, returned parsed."""
-    result = cluster.kubectl("-n", namespace, "exec", "-i", pod, "--", "python3", "-", *args,
-                             input=(POD_SCRIPTS / script).read_text(), timeout=timeout, check=False)
+    result = cluster.kubectl(
+        "-n",
+        namespace,
+        "exec",
+        "-i",
+        pod,
+        "--",
+        "python3",
+        "-",
+        *args,
+        input=(POD_SCRIPTS / script).read_text(),
+        timeout=timeout,
+        check=False,
+    )
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0 or not lines:
         raise AssertionError(f"{script} in {pod} failed ({result.returncode}): {result.stderr.strip()[-1500:]}")

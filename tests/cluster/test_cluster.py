@@ -28,7 +28,8 @@ def test_control_plane_and_node_run_the_pinned_release(local_cluster: LocalClust
 
 
 def test_a_pod_resolves_service_names_and_reaches_the_api_through_its_service(
-        local_cluster: LocalCluster, built_images: dict) -> None:
+    local_cluster: LocalCluster, built_images: dict
+) -> None:
     ns = restricted_namespace(local_cluster, "cluster-dns-check")
     app = next(b.ref for b in built_images.values() if b.role == "app")
     script = (
@@ -49,8 +50,12 @@ def test_a_pod_resolves_service_names_and_reaches_the_api_through_its_service(
 def test_restricted_pod_security_refuses_a_root_pod(local_cluster: LocalCluster, built_images: dict) -> None:
     ns = restricted_namespace(local_cluster, "cluster-psa-check")
     app = next(b.ref for b in built_images.values() if b.role == "app")
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "root", "namespace": ns},
-           "spec": {"containers": [{"name": "c", "image": app, "securityContext": {"runAsUser": 0}}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "root", "namespace": ns},
+        "spec": {"containers": [{"name": "c", "image": app, "securityContext": {"runAsUser": 0}}]},
+    }
     try:
         result = local_cluster.kubectl("apply", "-f", "-", input=json.dumps(pod), check=False)
         assert result.returncode != 0
@@ -61,8 +66,13 @@ def test_restricted_pod_security_refuses_a_root_pod(local_cluster: LocalCluster,
 
 def test_the_stacks_crds_come_from_their_projects_modules(local_cluster: LocalCluster) -> None:
     crds = {c["metadata"]["name"]: c for c in get_json(local_cluster, "crd")["items"]}
-    for name in ("scaledobjects.keda.sh", "triggerauthentications.keda.sh", "clustertriggerauthentications.keda.sh",
-                 "servicemonitors.monitoring.coreos.com", "prometheusrules.monitoring.coreos.com"):
+    for name in (
+        "scaledobjects.keda.sh",
+        "triggerauthentications.keda.sh",
+        "clustertriggerauthentications.keda.sh",
+        "servicemonitors.monitoring.coreos.com",
+        "prometheusrules.monitoring.coreos.com",
+    ):
         assert name in crds, f"{name} missing; have {sorted(crds)}"
         established = {c["type"]: c["status"] for c in crds[name]["status"]["conditions"]}
         assert established["Established"] == "True"

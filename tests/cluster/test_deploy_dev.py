@@ -34,8 +34,11 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
-def dev(local_cluster: LocalCluster, built_images: dict, tmp_path_factory: pytest.TempPathFactory,
-        ) -> Iterator[DeployedStack]:
+def dev(
+    local_cluster: LocalCluster,
+    built_images: dict,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[DeployedStack]:
     deployed = deploy_env(local_cluster, "dev", built_images, tmp_path_factory.mktemp("deploy-dev"))
     try:
         yield deployed
@@ -50,8 +53,7 @@ def get_json_or_none(cluster: LocalCluster, *args: str) -> dict | None:
     return json.loads(result.stdout) if result.returncode == 0 else None
 
 
-def test_up_creates_every_object_and_every_pod_becomes_ready(local_cluster: LocalCluster,
-                                                            dev: DeployedStack) -> None:
+def test_up_creates_every_object_and_every_pod_becomes_ready(local_cluster: LocalCluster, dev: DeployedStack) -> None:
     objects = state_objects(dev.stack)
     print(f"\n[deploy dev] {len(objects)} objects, up took {dev.seconds:.0f} s")
     assert dev.counts.get("create", 0) >= len(objects) > 20
@@ -74,8 +76,9 @@ def test_demo_job_runs_through_the_api_service(local_cluster: LocalCluster, dev:
     try:
         dataset, planted = demo_dataset()
         with PynomalyClient(forward.url, api_key, timeout=60) as client:
-            accepted = client.submit_csv(dataset, "iforest", contamination=0.03,
-                                         steps=["preprocess", "detect", "report"])
+            accepted = client.submit_csv(
+                dataset, "iforest", contamination=0.03, steps=["preprocess", "detect", "report"]
+            )
             job_id = accepted["id"]
             deadline = time.monotonic() + 300
             job = client.job(job_id)
@@ -89,12 +92,15 @@ def test_demo_job_runs_through_the_api_service(local_cluster: LocalCluster, dev:
 
         # The job_completed event is on job_events in the in-cluster Kafka: read it from a worker pod,
         # with the worker's own settings (bootstrap servers and SASL credentials from its Secret).
-        script = ("import sys; from pynomaly.config import load_settings; from pynomaly.demo import find_kafka_event\n"
-                  f"found = find_kafka_event(load_settings(), {job_id!r}, 'job_completed', timeout=60)\n"
-                  "print(found[0].topic if found else 'missing')\n")
+        script = (
+            "import sys; from pynomaly.config import load_settings; from pynomaly.demo import find_kafka_event\n"
+            f"found = find_kafka_event(load_settings(), {job_id!r}, 'job_completed', timeout=60)\n"
+            "print(found[0].topic if found else 'missing')\n"
+        )
         worker = a_pod(local_cluster, dev.namespace, "worker")
-        out = local_cluster.kubectl("-n", dev.namespace, "exec", worker, "--", "python3", "-c", script,
-                                    timeout=120).stdout
+        out = local_cluster.kubectl(
+            "-n", dev.namespace, "exec", worker, "--", "python3", "-c", script, timeout=120
+        ).stdout
         assert out.strip().splitlines()[-1] == "job_events"
 
         # The WebSocket replays it from dashboard:stream (the bridge consumer copied it there).
@@ -119,8 +125,9 @@ async def _websocket_sees(port: int, api_key: str, job_id: str) -> str:
     return "not seen"
 
 
-def test_every_container_runs_as_its_declared_user_on_a_read_only_root(local_cluster: LocalCluster,
-                                                                       dev: DeployedStack) -> None:
+def test_every_container_runs_as_its_declared_user_on_a_read_only_root(
+    local_cluster: LocalCluster, dev: DeployedStack
+) -> None:
     checked = 0
     for pod in get_json(local_cluster, "-n", dev.namespace, "pods")["items"]:
         if pod["status"]["phase"] != "Running":
@@ -130,8 +137,19 @@ def test_every_container_runs_as_its_declared_user_on_a_read_only_root(local_clu
             ctx = container.get("securityContext", {})
             want = ctx.get("runAsUser", pod_uid)
             probe = "id -u; touch /.probe 2>&1 || true"
-            result = local_cluster.kubectl("-n", dev.namespace, "exec", pod["metadata"]["name"], "-c",
-                                           container["name"], "--", "sh", "-c", probe, timeout=60)
+            result = local_cluster.kubectl(
+                "-n",
+                dev.namespace,
+                "exec",
+                pod["metadata"]["name"],
+                "-c",
+                container["name"],
+                "--",
+                "sh",
+                "-c",
+                probe,
+                timeout=60,
+            )
             uid, _, touch = result.stdout.partition("\n")
             assert want is not None and int(uid) == int(want) != 0, (pod["metadata"]["name"], container["name"])
             if ctx.get("readOnlyRootFilesystem"):
@@ -155,8 +173,9 @@ except OSError as exc:
 """
 
 
-def test_the_charts_network_policies_are_enforced(local_cluster: LocalCluster, dev: DeployedStack,
-                                                  built_images: dict) -> None:
+def test_the_charts_network_policies_are_enforced(
+    local_cluster: LocalCluster, dev: DeployedStack, built_images: dict
+) -> None:
     """The release's egress policy (DNS, Redis, Kafka only): a worker reaches Redis and CoreDNS' port 53,
     not CoreDNS' readiness port, which a pod without the release's labels in the same namespace does
     reach (so the denial is the policy's); that pod in turn cannot reach Redis or Kafka (their
@@ -173,23 +192,26 @@ def test_the_charts_network_policies_are_enforced(local_cluster: LocalCluster, d
     worker = a_pod(local_cluster, dev.namespace, "worker")
 
     def from_worker(host: str, port: int) -> str:
-        return local_cluster.kubectl("-n", dev.namespace, "exec", worker, "--", "python3", "-c", CONNECT, host,
-                                     str(port), timeout=60).stdout.strip()
+        return local_cluster.kubectl(
+            "-n", dev.namespace, "exec", worker, "--", "python3", "-c", CONNECT, host, str(port), timeout=60
+        ).stdout.strip()
 
     assert from_worker(redis_ip, 6379) == "ok"
     assert from_worker(dns_ip, 53) == "ok"
     assert from_worker(dns_ip, 8181) == "timeout"
     app = next(b.ref for b in built_images.values() if b.role == "app")
-    phase, logs = run_pod(local_cluster, dev.namespace, "netpol-unlabelled", app,
-                          ["python3", "-c", CONNECT, dns_ip, "8181"])
+    phase, logs = run_pod(
+        local_cluster, dev.namespace, "netpol-unlabelled", app, ["python3", "-c", CONNECT, dns_ip, "8181"]
+    )
     assert (phase, logs.strip()) == ("Succeeded", "ok")
     # Redis' and Kafka's own ingress policies (infra/): the worker gets through, a pod that is not the
     # application's does not, password or not.
     kafka_ip = running_ip(dev.namespace, "app.kubernetes.io/name", "pynomaly-kafka")
     assert from_worker(kafka_ip, 9092) == "ok"
     for target, ip, port in (("redis", redis_ip, "6379"), ("kafka", kafka_ip, "9092")):
-        phase, logs = run_pod(local_cluster, dev.namespace, f"netpol-unlabelled-{target}", app,
-                              ["python3", "-c", CONNECT, ip, port])
+        phase, logs = run_pod(
+            local_cluster, dev.namespace, f"netpol-unlabelled-{target}", app, ["python3", "-c", CONNECT, ip, port]
+        )
         assert (phase, logs.strip()) == ("Succeeded", "timeout"), target
 
 
@@ -199,8 +221,7 @@ def test_a_second_up_changes_nothing(dev: DeployedStack) -> None:
     assert dev.up().keys() <= {"same"}
 
 
-def test_a_config_change_previews_and_applies_only_that_change(local_cluster: LocalCluster,
-                                                               dev: DeployedStack) -> None:
+def test_a_config_change_previews_and_applies_only_that_change(local_cluster: LocalCluster, dev: DeployedStack) -> None:
     dev.reopen(local_cluster, {"pynomaly:autoscaling.workers.detection.max": "3"})
     preview = dev.preview()
     assert preview.get("update") == 1 and set(preview) == {"same", "update"}, preview
@@ -217,6 +238,7 @@ def test_destroy_leaves_nothing_in_the_namespace(local_cluster: LocalCluster, de
     assert counts.get("delete", 0) > 20
     gone = wait_for(lambda: get_json_or_none(local_cluster, "namespace", namespace), timeout=180)
     assert gone is None, f"namespace {namespace} still there"
-    leftovers = local_cluster.kubectl("get", "all", "-A", "-l", "app.kubernetes.io/part-of=pynomaly", "-o", "name",
-                                      check=False).stdout.split()
+    leftovers = local_cluster.kubectl(
+        "get", "all", "-A", "-l", "app.kubernetes.io/part-of=pynomaly", "-o", "name", check=False
+    ).stdout.split()
     assert leftovers == []

@@ -40,12 +40,21 @@ def operator_secrets(env: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("env", ["onprem", "cloud"])
 def test_stack_on_fake_nodes_deploys_admits_every_pod_and_destroys_clean(
-        env: str, local_cluster: LocalCluster, fake_nodes: list[str], built_images: dict,
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+    env: str,
+    local_cluster: LocalCluster,
+    fake_nodes: list[str],
+    built_images: dict,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     namespace = deploy.stack_file(env)["pynomaly:kubernetes"]["namespace"]
     with local_cluster.announced_load_balancers(namespace):
-        deployed = deploy_env(local_cluster, env, built_images, tmp_path_factory.mktemp(f"deploy-{env}"),
-                              extra={"pynomaly:storageClass": STORAGE_CLASS, **operator_secrets(env)})
+        deployed = deploy_env(
+            local_cluster,
+            env,
+            built_images,
+            tmp_path_factory.mktemp(f"deploy-{env}"),
+            extra={"pynomaly:storageClass": STORAGE_CLASS, **operator_secrets(env)},
+        )
         try:
             objects = state_objects(deployed.stack)
             print(f"\n[deploy {env}] {len(objects)} objects on fake nodes, up took {deployed.seconds:.0f} s")
@@ -72,14 +81,17 @@ def test_stack_on_fake_nodes_deploys_admits_every_pod_and_destroys_clean(
             change = deployed.preview()
             assert change.get("update") == 1 and set(change) == {"same", "update"}, change
             assert deployed.up().get("update") == 1
-            scaled = {o["metadata"]["name"]: o["spec"]["maxReplicaCount"]
-                      for o in get_json(local_cluster, "-n", namespace, "scaledobjects.keda.sh")["items"]}
+            scaled = {
+                o["metadata"]["name"]: o["spec"]["maxReplicaCount"]
+                for o in get_json(local_cluster, "-n", namespace, "scaledobjects.keda.sh")["items"]
+            }
             assert 7 in scaled.values(), scaled
         finally:
             counts = deployed.destroy()
     assert counts.get("delete", 0) > 20
-    gone = wait_for(lambda: local_cluster.kubectl("get", "namespace", namespace, check=False).returncode == 0,
-                    timeout=180)
+    gone = wait_for(
+        lambda: local_cluster.kubectl("get", "namespace", namespace, check=False).returncode == 0, timeout=180
+    )
     assert not gone, f"namespace {namespace} still there"
     local_cluster.recycle_volumes()
 
@@ -89,45 +101,67 @@ CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding", "PriorityClass", "StorageC
 
 def _release_objects(cluster: LocalCluster, namespace: str, release: str) -> dict[str, tuple[str, int]]:
     """kind/name -> (resourceVersion, generation) of every namespaced object the release labels."""
-    kinds = "deployments,statefulsets,services,configmaps,serviceaccounts,networkpolicies,poddisruptionbudgets," \
-            "horizontalpodautoscalers,scaledobjects.keda.sh,servicemonitors.monitoring.coreos.com," \
-            "prometheusrules.monitoring.coreos.com,ingresses,roles,rolebindings"
+    kinds = (
+        "deployments,statefulsets,services,configmaps,serviceaccounts,networkpolicies,poddisruptionbudgets,"
+        "horizontalpodautoscalers,scaledobjects.keda.sh,servicemonitors.monitoring.coreos.com,"
+        "prometheusrules.monitoring.coreos.com,ingresses,roles,rolebindings"
+    )
     items = get_json(cluster, "-n", namespace, kinds, "-l", f"app.kubernetes.io/instance={release}")["items"]
-    return {f"{i['kind']}/{i['metadata']['name']}": (i["metadata"]["resourceVersion"],
-                                                     i["metadata"].get("generation", 0)) for i in items}
+    return {
+        f"{i['kind']}/{i['metadata']['name']}": (i["metadata"]["resourceVersion"], i["metadata"].get("generation", 0))
+        for i in items
+    }
 
 
 @pytest.mark.helm
 @pytest.mark.parametrize("env", ["dev", "onprem", "cloud"])
 def test_helm_alone_install_noop_upgrade_and_clean_uninstall_on_fake_nodes(
-        env: str, local_cluster: LocalCluster, fake_nodes: list[str]) -> None:
+    env: str, local_cluster: LocalCluster, fake_nodes: list[str]
+) -> None:
     from tools.helm import CHART, env_values_file, run_helm
 
     namespace, release = f"helm-{env}", "pynomaly"
     restricted_namespace(local_cluster, namespace)
     # The README's helm-alone steps: a Secret made by hand, then `helm install` with the environment's values.
-    local_cluster.kubectl("-n", namespace, "create", "secret", "generic", "pynomaly-secrets",
-                          "--from-literal=redis-password=r3dis-pass", "--from-literal=api-keys=an-api-key",
-                          "--from-literal=webhook-secret=a-webhook-secret",
-                          "--from-literal=kafka-sasl-password=kafka-pass",
-                          f"--from-literal=encryption-keys={mocked.RENDER_ENCRYPTION_KEY}")  # cloud's values use it
+    local_cluster.kubectl(
+        "-n",
+        namespace,
+        "create",
+        "secret",
+        "generic",
+        "pynomaly-secrets",
+        "--from-literal=redis-password=r3dis-pass",
+        "--from-literal=api-keys=an-api-key",
+        "--from-literal=webhook-secret=a-webhook-secret",
+        "--from-literal=kafka-sasl-password=kafka-pass",
+        f"--from-literal=encryption-keys={mocked.RENDER_ENCRYPTION_KEY}",
+    )  # cloud's values use it
     kube = ["--kubeconfig", str(local_cluster.kubeconfig), "-n", namespace]
     values = ["-f", str(env_values_file(env))]
     try:
         with local_cluster.announced_load_balancers(namespace):
-            installed = run_helm("install", release, str(CHART), *kube, *values, "--wait", "--timeout", "4m",
-                                 timeout=300)
+            installed = run_helm(
+                "install", release, str(CHART), *kube, *values, "--wait", "--timeout", "4m", timeout=300
+            )
             assert installed.returncode == 0, installed.stderr
             problems = wait_for(lambda: workload_problems(local_cluster, namespace), timeout=120)
             assert problems == [], problems
-            declared = [{"apiVersion": o["apiVersion"], "kind": o["kind"], "name": o["metadata"]["name"],
-                         "namespace": namespace if o["kind"] not in CLUSTER_KINDS else ""}
-                        for o in yaml.safe_load_all(run_helm("get", "manifest", release, *kube).stdout) if o]
+            declared = [
+                {
+                    "apiVersion": o["apiVersion"],
+                    "kind": o["kind"],
+                    "name": o["metadata"]["name"],
+                    "namespace": namespace if o["kind"] not in CLUSTER_KINDS else "",
+                }
+                for o in yaml.safe_load_all(run_helm("get", "manifest", release, *kube).stdout)
+                if o
+            ]
             assert len(declared) > 10 and missing_objects(local_cluster, declared) == []
             before = _release_objects(local_cluster, namespace, release)
 
-            upgraded = run_helm("upgrade", release, str(CHART), *kube, *values, "--wait", "--timeout", "4m",
-                                timeout=300)
+            upgraded = run_helm(
+                "upgrade", release, str(CHART), *kube, *values, "--wait", "--timeout", "4m", timeout=300
+            )
             assert upgraded.returncode == 0, upgraded.stderr
             assert _release_objects(local_cluster, namespace, release) == before  # nothing was touched
 

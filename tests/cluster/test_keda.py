@@ -34,60 +34,120 @@ RESTRICTED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
 
 def _pod_spec(uid: int, container: dict[str, Any], volumes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {
-        "nodeSelector": REAL_NODE, "terminationGracePeriodSeconds": 1,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [{"imagePullPolicy": "Never", "securityContext": RESTRICTED,
-                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}},
-                        **container}],
+        "nodeSelector": REAL_NODE,
+        "terminationGracePeriodSeconds": 1,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "imagePullPolicy": "Never",
+                "securityContext": RESTRICTED,
+                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}},
+                **container,
+            }
+        ],
         "volumes": volumes or [],
     }
 
 
 def _objects(redis_image: str, pause_image: str) -> list[dict[str, Any]]:
     redis = {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "redis", "namespace": NS, "labels": {"app": "redis"}},
-        "spec": _pod_spec(999, {
-            "name": "redis", "image": redis_image,
-            "command": ["sh", "-c", 'exec redis-server --port 6379 --save "" --appendonly no '
-                                    '--requirepass "$REDIS_PASSWORD"'],
-            "env": [{"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "redis", "key": "password"}}}],
-            "ports": [{"containerPort": 6379}],
-            "readinessProbe": {"tcpSocket": {"port": 6379}, "periodSeconds": 2},
-            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-        }, [{"name": "data", "emptyDir": {}}]),
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "redis", "namespace": NS, "labels": {"app": "redis"}},
+        "spec": _pod_spec(
+            999,
+            {
+                "name": "redis",
+                "image": redis_image,
+                "command": [
+                    "sh",
+                    "-c",
+                    'exec redis-server --port 6379 --save "" --appendonly no --requirepass "$REDIS_PASSWORD"',
+                ],
+                "env": [
+                    {"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "redis", "key": "password"}}}
+                ],
+                "ports": [{"containerPort": 6379}],
+                "readinessProbe": {"tcpSocket": {"port": 6379}, "periodSeconds": 2},
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            },
+            [{"name": "data", "emptyDir": {}}],
+        ),
     }
     worker = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "worker", "namespace": NS},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "worker"}},
-                 "template": {"metadata": {"labels": {"app": "worker"}},
-                              "spec": _pod_spec(65535, {"name": "worker", "image": pause_image})}},
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "worker", "namespace": NS},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "worker"}},
+            "template": {
+                "metadata": {"labels": {"app": "worker"}},
+                "spec": _pod_spec(65535, {"name": "worker", "image": pause_image}),
+            },
+        },
     }
     auth = {
-        "apiVersion": "keda.sh/v1alpha1", "kind": "TriggerAuthentication",
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "TriggerAuthentication",
         "metadata": {"name": "redis", "namespace": NS},
         "spec": {"secretTargetRef": [{"parameter": "password", "name": "redis", "key": "password"}]},
     }
     scaled = {
-        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "worker", "namespace": NS},
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "worker", "namespace": NS},
         "spec": {
-            "scaleTargetRef": {"name": "worker"}, "minReplicaCount": 1, "maxReplicaCount": 3,
-            "pollingInterval": 5, "cooldownPeriod": 10,
-            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {
-                "stabilizationWindowSeconds": 10, "policies": [{"type": "Percent", "value": 100, "periodSeconds": 5}],
-            }}}},
-            "triggers": [{"type": "redis", "authenticationRef": {"name": "redis"}, "metadata": {
-                "address": f"redis.{NS}.svc.cluster.local:6379", "listName": LIST,
-                "listLength": str(PER_REPLICA)}}],
+            "scaleTargetRef": {"name": "worker"},
+            "minReplicaCount": 1,
+            "maxReplicaCount": 3,
+            "pollingInterval": 5,
+            "cooldownPeriod": 10,
+            "advanced": {
+                "horizontalPodAutoscalerConfig": {
+                    "behavior": {
+                        "scaleDown": {
+                            "stabilizationWindowSeconds": 10,
+                            "policies": [{"type": "Percent", "value": 100, "periodSeconds": 5}],
+                        }
+                    }
+                }
+            },
+            "triggers": [
+                {
+                    "type": "redis",
+                    "authenticationRef": {"name": "redis"},
+                    "metadata": {
+                        "address": f"redis.{NS}.svc.cluster.local:6379",
+                        "listName": LIST,
+                        "listLength": str(PER_REPLICA),
+                    },
+                }
+            ],
         },
     }
     return [
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis", "namespace": NS},
-         "stringData": {"password": "keda-check-password"}},
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "redis", "namespace": NS},
+            "stringData": {"password": "keda-check-password"},
+        },
         redis,
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "redis", "namespace": NS},
-         "spec": {"selector": {"app": "redis"}, "ports": [{"port": 6379, "targetPort": 6379}]}},
-        worker, auth, scaled,
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "redis", "namespace": NS},
+            "spec": {"selector": {"app": "redis"}, "ports": [{"port": 6379, "targetPort": 6379}]},
+        },
+        worker,
+        auth,
+        scaled,
     ]
 
 
@@ -113,14 +173,22 @@ def _until(what: str, check: Any, timeout: float, since: float | None = None) ->
 
 
 def test_a_redis_backlog_scales_a_deployment_up_and_back_down(
-        local_cluster: LocalCluster, built_images: dict[str, images.Built], keda: str) -> None:
+    local_cluster: LocalCluster, built_images: dict[str, images.Built], keda: str
+) -> None:
     refs = images.image_refs(built_images)
     restricted_namespace(local_cluster, NS)
     try:
         local_cluster.apply(_objects(refs["redis"], refs["pause"]))
         for target in ("pod/redis", "deployment/worker"):
-            local_cluster.kubectl("-n", NS, "wait", "--for=condition=Ready" if "pod" in target else
-                                  "--for=condition=Available", target, "--timeout=120s", timeout=130)
+            local_cluster.kubectl(
+                "-n",
+                NS,
+                "wait",
+                "--for=condition=Ready" if "pod" in target else "--for=condition=Available",
+                target,
+                "--timeout=120s",
+                timeout=130,
+            )
 
         def scaled_object_ready() -> bool:
             conditions = get_json(local_cluster, "-n", NS, "scaledobject", "worker").get("status", {}).get("conditions")
@@ -145,16 +213,20 @@ def test_a_redis_backlog_scales_a_deployment_up_and_back_down(
         ready = _until("a second replica ready", lambda: _replicas(local_cluster)[1] > 1, 180, pushed)
         assert [item["value"] for item in external_metric(local_cluster, NS, metric, "worker")] == [str(ITEMS)]
         at_max = _until("3 of 3 replicas ready", lambda: _replicas(local_cluster) == (3, 3), 240, pushed)
-        print(f"\n[keda] {ITEMS} items pushed: more replicas wanted after {scaled:.1f} s, a 2nd ready after "
-              f"{ready:.1f} s, 3/3 ready after {at_max:.1f} s")
+        print(
+            f"\n[keda] {ITEMS} items pushed: more replicas wanted after {scaled:.1f} s, a 2nd ready after "
+            f"{ready:.1f} s, 3/3 ready after {at_max:.1f} s"
+        )
 
         assert _redis(local_cluster, "DEL", LIST) == "1"
         emptied = time.monotonic()
         wanted_down = _until("1 replica wanted", lambda: _replicas(local_cluster)[0] == 1, 240, emptied)
         down = _until("back to 1 replica", lambda: _replicas(local_cluster) == (1, 1), 240, emptied)
         assert [item["value"] for item in external_metric(local_cluster, NS, metric, "worker")] == ["0"]
-        print(f"[keda] list emptied: 1 replica wanted after {wanted_down:.1f} s, the others gone after {down:.1f} s "
-              "(scale-down stabilization window 10 s)")
+        print(
+            f"[keda] list emptied: 1 replica wanted after {wanted_down:.1f} s, the others gone after {down:.1f} s "
+            "(scale-down stabilization window 10 s)"
+        )
     finally:
         # While KEDA still runs, so it removes the ScaledObject's finalizer and its HPA.
         local_cluster.kubectl("delete", "namespace", NS, "--timeout=120s", check=False, timeout=130)

@@ -45,28 +45,42 @@ except OSError as exc:
 def _pod(namespace: str, name: str, image: str, command: list[str], labels: dict[str, str]) -> dict[str, Any]:
     """A long-running pod that satisfies the 'restricted' Pod Security standard."""
     return {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {
             "nodeSelector": {"pynomaly.io/local-node": "real"},
             "terminationGracePeriodSeconds": 1,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": "main", "image": image, "imagePullPolicy": "Never", "command": command,
-                "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                    "capabilities": {"drop": ["ALL"]}},
-                "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
-            }],
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 10001,
+                "runAsGroup": 10001,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "main",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "command": command,
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "readOnlyRootFilesystem": True,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
+                }
+            ],
         },
     }
 
 
 def _policy(namespace: str, name: str, ingress: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {"podSelector": {"matchLabels": {"role": "server"}}, "policyTypes": ["Ingress"],
-                 "ingress": ingress},
+        "spec": {"podSelector": {"matchLabels": {"role": "server"}}, "policyTypes": ["Ingress"], "ingress": ingress},
     }
 
 
@@ -76,8 +90,20 @@ class Probe:
 
     def connect(self, client: str) -> str:
         result = self.cluster.kubectl(
-            "-n", self.namespace, "exec", client, "--", "python3", "-c", PROBE, self.server_ip, str(REDIS_PORT),
-            str(CONNECT_TIMEOUT), check=False, timeout=60)
+            "-n",
+            self.namespace,
+            "exec",
+            client,
+            "--",
+            "python3",
+            "-c",
+            PROBE,
+            self.server_ip,
+            str(REDIS_PORT),
+            str(CONNECT_TIMEOUT),
+            check=False,
+            timeout=60,
+        )
         return result.stdout.strip() or f"exec failed: {result.stderr.strip()[-300:]}"
 
     def until(self, client: str, want: str, timeout: float = SETTLE) -> tuple[str, float]:
@@ -91,20 +117,52 @@ class Probe:
 
 
 def test_ingress_policies_deny_and_allow_connections_between_pods(
-        local_cluster: LocalCluster, built_images: dict) -> None:
+    local_cluster: LocalCluster, built_images: dict
+) -> None:
     ns = restricted_namespace(local_cluster, "netpol-check")
     app = next(b.ref for b in built_images.values() if b.role == "app")
     redis = next(b.ref for b in built_images.values() if b.role == "redis")
     sleeper = ["python3", "-c", "import time; time.sleep(3600)"]
     try:
-        local_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
-            _pod(ns, "server", redis, ["redis-server", "--port", str(REDIS_PORT), "--save", "", "--appendonly", "no",
-                                       "--protected-mode", "no"], {"role": "server"}),
-            _pod(ns, "client", app, sleeper, {"role": "client"}),
-            _pod(ns, "other", app, sleeper, {"role": "other"}),
-        ]))
-        local_cluster.kubectl("-n", ns, "wait", "--for=condition=Ready", "pod/server", "pod/client", "pod/other",
-                              "--timeout=180s", timeout=200)
+        local_cluster.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=yaml.safe_dump_all(
+                [
+                    _pod(
+                        ns,
+                        "server",
+                        redis,
+                        [
+                            "redis-server",
+                            "--port",
+                            str(REDIS_PORT),
+                            "--save",
+                            "",
+                            "--appendonly",
+                            "no",
+                            "--protected-mode",
+                            "no",
+                        ],
+                        {"role": "server"},
+                    ),
+                    _pod(ns, "client", app, sleeper, {"role": "client"}),
+                    _pod(ns, "other", app, sleeper, {"role": "other"}),
+                ]
+            ),
+        )
+        local_cluster.kubectl(
+            "-n",
+            ns,
+            "wait",
+            "--for=condition=Ready",
+            "pod/server",
+            "pod/client",
+            "pod/other",
+            "--timeout=180s",
+            timeout=200,
+        )
         server_ip = get_json(local_cluster, "-n", ns, "pod", "server")["status"]["podIP"]
         probe = Probe(local_cluster, ns, server_ip)
 
@@ -119,10 +177,20 @@ def test_ingress_policies_deny_and_allow_connections_between_pods(
         print(f"\n[netpol] denied {seconds:.1f} s after the default-deny policy")
 
         # Allow role=client on the Redis port: that client gets through again, the other stays denied.
-        local_cluster.apply([_policy(ns, "server-allow-client", [{
-            "from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
-            "ports": [{"port": REDIS_PORT, "protocol": "TCP"}],
-        }])])
+        local_cluster.apply(
+            [
+                _policy(
+                    ns,
+                    "server-allow-client",
+                    [
+                        {
+                            "from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+                            "ports": [{"port": REDIS_PORT, "protocol": "TCP"}],
+                        }
+                    ],
+                )
+            ]
+        )
         outcome, seconds = probe.until("client", "ok")
         assert outcome == "ok", f"still {outcome!r} {seconds:.0f} s after the allow policy"
         print(f"[netpol] allowed {seconds:.1f} s after the allow policy")

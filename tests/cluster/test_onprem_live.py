@@ -41,21 +41,26 @@ TERMINAL = ("completed", "failed", "cancelled")
 
 
 @pytest.fixture(scope="module")
-def onprem(local_cluster: LocalCluster, built_images: dict, tmp_path_factory: pytest.TempPathFactory,
-           chaos_figures: dict[str, Any], keda: str) -> Iterator[DeployedStack]:
+def onprem(
+    local_cluster: LocalCluster,
+    built_images: dict,
+    tmp_path_factory: pytest.TempPathFactory,
+    chaos_figures: dict[str, Any],
+    keda: str,
+) -> Iterator[DeployedStack]:
     """The stack as in production: KEDA running first, so its ScaledObjects own the pools' replicas."""
     namespace = deploy.stack_file("onprem")["pynomaly:kubernetes"]["namespace"]
     # No ingress controller here: stand in for it, so the deploy's wait for the Ingress ends.
     with local_cluster.announced_load_balancers(namespace):
-        deployed = deploy_env(local_cluster, "onprem", built_images, tmp_path_factory.mktemp("deploy-onprem"),
-                              extra=LIVE_OVERRIDES)
+        deployed = deploy_env(
+            local_cluster, "onprem", built_images, tmp_path_factory.mktemp("deploy-onprem"), extra=LIVE_OVERRIDES
+        )
     chaos_figures["onprem_up_seconds"] = round(deployed.seconds)
     try:
         yield deployed
     finally:
         deployed.destroy()
-        wait_for(lambda: local_cluster.kubectl("get", "namespace", namespace, check=False).returncode == 0,
-                 timeout=180)
+        wait_for(lambda: local_cluster.kubectl("get", "namespace", namespace, check=False).returncode == 0, timeout=180)
         local_cluster.recycle_volumes()
 
 
@@ -70,14 +75,16 @@ def api(local_cluster: LocalCluster, onprem: DeployedStack) -> Iterator[Forwarde
 
 # -- helpers ------------------------------------------------------------------------------------------
 
+
 def _pods(cluster: LocalCluster, namespace: str, component: str) -> list[dict[str, Any]]:
     return get_json(cluster, "-n", namespace, "pods", "-l", f"app.kubernetes.io/component={component}")["items"]
 
 
 def _redis_cli(cluster: LocalCluster, namespace: str, pod: str, container: str, *args: str) -> str:
     port = "26379" if container == "sentinel" else "6379"
-    result = cluster.kubectl("-n", namespace, "exec", pod, "-c", container, "--", "redis-cli", "-p", port, *args,
-                             check=False, timeout=30)
+    result = cluster.kubectl(
+        "-n", namespace, "exec", pod, "-c", container, "--", "redis-cli", "-p", port, *args, check=False, timeout=30
+    )
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
@@ -95,8 +102,9 @@ def _roles(cluster: LocalCluster, namespace: str) -> dict[str, str]:
     roles = {}
     for pod in _pods(cluster, namespace, "redis-server"):
         info = _redis_cli(cluster, namespace, pod["metadata"]["name"], "redis", "info", "replication")
-        roles[pod["metadata"]["name"]] = next((line.split(":")[1].strip() for line in info.splitlines()
-                                               if line.startswith("role:")), "")
+        roles[pod["metadata"]["name"]] = next(
+            (line.split(":")[1].strip() for line in info.splitlines() if line.startswith("role:")), ""
+        )
     return roles
 
 
@@ -105,13 +113,15 @@ def _app_restarts(cluster: LocalCluster, namespace: str) -> dict[str, int]:
     restarts = {}
     for pod in get_json(cluster, "-n", namespace, "pods", "-l", "app.kubernetes.io/name=pynomaly")["items"]:
         if pod["status"].get("phase") == "Running":
-            restarts[pod["metadata"]["name"]] = sum(c.get("restartCount", 0)
-                                                    for c in pod["status"].get("containerStatuses", []))
+            restarts[pod["metadata"]["name"]] = sum(
+                c.get("restartCount", 0) for c in pod["status"].get("containerStatuses", [])
+            )
     return restarts
 
 
-def _submit_small_jobs(client: ForwardedApi, count: int, seed: int, rows: int = 60,
-                       steps: list[str] | None = None) -> list[str]:
+def _submit_small_jobs(
+    client: ForwardedApi, count: int, seed: int, rows: int = 60, steps: list[str] | None = None
+) -> list[str]:
     rng = random.Random(seed)
     data = [[rng.gauss(0, 1) for _ in range(4)] for _ in range(rows)]
     return [client.submit_rows(data, "hbos", steps=steps)["id"] for _ in range(count)]
@@ -137,8 +147,10 @@ def _wait_terminal(client: ForwardedApi, job_ids: list[str], timeout: float) -> 
 
 # -- the stack forms ------------------------------------------------------------------------------
 
+
 def test_three_brokers_form_a_quorum_and_three_redis_pods_elect_one_master(
-        local_cluster: LocalCluster, onprem: DeployedStack, chaos_figures: dict[str, Any]) -> None:
+    local_cluster: LocalCluster, onprem: DeployedStack, chaos_figures: dict[str, Any]
+) -> None:
     ns = onprem.namespace
     problems = wait_for(lambda: workload_problems(local_cluster, ns), timeout=420)
     assert problems == [], problems
@@ -168,8 +180,9 @@ def test_three_brokers_form_a_quorum_and_three_redis_pods_elect_one_master(
     chaos_figures["onprem_pods"] = len(pods)
 
 
-def test_a_detection_job_completes_end_to_end(local_cluster: LocalCluster, onprem: DeployedStack,
-                                              api: ForwardedApi) -> None:
+def test_a_detection_job_completes_end_to_end(
+    local_cluster: LocalCluster, onprem: DeployedStack, api: ForwardedApi
+) -> None:
     dataset, planted = demo_dataset()
     job_id = api.submit_csv(dataset, "iforest", contamination=0.03, steps=["preprocess", "detect", "report"])["id"]
     job = api.wait(job_id, timeout=300, interval=1)
@@ -180,21 +193,44 @@ def test_a_detection_job_completes_end_to_end(local_cluster: LocalCluster, onpre
 
 # -- faults -------------------------------------------------------------------------------------
 
+
 def test_deleting_a_kafka_broker_mid_stream_loses_no_event_and_keeps_key_order(
-        local_cluster: LocalCluster, onprem: DeployedStack, chaos_figures: dict[str, Any]) -> None:
+    local_cluster: LocalCluster, onprem: DeployedStack, chaos_figures: dict[str, Any]
+) -> None:
     ns = onprem.namespace
     worker = a_pod(local_cluster, ns, "worker")
     controller = pod_python(local_cluster, ns, worker, "kafka_topology.py")["controller"]
     # Combined broker+controller nodes: broker id = pod ordinal.  The active controller is the hardest hit.
-    (victim,) = [p["metadata"]["name"] for p in _pods(local_cluster, ns, "kafka-broker")
-                 if p["metadata"]["name"].endswith(f"-{controller}")]
+    (victim,) = [
+        p["metadata"]["name"]
+        for p in _pods(local_cluster, ns, "kafka-broker")
+        if p["metadata"]["name"].endswith(f"-{controller}")
+    ]
     assert get_json(local_cluster, "-n", ns, "pod", victim)["status"]["phase"] == "Running", victim
 
     count, seconds = 10_000, 30
     stream = subprocess.Popen(
-        [str(local_cluster.bins["kubectl"]), "--kubeconfig", str(local_cluster.kubeconfig), "-n", ns, "exec", "-i",
-         worker, "--", "python3", "-", "chaos_orders", str(count), str(seconds)],
-        stdin=(POD_SCRIPTS / "kafka_chaos.py").open(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            str(local_cluster.bins["kubectl"]),
+            "--kubeconfig",
+            str(local_cluster.kubeconfig),
+            "-n",
+            ns,
+            "exec",
+            "-i",
+            worker,
+            "--",
+            "python3",
+            "-",
+            "chaos_orders",
+            str(count),
+            str(seconds),
+        ],
+        stdin=(POD_SCRIPTS / "kafka_chaos.py").open(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(8)  # mid-stream: about a quarter produced
     local_cluster.kubectl("-n", ns, "delete", "pod", victim, "--wait=false")
     deleted = time.monotonic()
@@ -208,21 +244,27 @@ def test_deleting_a_kafka_broker_mid_stream_loses_no_event_and_keeps_key_order(
 
     def rejoined() -> bool:
         topics = pod_python(local_cluster, ns, worker, "kafka_topology.py")
-        return not (topics["brokers"] == [0, 1, 2] and all(
-            p["isr"] == 3 for p in topics["topics"]["chaos_orders"]["partitions"]))
+        return not (
+            topics["brokers"] == [0, 1, 2]
+            and all(p["isr"] == 3 for p in topics["topics"]["chaos_orders"]["partitions"])
+        )
 
     assert not wait_for(rejoined, timeout=300, interval=3), "the deleted broker did not rejoin every ISR"
     chaos_figures["kafka_broker_delete"] = {
-        "events": count, "acked": counts["acked"], "received_unique": counts["received_unique"],
-        "duplicates": counts["duplicates"], "order_violations": counts["order_violations"],
-        "longest_ack_gap_s": counts["max_ack_gap_s"], "longest_consume_gap_s": counts["max_consume_gap_s"],
+        "events": count,
+        "acked": counts["acked"],
+        "received_unique": counts["received_unique"],
+        "duplicates": counts["duplicates"],
+        "order_violations": counts["order_violations"],
+        "longest_ack_gap_s": counts["max_ack_gap_s"],
+        "longest_consume_gap_s": counts["max_consume_gap_s"],
         "rejoined_all_isr_after_s": round(time.monotonic() - deleted),
     }
 
 
 def test_deleting_the_redis_master_fails_over_and_loses_no_job(
-        local_cluster: LocalCluster, onprem: DeployedStack, api: ForwardedApi,
-        chaos_figures: dict[str, Any]) -> None:
+    local_cluster: LocalCluster, onprem: DeployedStack, api: ForwardedApi, chaos_figures: dict[str, Any]
+) -> None:
     ns = onprem.namespace
     roles = _roles(local_cluster, ns)
     (master,) = [pod for pod, role in roles.items() if role == "master"]
@@ -233,9 +275,16 @@ def test_deleting_the_redis_master_fails_over_and_loses_no_job(
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(8) as pool:
-        job_ids = [j for batch in pool.map(
-            lambda seed: _submit_small_jobs(api, 25, seed=seed, rows=1500, steps=["preprocess", "detect", "report"]),
-            range(8)) for j in batch]
+        job_ids = [
+            j
+            for batch in pool.map(
+                lambda seed: _submit_small_jobs(
+                    api, 25, seed=seed, rows=1500, steps=["preprocess", "detect", "report"]
+                ),
+                range(8),
+            )
+            for j in batch
+        ]
     queued = sum(pod_python(local_cluster, ns, _steady_pod(local_cluster, ns), "queue_lengths.py").values())
     assert queued >= 20, f"only {queued} task messages waiting: the fault would hit an idle system"
     local_cluster.kubectl("-n", ns, "delete", "pod", master, "--wait=false")
@@ -249,13 +298,16 @@ def test_deleting_the_redis_master_fails_over_and_loses_no_job(
     failover_s = time.monotonic() - deleted
     status, waited = _wait_terminal(api, job_ids, timeout=600)
     counted = {s: list(status.values()).count(s) for s in set(status.values())}
-    print(f"\n[redis fault] master {master} deleted with {queued} task messages waiting in the queues: "
-          f"promoted in {failover_s:.1f} s, all terminal after {waited:.0f} s: {counted}")
+    print(
+        f"\n[redis fault] master {master} deleted with {queued} task messages waiting in the queues: "
+        f"promoted in {failover_s:.1f} s, all terminal after {waited:.0f} s: {counted}"
+    )
     assert counted == {"completed": 200}, counted
 
     # The deleted pod came back as a replica of the new master; HAProxy routes to the new master.
-    assert not wait_for(lambda: sorted(_roles(local_cluster, ns).values()) != ["master", "slave", "slave"],
-                        timeout=180, interval=2), _roles(local_cluster, ns)
+    assert not wait_for(
+        lambda: sorted(_roles(local_cluster, ns).values()) != ["master", "slave", "slave"], timeout=180, interval=2
+    ), _roles(local_cluster, ns)
     assert _roles(local_cluster, ns)[master] == "slave"
     assert pod_python(local_cluster, ns, a_pod(local_cluster, ns, "worker"), "redis_role.py")["role"] == "master"
     # Every component reconnected by itself: no application container restarted.
@@ -263,13 +315,17 @@ def test_deleting_the_redis_master_fails_over_and_loses_no_job(
     restarted = {pod: n for pod, n in restarts_after.items() if n > restarts_before.get(pod, 0)}
     assert restarted == {}, restarted
     chaos_figures["redis_master_delete"] = {
-        "jobs": 200, "task_messages_waiting_at_delete": queued, "completed": counted.get("completed", 0),
-        "promoted_after_s": round(failover_s, 1), "all_done_after_s": round(waited),
+        "jobs": 200,
+        "task_messages_waiting_at_delete": queued,
+        "completed": counted.get("completed", 0),
+        "promoted_after_s": round(failover_s, 1),
+        "all_done_after_s": round(waited),
         "app_restarts": len(restarted),
     }
 
 
 # -- KEDA on real backlog -------------------------------------------------------------------------
+
 
 def _replicas(cluster: LocalCluster, namespace: str, deployment: str) -> int:
     return int(get_json(cluster, "-n", namespace, "deployment", deployment)["spec"].get("replicas", 1))
@@ -321,8 +377,13 @@ class ReplicaWatch:
 
 
 def test_a_low_priority_backlog_scales_its_pool_up_and_back_down_without_killing_a_task(
-        local_cluster: LocalCluster, onprem: DeployedStack, api: ForwardedApi, keda: str,
-        chaos_figures: dict[str, Any], tmp_path: Any) -> None:
+    local_cluster: LocalCluster,
+    onprem: DeployedStack,
+    api: ForwardedApi,
+    keda: str,
+    chaos_figures: dict[str, Any],
+    tmp_path: Any,
+) -> None:
     ns, deployment = onprem.namespace, "pynomaly-worker-detection"
     scaled = get_json(local_cluster, "-n", ns, "scaledobject", deployment)["spec"]
     low, most = scaled["minReplicaCount"], scaled["maxReplicaCount"]
@@ -347,8 +408,11 @@ def test_a_low_priority_backlog_scales_its_pool_up_and_back_down_without_killing
         # minimum, and the replicas it removes stop by warm shutdown (grace period > the task's hard
         # limit): no task is cut short, none comes back as a redelivery.
         def backlog() -> int:
-            return sum(n for name, n in pod_python(local_cluster, ns, worker, "queue_lengths.py").items()
-                       if name.startswith("anomaly_detection"))
+            return sum(
+                n
+                for name, n in pod_python(local_cluster, ns, worker, "queue_lengths.py").items()
+                if name.startswith("anomaly_detection")
+            )
 
         assert not wait_for(backlog, timeout=900, interval=3), "the backlog never drained"
         emptied = time.monotonic()
@@ -365,20 +429,29 @@ def test_a_low_priority_backlog_scales_its_pool_up_and_back_down_without_killing
     # A message a removed replica had reserved but not started goes back to the queue when it stops
     # (kombu restores a closing channel's unacked messages) and counts as a redelivery: reported.
     handed_back = sum(j["redeliveries"] for j in jobs)
-    print(f"\n[keda] {len(job_ids)} low-priority jobs: {low} -> {watch.most} replicas, first new one "
-          f"{scale_up_s:.0f} s after submitting; lists empty -> back to {low} in {scale_down_s:.0f} s with "
-          f"{running_at_scale_down} jobs still running; all done {drained:.0f} s after that")
+    print(
+        f"\n[keda] {len(job_ids)} low-priority jobs: {low} -> {watch.most} replicas, first new one "
+        f"{scale_up_s:.0f} s after submitting; lists empty -> back to {low} in {scale_down_s:.0f} s with "
+        f"{running_at_scale_down} jobs still running; all done {drained:.0f} s after that"
+    )
     chaos_figures["keda_worker_backlog"] = {
-        "jobs": len(job_ids), "priority": "low (list anomaly_detection:9)", "min": low, "max": most,
-        "most_replicas": watch.most, "backlog_to_new_replica_s": round(scale_up_s),
-        "lists_empty_to_min_s": round(scale_down_s), "jobs_running_at_scale_down": running_at_scale_down,
-        "cooldown_s": int(LIVE_OVERRIDES["pynomaly:autoscaling.cooldownPeriod"]), "attempts_all_1": True,
+        "jobs": len(job_ids),
+        "priority": "low (list anomaly_detection:9)",
+        "min": low,
+        "max": most,
+        "most_replicas": watch.most,
+        "backlog_to_new_replica_s": round(scale_up_s),
+        "lists_empty_to_min_s": round(scale_down_s),
+        "jobs_running_at_scale_down": running_at_scale_down,
+        "cooldown_s": int(LIVE_OVERRIDES["pynomaly:autoscaling.cooldownPeriod"]),
+        "attempts_all_1": True,
         "redeliveries": handed_back,
     }
 
 
 def test_consumer_lag_scales_the_audit_pool_within_its_partitions(
-        local_cluster: LocalCluster, onprem: DeployedStack, keda: str, chaos_figures: dict[str, Any]) -> None:
+    local_cluster: LocalCluster, onprem: DeployedStack, keda: str, chaos_figures: dict[str, Any]
+) -> None:
     ns, deployment = onprem.namespace, "pynomaly-consumer-audit"
     scaled = get_json(local_cluster, "-n", ns, "scaledobject", deployment)["spec"]
     low = scaled["minReplicaCount"]
@@ -396,26 +469,35 @@ def test_consumer_lag_scales_the_audit_pool_within_its_partitions(
     finally:
         watch.stop()
     assert low < watch.most <= partitions, (low, watch.most, partitions)
-    print(f"\n[keda] {flood['produced']} audit events in {flood['seconds']} s: {low} -> {watch.most} consumers "
-          f"(partitions {partitions}), first new one {scale_up_s:.0f} s after the flood began")
+    print(
+        f"\n[keda] {flood['produced']} audit events in {flood['seconds']} s: {low} -> {watch.most} consumers "
+        f"(partitions {partitions}), first new one {scale_up_s:.0f} s after the flood began"
+    )
     chaos_figures["keda_consumer_lag"] = {
-        "events": flood["produced"], "partitions": partitions, "min": low, "most_replicas": watch.most,
+        "events": flood["produced"],
+        "partitions": partitions,
+        "min": low,
+        "most_replicas": watch.most,
         "flood_to_new_replica_s": round(scale_up_s),
     }
 
 
 # -- workers and upgrades -------------------------------------------------------------------------
 
+
 def test_deleting_a_worker_pod_mid_job_lets_the_job_finish(
-        local_cluster: LocalCluster, onprem: DeployedStack, api: ForwardedApi,
-        chaos_figures: dict[str, Any], tmp_path: Any) -> None:
+    local_cluster: LocalCluster, onprem: DeployedStack, api: ForwardedApi, chaos_figures: dict[str, Any], tmp_path: Any
+) -> None:
     ns = onprem.namespace
     dataset = _write_csv(tmp_path / "long.csv", 40_000, 8, seed=5)
     job_id = api.submit_csv(dataset, "ocsvm", priority="high", steps=["detect"])["id"]
     assert not wait_for(lambda: api.job(job_id)["status"] != "running", timeout=180, interval=0.5)
     time.sleep(3)  # inside the fit
-    pods = [p["metadata"]["name"] for p in _pods(local_cluster, ns, "worker")
-            if p["metadata"]["name"].startswith("pynomaly-worker-detection-") and p["status"].get("phase") == "Running"]
+    pods = [
+        p["metadata"]["name"]
+        for p in _pods(local_cluster, ns, "worker")
+        if p["metadata"]["name"].startswith("pynomaly-worker-detection-") and p["status"].get("phase") == "Running"
+    ]
     assert pods
     # Every detection worker gets SIGTERM: the one running the job finishes it (warm shutdown within
     # the grace period), the others stop at once; the Deployment starts new ones meanwhile.
@@ -424,12 +506,15 @@ def test_deleting_a_worker_pod_mid_job_lets_the_job_finish(
     job = api.wait(job_id, timeout=300, interval=1)
     assert job["status"] == "completed" and job["attempts"] == 1, job
     chaos_figures["worker_pod_delete"] = {
-        "graceful": True, "completed_after_delete_s": round(time.monotonic() - deleted), "attempts": job["attempts"]}
+        "graceful": True,
+        "completed_after_delete_s": round(time.monotonic() - deleted),
+        "attempts": job["attempts"],
+    }
 
 
 def test_force_deleting_a_worker_pod_mid_job_runs_the_job_again_elsewhere(
-        local_cluster: LocalCluster, onprem: DeployedStack, api: ForwardedApi,
-        chaos_figures: dict[str, Any], tmp_path: Any) -> None:
+    local_cluster: LocalCluster, onprem: DeployedStack, api: ForwardedApi, chaos_figures: dict[str, Any], tmp_path: Any
+) -> None:
     """What an OOM kill or a lost node does: no SIGTERM, no warm shutdown.  The task's message stays
     unacked; another worker sees the dead one's alive key expire and puts it back on its queue."""
     ns = onprem.namespace
@@ -437,23 +522,30 @@ def test_force_deleting_a_worker_pod_mid_job_runs_the_job_again_elsewhere(
     job_id = api.submit_csv(dataset, "ocsvm", priority="high", steps=["detect"])["id"]
     assert not wait_for(lambda: api.job(job_id)["status"] != "running", timeout=180, interval=0.5)
     time.sleep(2)
-    pods = [p["metadata"]["name"] for p in _pods(local_cluster, ns, "worker")
-            if p["metadata"]["name"].startswith("pynomaly-worker-detection-") and p["status"].get("phase") == "Running"]
+    pods = [
+        p["metadata"]["name"]
+        for p in _pods(local_cluster, ns, "worker")
+        if p["metadata"]["name"].startswith("pynomaly-worker-detection-") and p["status"].get("phase") == "Running"
+    ]
     local_cluster.kubectl("-n", ns, "delete", "pod", *pods, "--grace-period=0", "--force", "--wait=false")
     killed = time.monotonic()
     job = api.wait(job_id, timeout=600, interval=1)
     done_s = time.monotonic() - killed
     assert job["status"] == "completed", job
     assert job["redeliveries"] == 1, job
-    print(f"\n[worker fault] {len(pods)} detection pods force-deleted mid-job: completed {done_s:.0f} s later, "
-          f"redeliveries {job['redeliveries']}")
-    chaos_figures["worker_pod_force_delete"] = {"completed_after_kill_s": round(done_s),
-                                                "redeliveries": job["redeliveries"]}
+    print(
+        f"\n[worker fault] {len(pods)} detection pods force-deleted mid-job: completed {done_s:.0f} s later, "
+        f"redeliveries {job['redeliveries']}"
+    )
+    chaos_figures["worker_pod_force_delete"] = {
+        "completed_after_kill_s": round(done_s),
+        "redeliveries": job["redeliveries"],
+    }
 
 
 def test_upgrading_the_app_rolls_every_pool_without_losing_a_job_and_leaves_replicas_to_keda(
-        local_cluster: LocalCluster, onprem: DeployedStack, api: ForwardedApi, keda: str,
-        chaos_figures: dict[str, Any]) -> None:
+    local_cluster: LocalCluster, onprem: DeployedStack, api: ForwardedApi, keda: str, chaos_figures: dict[str, Any]
+) -> None:
     import threading
 
     ns = onprem.namespace
@@ -493,8 +585,9 @@ def test_upgrading_the_app_rolls_every_pool_without_losing_a_job_and_leaves_repl
     assert counted == {"completed": len(job_ids)} and len(job_ids) >= 10, counted
 
     app_pods = get_json(local_cluster, "-n", ns, "pods", "-l", "app.kubernetes.io/name=pynomaly")["items"]
-    images_running = {c["image"] for p in app_pods if p["status"].get("phase") == "Running"
-                      for c in p["spec"]["containers"]}
+    images_running = {
+        c["image"] for p in app_pods if p["status"].get("phase") == "Running" for c in p["spec"]["containers"]
+    }
     assert images_running == {f"{repository}:{new_tag}"}, images_running
     # No replica fight: the program and chart leave replicas alone, KEDA's HPAs keep setting them,
     # and a second preview finds nothing to change.
@@ -504,8 +597,14 @@ def test_upgrading_the_app_rolls_every_pool_without_losing_a_job_and_leaves_repl
         desired = hpa["status"].get("desiredReplicas")
         assert desired is None or _replicas(local_cluster, ns, target) == desired, (target, desired)
     assert set(onprem.preview()) == {"same"}
-    print(f"\n[upgrade] {len(job_ids)} jobs accepted during the rollout, all completed; {len(refused)} "
-          f"submits refused: {refused[:3]}")
-    chaos_figures["upgrade"] = {"jobs_during_rollout": len(job_ids), "completed": counted.get("completed", 0),
-                                "submits_refused": len(refused),
-                                "up_seconds": round(rolled_s), "updated": counts.get("update", 0)}
+    print(
+        f"\n[upgrade] {len(job_ids)} jobs accepted during the rollout, all completed; {len(refused)} "
+        f"submits refused: {refused[:3]}"
+    )
+    chaos_figures["upgrade"] = {
+        "jobs_during_rollout": len(job_ids),
+        "completed": counted.get("completed", 0),
+        "submits_refused": len(refused),
+        "up_seconds": round(rolled_s),
+        "updated": counts.get("update", 0),
+    }

@@ -18,8 +18,14 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 def test_down_stops_everything_and_restores_the_host(local_cluster: LocalCluster) -> None:
     state = local_cluster.state
     processes = list(state.processes)
-    assert {p.name for p in processes} >= {"etcd", "kube-apiserver", "kubelet", "containerd", "kube-proxy",
-                                           "kube-network-policies"}
+    assert {p.name for p in processes} >= {
+        "etcd",
+        "kube-apiserver",
+        "kubelet",
+        "containerd",
+        "kube-proxy",
+        "kube-network-policies",
+    }
     assert _nft_table_exists()
     shims_before = _shims(local_cluster)
     assert shims_before, "no pod was running: the tier ran nothing"
@@ -63,7 +69,8 @@ def _shims(cluster: LocalCluster) -> list[int]:
 
 
 def test_a_cluster_killed_without_down_is_cleaned_up_by_the_next_up(
-        local_cluster: LocalCluster, built_images: dict, tmp_path: Path) -> None:
+    local_cluster: LocalCluster, built_images: dict, tmp_path: Path
+) -> None:
     """CI ends a run's processes by force; the bridge, iptables rules and sysctls would stay. The next
     `up` finds the machine record (outside the state folder, which may be gone too) and restores first."""
     import shutil

@@ -48,9 +48,7 @@ def _event(subject: str, n: int = 0) -> EventEnvelope:
     return make_event("job_progress", subject, "e2e-test", progress=n / 10, step="detect", message=f"event {n}")
 
 
-def test_a_jobs_events_reach_the_dashboard_stream_and_only_it(
-    api: PynomalyClient, system_redis: redis.Redis
-) -> None:
+def test_a_jobs_events_reach_the_dashboard_stream_and_only_it(api: PynomalyClient, system_redis: redis.Redis) -> None:
     job_id = api.submit_rows(small_rows(30), "ecod")["id"]
     assert api.wait(job_id, timeout=60)["status"] == "completed"
 

@@ -90,6 +90,6 @@ def pip_install_args(stage: Stage) -> list[str]:
         for command in re.split(r"&&|;", run):
             words = shlex.split(command)
             for i, w in enumerate(words):
-                if w.endswith("/pip") and words[i + 1:i + 2] == ["install"]:
-                    return words[i + 2:]
+                if w.endswith("/pip") and words[i + 1 : i + 2] == ["install"]:
+                    return words[i + 2 :]
     raise AssertionError("no pip install in the stage")

@@ -28,9 +28,16 @@ VENV_BOOTSTRAP = {"pip", "setuptools"}
 # Distributions the image installs without a pin in constraints.txt: none (async-timeout, which redis
 # needs only on Debian's Python 3.11.2, is pinned by hand there).  The test fails when this goes stale.
 UNPINNED: set[str] = set()
-MARKER_ENV = {"python_version": "3.11", "python_full_version": "3.11.2", "sys_platform": "linux",
-              "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
-              "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+MARKER_ENV = {
+    "python_version": "3.11",
+    "python_full_version": "3.11.2",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+}
 
 
 def stages() -> list[dockerfile.Stage]:
@@ -71,8 +78,7 @@ def closure(dists: dict[str, tuple[str, str, list[str]]], roots: list[Requiremen
         assert name in dists, f"{req} is required but not installed in the image"
         for text in dists[name][2]:
             dep = Requirement(text)
-            if dep.marker is None or any(dep.marker.evaluate({**MARKER_ENV, "extra": e})
-                                         for e in (req.extras or {""})):
+            if dep.marker is None or any(dep.marker.evaluate({**MARKER_ENV, "extra": e}) for e in (req.extras or {""})):
                 todo.append(dep)
     return names
 
@@ -114,7 +120,8 @@ def test_venv_holds_exactly_the_pinned_closure(rootfs: Callable[[str], Path]) ->
     unpinned = {n for n in wanted - {"pynomaly"} if n not in pinned}
     assert unpinned == UNPINNED, (
         f"distributions without a pin in constraints.txt: {sorted(unpinned)} (expected {sorted(UNPINNED)}); "
-        "pin them there, then update UNPINNED")
+        "pin them there, then update UNPINNED"
+    )
     wrong = {n: (dists[n][0], pinned[n]) for n in wanted - {"pynomaly"} - unpinned if pinned[n] != dists[n][0]}
     assert not wrong, f"installed version differs from constraints.txt: {wrong}"
 
@@ -129,18 +136,33 @@ def test_venv_matches_what_the_dockerfile_pip_command_resolves(rootfs: Callable[
     for _, paths, dest in build.copies:  # COPY constraints.txt /src/constraints.txt, COPY app/ /src/app/
         target = src / dest.strip("/")
         if (ROOT / paths[0]).is_dir():
-            shutil.copytree(ROOT / paths[0], target,
-                            ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+            shutil.copytree(
+                ROOT / paths[0], target, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info")
+            )
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / paths[0], target)
         sources[dest.rstrip("/")] = f"/tmp/dockerfile-src{dest.rstrip('/')}"
     args = [sources.get(a.rstrip("/"), a) for a in dockerfile.pip_install_args(build)]
     try:
-        images.run_in_rootfs(root, ["/opt/pynomaly/bin/pip", "install", "--dry-run", "--ignore-installed", "-q",
-                                    "--disable-pip-version-check", "--no-cache-dir",
-                                    "--report", "/tmp/dockerfile-src/report.json", *args],
-                             env={"HOME": "/tmp", **images.pip_env(root)}, writable=(), timeout=1500)
+        images.run_in_rootfs(
+            root,
+            [
+                "/opt/pynomaly/bin/pip",
+                "install",
+                "--dry-run",
+                "--ignore-installed",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-cache-dir",
+                "--report",
+                "/tmp/dockerfile-src/report.json",
+                *args,
+            ],
+            env={"HOME": "/tmp", **images.pip_env(root)},
+            writable=(),
+            timeout=1500,
+        )
         report = json.loads((src / "report.json").read_text())
     finally:
         shutil.rmtree(src)
@@ -154,8 +176,17 @@ def test_runs_as_the_chart_runs_it(built: dict[str, images.Built], rootfs: Calla
     env = dict(e.split("=", 1) for e in image_config(built["pynomaly"])["Env"])  # type: ignore[union-attr]
 
     def run(*argv: str) -> str:
-        result = images.run_in_rootfs(root, argv, user="10001:10001", env=env, read_only=True,
-                                      writable=("tmp",), network=False, check=False, timeout=600)
+        result = images.run_in_rootfs(
+            root,
+            argv,
+            user="10001:10001",
+            env=env,
+            read_only=True,
+            writable=("tmp",),
+            network=False,
+            check=False,
+            timeout=600,
+        )
         assert isinstance(result, subprocess.CompletedProcess)
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
@@ -164,9 +195,11 @@ def test_runs_as_the_chart_runs_it(built: dict[str, images.Built], rootfs: Calla
     topology = json.loads(run("pynomaly", "topology", "--json"))
     assert topology
     # The detection stack (numpy, scipy, scikit-learn, PyOD) imports and fits on a read-only root.
-    script = ("import numpy as np; from pyod.models.iforest import IForest; "
-              "d = IForest(random_state=0).fit(np.random.default_rng(0).normal(size=(200, 3))); "
-              "print('labels', int(d.labels_.sum()))")
+    script = (
+        "import numpy as np; from pyod.models.iforest import IForest; "
+        "d = IForest(random_state=0).fit(np.random.default_rng(0).normal(size=(200, 3))); "
+        "print('labels', int(d.labels_.sum()))"
+    )
     assert "labels" in run("python", "-c", script)
 
 

@@ -72,18 +72,25 @@ def test_stack_config_maps_roles_to_the_infra_keys(tmp_path: Path) -> None:
     def b(name: str, ref: str, role: str) -> images.Built:
         return images.Built(name, ref, tmp_path, "sha256:0", 0, "k", role)
 
-    built = {"pynomaly": b("pynomaly", "pynomaly/pynomaly:0.1.0", "app"),
-             "redis": b("redis", "pynomaly/redis:7.0.15", "redis"),
-             "haproxy": b("haproxy", "pynomaly/haproxy:2.6.12", "redis-proxy"),
-             "kafka": b("kafka", "pynomaly/kafka:4.4.0", "kafka"),
-             "kubectl": b("kubectl", "pynomaly/kubectl:v1.35.4", "kafka-rack-init")}
+    built = {
+        "pynomaly": b("pynomaly", "pynomaly/pynomaly:0.1.0", "app"),
+        "redis": b("redis", "pynomaly/redis:7.0.15", "redis"),
+        "haproxy": b("haproxy", "pynomaly/haproxy:2.6.12", "redis-proxy"),
+        "kafka": b("kafka", "pynomaly/kafka:4.4.0", "kafka"),
+        "kubectl": b("kubectl", "pynomaly/kubectl:v1.35.4", "kafka-rack-init"),
+    }
     assert images.stack_config(built) == {
-        "image.repository": "pynomaly/pynomaly", "image.tag": "0.1.0", "redis.image": "pynomaly/redis:7.0.15",
-        "redis.proxyImage": "pynomaly/haproxy:2.6.12", "kafka.image": "pynomaly/kafka:4.4.0",
-        "kafka.rackInitImage": "pynomaly/kubectl:v1.35.4"}
+        "image.repository": "pynomaly/pynomaly",
+        "image.tag": "0.1.0",
+        "redis.image": "pynomaly/redis:7.0.15",
+        "redis.proxyImage": "pynomaly/haproxy:2.6.12",
+        "kafka.image": "pynomaly/kafka:4.4.0",
+        "kafka.rackInitImage": "pynomaly/kubectl:v1.35.4",
+    }
     # Every value passes the stack's own validation of image references.
     from infra.config import _IMAGE_REPO, _image
 
-    assert all(_image(v) is None for k, v in images.stack_config(built).items() if k != "image.repository"
-               and k != "image.tag")
+    assert all(
+        _image(v) is None for k, v in images.stack_config(built).items() if k != "image.repository" and k != "image.tag"
+    )
     assert _IMAGE_REPO.match("pynomaly/pynomaly")

@@ -21,8 +21,9 @@ def containerd(tmp_path: Path):  # type: ignore[no-untyped-def]
     assert binary, "containerd is not installed (apt-get install containerd)"
     sock = tmp_path / "containerd.sock"
     config = tmp_path / "config.toml"
-    config.write_text(f'version = 2\nroot = "{tmp_path}/root"\nstate = "{tmp_path}/state"\n'
-                      f'[grpc]\n  address = "{sock}"\n')
+    config.write_text(
+        f'version = 2\nroot = "{tmp_path}/root"\nstate = "{tmp_path}/state"\n[grpc]\n  address = "{sock}"\n'
+    )
     with (tmp_path / "containerd.log").open("w") as log:
         proc = subprocess.Popen([binary, "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -45,9 +46,26 @@ def test_loaded_images_resolve_like_a_pod_spec_and_run(built: dict[str, images.B
     for ref, name in zip(refs, names, strict=True):
         domain, _, rest = name.partition("/")
         assert rest == ref and "." in domain
-    listed = subprocess.run(["ctr", "-a", containerd, "-n", "k8s.io", "images", "ls", "-q"], capture_output=True,
-                            text=True, check=True).stdout.split()
+    listed = subprocess.run(
+        ["ctr", "-a", containerd, "-n", "k8s.io", "images", "ls", "-q"], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert set(names) <= set(listed)
-    out = subprocess.run(["ctr", "-a", containerd, "-n", "k8s.io", "run", "--rm", names[0], "images-test-redis",
-                          "redis-server", "--version"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            "ctr",
+            "-a",
+            containerd,
+            "-n",
+            "k8s.io",
+            "run",
+            "--rm",
+            names[0],
+            "images-test-redis",
+            "redis-server",
+            "--version",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "Redis server v=" in out.stdout, out.stderr

@@ -23,15 +23,25 @@ pytestmark = [pytest.mark.images, pytest.mark.timeout(3600)]
 COMMANDS = {
     "redis": ["sh", "redis-server", "redis-sentinel", "redis-cli", "timeout", "head", "grep", "printf", "cat", "tr"],
     "haproxy": ["haproxy"],
-    "kafka": ["sh", "cat", "java", "grep", "sleep", "tr", "/opt/kafka/bin/kafka-storage.sh",
-              "/opt/kafka/bin/kafka-server-start.sh", "/opt/kafka/bin/kafka-topics.sh"],
+    "kafka": [
+        "sh",
+        "cat",
+        "java",
+        "grep",
+        "sleep",
+        "tr",
+        "/opt/kafka/bin/kafka-storage.sh",
+        "/opt/kafka/bin/kafka-server-start.sh",
+        "/opt/kafka/bin/kafka-topics.sh",
+    ],
 }
 UIDS = {"redis": infra_redis.UID, "haproxy": infra_redis.HAPROXY_UID, "kafka": infra_kafka.UID}
 
 
 def run(root: Path, *argv: str, uid: int, env: dict[str, str] | None = None, timeout: float = 300) -> str:
-    result = images.run_in_rootfs(root, argv, user=f"{uid}:{uid}", env=env, read_only=True, network=False,
-                                  check=False, timeout=timeout)
+    result = images.run_in_rootfs(
+        root, argv, user=f"{uid}:{uid}", env=env, read_only=True, network=False, check=False, timeout=timeout
+    )
     assert isinstance(result, subprocess.CompletedProcess)
     assert result.returncode == 0, f"{argv}: {result.stdout}{result.stderr}"
     return result.stdout + result.stderr
@@ -60,15 +70,24 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
-def test_manifest_commands_and_users_exist(name: str, built: dict[str, images.Built],
-                                           rootfs: Callable[[str], Path]) -> None:
+def test_manifest_commands_and_users_exist(
+    name: str, built: dict[str, images.Built], rootfs: Callable[[str], Path]
+) -> None:
     root = rootfs(name)
     config = image_config(built[name])
     assert config["User"] == f"{UIDS[name]}:{UIDS[name]}"
     assert f":x:{UIDS[name]}:{UIDS[name]}:" in (root / "etc/passwd").read_text()
     env = dict(e.split("=", 1) for e in config["Env"])  # type: ignore[union-attr]
-    found = run(root, "sh", "-c", 'for c in "$@"; do command -v "$c" || { echo "missing $c"; exit 1; }; done',
-                "sh", *COMMANDS[name], uid=UIDS[name], env=env)
+    found = run(
+        root,
+        "sh",
+        "-c",
+        'for c in "$@"; do command -v "$c" || { echo "missing $c"; exit 1; }; done',
+        "sh",
+        *COMMANDS[name],
+        uid=UIDS[name],
+        env=env,
+    )
     assert "missing" not in found
 
 
@@ -83,16 +102,32 @@ def test_infra_scripts_call_only_what_the_images_have() -> None:
         assert any(c.endswith(script) for c in COMMANDS["kafka"])
 
 
-def test_redis_runs_and_answers(built: dict[str, images.Built], rootfs: Callable[[str], Path],
-                                tmp_path: Path) -> None:
+def test_redis_runs_and_answers(built: dict[str, images.Built], rootfs: Callable[[str], Path], tmp_path: Path) -> None:
     root = rootfs("redis")
     assert "v=7." in run(root, "redis-server", "--version", uid=infra_redis.UID)
     assert "v=7." in run(root, "redis-sentinel", "--version", uid=infra_redis.UID)
     port = free_port()
-    proc = images.run_in_rootfs(root, ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", "/tmp",
-                                       "--save", "", "--appendonly", "no"],
-                                user=f"{infra_redis.UID}:{infra_redis.UID}", read_only=True, network=False,
-                                popen=True, log=tmp_path / "redis.log")
+    proc = images.run_in_rootfs(
+        root,
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            "/tmp",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        user=f"{infra_redis.UID}:{infra_redis.UID}",
+        read_only=True,
+        network=False,
+        popen=True,
+        log=tmp_path / "redis.log",
+    )
     assert isinstance(proc, subprocess.Popen)
     try:
         wait_port(port, proc, 60, tmp_path / "redis.log")
@@ -106,21 +141,31 @@ def test_haproxy_accepts_the_generated_config(built: dict[str, images.Built], ro
     assert image_config(built["haproxy"])["Entrypoint"] == ["haproxy"]
     assert "HAProxy version" in run(root, "haproxy", "-v", uid=infra_redis.HAPROXY_UID)
     # What infra/redis_ha.py mounts at /usr/local/etc/haproxy/haproxy.cfg, checked by this haproxy.
-    cfg = infra_redis._haproxy_cfg([f"pynomaly-redis-server-{i}.pynomaly-redis-server-headless.ns.svc"
-                                    for i in range(3)])
+    cfg = infra_redis._haproxy_cfg(
+        [f"pynomaly-redis-server-{i}.pynomaly-redis-server-headless.ns.svc" for i in range(3)]
+    )
     (root / "usr/local/etc/haproxy/haproxy.cfg").write_text(cfg)
-    out = run(root, "haproxy", "-c", "-f", "/usr/local/etc/haproxy/haproxy.cfg", uid=infra_redis.HAPROXY_UID,
-              env={"REDIS_PASSWORD": "secret"})
+    out = run(
+        root,
+        "haproxy",
+        "-c",
+        "-f",
+        "/usr/local/etc/haproxy/haproxy.cfg",
+        uid=infra_redis.HAPROXY_UID,
+        env={"REDIS_PASSWORD": "secret"},
+    )
     assert "Configuration file is valid" in out
 
 
 def test_kafka_tools_run(built: dict[str, images.Built], rootfs: Callable[[str], Path]) -> None:
     root = rootfs("kafka")
     env = {"KAFKA_HEAP_OPTS": "-Xmx128m"}
-    assert images.kafka_version() in run(root, "java", "-cp", "/opt/kafka/libs/*", "kafka.Kafka", "--version",
-                                         uid=infra_kafka.UID, env=env)
-    assert images.kafka_version() in run(root, "/opt/kafka/bin/kafka-topics.sh", "--version", uid=infra_kafka.UID,
-                                         env=env)
+    assert images.kafka_version() in run(
+        root, "java", "-cp", "/opt/kafka/libs/*", "kafka.Kafka", "--version", uid=infra_kafka.UID, env=env
+    )
+    assert images.kafka_version() in run(
+        root, "/opt/kafka/bin/kafka-topics.sh", "--version", uid=infra_kafka.UID, env=env
+    )
     jars = sorted(p.name for p in (root / "opt/kafka/libs").glob("*.jar"))
     assert jars == sorted(p.name for p in images._kafka_jars()), "the image must hold exactly the pom's jars"
 
@@ -130,26 +175,46 @@ def test_kafka_broker_formats_starts_and_creates_a_topic(rootfs: Callable[[str],
     """The manifests' sequence: kafka-storage.sh format, kafka-server-start.sh, kafka-topics.sh."""
     root = rootfs("kafka")
     port, controller = free_port(), free_port()
-    props = (f"process.roles=broker,controller\nnode.id=1\ncontroller.quorum.voters=1@127.0.0.1:{controller}\n"
-             f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n"
-             "controller.listener.names=CONTROLLER\nlog.dirs=/tmp/data\noffsets.topic.replication.factor=1\n"
-             "transaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n"
-             "share.coordinator.state.topic.replication.factor=1\nshare.coordinator.state.topic.min.isr=1\n")
+    props = (
+        f"process.roles=broker,controller\nnode.id=1\ncontroller.quorum.voters=1@127.0.0.1:{controller}\n"
+        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n"
+        "controller.listener.names=CONTROLLER\nlog.dirs=/tmp/data\noffsets.topic.replication.factor=1\n"
+        "transaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n"
+        "share.coordinator.state.topic.replication.factor=1\nshare.coordinator.state.topic.min.isr=1\n"
+    )
     (root / "etc/kafka-runtime/server.properties").write_text(props)
     env = {"KAFKA_HEAP_OPTS": "-Xmx256m", "LOG_DIR": "/tmp/kafka-logs"}
-    script = ("set -e; cp /etc/kafka-runtime/server.properties /tmp/server.properties; "
-              "/opt/kafka/bin/kafka-storage.sh format -t \"$(/opt/kafka/bin/kafka-storage.sh random-uuid)\" "
-              "-c /tmp/server.properties >/dev/null; "
-              "exec /opt/kafka/bin/kafka-server-start.sh /tmp/server.properties")
-    proc = images.run_in_rootfs(root, ["sh", "-c", script], user=f"{infra_kafka.UID}:{infra_kafka.UID}",
-                                env=env, read_only=True, network=False, popen=True, log=tmp_path / "kafka.log")
+    script = (
+        "set -e; cp /etc/kafka-runtime/server.properties /tmp/server.properties; "
+        '/opt/kafka/bin/kafka-storage.sh format -t "$(/opt/kafka/bin/kafka-storage.sh random-uuid)" '
+        "-c /tmp/server.properties >/dev/null; "
+        "exec /opt/kafka/bin/kafka-server-start.sh /tmp/server.properties"
+    )
+    proc = images.run_in_rootfs(
+        root,
+        ["sh", "-c", script],
+        user=f"{infra_kafka.UID}:{infra_kafka.UID}",
+        env=env,
+        read_only=True,
+        network=False,
+        popen=True,
+        log=tmp_path / "kafka.log",
+    )
     assert isinstance(proc, subprocess.Popen)
     try:
         wait_port(port, proc, 300, tmp_path / "kafka.log")
         # A second chroot of the same image talks to the broker through the host's loopback.
         topics = f"/opt/kafka/bin/kafka-topics.sh --bootstrap-server 127.0.0.1:{port}"
-        run(root, "sh", "-c", f"{topics} --create --topic smoke --partitions 2 --replication-factor 1 && "
-                              f"{topics} --describe --topic smoke", uid=infra_kafka.UID, env=env, timeout=300)
+        run(
+            root,
+            "sh",
+            "-c",
+            f"{topics} --create --topic smoke --partitions 2 --replication-factor 1 && "
+            f"{topics} --describe --topic smoke",
+            uid=infra_kafka.UID,
+            env=env,
+            timeout=300,
+        )
         assert "smoke" in run(root, "sh", "-c", f"{topics} --list", uid=infra_kafka.UID, env=env)
     finally:
         stop(proc)

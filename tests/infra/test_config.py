@@ -27,26 +27,29 @@ def test_stack_files_parse_and_hold_no_plain_secrets(env: str) -> None:
         assert f"pynomaly:{key}:" not in text.replace("# ", "")
 
 
-@pytest.mark.parametrize(("patch", "message"), [
-    ({"redis": {"mode": "cluster"}}, "pynomaly.redis.mode: must be one of standalone, sentinel, external"),
-    ({"redis": {"mode": "sentinel", "replicas": 2}}, "sentinel mode needs at least 3 replicas"),
-    ({"redis": {"maxmemroy": "1gb"}}, "pynomaly.redis.maxmemroy: unknown key"),
-    ({"redis": {"maxmemory": "0"}}, "pynomaly.redis.maxmemory: must be a Redis size above 0 like 256mb, got '0'"),
-    ({"kafka": {"brokers": 0}}, "pynomaly.kafka.brokers: must be between 1 and 15"),
-    ({"kafka": {"controllers": 2}}, "pynomaly.kafka.controllers: must be 0, 1, 3 or 5"),
-    ({"kafka": {"image": "apache/kafka:latest"}}, "must not use the 'latest' tag"),
-    ({"kafka": {"image": "apache/kafka"}}, "must be repository:tag with a pinned tag"),
-    ({"kafka": {"mode": "external"}}, "kafka.external.bootstrapServers: required"),
-    ({"image": {"tag": "latest"}}, "pynomaly.image.tag: must not be 'latest'"),
-    ({"expose": {"mode": "ingress", "host": None}}, "pynomaly.expose.host: required when expose.mode is ingress"),
-    ({"autoscaling": {"workers": {"detection": {"min": 5, "max": 2}}}}, "detection: min (5) is above max (2)"),
-    ({"autoscaling": {"consumers": {"bridge": {"max": 9}}}}, "above the 3 partition(s)"),
-    ({"autoscaling": {"cooldownPeriod": "soon"}}, "pynomaly.autoscaling.cooldownPeriod: must be int"),
-    ({"app": {"taskSoftTimeLimit": 4000}}, "taskSoftTimeLimit: must be below taskTimeLimit"),
-    ({"kubernetes": {"namespace": "Pynomaly_Prod"}}, "pynomaly.kubernetes.namespace: must be a DNS-1123 label"),
-    ({"surprise": True}, "pynomaly.surprise: unknown key"),
-    ({"redisPassword": "hunter2"}, "pynomaly:redisPassword: is a secret"),
-])
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"redis": {"mode": "cluster"}}, "pynomaly.redis.mode: must be one of standalone, sentinel, external"),
+        ({"redis": {"mode": "sentinel", "replicas": 2}}, "sentinel mode needs at least 3 replicas"),
+        ({"redis": {"maxmemroy": "1gb"}}, "pynomaly.redis.maxmemroy: unknown key"),
+        ({"redis": {"maxmemory": "0"}}, "pynomaly.redis.maxmemory: must be a Redis size above 0 like 256mb, got '0'"),
+        ({"kafka": {"brokers": 0}}, "pynomaly.kafka.brokers: must be between 1 and 15"),
+        ({"kafka": {"controllers": 2}}, "pynomaly.kafka.controllers: must be 0, 1, 3 or 5"),
+        ({"kafka": {"image": "apache/kafka:latest"}}, "must not use the 'latest' tag"),
+        ({"kafka": {"image": "apache/kafka"}}, "must be repository:tag with a pinned tag"),
+        ({"kafka": {"mode": "external"}}, "kafka.external.bootstrapServers: required"),
+        ({"image": {"tag": "latest"}}, "pynomaly.image.tag: must not be 'latest'"),
+        ({"expose": {"mode": "ingress", "host": None}}, "pynomaly.expose.host: required when expose.mode is ingress"),
+        ({"autoscaling": {"workers": {"detection": {"min": 5, "max": 2}}}}, "detection: min (5) is above max (2)"),
+        ({"autoscaling": {"consumers": {"bridge": {"max": 9}}}}, "above the 3 partition(s)"),
+        ({"autoscaling": {"cooldownPeriod": "soon"}}, "pynomaly.autoscaling.cooldownPeriod: must be int"),
+        ({"app": {"taskSoftTimeLimit": 4000}}, "taskSoftTimeLimit: must be below taskTimeLimit"),
+        ({"kubernetes": {"namespace": "Pynomaly_Prod"}}, "pynomaly.kubernetes.namespace: must be a DNS-1123 label"),
+        ({"surprise": True}, "pynomaly.surprise: unknown key"),
+        ({"redisPassword": "hunter2"}, "pynomaly:redisPassword: is a secret"),
+    ],
+)
 def test_bad_values_fail_with_the_key_named(patch: dict[str, Any], message: str) -> None:
     raw = _raw("onprem")
     for key, value in patch.items():
@@ -81,13 +84,22 @@ def test_configured_secrets_replace_the_generated_ones() -> None:
 def test_external_redis_and_kafka_deploy_nothing_of_their_own() -> None:
     config = mocked.stack_file("cloud")
     config["pynomaly:redis"] = {"mode": "external", "tls": True}
-    config["pynomaly:kafka"] = {"mode": "external", "version": "3.9.0", "external": {
-        "bootstrapServers": "b-1.kafka.example:9096,b-2.kafka.example:9096", "username": "pynomaly"}}
+    config["pynomaly:kafka"] = {
+        "mode": "external",
+        "version": "3.9.0",
+        "external": {"bootstrapServers": "b-1.kafka.example:9096,b-2.kafka.example:9096", "username": "pynomaly"},
+    }
     with pytest.raises(ConfigError, match="redisUrl: required"):
         mocked.run("cloud", config=config, secrets={"kafkaPassword": "k"})
-    run = mocked.run("cloud", config=config, secrets={
-        "redisUrl": "rediss://:pw@redis.example:6380/0", "kafkaPassword": "kafka-pw",
-        **mocked.operator_secrets("cloud")})
+    run = mocked.run(
+        "cloud",
+        config=config,
+        secrets={
+            "redisUrl": "rediss://:pw@redis.example:6380/0",
+            "kafkaPassword": "kafka-pw",
+            **mocked.operator_secrets("cloud"),
+        },
+    )
     assert kinds(run, "StatefulSet") == [] and kinds(run, "Job") == []
     assert named(run, "Secret", "pynomaly-redis-auth")["stringData"]["address"] == "redis.example:6380"
     client = named(run, "Secret", "pynomaly-kafka-client")["stringData"]
@@ -97,6 +109,11 @@ def test_external_redis_and_kafka_deploy_nothing_of_their_own() -> None:
     # What the chart's KEDA scalers connect with (tests/infra/test_autoscaling_paths.py renders them).
     assert values["kafka"]["version"] == "3.9.0" and values["kafka"]["bootstrapServers"].startswith("b-1.kafka")
     assert values["kafka"]["securityProtocol"] == "SASL_SSL" and values["autoscaling"]["keda"]["kafkaCaSecret"] == ""
-    assert values["redis"] | {"allowTo": None} == {"host": "redis.example", "port": 6380, "db": 0, "tls": True,
-                                                   "allowTo": None}
+    assert values["redis"] | {"allowTo": None} == {
+        "host": "redis.example",
+        "port": 6380,
+        "db": 0,
+        "tls": True,
+        "allowTo": None,
+    }
     assert run.outputs["redisEndpoint"] == "redis.example:6380"

@@ -50,14 +50,16 @@ def _snake(name: str) -> str:
 
 def test_chart_defaults_match_the_topology() -> None:
     pools = DEFAULTS["workers"]["pools"]
-    assert {name: tuple(p["queues"]) for name, p in pools.items()} == {
-        p.name: p.queues for p in TOPOLOGY.worker_pools}
+    assert {name: tuple(p["queues"]) for name, p in pools.items()} == {p.name: p.queues for p in TOPOLOGY.worker_pools}
     assert {name: p["batch"] for name, p in pools.items()} == {p.name: p.batch for p in TOPOLOGY.worker_pools}
     consumers = DEFAULTS["consumers"]["pools"]
-    assert {name: (c["group"], [(t["name"], t["partitions"]) for t in c["topics"]]) for name, c in consumers.items()} \
-        == {g.pool: (g.name, [(t, TOPOLOGY.topic(t).partitions) for t in g.topics]) for g in TOPOLOGY.consumer_groups}
-    assert DEFAULTS["workers"]["priority"] == {"separator": PRIORITY_SEPARATOR,
-                                               "steps": sorted(PRIORITY_STEPS.values())}
+    assert {
+        name: (c["group"], [(t["name"], t["partitions"]) for t in c["topics"]]) for name, c in consumers.items()
+    } == {g.pool: (g.name, [(t, TOPOLOGY.topic(t).partitions) for t in g.topics]) for g in TOPOLOGY.consumer_groups}
+    assert DEFAULTS["workers"]["priority"] == {
+        "separator": PRIORITY_SEPARATOR,
+        "steps": sorted(PRIORITY_STEPS.values()),
+    }
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -67,7 +69,9 @@ def test_infra_values_carry_the_topology(env: str) -> None:
     assert set(workers) == {p.name for p in TOPOLOGY.worker_pools}
     for pool in TOPOLOGY.worker_pools:
         assert (tuple(workers[pool.name]["queues"]), workers[pool.name]["concurrency"]) == (
-            pool.queues, pool.concurrency)
+            pool.queues,
+            pool.concurrency,
+        )
     consumers = values["consumers"]["pools"]
     for group in TOPOLOGY.consumer_groups:
         assert consumers[group.pool]["group"] == group.name
@@ -78,14 +82,17 @@ def test_infra_values_carry_the_topology(env: str) -> None:
     kafka = run_env(env).deployment.config.kafka
     plan = topic_plan(TOPOLOGY, kafka)
     assert [p.name for p in plan] == [n for t in TOPOLOGY.topics for n in (t.name, t.dead_letter)]
-    app = topic_specs(Settings(kafka_replication_factor=kafka.replication_factor,
-                               kafka_min_insync_replicas=kafka.min_insync_replicas))
+    app = topic_specs(
+        Settings(kafka_replication_factor=kafka.replication_factor, kafka_min_insync_replicas=kafka.min_insync_replicas)
+    )
     assert {p.name: (p.partitions, p.replication, str(p.min_insync_replicas)) for p in plan} == {
         name: (s["num_partitions"], s["replication_factor"], s["configs"]["min.insync.replicas"])
-        for name, s in app.items()}
+        for name, s in app.items()
+    }
     shipped = named(run_env(env), "ConfigMap", "pynomaly-kafka-scripts")["data"]["topics.plan"].splitlines()
-    assert shipped == [f"{p.name} {p.partitions} {p.replication} {p.min_insync_replicas} {p.retention_ms}"
-                       for p in plan]
+    assert shipped == [
+        f"{p.name} {p.partitions} {p.replication} {p.min_insync_replicas} {p.retention_ms}" for p in plan
+    ]
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -157,23 +164,39 @@ def test_chart_renders_valid_objects_with_the_program_values(env: str, tmp_path:
     assert findings == []
     deployments = {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"}
     scaled = {f"pynomaly-worker-{p.name}" for p in TOPOLOGY.worker_pools} | {
-        f"pynomaly-consumer-{g.pool}" for g in TOPOLOGY.consumer_groups}
+        f"pynomaly-consumer-{g.pool}" for g in TOPOLOGY.consumer_groups
+    }
     assert scaled <= deployments
     # The Helm v4 Chart renders no pool autoscaler (`external`); the program declares them from the same
     # templates through a helm v3 Chart (tests/infra/test_autoscaling_paths.py): KEDA or HPA, each pool once...
-    assert not [o for o in objects if o["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")
-                and o["spec"]["scaleTargetRef"]["name"] in scaled]
+    assert not [
+        o
+        for o in objects
+        if o["kind"] in ("ScaledObject", "HorizontalPodAutoscaler") and o["spec"]["scaleTargetRef"]["name"] in scaled
+    ]
     kind = "ScaledObject" if run_env(env).deployment.config.autoscaling.keda else "HorizontalPodAutoscaler"
     assert sorted(o["spec"]["scaleTargetRef"]["name"] for o in kinds(run_env(env), kind)) == sorted(scaled)
     # ...and the pools' replica count is left to them, so `pulumi up` never resets what the autoscaler chose.
-    assert [o["metadata"]["name"] for o in objects
-            if o["kind"] == "Deployment" and o["metadata"]["name"] in scaled and "replicas" in o["spec"]] == []
-    grace = {o["metadata"]["name"]: o["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-             for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].startswith("pynomaly-worker-")}
+    assert [
+        o["metadata"]["name"]
+        for o in objects
+        if o["kind"] == "Deployment" and o["metadata"]["name"] in scaled and "replicas" in o["spec"]
+    ] == []
+    grace = {
+        o["metadata"]["name"]: o["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        for o in objects
+        if o["kind"] == "Deployment" and o["metadata"]["name"].startswith("pynomaly-worker-")
+    }
     assert grace and min(grace.values()) >= _values(env)["settings"]["taskTimeLimit"]
-    secret_refs = {ref["secretKeyRef"]["name"] for o in objects if o["kind"] == "Deployment"
-                   for c in o["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])
-                   for ref in [e.get("valueFrom") or {}] if "secretKeyRef" in ref}
+    secret_refs = {
+        ref["secretKeyRef"]["name"]
+        for o in objects
+        if o["kind"] == "Deployment"
+        for c in o["spec"]["template"]["spec"]["containers"]
+        for e in c.get("env", [])
+        for ref in [e.get("valueFrom") or {}]
+        if "secretKeyRef" in ref
+    }
     assert secret_refs == {_values(env)["secrets"]["existingSecret"]}
 
 

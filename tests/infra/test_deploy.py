@@ -16,8 +16,10 @@ import deploy
 
 
 def test_stack_file_becomes_path_keys_and_secret_keys_are_secret() -> None:
-    config = deploy.stack_config("cloud", overrides=deploy.parse_set(
-        ["kafka.heap=768m", "pynomaly:apiKeys=k1,k2", 'labels["team.example/owner"]=ops']))
+    config = deploy.stack_config(
+        "cloud",
+        overrides=deploy.parse_set(["kafka.heap=768m", "pynomaly:apiKeys=k1,k2", 'labels["team.example/owner"]=ops']),
+    )
     assert config["pynomaly:kafka.brokers"].value == "3" and not config["pynomaly:kafka.brokers"].secret
     assert config["pynomaly:kafka.heap"].value == "768m"
     assert config["pynomaly:autoscaling.workers.detection.max"].value == "30"
@@ -33,7 +35,8 @@ def test_an_override_changes_only_the_leaf_it_names() -> None:
     config = deploy.stack_config("dev", overrides=deploy.parse_set(["kafka.resources.cpu=200m"]))
     assert config["pynomaly:kafka.resources.cpu"].value == "200m"
     assert {k: v.value for k, v in config.items() if k != "pynomaly:kafka.resources.cpu"} == {
-        k: v.value for k, v in base.items() if k != "pynomaly:kafka.resources.cpu"}
+        k: v.value for k, v in base.items() if k != "pynomaly:kafka.resources.cpu"
+    }
 
 
 def test_kubeconfig_and_context_land_in_the_stack_config(tmp_path: Path) -> None:
@@ -44,13 +47,16 @@ def test_kubeconfig_and_context_land_in_the_stack_config(tmp_path: Path) -> None
     assert config["pynomaly:kubernetes.context"].value == "lab"
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["prod"], "no such environment 'prod'"),
-    (["dev", "--set", "novalue"], "expected KEY=VALUE"),
-    (["dev", "--set", "kafka.brokers=many"], "pynomaly.kafka.brokers: must be int"),
-    (["dev", "--set", "nosuch.key=1"], "pynomaly.nosuch: unknown key"),
-    (["dev", "--kubeconfig", "/nonexistent/kubeconfig"], "no such file"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["prod"], "no such environment 'prod'"),
+        (["dev", "--set", "novalue"], "expected KEY=VALUE"),
+        (["dev", "--set", "kafka.brokers=many"], "pynomaly.kafka.brokers: must be int"),
+        (["dev", "--set", "nosuch.key=1"], "pynomaly.nosuch: unknown key"),
+        (["dev", "--kubeconfig", "/nonexistent/kubeconfig"], "no such file"),
+    ],
+)
 def test_bad_input_fails_in_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert deploy.main(argv) == 2
     err = capsys.readouterr().err
@@ -62,7 +68,8 @@ def test_an_unreachable_cluster_fails_before_the_engine(tmp_path: Path, capsys: 
     kubeconfig.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: lab\n"
         "clusters: [{name: lab, cluster: {server: 'https://127.0.0.1:1'}}]\n"
-        "contexts: [{name: lab, context: {cluster: lab, user: u}}]\nusers: [{name: u, user: {token: t}}]\n")
+        "contexts: [{name: lab, context: {cluster: lab, user: u}}]\nusers: [{name: u, user: {token: t}}]\n"
+    )
     assert deploy.main(["dev", "--kubeconfig", str(kubeconfig), "--state-dir", str(tmp_path / "s")]) == 2
     assert "cluster unreachable: https://127.0.0.1:1" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()  # nothing started, nothing written

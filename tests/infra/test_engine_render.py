@@ -68,8 +68,12 @@ def _engine_render(folder: Path) -> list[dict[str, Any]]:
 def test_engine_render_equals_the_mock_render(env: str, tmp_path: Path, engine: dict[str, Path]) -> None:
     out = tmp_path / "rendered"
     operator = {f"pynomaly:{key}": value for key, value in mocked.operator_secrets(env).items()}
-    stack = deploy.open_stack(env, overrides={"pynomaly:kubernetes.renderYamlToDirectory": str(out), **operator},
-                              state_dir=tmp_path / "state", tools=engine)
+    stack = deploy.open_stack(
+        env,
+        overrides={"pynomaly:kubernetes.renderYamlToDirectory": str(out), **operator},
+        state_dir=tmp_path / "state",
+        tools=engine,
+    )
     started = time.monotonic()
     first = deploy.up(stack)
     took = time.monotonic() - started

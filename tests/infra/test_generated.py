@@ -72,8 +72,9 @@ def test_the_provider_loads_where_the_repository_is_not_importable(tmp_path: Pat
         "p = dill.loads(base64.b64decode(open('provider.b64').read()))\n"
         "print(p.create({'kind': 'kafka-uuid', 'length': 16}).outs['value'])\n"
     )
-    result = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"[A-Za-z0-9_-]{22}\n", result.stdout)
 

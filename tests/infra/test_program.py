@@ -21,23 +21,52 @@ from tools.helm import template_chart
 # autoscalers are the chart's too, declared through a helm v3 Chart that these mocks expand.
 EXPECTED_COUNTS = {
     "dev": {
-        "ConfigMap": 2, "HorizontalPodAutoscaler": 6, "Job": 1, "Namespace": 1, "NetworkPolicy": 2,
-        "PodDisruptionBudget": 1, "Secret": 4, "Service": 4, "ServiceAccount": 1, "StatefulSet": 2,
+        "ConfigMap": 2,
+        "HorizontalPodAutoscaler": 6,
+        "Job": 1,
+        "Namespace": 1,
+        "NetworkPolicy": 2,
+        "PodDisruptionBudget": 1,
+        "Secret": 4,
+        "Service": 4,
+        "ServiceAccount": 1,
+        "StatefulSet": 2,
     },
     "onprem": {
-        "ConfigMap": 3, "Deployment": 1, "Job": 1, "Namespace": 1, "NetworkPolicy": 2, "PodDisruptionBudget": 3,
-        "ScaledObject": 6, "Secret": 4, "Service": 5, "ServiceAccount": 1, "StatefulSet": 2,
+        "ConfigMap": 3,
+        "Deployment": 1,
+        "Job": 1,
+        "Namespace": 1,
+        "NetworkPolicy": 2,
+        "PodDisruptionBudget": 3,
+        "ScaledObject": 6,
+        "Secret": 4,
+        "Service": 5,
+        "ServiceAccount": 1,
+        "StatefulSet": 2,
         "TriggerAuthentication": 2,
     },
     "cloud": {
-        "ClusterRole": 1, "ClusterRoleBinding": 1, "ConfigMap": 3, "Deployment": 1, "Job": 1, "Namespace": 1,
-        "NetworkPolicy": 2, "PodDisruptionBudget": 4, "ScaledObject": 6, "Secret": 4, "Service": 5,
-        "ServiceAccount": 2, "StatefulSet": 3, "TriggerAuthentication": 2,
+        "ClusterRole": 1,
+        "ClusterRoleBinding": 1,
+        "ConfigMap": 3,
+        "Deployment": 1,
+        "Job": 1,
+        "Namespace": 1,
+        "NetworkPolicy": 2,
+        "PodDisruptionBudget": 4,
+        "ScaledObject": 6,
+        "Secret": 4,
+        "Service": 5,
+        "ServiceAccount": 2,
+        "StatefulSet": 3,
+        "TriggerAuthentication": 2,
     },
 }
 AUTOSCALER_KINDS = ("ScaledObject", "TriggerAuthentication", "HorizontalPodAutoscaler")
 POOL_DEPLOYMENTS = {f"pynomaly-worker-{p.name}" for p in TOPOLOGY.worker_pools} | {
-    f"pynomaly-consumer-{g.pool}" for g in TOPOLOGY.consumer_groups}
+    f"pynomaly-consumer-{g.pool}" for g in TOPOLOGY.consumer_groups
+}
 
 
 def test_inventory_per_environment(capsys: pytest.CaptureFixture[str]) -> None:
@@ -59,17 +88,24 @@ def test_every_child_has_its_component_as_parent(env_run: mocked.MockedRun) -> N
     by_urn = {r.urn: r for r in env_run.registrations}
     components = {r.urn for r in env_run.registrations if r.type.startswith("pynomaly:infra:")}
     assert {by_urn[u].type for u in components} == {
-        "pynomaly:infra:Redis", "pynomaly:infra:Kafka", "pynomaly:infra:Application"}
+        "pynomaly:infra:Redis",
+        "pynomaly:infra:Kafka",
+        "pynomaly:infra:Application",
+    }
     top_level = {"pulumi:providers:kubernetes", "kubernetes:core/v1:Namespace", *(by_urn[u].type for u in components)}
     # The autoscalers' helm v3 Chart is the Application's child; its objects are the chart's children.
-    charts = {r.urn for r in env_run.registrations if r.type == "kubernetes:helm.sh/v3:Chart"
-              and r.parent in components}
+    charts = {
+        r.urn for r in env_run.registrations if r.type == "kubernetes:helm.sh/v3:Chart" and r.parent in components
+    }
     for reg in env_run.registrations:
         if reg.type == "pulumi:pulumi:Stack":
             continue
         if reg.parent in charts:
-            assert reg.type in ("kubernetes:keda.sh/v1alpha1:ScaledObject", "kubernetes:keda.sh/v1alpha1:"
-                                "TriggerAuthentication", "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"), reg.urn
+            assert reg.type in (
+                "kubernetes:keda.sh/v1alpha1:ScaledObject",
+                "kubernetes:keda.sh/v1alpha1:TriggerAuthentication",
+                "kubernetes:autoscaling/v2:HorizontalPodAutoscaler",
+            ), reg.urn
             continue
         parent = by_urn.get(reg.parent)
         if reg.type in top_level:
@@ -94,8 +130,13 @@ def test_secrets_are_secret_and_generated_not_configured(env_run: mocked.MockedR
     assert {"apiKey"} <= env_run.secret_outputs
     generated_secrets = env_run.by_type(generated.TYPE)
     passwords = {r.name for r in generated_secrets if r.inputs["kind"] == "password"}
-    assert {"redis-password", "kafka-app-password", "kafka-admin-password", "app-api-key",
-            "app-webhook-secret"} <= passwords
+    assert {
+        "redis-password",
+        "kafka-app-password",
+        "kafka-admin-password",
+        "app-api-key",
+        "app-webhook-secret",
+    } <= passwords
     assert env_run.deployment.redis.password is not None
     for output in (env_run.deployment.redis.url, env_run.deployment.kafka.password):
         assert _is_secret(output)
@@ -121,8 +162,9 @@ def _chart_values(run: mocked.MockedRun) -> dict:
 # -- Kafka ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("env", "rf", "min_isr", "brokers"), [("dev", 1, 1, 1), ("onprem", 3, 2, 3),
-                                                               ("cloud", 3, 2, 3)])
+@pytest.mark.parametrize(
+    ("env", "rf", "min_isr", "brokers"), [("dev", 1, 1, 1), ("onprem", 3, 2, 3), ("cloud", 3, 2, 3)]
+)
 def test_kafka_replication_follows_the_broker_count(env: str, rf: int, min_isr: int, brokers: int) -> None:
     run = run_env(env)
     broker = named(run, "StatefulSet", "pynomaly-kafka")
@@ -132,8 +174,9 @@ def test_kafka_replication_follows_the_broker_count(env: str, rf: int, min_isr: 
     assert (env_vars["REPLICATION_FACTOR"], env_vars["MIN_INSYNC_REPLICAS"]) == (str(rf), str(min_isr))
     plan = named(run, "ConfigMap", "pynomaly-kafka-scripts")["data"]["topics.plan"]
     for topic in TOPOLOGY.topics:
-        assert re.search(rf"^{re.escape(topic.name)} {topic.partitions} {rf} {min_isr} {topic.retention_ms}$",
-                         plan, re.M), topic.name
+        assert re.search(
+            rf"^{re.escape(topic.name)} {topic.partitions} {rf} {min_isr} {topic.retention_ms}$", plan, re.M
+        ), topic.name
         assert f"{topic.dead_letter} 1 {rf} {min_isr} " in plan
     values = _chart_values(run)["kafka"]
     assert (values["replicationFactor"], values["minInsyncReplicas"]) == (rf, min_isr)
@@ -151,14 +194,15 @@ def test_kafka_cluster_shape(env_run: mocked.MockedRun) -> None:
         pdb = named(env_run, "PodDisruptionBudget", name)
         assert pdb["spec"] == {"maxUnavailable": 1, "selector": sts["spec"]["selector"]}
         pod = sts["spec"]["template"]["spec"]
-        zone = next(c for c in pod["topologySpreadConstraints"]
-                    if c["topologyKey"] == "topology.kubernetes.io/zone")
+        zone = next(c for c in pod["topologySpreadConstraints"] if c["topologyKey"] == "topology.kubernetes.io/zone")
         assert zone["whenUnsatisfiable"] == ("DoNotSchedule" if cfg.zone_spread else "ScheduleAnyway")
         pvc = sts["spec"]["volumeClaimTemplates"][0]["spec"]
         assert pvc.get("storageClassName") == cfg.storage_class
         env = {e["name"]: e for e in next(c for c in pod["initContainers"] if c["name"] == "format")["env"]}
-        assert env["CLUSTER_ID"]["valueFrom"]["secretKeyRef"] == {"name": "pynomaly-kafka-cluster",
-                                                                  "key": kafka_mod.KEY_CLUSTER_ID}
+        assert env["CLUSTER_ID"]["valueFrom"]["secretKeyRef"] == {
+            "name": "pynomaly-kafka-cluster",
+            "key": kafka_mod.KEY_CLUSTER_ID,
+        }
     cluster = named(env_run, "Secret", "pynomaly-kafka-cluster")["stringData"]
     voters = cfg.controllers or cfg.brokers
     dir_ids = [cluster[f"controller-{i}-directory-id"] for i in range(voters)]
@@ -171,7 +215,8 @@ def test_kafka_cluster_shape(env_run: mocked.MockedRun) -> None:
     assert "meta.properties" in script and "advertised.listeners=$ADVERTISED" in script
     assert "$SCRAM_MECHANISM=[name=$APP_USER" in script  # what it writes: tests/infra/test_scripts.py
     assert {"SASL": "yes", "SCRAM_MECHANISM": "SCRAM-SHA-512", "APP_USER": "pynomaly"}.items() <= {
-        e["name"]: e.get("value") for e in fmt["env"]}.items()
+        e["name"]: e.get("value") for e in fmt["env"]
+    }.items()
 
 
 def test_cloud_brokers_take_their_rack_from_the_zone() -> None:
@@ -244,10 +289,10 @@ def test_kafka_clients_are_the_app_its_own_pods_and_keda(env: str, keda: bool) -
     own_and_app, *scaler = clients["from"]
     (expression,) = own_and_app["podSelector"]["matchExpressions"]
     assert expression["operator"] == "In" and set(expression["values"]) == {"pynomaly", "pynomaly-kafka"}
-    assert all("namespaceSelector" not in peer or peer["namespaceSelector"].get("matchLabels")
-               for peer in clients["from"])  # never "every namespace"
-    assert scaler == ([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}]
-                      if keda else [])
+    assert all(
+        "namespaceSelector" not in peer or peer["namespaceSelector"].get("matchLabels") for peer in clients["from"]
+    )  # never "every namespace"
+    assert scaler == ([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}] if keda else [])
 
 
 # -- autoscaling ------------------------------------------------------------------------------------
@@ -264,9 +309,11 @@ def test_hpa_xor_keda_per_target(env: str) -> None:
     keda = run.deployment.config.autoscaling.keda
     # The chart is the only implementation: the program declares exactly the autoscalers it renders.
     declared = sorted((o["kind"], o["metadata"]["name"]) for o in run.objects() if o["kind"] in AUTOSCALER_KINDS)
-    assert declared == sorted((o["kind"], o["metadata"]["name"]) for o in chart_objects(env)
-                              if o["kind"] in AUTOSCALER_KINDS and o["spec"].get("scaleTargetRef", {}).get("name")
-                              != "pynomaly-api")
+    assert declared == sorted(
+        (o["kind"], o["metadata"]["name"])
+        for o in chart_objects(env)
+        if o["kind"] in AUTOSCALER_KINDS and o["spec"].get("scaleTargetRef", {}).get("name") != "pynomaly-api"
+    )
     scaled = [o["spec"]["scaleTargetRef"]["name"] for o in _chart_kind(env, "ScaledObject").values()]
     hpas = [o["spec"]["scaleTargetRef"]["name"] for o in _chart_kind(env, "HorizontalPodAutoscaler").values()]
     assert set(scaled).isdisjoint(hpas)
@@ -325,8 +372,11 @@ def test_keda_trusts_the_kafka_ca_of_a_tls_listener(tmp_path: Path) -> None:
     objects = load_yaml_documents(template_chart([tmp_path / "values.json"]))
     (auth,) = [o for o in objects if o["kind"] == "TriggerAuthentication" and o["metadata"]["name"] == "pynomaly-kafka"]
     assert {"parameter": "ca", "name": "pynomaly-kafka-tls", "key": "ca.crt"} in auth["spec"]["secretTargetRef"]
-    lag = [o["spec"]["triggers"][0]["metadata"] for o in objects if o["kind"] == "ScaledObject"
-           and o["metadata"]["name"].startswith("pynomaly-consumer-")]
+    lag = [
+        o["spec"]["triggers"][0]["metadata"]
+        for o in objects
+        if o["kind"] == "ScaledObject" and o["metadata"]["name"].startswith("pynomaly-consumer-")
+    ]
     assert lag and {m["tls"] for m in lag} == {"enable"}
 
 
@@ -342,8 +392,16 @@ def test_hpa_max_is_capped_at_partitions_too() -> None:
 
 def test_outputs_tell_a_user_how_to_reach_things(env_run: mocked.MockedRun) -> None:
     out = env_run.outputs
-    for key in ("namespace", "apiUrl", "apiAccess", "appSecretName", "redisEndpoint", "redisSecretName",
-                "kafkaBootstrapServers", "kafkaSecretName"):
+    for key in (
+        "namespace",
+        "apiUrl",
+        "apiAccess",
+        "appSecretName",
+        "redisEndpoint",
+        "redisSecretName",
+        "kafkaBootstrapServers",
+        "kafkaSecretName",
+    ):
         assert out[key], key
     mode = env_run.deployment.config.expose.mode
     if mode == "portForward":
@@ -358,9 +416,15 @@ def test_chart_transform_leaves_pool_replicas_to_the_autoscaler() -> None:
     app = run_env("onprem").deployment.application
 
     def transform(kind: str, name: str) -> pulumi.ResourceTransformResult | None:
-        return app._leave_replicas(pulumi.ResourceTransformArgs(
-            custom=True, type_=kind, name=f"app-chart:pynomaly/{name}", props={"metadata": {"name": name}},
-            opts=pulumi.ResourceOptions()))
+        return app._leave_replicas(
+            pulumi.ResourceTransformArgs(
+                custom=True,
+                type_=kind,
+                name=f"app-chart:pynomaly/{name}",
+                props={"metadata": {"name": name}},
+                opts=pulumi.ResourceOptions(),
+            )
+        )
 
     result = transform("kubernetes:apps/v1:Deployment", "pynomaly-worker-detection")
     assert result is not None and result.opts.ignore_changes == ["spec.replicas"]

@@ -31,5 +31,8 @@ def test_render_summary_and_values(capsys: pytest.CaptureFixture[str]) -> None:
     values = yaml.safe_load(capsys.readouterr().out)
     # dev has no KEDA: the chart's CPU HPAs, at the stack's target.
     assert values["autoscaling"]["keda"]["enabled"] is False
-    assert values["autoscaling"]["hpa"] == {"enabled": True, "targetCPUUtilizationPercentage": 80,
-                                            "targetMemoryUtilizationPercentage": 0}
+    assert values["autoscaling"]["hpa"] == {
+        "enabled": True,
+        "targetCPUUtilizationPercentage": 80,
+        "targetMemoryUtilizationPercentage": 0,
+    }

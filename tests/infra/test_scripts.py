@@ -69,8 +69,13 @@ def _shellcheck() -> str:
 def test_shellcheck_passes_on_every_script_file() -> None:
     files = sorted(p.name for p in SCRIPTS.glob("*.sh"))
     assert {*kafka_cluster.SCRIPTS} <= set(files)
-    result = subprocess.run([_shellcheck(), "--external-sources", "--format=gcc", *files], cwd=SCRIPTS,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [_shellcheck(), "--external-sources", "--format=gcc", *files],
+        cwd=SCRIPTS,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -85,8 +90,9 @@ def test_configmaps_ship_the_script_files_and_one_liners_pass_shellcheck(env: st
         else:
             one_liners[where] = text
     for where, text in one_liners.items():
-        result = subprocess.run([_shellcheck(), "--shell=sh", "--format=gcc", "-"], input=text,
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [_shellcheck(), "--shell=sh", "--format=gcc", "-"], input=text, capture_output=True, text=True, check=False
+        )
         assert result.returncode == 0, f"{where}: {result.stdout}"
 
 
@@ -96,8 +102,15 @@ def test_configmaps_ship_the_script_files_and_one_liners_pass_shellcheck(env: st
 def _sandboxed(text: str, root: Path) -> str:
     """The script with its absolute paths moved under ``root`` (``/etc/x`` becomes ``<root>/_etc/x``)."""
     (root / "_tmp").mkdir(exist_ok=True)
-    for path in ("/etc/kafka-runtime", "/opt/kafka/bin", "/var/lib/kafka/data", "/etc/kafka-rack", "/etc/kafka-tls",
-                 "/scripts/", "/tmp/client.properties"):
+    for path in (
+        "/etc/kafka-runtime",
+        "/opt/kafka/bin",
+        "/var/lib/kafka/data",
+        "/etc/kafka-rack",
+        "/etc/kafka-tls",
+        "/scripts/",
+        "/tmp/client.properties",
+    ):
         text = text.replace(path, f"{root}/_{path[1:]}")
     return text
 
@@ -125,8 +138,14 @@ def _run_format(tmp_path: Path, tls: bool) -> tuple[str, list[str]]:
         (tmp_path / "_etc/kafka-tls/tls.key").write_text("KEY\n")
         (tmp_path / "_etc/kafka-tls/tls.crt").write_text("CRT\n")
     script = _sandboxed(_script_file("kafka-format.sh"), tmp_path)
-    env = _container_env(fmt, HOSTNAME="pynomaly-kafka-2", POD_NAMESPACE="ns", CLUSTER_ID="cluster-1",
-                         ADMIN_PASSWORD="admin-pw", APP_PASSWORD="app-pw")
+    env = _container_env(
+        fmt,
+        HOSTNAME="pynomaly-kafka-2",
+        POD_NAMESPACE="ns",
+        CLUSTER_ID="cluster-1",
+        ADMIN_PASSWORD="admin-pw",
+        APP_PASSWORD="app-pw",
+    )
     result = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, check=False, timeout=60)
     assert result.returncode == 0, result.stderr
     props = (tmp_path / "_etc/kafka-runtime/server.properties").read_text().replace(str(tmp_path), "")
@@ -143,17 +162,29 @@ def test_kafka_format_writes_the_broker_properties_and_scram_users(tmp_path: Pat
     lines = set(props.splitlines())
     protocol = "SASL_SSL" if tls else "SASL_PLAINTEXT"
     fqdn = "pynomaly-kafka-2.pynomaly-kafka-headless.ns.svc.cluster.local"
-    assert {"node.id=2", "process.roles=broker,controller", f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,"
-            f"INTERNAL:{protocol}", f"advertised.listeners=INTERNAL://{fqdn}:9092,CONTROLLER://{fqdn}:9093",
-            "sasl.enabled.mechanisms=SCRAM-SHA-512", "super.users=User:admin", "broker.rack=zone-b",
-            "default.replication.factor=3", "min.insync.replicas=2", "auto.create.topics.enable=false",
-            "listener.name.internal.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram."
-            'ScramLoginModule required username="admin" password="admin-pw";'} <= lines
+    assert {
+        "node.id=2",
+        "process.roles=broker,controller",
+        f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,INTERNAL:{protocol}",
+        f"advertised.listeners=INTERNAL://{fqdn}:9092,CONTROLLER://{fqdn}:9093",
+        "sasl.enabled.mechanisms=SCRAM-SHA-512",
+        "super.users=User:admin",
+        "broker.rack=zone-b",
+        "default.replication.factor=3",
+        "min.insync.replicas=2",
+        "auto.create.topics.enable=false",
+        "listener.name.internal.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram."
+        'ScramLoginModule required username="admin" password="admin-pw";',
+    } <= lines
     assert ("listener.name.internal.ssl.keystore.type=PEM" in lines) is tls
     assert args[:4] == ["format", "--config", "/_etc/kafka-runtime/server.properties", "--cluster-id=cluster-1"]
     assert args[4].startswith("--initial-controllers=0@pynomaly-kafka-0.")
-    assert args[5:] == ["--add-scram", "SCRAM-SHA-512=[name=admin,password=admin-pw]",
-                        "--add-scram", "SCRAM-SHA-512=[name=pynomaly,password=app-pw]"]
+    assert args[5:] == [
+        "--add-scram",
+        "SCRAM-SHA-512=[name=admin,password=admin-pw]",
+        "--add-scram",
+        "SCRAM-SHA-512=[name=pynomaly,password=app-pw]",
+    ]
 
 
 # A stand-in kafka-topics.sh: topics live as files holding their partition count; every call is logged.
@@ -197,8 +228,14 @@ def test_topics_job_applies_the_plan_as_ensure_topics_does(tmp_path: Path) -> No
     (bin_dir / "state" / first.name).write_text("1\n")  # fewer partitions than declared: grown
     (bin_dir / "state" / second.name).write_text(f"{second.partitions + 4}\n")  # more: left as they are
     env = _container_env(container, BOOTSTRAP="kafka:9092", ADMIN_PASSWORD="admin-pw")
-    result = subprocess.run(["sh", "-c", _sandboxed(scripts["kafka-topics.sh"], tmp_path)], env=env,
-                            capture_output=True, text=True, check=False, timeout=120)
+    result = subprocess.run(
+        ["sh", "-c", _sandboxed(scripts["kafka-topics.sh"], tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     state = {p.name: int(p.read_text()) for p in (bin_dir / "state").iterdir()}
     planned = {t.name: t.partitions for t in TOPOLOGY.topics} | {t.dead_letter: 1 for t in TOPOLOGY.topics}

@@ -37,19 +37,29 @@ def _chart_values(run: mocked.MockedRun) -> dict[str, Any]:
 
 def test_smtp_config_is_typed() -> None:
     cfg = parse_config(_raw("onprem", smtp=SMTP), "onprem", default_tag="0.1.0")
-    assert cfg.smtp == SmtpConfig(host="smtp.example.com", port=465, security="tls", username="alerts",
-                                  sender="alerts@example.com", timeout=10.0, cidrs=("203.0.113.25/32",))
+    assert cfg.smtp == SmtpConfig(
+        host="smtp.example.com",
+        port=465,
+        security="tls",
+        username="alerts",
+        sender="alerts@example.com",
+        timeout=10.0,
+        cidrs=("203.0.113.25/32",),
+    )
     assert parse_config(_raw("dev"), "dev", default_tag="0.1.0").smtp == SmtpConfig()
 
 
-@pytest.mark.parametrize(("smtp", "message"), [
-    ({"security": "ssl"}, "pynomaly.smtp.security: must be one of none, starttls, tls"),
-    ({"host": "smtp.example.com"}, "pynomaly.smtp.cidrs: required with smtp.host"),
-    ({"host": "smtp.example.com", "cidrs": ["smtp.example.com"]}, "pynomaly.smtp.cidrs: must be a list of CIDRs"),
-    ({"port": 0}, "pynomaly.smtp.port: must be between 1 and 65535"),
-    ({"from": "nobody"}, "pynomaly.smtp.from: must be an e-mail address"),
-    ({"password": "x"}, "pynomaly.smtp.password: unknown key"),
-])
+@pytest.mark.parametrize(
+    ("smtp", "message"),
+    [
+        ({"security": "ssl"}, "pynomaly.smtp.security: must be one of none, starttls, tls"),
+        ({"host": "smtp.example.com"}, "pynomaly.smtp.cidrs: required with smtp.host"),
+        ({"host": "smtp.example.com", "cidrs": ["smtp.example.com"]}, "pynomaly.smtp.cidrs: must be a list of CIDRs"),
+        ({"port": 0}, "pynomaly.smtp.port: must be between 1 and 65535"),
+        ({"from": "nobody"}, "pynomaly.smtp.from: must be an e-mail address"),
+        ({"password": "x"}, "pynomaly.smtp.password: unknown key"),
+    ],
+)
 def test_bad_smtp_config_is_named(smtp: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as exc:
         parse_config(_raw("onprem", smtp=smtp), "onprem", default_tag="0.1.0")
@@ -65,12 +75,19 @@ def test_smtp_password_is_a_secret_and_required_with_a_user() -> None:
 
 
 def test_smtp_reaches_the_chart_with_its_password_in_the_app_secret() -> None:
-    run = mocked.run("dev", config={**mocked.stack_file("dev"), "pynomaly:smtp": SMTP},
-                     secrets={"smtpPassword": "mail-pw"})
+    run = mocked.run(
+        "dev", config={**mocked.stack_file("dev"), "pynomaly:smtp": SMTP}, secrets={"smtpPassword": "mail-pw"}
+    )
     values = _chart_values(run)
-    assert values["smtp"] == {"host": "smtp.example.com", "port": 465, "security": "tls", "username": "alerts",
-                              "from": "alerts@example.com", "timeout": 10.0,
-                              "allowTo": {"cidrs": ["203.0.113.25/32"], "podSelector": {}, "namespaceSelector": {}}}
+    assert values["smtp"] == {
+        "host": "smtp.example.com",
+        "port": 465,
+        "security": "tls",
+        "username": "alerts",
+        "from": "alerts@example.com",
+        "timeout": 10.0,
+        "allowTo": {"cidrs": ["203.0.113.25/32"], "podSelector": {}, "namespaceSelector": {}},
+    }
     assert values["notifications"] == {"queue": Q_NOTIFICATIONS}
     (secret,) = [r for r in run.by_type("kubernetes:core/v1:Secret") if r.name == "app-secret"]
     assert mocked.is_secret_input(secret.inputs["stringData"])
@@ -88,11 +105,15 @@ def test_without_smtp_the_secret_key_exists_but_is_empty(env_run: mocked.MockedR
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_beat_is_never_an_autoscaling_target(env: str) -> None:
     assert _chart_values(run_env(env))["beat"] == {"enabled": True}
-    targets = {o["spec"]["scaleTargetRef"]["name"] for o in chart_objects(env)
-               if o["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")}
+    targets = {
+        o["spec"]["scaleTargetRef"]["name"]
+        for o in chart_objects(env)
+        if o["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")
+    }
     assert targets and "pynomaly-beat" not in targets
     assert targets <= {f"pynomaly-worker-{p.name}" for p in TOPOLOGY.worker_pools} | {
-        f"pynomaly-consumer-{g.pool}" for g in TOPOLOGY.consumer_groups} | {"pynomaly-api"}
+        f"pynomaly-consumer-{g.pool}" for g in TOPOLOGY.consumer_groups
+    } | {"pynomaly-api"}
 
 
 @pytest.mark.helm
@@ -100,8 +121,9 @@ def test_chart_renders_beat_and_smtp_egress_with_the_program_values(tmp_path: Pa
     sys.path.insert(0, str(ROOT / "tools"))
     import helm as helm_tool  # tools/helm.py
 
-    run = mocked.run("onprem", config={**mocked.stack_file("onprem"), "pynomaly:smtp": SMTP},
-                     secrets={"smtpPassword": "mail-pw"})
+    run = mocked.run(
+        "onprem", config={**mocked.stack_file("onprem"), "pynomaly:smtp": SMTP}, secrets={"smtpPassword": "mail-pw"}
+    )
     values_file = tmp_path / "values.yaml"
     values_file.write_text(yaml.safe_dump(_chart_values(run)))
     objects = load_yaml_documents(helm_tool.template_chart([values_file], namespace="pynomaly"))
@@ -113,4 +135,5 @@ def test_chart_renders_beat_and_smtp_egress_with_the_program_values(tmp_path: Pa
     assert {p["metadata"]["name"] for p in smtp_policies} == {f"pynomaly-worker-{p}-smtp" for p in pools}
     for policy in smtp_policies:
         assert policy["spec"]["egress"] == [
-            {"ports": [{"port": 465, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "203.0.113.25/32"}}]}]
+            {"ports": [{"port": 465, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "203.0.113.25/32"}}]}
+        ]

@@ -144,7 +144,9 @@ def test_topic_specs_follow_topology_and_settings() -> None:
     two = Topology((), (Topic("t", 2, "test", replication_factor=2, min_insync_replicas=2),), (), (), (), (), ())
     plans = topic_plan(two, replication=3, min_insync_replicas=3)
     assert [(p.name, p.partitions, p.replication, p.min_insync_replicas) for p in plans] == [
-        ("t", 2, 2, 2), ("t.dlq", 1, 2, 2)]
+        ("t", 2, 2, 2),
+        ("t.dlq", 1, 2, 2),
+    ]
     with pytest.raises(ValueError, match="must be >= 1"):
         topic_plan(TOPOLOGY, replication=0, min_insync_replicas=1)
 

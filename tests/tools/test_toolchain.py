@@ -26,14 +26,20 @@ def test_kubernetes_wrapper_pins_the_release_and_its_staging_modules() -> None:
     assert len(replaced) > 25 and {version for _, version in replaced} == {staging}
 
 
-@pytest.mark.parametrize(("module_dir", "module", "version"), [
-    ("etcd", "go.etcd.io/etcd/server/v3", toolchain.ETCD_VERSION),
-    ("coredns", "github.com/coredns/coredns", toolchain.COREDNS_VERSION),
-    ("pulumi", "github.com/pulumi/pulumi/pkg/v3", toolchain.PULUMI_VERSION),
-    ("pulumi-kubernetes", "github.com/pulumi/pulumi-kubernetes/provider/v4",
-     toolchain.PULUMI_KUBERNETES_MODULE_VERSION),
-    ("keda", "github.com/kedacore/keda/v2", toolchain.KEDA_VERSION),
-])
+@pytest.mark.parametrize(
+    ("module_dir", "module", "version"),
+    [
+        ("etcd", "go.etcd.io/etcd/server/v3", toolchain.ETCD_VERSION),
+        ("coredns", "github.com/coredns/coredns", toolchain.COREDNS_VERSION),
+        ("pulumi", "github.com/pulumi/pulumi/pkg/v3", toolchain.PULUMI_VERSION),
+        (
+            "pulumi-kubernetes",
+            "github.com/pulumi/pulumi-kubernetes/provider/v4",
+            toolchain.PULUMI_KUBERNETES_MODULE_VERSION,
+        ),
+        ("keda", "github.com/kedacore/keda/v2", toolchain.KEDA_VERSION),
+    ],
+)
 def test_each_wrapper_module_pins_what_the_toolchain_says(module_dir: str, module: str, version: str) -> None:
     assert _requires(module_dir).get(module) == version
     assert (TOOLS / module_dir / "go.sum").stat().st_size > 1000  # checksums committed: builds are reproducible

@@ -14,17 +14,32 @@ from tools.toolchain import ToolchainError
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="./dev cluster", description="The project's local Kubernetes cluster.")
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                        help="where its certificates, data and logs live (default: .pynomaly/cluster)")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="where its certificates, data and logs live (default: .pynomaly/cluster)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build what is missing, start the cluster and load the images, then return")
     up.add_argument("--no-images", action="store_true", help="load no application images (DNS and pause only)")
-    up.add_argument("--fake-nodes", type=int, default=0, metavar="N",
-                    help="also N kwok fake nodes per zone (zone-a..c), for stacks bigger than this machine")
-    up.add_argument("--keda", action="store_true",
-                    help="also run KEDA (operator + metrics API server; built from source the first time)")
-    up.add_argument("--no-network-policies", action="store_true",
-                    help="do not run the NetworkPolicy agent (kube-network-policies): policies are then not enforced")
+    up.add_argument(
+        "--fake-nodes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also N kwok fake nodes per zone (zone-a..c), for stacks bigger than this machine",
+    )
+    up.add_argument(
+        "--keda",
+        action="store_true",
+        help="also run KEDA (operator + metrics API server; built from source the first time)",
+    )
+    up.add_argument(
+        "--no-network-policies",
+        action="store_true",
+        help="do not run the NetworkPolicy agent (kube-network-policies): policies are then not enforced",
+    )
     sub.add_parser("down", help="stop every process it started and restore the host settings")
     sub.add_parser("status", help="processes, API readiness and nodes")
     args = parser.parse_args(argv)
@@ -35,8 +50,12 @@ def main(argv: list[str]) -> int:
 
             built = images.build(("pause", "coredns") if args.no_images else ())
             refs = images.image_refs(built)
-            cluster.up([b.archive for b in built.values()], pause_image=refs["pause"], dns_image=refs["coredns"],
-                       network_policies=not args.no_network_policies)
+            cluster.up(
+                [b.archive for b in built.values()],
+                pause_image=refs["pause"],
+                dns_image=refs["coredns"],
+                network_policies=not args.no_network_policies,
+            )
             if args.fake_nodes:
                 cluster.add_fake_nodes(per_zone=args.fake_nodes)
             if args.keda:

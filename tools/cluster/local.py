@@ -73,8 +73,14 @@ FORWARD_RULES = (
     ["-o", BRIDGE, "-j", "DROP"],
 )
 REQUIRED_COMMANDS = {
-    "containerd": "containerd", "runc": "runc", "ctr": "containerd", "iptables": "iptables",
-    "socat": "socat", "openssl": "openssl", "ip": "iproute2", "mount": "mount",
+    "containerd": "containerd",
+    "runc": "runc",
+    "ctr": "containerd",
+    "iptables": "iptables",
+    "socat": "socat",
+    "openssl": "openssl",
+    "ip": "iproute2",
+    "mount": "mount",
 }
 # The NetworkPolicy agent: its nftables table (removed by `down`, also after a killed cluster, with
 # Debian's `nft`), the nfqueue it reads, and the user of its client certificate (RBAC: read-only).
@@ -84,8 +90,7 @@ NETPOL_USER = "pynomaly-network-policies"
 NFQUEUE_PROC = Path("/proc/net/netfilter/nfnetlink_queue")
 CNI_BIN_DIR = Path("/usr/lib/cni")
 LOCAL_VOLUMES_PER_NODE = 8
-K8S_TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy",
-             "kubectl")
+K8S_TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl")
 
 
 MACHINE_RECORD = Path("/run/pynomaly/cluster.json")
@@ -141,10 +146,17 @@ def _write_sysctl(name: str, value: str) -> None:
         Path("/proc/sys", name).write_text(value + "\n")
 
 
-def _run(argv: Sequence[str], *, check: bool = True, timeout: float = 120, input: str | None = None,
-         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, input=input, env=env,
-                            check=False)
+def _run(
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    timeout: float = 120,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        list(argv), capture_output=True, text=True, timeout=timeout, input=input, env=env, check=False
+    )
     if check and result.returncode != 0:
         raise ClusterError(f"`{' '.join(argv[:4])}` failed: {(result.stderr or result.stdout).strip()[-800:]}")
     return result
@@ -192,8 +204,9 @@ class LocalCluster:
         # boot, like the host settings it describes.
         if self.state.processes or self.state.bridge_created or self.state.forward_rules:
             MACHINE_RECORD.parent.mkdir(parents=True, exist_ok=True)
-            MACHINE_RECORD.write_text(json.dumps({"state_dir": str(self.state_dir),
-                                                  "state": json.loads(self.state.to_json())}))
+            MACHINE_RECORD.write_text(
+                json.dumps({"state_dir": str(self.state_dir), "state": json.loads(self.state.to_json())})
+            )
         elif _recorded_state_dir() == str(self.state_dir):
             MACHINE_RECORD.unlink(missing_ok=True)
 
@@ -202,11 +215,13 @@ class LocalCluster:
 
     # -- kubectl ----------------------------------------------------------------------------------
 
-    def kubectl(self, *args: str, check: bool = True, timeout: float = 120,
-                input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, check: bool = True, timeout: float = 120, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         kubectl = self.bins.get("kubectl") or toolchain.ensure("kubectl")
-        return _run([str(kubectl), "--kubeconfig", str(self.kubeconfig), *args], check=check, timeout=timeout,
-                    input=input)
+        return _run(
+            [str(kubectl), "--kubeconfig", str(self.kubeconfig), *args], check=check, timeout=timeout, input=input
+        )
 
     def apply(self, objects: Iterable[dict[str, Any]], *, server_side: bool = True) -> None:
         text = yaml.safe_dump_all(list(objects), sort_keys=False)
@@ -214,8 +229,11 @@ class LocalCluster:
         self.kubectl(*args, input=text)
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return _run(["ctr", "--address", str(self.containerd_sock), "--namespace", "k8s.io", *args], check=check,
-                    timeout=timeout)
+        return _run(
+            ["ctr", "--address", str(self.containerd_sock), "--namespace", "k8s.io", *args],
+            check=check,
+            timeout=timeout,
+        )
 
     # -- up ---------------------------------------------------------------------------------------
 
@@ -240,11 +258,15 @@ class LocalCluster:
             raise ClusterError(f"a cluster already runs from {self.state_dir}: `./dev cluster down` first")
         self._clean_up_after_a_killed_cluster()
         if _run(["ip", "link", "show", BRIDGE], check=False).returncode == 0 and not self.state.bridge_created:
-            raise ClusterError(f"network interface {BRIDGE} already exists: another cluster may be running "
-                               f"(`ip link del {BRIDGE}` if not)")
+            raise ClusterError(
+                f"network interface {BRIDGE} already exists: another cluster may be running "
+                f"(`ip link del {BRIDGE}` if not)"
+            )
         if network_policies and _queue_bound(NETPOL_QUEUE):
-            raise ClusterError(f"nfqueue {NETPOL_QUEUE} is already read by another process (a policy agent?): "
-                               "the cluster's NetworkPolicy agent needs it")
+            raise ClusterError(
+                f"nfqueue {NETPOL_QUEUE} is already read by another process (a policy agent?): "
+                "the cluster's NetworkPolicy agent needs it"
+            )
 
     def _clean_up_after_a_killed_cluster(self) -> None:
         recorded = _read(MACHINE_RECORD)
@@ -254,16 +276,25 @@ class LocalCluster:
         other = LocalCluster(Path(record["state_dir"]))
         other.state = ClusterState.from_json(json.dumps(record["state"]))
         if other.running():
-            raise ClusterError(f"a cluster already runs from {other.state_dir}: "
-                               f"`./dev cluster --state-dir {other.state_dir} down` first")
+            raise ClusterError(
+                f"a cluster already runs from {other.state_dir}: "
+                f"`./dev cluster --state-dir {other.state_dir} down` first"
+            )
         _say(f"restoring the host after a cluster that was not stopped ({other.state_dir})")
         other.down(quiet=True)
         MACHINE_RECORD.unlink(missing_ok=True)
         if other.state_dir == self.state_dir:
             self.state = other.state
 
-    def up(self, archives: Sequence[Path], *, pause_image: str, dns_image: str, timeout: float = 240,
-           network_policies: bool = True) -> None:
+    def up(
+        self,
+        archives: Sequence[Path],
+        *,
+        pause_image: str,
+        dns_image: str,
+        timeout: float = 240,
+        network_policies: bool = True,
+    ) -> None:
         """Start everything and load ``archives`` (image tarballs, among them the sandbox image
         ``pause_image`` and CoreDNS ``dns_image``); on any failure stop what was started and restore
         the host, then raise.  ``network_policies``: run the agent that enforces them."""
@@ -321,10 +352,18 @@ class LocalCluster:
         p = self.pki_dir
         pki.make_ca(p)
         pki.make_server_cert(
-            p, "apiserver", "kube-apiserver",
-            dns=["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                 f"kubernetes.default.svc.{CLUSTER_DOMAIN}"],
-            ips=[LOOPBACK, API_SERVICE_IP, GATEWAY])
+            p,
+            "apiserver",
+            "kube-apiserver",
+            dns=[
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                f"kubernetes.default.svc.{CLUSTER_DOMAIN}",
+            ],
+            ips=[LOOPBACK, API_SERVICE_IP, GATEWAY],
+        )
         for identity in (
             pki.Identity("admin", "pynomaly-admin", "system:masters"),
             pki.Identity("controller-manager", "system:kube-controller-manager"),
@@ -342,20 +381,33 @@ class LocalCluster:
 
     def _spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> ProcessRecord:
         # The daemons' usual umask: under 077 containerd unpacks image roots a non-root container cannot enter.
-        _proc, record = spawn(name, [str(a) for a in argv], self.logs / f"{name}.log", env=env,
-                              die_with_parent=self.die_with_parent, umask=HOST_DAEMON_UMASK)
+        _proc, record = spawn(
+            name,
+            [str(a) for a in argv],
+            self.logs / f"{name}.log",
+            env=env,
+            die_with_parent=self.die_with_parent,
+            umask=HOST_DAEMON_UMASK,
+        )
         self.state.processes.append(record)
         self._save_state()
         return record
 
-    def _wait(self, what: str, check: Callable[[], str | None], timeout: float, record: ProcessRecord | None = None,
-              interval: float = 0.3) -> None:
+    def _wait(
+        self,
+        what: str,
+        check: Callable[[], str | None],
+        timeout: float,
+        record: ProcessRecord | None = None,
+        interval: float = 0.3,
+    ) -> None:
         deadline = time.monotonic() + timeout
         last = "no answer yet"
         while time.monotonic() < deadline:
             if record is not None and not record.alive():
-                raise ClusterError(f"{record.name} exited at start: {log_tail(record.log, 5).strip()[-600:]} "
-                                   f"(log: {record.log})")
+                raise ClusterError(
+                    f"{record.name} exited at start: {log_tail(record.log, 5).strip()[-600:]} (log: {record.log})"
+                )
             reason = check()
             if reason is None:
                 return
@@ -367,69 +419,117 @@ class LocalCluster:
         ports = {name: free_port() for name in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler")}
         self.state.ports.update(ports)
         p, data = self.pki_dir, self.state_dir / "data"
-        etcd = self._spawn("etcd", [
-            self.bins["etcd"], "--name", "local", "--data-dir", data / "etcd",
-            "--listen-client-urls", f"http://{LOOPBACK}:{ports['etcd']}",
-            "--advertise-client-urls", f"http://{LOOPBACK}:{ports['etcd']}",
-            "--listen-peer-urls", f"http://{LOOPBACK}:{ports['etcd-peer']}",
-            "--initial-advertise-peer-urls", f"http://{LOOPBACK}:{ports['etcd-peer']}",
-            "--initial-cluster", f"local=http://{LOOPBACK}:{ports['etcd-peer']}",
-            "--listen-metrics-urls", "", "--log-level", "warn", "--quota-backend-bytes", str(2 << 30),
-        ])
+        etcd = self._spawn(
+            "etcd",
+            [
+                self.bins["etcd"],
+                "--name",
+                "local",
+                "--data-dir",
+                data / "etcd",
+                "--listen-client-urls",
+                f"http://{LOOPBACK}:{ports['etcd']}",
+                "--advertise-client-urls",
+                f"http://{LOOPBACK}:{ports['etcd']}",
+                "--listen-peer-urls",
+                f"http://{LOOPBACK}:{ports['etcd-peer']}",
+                "--initial-advertise-peer-urls",
+                f"http://{LOOPBACK}:{ports['etcd-peer']}",
+                "--initial-cluster",
+                f"local=http://{LOOPBACK}:{ports['etcd-peer']}",
+                "--listen-metrics-urls",
+                "",
+                "--log-level",
+                "warn",
+                "--quota-backend-bytes",
+                str(2 << 30),
+            ],
+        )
         server = f"https://{LOOPBACK}:{ports['apiserver']}"
         for name in ("admin", "controller-manager", "scheduler", "kubelet", "kube-proxy", "network-policies"):
             pki.kubeconfig(p, name, server, self.state_dir / f"{name}.kubeconfig")
         shutil.copy2(self.state_dir / "admin.kubeconfig", self.kubeconfig)
-        apiserver = self._spawn("kube-apiserver", [
-            self.bins["kube-apiserver"],
-            f"--etcd-servers=http://{LOOPBACK}:{ports['etcd']}",
-            f"--bind-address={LOOPBACK}", f"--secure-port={ports['apiserver']}",
-            # Published as the `kubernetes` Service's endpoint; the forwarder on the bridge serves it to pods.
-            f"--advertise-address={GATEWAY}",
-            f"--tls-cert-file={p / 'apiserver.crt'}", f"--tls-private-key-file={p / 'apiserver.key'}",
-            f"--client-ca-file={p / 'ca.crt'}",
-            f"--service-account-key-file={p / 'sa.pub'}", f"--service-account-signing-key-file={p / 'sa.key'}",
-            f"--service-account-issuer=https://kubernetes.default.svc.{CLUSTER_DOMAIN}",
-            "--authorization-mode=Node,RBAC",
-            "--enable-admission-plugins=NodeRestriction",  # PodSecurity is on by default
-            "--allow-privileged=false",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
-            f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
-            "--kubelet-preferred-address-types=InternalIP,Hostname",
-            "--profiling=false", "--anonymous-auth=false",
-            # The aggregation layer; routing to the endpoint (pod IP, reachable from the host over the bridge)
-            # rather than the Service IP, which the host reaches only through kube-proxy's rules.
-            f"--requestheader-client-ca-file={p / 'front-proxy-ca.crt'}",
-            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
-            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
-            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-            f"--proxy-client-cert-file={p / 'front-proxy-client.crt'}",
-            f"--proxy-client-key-file={p / 'front-proxy-client.key'}",
-            "--enable-aggregator-routing=true",
-        ])
+        apiserver = self._spawn(
+            "kube-apiserver",
+            [
+                self.bins["kube-apiserver"],
+                f"--etcd-servers=http://{LOOPBACK}:{ports['etcd']}",
+                f"--bind-address={LOOPBACK}",
+                f"--secure-port={ports['apiserver']}",
+                # Published as the `kubernetes` Service's endpoint; the forwarder on the bridge serves it to pods.
+                f"--advertise-address={GATEWAY}",
+                f"--tls-cert-file={p / 'apiserver.crt'}",
+                f"--tls-private-key-file={p / 'apiserver.key'}",
+                f"--client-ca-file={p / 'ca.crt'}",
+                f"--service-account-key-file={p / 'sa.pub'}",
+                f"--service-account-signing-key-file={p / 'sa.key'}",
+                f"--service-account-issuer=https://kubernetes.default.svc.{CLUSTER_DOMAIN}",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",  # PodSecurity is on by default
+                "--allow-privileged=false",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+                "--profiling=false",
+                "--anonymous-auth=false",
+                # The aggregation layer; routing to the endpoint (pod IP, reachable from the host over the bridge)
+                # rather than the Service IP, which the host reaches only through kube-proxy's rules.
+                f"--requestheader-client-ca-file={p / 'front-proxy-ca.crt'}",
+                f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={p / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={p / 'front-proxy-client.key'}",
+                "--enable-aggregator-routing=true",
+            ],
+        )
         self._wait("etcd", lambda: None if _tcp_open(ports["etcd"]) else "not listening", 30, etcd)
         self._wait("kube-apiserver", self._readyz, timeout, apiserver)
-        self._spawn("api-forwarder", [
-            "socat", f"TCP-LISTEN:{ports['apiserver']},bind={GATEWAY},reuseaddr,fork",
-            f"TCP:{LOOPBACK}:{ports['apiserver']}"])
-        self._spawn("kube-controller-manager", [
-            self.bins["kube-controller-manager"], *self._controller_args("controller-manager", ports["kcm"]),
-            f"--service-account-private-key-file={p / 'sa.key'}", f"--root-ca-file={p / 'ca.crt'}",
-            f"--cluster-signing-cert-file={p / 'ca.crt'}", f"--cluster-signing-key-file={p / 'ca.key'}",
-            "--use-service-account-credentials=true", f"--service-cluster-ip-range={SERVICE_CIDR}",
-        ])
-        self._spawn("kube-scheduler", [
-            self.bins["kube-scheduler"], *self._controller_args("scheduler", ports["scheduler"]),
-        ])
+        self._spawn(
+            "api-forwarder",
+            [
+                "socat",
+                f"TCP-LISTEN:{ports['apiserver']},bind={GATEWAY},reuseaddr,fork",
+                f"TCP:{LOOPBACK}:{ports['apiserver']}",
+            ],
+        )
+        self._spawn(
+            "kube-controller-manager",
+            [
+                self.bins["kube-controller-manager"],
+                *self._controller_args("controller-manager", ports["kcm"]),
+                f"--service-account-private-key-file={p / 'sa.key'}",
+                f"--root-ca-file={p / 'ca.crt'}",
+                f"--cluster-signing-cert-file={p / 'ca.crt'}",
+                f"--cluster-signing-key-file={p / 'ca.key'}",
+                "--use-service-account-credentials=true",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+            ],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                self.bins["kube-scheduler"],
+                *self._controller_args("scheduler", ports["scheduler"]),
+            ],
+        )
 
     def _controller_args(self, identity: str, port: int) -> list[str]:
         """What the controller-manager and the scheduler share: their kubeconfig for everything, a
         loopback port, their own serving certificates, a single instance (no leader election)."""
         conf = self.state_dir / f"{identity}.kubeconfig"
-        return [f"--kubeconfig={conf}", f"--authentication-kubeconfig={conf}", f"--authorization-kubeconfig={conf}",
-                f"--bind-address={LOOPBACK}", f"--secure-port={port}",
-                f"--cert-dir={self.state_dir / 'data' / identity}", "--leader-elect=false", "--profiling=false"]
+        return [
+            f"--kubeconfig={conf}",
+            f"--authentication-kubeconfig={conf}",
+            f"--authorization-kubeconfig={conf}",
+            f"--bind-address={LOOPBACK}",
+            f"--secure-port={port}",
+            f"--cert-dir={self.state_dir / 'data' / identity}",
+            "--leader-elect=false",
+            "--profiling=false",
+        ]
 
     def _readyz(self) -> str | None:
         result = self.kubectl("get", "--raw", "/readyz", check=False, timeout=10)
@@ -438,23 +538,45 @@ class LocalCluster:
     def _containerd(self, archives: Sequence[Path]) -> None:
         net_dir = self.run_dir / "net.d"
         net_dir.mkdir(parents=True, exist_ok=True)
-        (net_dir / "10-pynomaly.conflist").write_text(json.dumps({
-            "cniVersion": "0.4.0",
-            "name": "pynomaly-local",
-            "plugins": [{
-                "type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False, "hairpinMode": True,
-                "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR, "gateway": GATEWAY}]],
-                         "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(self.run_dir / "ipam")},
-            }],
-        }, indent=2))
+        (net_dir / "10-pynomaly.conflist").write_text(
+            json.dumps(
+                {
+                    "cniVersion": "0.4.0",
+                    "name": "pynomaly-local",
+                    "plugins": [
+                        {
+                            "type": "bridge",
+                            "bridge": BRIDGE,
+                            "isGateway": True,
+                            "ipMasq": False,
+                            "hairpinMode": True,
+                            "ipam": {
+                                "type": "host-local",
+                                "ranges": [[{"subnet": POD_CIDR, "gateway": GATEWAY}]],
+                                "routes": [{"dst": "0.0.0.0/0"}],
+                                "dataDir": str(self.run_dir / "ipam"),
+                            },
+                        }
+                    ],
+                },
+                indent=2,
+            )
+        )
         self.containerd_root.mkdir(parents=True, exist_ok=True)
         config = self.run_dir / "containerd.toml"
-        config.write_text(_containerd_config(self.containerd_root, self.run_dir / "containerd-state",
-                                             self.containerd_sock, net_dir, self.pause_image))
+        config.write_text(
+            _containerd_config(
+                self.containerd_root, self.run_dir / "containerd-state", self.containerd_sock, net_dir, self.pause_image
+            )
+        )
         env = dict(os.environ, HTTP_PROXY=NOWHERE_PROXY, HTTPS_PROXY=NOWHERE_PROXY, NO_PROXY="")
         record = self._spawn("containerd", ["containerd", "--config", config], env=env)
-        self._wait("containerd", lambda: None if self.ctr("version", check=False, timeout=10).returncode == 0
-                   else "socket not answering", 30, record)
+        self._wait(
+            "containerd",
+            lambda: None if self.ctr("version", check=False, timeout=10).returncode == 0 else "socket not answering",
+            30,
+            record,
+        )
         self._remove_containers()
         self.load_images(archives)
 
@@ -477,56 +599,88 @@ class LocalCluster:
         self.state.ports.update(ports)
         kubelet_dir = self.state_dir / "kubelet"
         config = self.run_dir / "kubelet.yaml"
-        config.write_text(yaml.safe_dump({
-            "apiVersion": "kubelet.config.k8s.io/v1beta1",
-            "kind": "KubeletConfiguration",
-            "address": LOOPBACK, "port": ports["kubelet"], "readOnlyPort": 0,
-            "healthzBindAddress": LOOPBACK, "healthzPort": ports["kubelet-healthz"],
-            "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
-                               "x509": {"clientCAFile": str(self.pki_dir / "ca.crt")}},
-            "authorization": {"mode": "Webhook"},
-            "cgroupDriver": "cgroupfs",
-            "failCgroupV1": False,
-            "failSwapOn": False,
-            "containerRuntimeEndpoint": f"unix://{self.containerd_sock}",
-            "podLogsDir": str(self.state_dir / "data" / "pod-logs"),
-            "clusterDomain": CLUSTER_DOMAIN,
-            "clusterDNS": [DNS_SERVICE_IP],
-            "resolvConf": "/etc/resolv.conf",
-            "serializeImagePulls": True,
-            # Loaded images are never garbage-collected: they cannot be pulled again.
-            "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
-            "registerNode": True,
-            "staticPodPath": "",
-            "shutdownGracePeriod": "0s",
-        }, sort_keys=False))
-        kubelet = self._spawn("kubelet", [
-            self.bins["kubelet"], f"--config={config}",
-            f"--kubeconfig={self.state_dir / 'kubelet.kubeconfig'}",
-            f"--hostname-override={NODE_NAME}", "--node-labels=pynomaly.io/local-node=real",
-            f"--root-dir={kubelet_dir}", f"--cert-dir={kubelet_dir / 'pki'}",
-        ])
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kubelet.config.k8s.io/v1beta1",
+                    "kind": "KubeletConfiguration",
+                    "address": LOOPBACK,
+                    "port": ports["kubelet"],
+                    "readOnlyPort": 0,
+                    "healthzBindAddress": LOOPBACK,
+                    "healthzPort": ports["kubelet-healthz"],
+                    "authentication": {
+                        "anonymous": {"enabled": False},
+                        "webhook": {"enabled": True},
+                        "x509": {"clientCAFile": str(self.pki_dir / "ca.crt")},
+                    },
+                    "authorization": {"mode": "Webhook"},
+                    "cgroupDriver": "cgroupfs",
+                    "failCgroupV1": False,
+                    "failSwapOn": False,
+                    "containerRuntimeEndpoint": f"unix://{self.containerd_sock}",
+                    "podLogsDir": str(self.state_dir / "data" / "pod-logs"),
+                    "clusterDomain": CLUSTER_DOMAIN,
+                    "clusterDNS": [DNS_SERVICE_IP],
+                    "resolvConf": "/etc/resolv.conf",
+                    "serializeImagePulls": True,
+                    # Loaded images are never garbage-collected: they cannot be pulled again.
+                    "imageGCHighThresholdPercent": 100,
+                    "imageGCLowThresholdPercent": 99,
+                    "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+                    "registerNode": True,
+                    "staticPodPath": "",
+                    "shutdownGracePeriod": "0s",
+                },
+                sort_keys=False,
+            )
+        )
+        kubelet = self._spawn(
+            "kubelet",
+            [
+                self.bins["kubelet"],
+                f"--config={config}",
+                f"--kubeconfig={self.state_dir / 'kubelet.kubeconfig'}",
+                f"--hostname-override={NODE_NAME}",
+                "--node-labels=pynomaly.io/local-node=real",
+                f"--root-dir={kubelet_dir}",
+                f"--cert-dir={kubelet_dir / 'pki'}",
+            ],
+        )
         self._wait("node", self._node_ready, timeout, kubelet, interval=1.0)
-        self._spawn("kube-proxy", [
-            self.bins["kube-proxy"], f"--kubeconfig={self.state_dir / 'kube-proxy.kubeconfig'}",
-            f"--hostname-override={NODE_NAME}", f"--cluster-cidr={POD_CIDR}", "--proxy-mode=iptables",
-            f"--healthz-bind-address={LOOPBACK}:{ports['proxy-healthz']}",
-            f"--metrics-bind-address={LOOPBACK}:{ports['proxy-metrics']}",
-            # NodePorts only on the bridge's own address; conntrack sysctls left as they are.
-            f"--nodeport-addresses={GATEWAY}/32", "--conntrack-max-per-core=0",
-            "--conntrack-tcp-timeout-established=0", "--conntrack-tcp-timeout-close-wait=0",
-        ])
+        self._spawn(
+            "kube-proxy",
+            [
+                self.bins["kube-proxy"],
+                f"--kubeconfig={self.state_dir / 'kube-proxy.kubeconfig'}",
+                f"--hostname-override={NODE_NAME}",
+                f"--cluster-cidr={POD_CIDR}",
+                "--proxy-mode=iptables",
+                f"--healthz-bind-address={LOOPBACK}:{ports['proxy-healthz']}",
+                f"--metrics-bind-address={LOOPBACK}:{ports['proxy-metrics']}",
+                # NodePorts only on the bridge's own address; conntrack sysctls left as they are.
+                f"--nodeport-addresses={GATEWAY}/32",
+                "--conntrack-max-per-core=0",
+                "--conntrack-tcp-timeout-established=0",
+                "--conntrack-tcp-timeout-close-wait=0",
+            ],
+        )
 
     def _network_policy_agent(self, timeout: float) -> None:
         """kube-network-policies on the host, before any pod but CoreDNS: policies hold from the first app pod."""
         self.apply(manifests.network_policy_agent_rbac(NETPOL_USER))
         self.state.nft_table = NETPOL_TABLE  # recorded first: a crash after it made the table still cleans up
         self._save_state()
-        record = self._spawn("kube-network-policies", [
-            self.bins["kube-network-policies"], f"--kubeconfig={self.state_dir / 'network-policies.kubeconfig'}",
-            f"--hostname-override={NODE_NAME}", f"--nfqueue-id={NETPOL_QUEUE}", f"--nftables-table={NETPOL_TABLE}",
-        ])
+        record = self._spawn(
+            "kube-network-policies",
+            [
+                self.bins["kube-network-policies"],
+                f"--kubeconfig={self.state_dir / 'network-policies.kubeconfig'}",
+                f"--hostname-override={NODE_NAME}",
+                f"--nfqueue-id={NETPOL_QUEUE}",
+                f"--nftables-table={NETPOL_TABLE}",
+            ],
+        )
 
         def ready() -> str | None:
             if _run(["nft", "list", "table", "inet", NETPOL_TABLE], check=False, timeout=10).returncode != 0:
@@ -536,8 +690,15 @@ class LocalCluster:
         self._wait("the NetworkPolicy agent", ready, min(timeout, 60), record)
 
     def _node_ready(self) -> str | None:
-        result = self.kubectl("get", "node", NODE_NAME, "-o",
-                              "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False, timeout=10)
+        result = self.kubectl(
+            "get",
+            "node",
+            NODE_NAME,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+            check=False,
+            timeout=10,
+        )
         return None if result.stdout.strip() == "True" else f"node Ready={result.stdout.strip() or 'absent'}"
 
     def _addons(self, timeout: float) -> None:
@@ -550,8 +711,15 @@ class LocalCluster:
         for crd in toolchain.crd_files():
             self.kubectl("apply", "--server-side", "-f", str(crd))
         self.apply(manifests.coredns(self.dns_image, DNS_SERVICE_IP, CLUSTER_DOMAIN))
-        self.kubectl("-n", manifests.DNS_NAMESPACE, "rollout", "status", "deployment/coredns",
-                     f"--timeout={int(timeout)}s", timeout=timeout + 10)
+        self.kubectl(
+            "-n",
+            manifests.DNS_NAMESPACE,
+            "rollout",
+            "status",
+            "deployment/coredns",
+            f"--timeout={int(timeout)}s",
+            timeout=timeout + 10,
+        )
         self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
 
     # -- fake nodes (kwok) ------------------------------------------------------------------------
@@ -561,20 +729,27 @@ class LocalCluster:
         this machine.  Each gets local volumes of its own (never mounted)."""
         if not any(p.name == "kwok" and p.alive() for p in self.state.processes):
             kwok = toolchain.ensure("kwok")
-            self._spawn("kwok", [
-                kwok, f"--kubeconfig={self.kubeconfig}",
-                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                "--node-lease-duration-seconds=40", f"--server-address={LOOPBACK}:{free_port()}",
-                *(f"--config={stage}" for stage in toolchain.kwok_stage_files()),
-            ])
+            self._spawn(
+                "kwok",
+                [
+                    kwok,
+                    f"--kubeconfig={self.kubeconfig}",
+                    "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                    "--node-lease-duration-seconds=40",
+                    f"--server-address={LOOPBACK}:{free_port()}",
+                    *(f"--config={stage}" for stage in toolchain.kwok_stage_files()),
+                ],
+            )
         names = [f"fake-{zone}-{i}" for zone in zones for i in range(per_zone)]
         objects: list[dict[str, Any]] = []
         for name in names:
             zone = name.removeprefix("fake-").rsplit("-", 1)[0]
             objects.append(manifests.fake_node(name, zone))
             # Never mounted: kwok runs nothing.
-            objects += [manifests.local_volume(f"{name}-vol-{i}", name, f"/nonexistent/{name}/{i}", fake=True)
-                        for i in range(LOCAL_VOLUMES_PER_NODE)]
+            objects += [
+                manifests.local_volume(f"{name}-vol-{i}", name, f"/nonexistent/{name}/{i}", fake=True)
+                for i in range(LOCAL_VOLUMES_PER_NODE)
+            ]
         self.apply(objects, server_side=False)
         self.state.fake_nodes = sorted({*self.state.fake_nodes, *names})
         self._save_state()
@@ -591,11 +766,20 @@ class LocalCluster:
     def remove_fake_nodes(self) -> None:
         for name in self.state.fake_nodes:
             # Pods still bound to a fake node would stay Terminating once kwok no longer answers for it.
-            self.kubectl("delete", "pods", "--all-namespaces", f"--field-selector=spec.nodeName={name}",
-                         "--grace-period=0", "--force", "--ignore-not-found", check=False)
+            self.kubectl(
+                "delete",
+                "pods",
+                "--all-namespaces",
+                f"--field-selector=spec.nodeName={name}",
+                "--grace-period=0",
+                "--force",
+                "--ignore-not-found",
+                check=False,
+            )
             self.kubectl("delete", "node", name, "--ignore-not-found", "--wait=false", check=False)
-        self.kubectl("delete", "pv", "-l", "pynomaly.io/local-volume=fake", "--ignore-not-found", "--wait=false",
-                     check=False)
+        self.kubectl(
+            "delete", "pv", "-l", "pynomaly.io/local-volume=fake", "--ignore-not-found", "--wait=false", check=False
+        )
         self.state.fake_nodes = []
         self._save_state()
 
@@ -615,8 +799,15 @@ class LocalCluster:
                         shutil.rmtree(child, ignore_errors=True)
                     else:
                         child.unlink(missing_ok=True)
-            self.kubectl("patch", "pv", pv["metadata"]["name"], "--type=json",
-                         "-p", '[{"op": "remove", "path": "/spec/claimRef"}]', check=False)
+            self.kubectl(
+                "patch",
+                "pv",
+                pv["metadata"]["name"],
+                "--type=json",
+                "-p",
+                '[{"op": "remove", "path": "/spec/claimRef"}]',
+                check=False,
+            )
 
     @contextlib.contextmanager
     def announced_load_balancers(self, namespace: str, address: str = LB_ADDRESS) -> Iterator[None]:
@@ -637,8 +828,19 @@ class LocalCluster:
                             continue
                         if item.get("status", {}).get("loadBalancer", {}).get("ingress"):
                             continue
-                        self.kubectl("-n", namespace, "patch", kind, item["metadata"]["name"],
-                                     "--subresource=status", "--type=merge", "-p", patch, check=False, timeout=20)
+                        self.kubectl(
+                            "-n",
+                            namespace,
+                            "patch",
+                            kind,
+                            item["metadata"]["name"],
+                            "--subresource=status",
+                            "--type=merge",
+                            "-p",
+                            patch,
+                            check=False,
+                            timeout=20,
+                        )
 
         thread = threading.Thread(target=announce, name="lb-announcer", daemon=True)
         thread.start()
@@ -686,8 +888,9 @@ class LocalCluster:
 
     def _drain_pods(self) -> None:
         # The kubelet stops each pod properly (sandbox, CNI teardown, volumes) when its object goes away.
-        self.kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=2", "--wait=false",
-                     check=False, timeout=30)
+        self.kubectl(
+            "delete", "pods", "--all", "--all-namespaces", "--grace-period=2", "--wait=false", check=False, timeout=30
+        )
         deadline = time.monotonic() + 45
         while time.monotonic() < deadline:
             if not self.ctr("tasks", "ls", "-q", check=False, timeout=10).stdout.split():
@@ -749,38 +952,40 @@ def _queue_bound(queue: int) -> bool:
 
 def _containerd_config(root: Path, state: Path, sock: Path, net_dir: Path, pause_image: str) -> str:
     cri = 'plugins."io.containerd.grpc.v1.cri"'
-    return "\n".join([
-        "version = 2",
-        f'root = "{root}"',
-        f'state = "{state}"',
-        "[grpc]",
-        f'  address = "{sock}"',
-        "[ttrpc]",
-        f'  address = "{sock}.ttrpc"',
-        "[debug]",
-        '  level = "warn"',
-        "[metrics]",
-        '  address = ""',
-        f"[{cri}]",
-        f'  sandbox_image = "{pause_image}"',
-        # This machine lacks CAP_SYS_RESOURCE: runc must not raise a container's oom_score_adj.
-        "  restrict_oom_score_adj = true",
-        '  stream_server_address = "127.0.0.1"',
-        '  stream_server_port = "0"',
-        "  enable_selinux = false",
-        f"[{cri}.containerd]",
-        '  snapshotter = "overlayfs"',
-        '  default_runtime_name = "runc"',
-        f"[{cri}.containerd.runtimes.runc]",
-        '  runtime_type = "io.containerd.runc.v2"',
-        f"[{cri}.containerd.runtimes.runc.options]",
-        "  SystemdCgroup = false",
-        f"[{cri}.cni]",
-        f'  bin_dir = "{CNI_BIN_DIR}"',
-        f'  conf_dir = "{net_dir}"',
-        'plugins."io.containerd.internal.v1.opt".path = "' + str(state / "opt") + '"',
-        "",
-    ])
+    return "\n".join(
+        [
+            "version = 2",
+            f'root = "{root}"',
+            f'state = "{state}"',
+            "[grpc]",
+            f'  address = "{sock}"',
+            "[ttrpc]",
+            f'  address = "{sock}.ttrpc"',
+            "[debug]",
+            '  level = "warn"',
+            "[metrics]",
+            '  address = ""',
+            f"[{cri}]",
+            f'  sandbox_image = "{pause_image}"',
+            # This machine lacks CAP_SYS_RESOURCE: runc must not raise a container's oom_score_adj.
+            "  restrict_oom_score_adj = true",
+            '  stream_server_address = "127.0.0.1"',
+            '  stream_server_port = "0"',
+            "  enable_selinux = false",
+            f"[{cri}.containerd]",
+            '  snapshotter = "overlayfs"',
+            '  default_runtime_name = "runc"',
+            f"[{cri}.containerd.runtimes.runc]",
+            '  runtime_type = "io.containerd.runc.v2"',
+            f"[{cri}.containerd.runtimes.runc.options]",
+            "  SystemdCgroup = false",
+            f"[{cri}.cni]",
+            f'  bin_dir = "{CNI_BIN_DIR}"',
+            f'  conf_dir = "{net_dir}"',
+            'plugins."io.containerd.internal.v1.opt".path = "' + str(state / "opt") + '"',
+            "",
+        ]
+    )
 
 
 IPTABLES = ("iptables", "ip6tables")
@@ -793,8 +998,7 @@ def _kube_chains() -> set[str]:
     for tool in IPTABLES:
         for table in IPTABLES_TABLES:
             out = _run([tool, "-w", "-t", table, "-S"], check=False).stdout
-            found |= {f"{tool}/{table}/{line.split()[1]}" for line in out.splitlines()
-                      if line.startswith("-N KUBE-")}
+            found |= {f"{tool}/{table}/{line.split()[1]}" for line in out.splitlines() if line.startswith("-N KUBE-")}
     return found
 
 

@@ -39,7 +39,8 @@ def coredns(image: str, cluster_ip: str, domain: str) -> list[dict[str, Any]]:
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
         {
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
             "metadata": {"name": "pynomaly-local:coredns"},
             "rules": [
                 {"apiGroups": [""], "resources": ["services", "pods", "namespaces"], "verbs": ["list", "watch"]},
@@ -47,15 +48,21 @@ def coredns(image: str, cluster_ip: str, domain: str) -> list[dict[str, Any]]:
             ],
         },
         {
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
             "metadata": {"name": "pynomaly-local:coredns"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                        "name": "pynomaly-local:coredns"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "pynomaly-local:coredns",
+            },
             "subjects": [{"kind": "ServiceAccount", "name": "coredns", "namespace": DNS_NAMESPACE}],
         },
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"Corefile": corefile(domain)}},
         {
-            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {**meta, "labels": labels},
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {**meta, "labels": labels},
             "spec": {
                 "replicas": 1,
                 "selector": {"matchLabels": labels},
@@ -68,39 +75,57 @@ def coredns(image: str, cluster_ip: str, domain: str) -> list[dict[str, Any]]:
                         # It must run on the real node, never on a kwok fake one.
                         "nodeSelector": {"pynomaly.io/local-node": "real"},
                         "tolerations": [{"operator": "Exists"}],
-                        "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
-                                            "seccompProfile": {"type": "RuntimeDefault"},
-                                            "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start",
-                                                         "value": str(DNS_PORT)}]},
-                        "containers": [{
-                            "name": "coredns",
-                            "image": image,
-                            "imagePullPolicy": "Never",
-                            "args": ["-conf", "/etc/coredns/Corefile"],
-                            "ports": [{"name": "dns", "containerPort": DNS_PORT, "protocol": "UDP"},
-                                      {"name": "dns-tcp", "containerPort": DNS_PORT, "protocol": "TCP"}],
-                            "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 2},
-                            "livenessProbe": {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 10,
-                                              "failureThreshold": 5},
-                            "resources": {"requests": {"cpu": "20m", "memory": "32Mi"},
-                                          "limits": {"memory": "128Mi"}},
-                            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                                "capabilities": {"drop": ["ALL"]}},
-                            "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns", "readOnly": True}],
-                        }],
+                        "securityContext": {
+                            "runAsNonRoot": True,
+                            "runAsUser": 65532,
+                            "runAsGroup": 65532,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                            "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": str(DNS_PORT)}],
+                        },
+                        "containers": [
+                            {
+                                "name": "coredns",
+                                "image": image,
+                                "imagePullPolicy": "Never",
+                                "args": ["-conf", "/etc/coredns/Corefile"],
+                                "ports": [
+                                    {"name": "dns", "containerPort": DNS_PORT, "protocol": "UDP"},
+                                    {"name": "dns-tcp", "containerPort": DNS_PORT, "protocol": "TCP"},
+                                ],
+                                "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 2},
+                                "livenessProbe": {
+                                    "httpGet": {"path": "/health", "port": 8080},
+                                    "periodSeconds": 10,
+                                    "failureThreshold": 5,
+                                },
+                                "resources": {
+                                    "requests": {"cpu": "20m", "memory": "32Mi"},
+                                    "limits": {"memory": "128Mi"},
+                                },
+                                "securityContext": {
+                                    "allowPrivilegeEscalation": False,
+                                    "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]},
+                                },
+                                "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns", "readOnly": True}],
+                            }
+                        ],
                         "volumes": [{"name": "config", "configMap": {"name": "coredns"}}],
                     },
                 },
             },
         },
         {
-            "apiVersion": "v1", "kind": "Service",
+            "apiVersion": "v1",
+            "kind": "Service",
             "metadata": {"name": "kube-dns", "namespace": DNS_NAMESPACE, "labels": labels},
             "spec": {
                 "selector": labels,
                 "clusterIP": cluster_ip,
-                "ports": [{"name": "dns", "port": 53, "targetPort": DNS_PORT, "protocol": "UDP"},
-                          {"name": "dns-tcp", "port": 53, "targetPort": DNS_PORT, "protocol": "TCP"}],
+                "ports": [
+                    {"name": "dns", "port": 53, "targetPort": DNS_PORT, "protocol": "UDP"},
+                    {"name": "dns-tcp", "port": 53, "targetPort": DNS_PORT, "protocol": "TCP"},
+                ],
             },
         },
     ]
@@ -109,9 +134,9 @@ def coredns(image: str, cluster_ip: str, domain: str) -> list[dict[str, Any]]:
 def storage_class() -> dict[str, Any]:
     # Pre-made local volumes, bound when a pod is scheduled (so the volume's node and the pod's agree).
     return {
-        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-        "metadata": {"name": STORAGE_CLASS,
-                     "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": STORAGE_CLASS, "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
         "provisioner": "kubernetes.io/no-provisioner",
         "volumeBindingMode": "WaitForFirstConsumer",
         "reclaimPolicy": "Retain",
@@ -120,7 +145,8 @@ def storage_class() -> dict[str, Any]:
 
 def local_volume(name: str, node: str, path: str, size: str = "500Gi", fake: bool = False) -> dict[str, Any]:
     return {
-        "apiVersion": "v1", "kind": "PersistentVolume",
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
         "metadata": {"name": name, "labels": {"pynomaly.io/local-volume": "fake" if fake else "real"}},
         "spec": {
             "capacity": {"storage": size},
@@ -128,8 +154,13 @@ def local_volume(name: str, node: str, path: str, size: str = "500Gi", fake: boo
             "persistentVolumeReclaimPolicy": "Retain",
             "storageClassName": STORAGE_CLASS,
             "local": {"path": path},
-            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}},
+            "nodeAffinity": {
+                "required": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}
+                    ]
+                }
+            },
         },
     }
 
@@ -137,16 +168,25 @@ def local_volume(name: str, node: str, path: str, size: str = "500Gi", fake: boo
 def fake_node(name: str, zone: str, cpu: str = "8", memory: str = "32Gi") -> dict[str, Any]:
     """A node kwok keeps Ready; pods bound to it are marked Running without running anything."""
     return {
-        "apiVersion": "v1", "kind": "Node",
+        "apiVersion": "v1",
+        "kind": "Node",
         "metadata": {
             "name": name,
             "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-                       "kubernetes.io/role": "agent", "type": "kwok", "pynomaly.io/local-node": "fake",
-                       "topology.kubernetes.io/zone": zone},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "kubernetes.io/role": "agent",
+                "type": "kwok",
+                "pynomaly.io/local-node": "fake",
+                "topology.kubernetes.io/zone": zone,
+            },
         },
-        "status": {"allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
-                   "capacity": {"cpu": cpu, "memory": memory, "pods": "110"}},
+        "status": {
+            "allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
+            "capacity": {"cpu": cpu, "memory": memory, "pods": "110"},
+        },
     }
 
 
@@ -155,16 +195,23 @@ def network_policy_agent_rbac(user: str) -> list[dict[str, Any]]:
     name = "pynomaly:network-policies"
     return [
         {
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name},
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": name},
             "rules": [
                 {"apiGroups": [""], "resources": ["pods", "namespaces", "nodes"], "verbs": ["get", "list", "watch"]},
-                {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
-                 "verbs": ["get", "list", "watch"]},
+                {
+                    "apiGroups": ["networking.k8s.io"],
+                    "resources": ["networkpolicies"],
+                    "verbs": ["get", "list", "watch"],
+                },
                 {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
             ],
         },
         {
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
         },

@@ -54,33 +54,73 @@ def make_signing_ca(pki: Path, name: str, cn: str) -> None:
     client certificates must not be trusted as ordinary users."""
     pki.mkdir(parents=True, exist_ok=True)
     _key(pki / f"{name}.key")
-    _openssl("req", "-x509", "-new", "-key", f"{name}.key", "-subj", f"/CN={cn}", "-days", DAYS,
-             "-out", f"{name}.crt", cwd=pki)
+    _openssl(
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        f"{name}.key",
+        "-subj",
+        f"/CN={cn}",
+        "-days",
+        DAYS,
+        "-out",
+        f"{name}.crt",
+        cwd=pki,
+    )
 
 
 def _sign(pki: Path, name: str, subject: str, extensions: str, ca: str = "ca") -> None:
     _key(pki / f"{name}.key")
     (pki / f"{name}.ext").write_text(extensions)
     _openssl("req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr", cwd=pki)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
-             "-days", DAYS, "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=pki)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.crt",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-days",
+        DAYS,
+        "-extfile",
+        f"{name}.ext",
+        "-out",
+        f"{name}.crt",
+        cwd=pki,
+    )
     (pki / f"{name}.csr").unlink()
     (pki / f"{name}.ext").unlink()
 
 
-def make_server_cert(pki: Path, name: str, cn: str, dns: list[str], ips: list[str], *, ca: str = "ca",
-                     client_auth: bool = False) -> None:
+def make_server_cert(
+    pki: Path, name: str, cn: str, dns: list[str], ips: list[str], *, ca: str = "ca", client_auth: bool = False
+) -> None:
     """``client_auth``: the same certificate also authenticates as a client (mutual TLS between peers)."""
     sans = ",".join([*(f"DNS:{d}" for d in dns), *(f"IP:{i}" for i in ips)])
     usage = "serverAuth,clientAuth" if client_auth else "serverAuth"
-    _sign(pki, name, f"/CN={cn}", "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
-          f"extendedKeyUsage={usage}\nsubjectAltName={sans}\n", ca)
+    _sign(
+        pki,
+        name,
+        f"/CN={cn}",
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+        f"extendedKeyUsage={usage}\nsubjectAltName={sans}\n",
+        ca,
+    )
 
 
 def make_client_cert(pki: Path, identity: Identity, ca: str = "ca") -> None:
     subject = f"/O={identity.org}/CN={identity.cn}" if identity.org else f"/CN={identity.cn}"
-    _sign(pki, identity.name, subject,
-          "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n", ca)
+    _sign(
+        pki,
+        identity.name,
+        subject,
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+        ca,
+    )
 
 
 def kubeconfig(pki: Path, identity: str, server: str, path: Path, cluster: str = "pynomaly-local") -> Path:
@@ -93,8 +133,12 @@ def kubeconfig(pki: Path, identity: str, server: str, path: Path, cluster: str =
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": cluster, "cluster": {"server": server, "certificate-authority-data": b64("ca.crt")}}],
-        "users": [{"name": identity, "user": {"client-certificate-data": b64(f"{identity}.crt"),
-                                             "client-key-data": b64(f"{identity}.key")}}],
+        "users": [
+            {
+                "name": identity,
+                "user": {"client-certificate-data": b64(f"{identity}.crt"), "client-key-data": b64(f"{identity}.key")},
+            }
+        ],
         "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": identity}}],
         "current-context": cluster,
     }

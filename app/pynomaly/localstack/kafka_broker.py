@@ -252,4 +252,3 @@ class KafkaBroker(ManagedServer):
             probe, timeout, 0.5, "Kafka", "Kafka did not accept clients", self.server_log,
             lambda: log_tail(self.server_log, 20) + "\n" + log_tail(self.log_dir / "kafka.out", 10),
         )  # fmt: skip
-

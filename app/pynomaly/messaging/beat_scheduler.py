@@ -20,8 +20,12 @@ from redis.exceptions import LockError
 log = logging.getLogger(__name__)
 
 # What a Redis outage looks like from here; anything else is a bug and still ends the process.
-REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError,
-                redis.exceptions.BusyLoadingError)
+REDIS_OUTAGE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.BusyLoadingError,
+)
 RETRY_SECONDS = 1.0
 
 
@@ -42,8 +46,9 @@ class OutageTolerantScheduler(RedBeatScheduler):  # type: ignore[misc]
             return self._retry_interval()
         except REDIS_OUTAGE as exc:
             if not self._outage:
-                log.warning("beat: Redis unavailable (%s: %s); retrying every %.0f s",
-                            type(exc).__name__, exc, RETRY_SECONDS)
+                log.warning(
+                    "beat: Redis unavailable (%s: %s); retrying every %.0f s", type(exc).__name__, exc, RETRY_SECONDS
+                )
             self._outage = True
             return self._retry_interval()
         if self._outage:

@@ -121,8 +121,9 @@ def _grow_partitions(admin: Any, specs: dict[str, dict[str, Any]], skip: set[str
         name = described["name"]
         have, want = len(described.get("partitions") or []), specs[name]["num_partitions"]
         if have < want:
-            log.warning("topic %s has %d partition(s), the topology declares %d: adding %d", name, have, want,
-                        want - have)
+            log.warning(
+                "topic %s has %d partition(s), the topology declares %d: adding %d", name, have, want, want - have
+            )
             grow[name] = NewPartitions(total_count=want)
         elif have > want:
             log.warning("topic %s has %d partitions, more than the %d declared; leaving it", name, have, want)

@@ -199,9 +199,10 @@ def fetch_dataset(
     headers = {"Accept": "text/csv, */*;q=0.5"}
     with httpx.Client(timeout=timeout, follow_redirects=False, transport=transport, trust_env=False) as client:
         try:
-            with checked_request(
-                client, "GET", url, policy, field="dataset_url", headers=headers, resolve=resolve
-            ) as (final, response):
+            with checked_request(client, "GET", url, policy, field="dataset_url", headers=headers, resolve=resolve) as (
+                final,
+                response,
+            ):
                 if response.is_redirect:
                     raise FetchFailed(f"{final}: redirect without a Location")
                 if response.status_code >= 400:

@@ -169,8 +169,12 @@ def _heartbeat_step(
                 deliveries.stop()
                 # The timer stops here, but a warm shutdown still runs the pool's tasks: keep vouching for
                 # them until the process exits (a SIGKILL ends the thread, and the key then expires).
-                threading.Thread(target=deliveries.keep_alive, args=(settings.heartbeat_interval,),
-                                 name="alive-until-exit", daemon=True).start()
+                threading.Thread(
+                    target=deliveries.keep_alive,
+                    args=(settings.heartbeat_interval,),
+                    name="alive-until-exit",
+                    daemon=True,
+                ).start()
 
     return HeartbeatStep
 

@@ -37,8 +37,9 @@ stop = threading.Event()
 
 
 def consume() -> None:
-    consumer = KafkaConsumer(topic, group_id=f"chaos-{uuid.uuid4().hex[:8]}", auto_offset_reset="earliest",
-                             enable_auto_commit=False, **conn)
+    consumer = KafkaConsumer(
+        topic, group_id=f"chaos-{uuid.uuid4().hex[:8]}", auto_offset_reset="earliest", enable_auto_commit=False, **conn
+    )
     try:
         while not stop.is_set():
             for records in consumer.poll(timeout_ms=500).values():
@@ -52,9 +53,17 @@ def consume() -> None:
 
 reader = threading.Thread(target=consume, daemon=True)
 reader.start()
-producer = KafkaProducer(acks="all", enable_idempotence=True, max_in_flight_requests_per_connection=1,
-                         retries=1_000_000, retry_backoff_ms=200, request_timeout_ms=15_000,
-                         delivery_timeout_ms=170_000, linger_ms=5, **conn)
+producer = KafkaProducer(
+    acks="all",
+    enable_idempotence=True,
+    max_in_flight_requests_per_connection=1,
+    retries=1_000_000,
+    retry_backoff_ms=200,
+    request_timeout_ms=15_000,
+    delivery_timeout_ms=170_000,
+    linger_ms=5,
+    **conn,
+)
 acked: list[float] = []
 errors: list[str] = []
 lock = threading.Lock()
@@ -108,9 +117,19 @@ for seqs in seen.values():
             known.add(s)
             first_seen.append(s)
     order_violations += sum(1 for a, b in itertools.pairwise(first_seen) if b < a)
-print(json.dumps({
-    "sent": count, "acked": len(acked), "errors": errors[:5], "error_count": len(errors),
-    "received_unique": len(unique), "duplicates": received - len(unique), "order_violations": order_violations,
-    "max_ack_gap_s": round(max_gap(acked), 2), "max_consume_gap_s": round(max_gap(consume_times), 2),
-    "produce_seconds": round(produced_in, 1),
-}))
+print(
+    json.dumps(
+        {
+            "sent": count,
+            "acked": len(acked),
+            "errors": errors[:5],
+            "error_count": len(errors),
+            "received_unique": len(unique),
+            "duplicates": received - len(unique),
+            "order_violations": order_violations,
+            "max_ack_gap_s": round(max_gap(acked), 2),
+            "max_consume_gap_s": round(max_gap(consume_times), 2),
+            "produce_seconds": round(produced_in, 1),
+        }
+    )
+)

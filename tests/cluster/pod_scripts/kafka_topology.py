@@ -16,15 +16,29 @@ try:
     cluster = admin.describe_cluster()
     topics = [t for t in admin.describe_topics() if not t["name"].startswith("__")]
     described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t["name"]) for t in topics])
-    configs = {name: int(entries["min.insync.replicas"]["value"])
-               for name, entries in described["topic"].items() if "min.insync.replicas" in entries}
-    print(json.dumps({
-        "brokers": sorted(b["broker_id"] for b in cluster["brokers"]),
-        "controller": cluster["controller_id"],
-        "cluster_id": cluster["cluster_id"],
-        "topics": {t["name"]: {"partitions": [{"leader": p["leader_id"], "replicas": len(p["replica_nodes"]),
-                                               "isr": len(p["isr_nodes"])} for p in t["partitions"]],
-                               "min_insync": configs.get(t["name"])} for t in topics},
-    }))
+    configs = {
+        name: int(entries["min.insync.replicas"]["value"])
+        for name, entries in described["topic"].items()
+        if "min.insync.replicas" in entries
+    }
+    print(
+        json.dumps(
+            {
+                "brokers": sorted(b["broker_id"] for b in cluster["brokers"]),
+                "controller": cluster["controller_id"],
+                "cluster_id": cluster["cluster_id"],
+                "topics": {
+                    t["name"]: {
+                        "partitions": [
+                            {"leader": p["leader_id"], "replicas": len(p["replica_nodes"]), "isr": len(p["isr_nodes"])}
+                            for p in t["partitions"]
+                        ],
+                        "min_insync": configs.get(t["name"]),
+                    }
+                    for t in topics
+                },
+            }
+        )
+    )
 finally:
     admin.close()

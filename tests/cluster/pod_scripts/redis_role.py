@@ -10,5 +10,12 @@ from pynomaly.config import load_settings
 
 client = redis.Redis.from_url(load_settings().redis_url, socket_timeout=10)
 replication = client.info("replication")
-print(json.dumps({"role": replication["role"], "run_id": client.info("server")["run_id"],
-                  "replicas": replication.get("connected_slaves", 0)}))
+print(
+    json.dumps(
+        {
+            "role": replication["role"],
+            "run_id": client.info("server")["run_id"],
+            "replicas": replication.get("connected_slaves", 0),
+        }
+    )
+)
