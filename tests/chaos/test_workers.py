@@ -8,6 +8,7 @@ the session's local system; it records its figure in the same results file.)
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -34,11 +35,19 @@ LOST = "Task handler raised error: WorkerLostError"
 
 
 def _held(chaos: Chaos, client: Any, pool: str, skip: set[str] | dict[str, str]) -> Delivery | None:
-    """A pipeline task the pool's worker holds (received, not finished), of a job not hit yet."""
+    """A pipeline task the pool's child is running: received by its worker, not finished, and its job
+    inside that step (begun, not done).  A task only received (not yet handed to the child) or already
+    done (its result on the way) would not be lost with the child: on a busy machine most looks found
+    those, and the kills then proved little."""
     owner = f"{pool}@"
     for tag, raw in client.hgetall(DELIVERIES).items():
         delivery = Delivery.from_json(tag, raw)
-        if delivery.owner.startswith(owner) and delivery.job_id and delivery.job_id not in skip:
+        if not (delivery.owner.startswith(owner) and delivery.job_id and delivery.job_id not in skip):
+            continue
+        doc = client.get(f"pynomaly:job:{delivery.job_id}")
+        job = json.loads(doc) if doc else {}
+        step = STEP_OF[pool]
+        if job.get("status") == "running" and job.get("current_step") == step and job.get("message") != f"{step} done":
             return delivery
     return None
 
