@@ -34,16 +34,20 @@ KILL_EVERY = 15  # kills due after submits 7, 22, ..., 142: the last 57 jobs are
 LOST = "Task handler raised error: WorkerLostError"
 
 
-def _held(chaos: Chaos, client: Any, pool: str, skip: set[str] | dict[str, str]) -> Delivery | None:
+def _held(
+    chaos: Chaos, client: Any, pool: str, skip: set[str] | dict[str, str], inside_step: bool = True
+) -> Delivery | None:
     """A pipeline task the pool's child is running: received by its worker, not finished, and its job
     inside that step (begun, not done).  A task only received (not yet handed to the child) or already
     done (its result on the way) would not be lost with the child: on a busy machine most looks found
-    those, and the kills then proved little."""
+    those, and the kills then proved little.  ``inside_step=False``: any task the worker holds."""
     owner = f"{pool}@"
     for tag, raw in client.hgetall(DELIVERIES).items():
         delivery = Delivery.from_json(tag, raw)
         if not (delivery.owner.startswith(owner) and delivery.job_id and delivery.job_id not in skip):
             continue
+        if not inside_step:
+            return delivery
         doc = client.get(f"pynomaly:job:{delivery.job_id}")
         job = json.loads(doc) if doc else {}
         step = STEP_OF[pool]
@@ -146,9 +150,17 @@ def test_sigterm_scale_down_with_jobs_queued_and_running_loses_none(
     chaos = healthy
     client = chaos.redis()
     ids = [chaos.submit(1000 + seed)[0] for seed in range(40)]
-    for pool in POOLS:
-        wait_for(lambda p=pool: _held(chaos, client, p, set()), 120, interval=0.05,
-                 what=f"the {pool} pool to run a job")  # fmt: skip
+    # Detection is the slow pool: once it runs a job, the processing pool has usually finished every
+    # preprocess step and sits idle.  More submits give it work again right before the signal.
+    wait_for(lambda: _held(chaos, client, "detection", set(), inside_step=False), 120, interval=0.05,
+             what="the detection pool to run a job")  # fmt: skip
+    # It keeps pace with one submit at a time: look after each one, and signal as soon as it holds a task.
+    for seed in range(200):
+        ids.append(chaos.submit(2000 + seed)[0])
+        if _held(chaos, client, "processing", set(), inside_step=False):
+            break
+    else:
+        raise AssertionError("the processing pool held no task during 200 more submits")
     old = {pool: chaos.component(f"worker-{pool}") for pool in POOLS}
     for running in old.values():
         os.kill(running.record.pid, signal.SIGTERM)
