@@ -8,11 +8,9 @@ again through the supervisor, and watches the job through the API and its Kafka 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +21,7 @@ from pynomaly.localstack.supervisor import Running
 from pynomaly.messaging.deliveries import DELIVERIES, Delivery
 from pynomaly.messaging.events import EventEnvelope
 from pynomaly.topology import T_JOB
-from tests.chaos.support import record_figures
+from tests.chaos.support import pool_children, record_figures
 from tests.e2e.support import read_topic, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -42,18 +40,6 @@ def _submit_slow(api: PynomalyClient) -> str:
 
 def _worker(local_system) -> Running:  # type: ignore[no-untyped-def]
     return next(r for r in local_system.supervisor.running if r.component.name == WORKER)
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            stat = (entry / "stat").read_text()
-            if int(stat[stat.rfind(")") + 2 :].split()[1]) == pid:
-                kids.append(int(entry.name))
-    return kids
 
 
 def _group_gone(pgid: int) -> bool:
@@ -144,7 +130,7 @@ def test_a_job_whose_pool_process_dies_every_time_goes_to_the_dead_letter_queue(
         wait_for(lambda n=redeliveries: _running_with(api, job_id, n), 90, interval=0.1,
                  what=f"run {redeliveries + 1} of the job")  # fmt: skip
         main = _worker(local_system).record.pid
-        children = wait_for(lambda m=main: _children(m), 30, what="the worker's pool process")
+        children = wait_for(lambda m=main: pool_children(m), 30, what="the worker's pool process")
         for child in children:
             os.kill(child, signal.SIGKILL)  # the main process lives on and requeues the task
     failed = api.wait(job_id, timeout=120)
