@@ -298,6 +298,11 @@ class OutboxRelay:
                 backoff = min(backoff * 2, 5.0)
                 continue
             try:
+                if self._producer is None:
+                    # Report as soon as the producer has bootstrapped: an idle outbox must not leave
+                    # /readyz saying "no relay" until the first event arrives.
+                    self._producer = self._factory()
+                    self._report("ok")
                 count = self.run_once()
             except Exception as exc:
                 self._note_failure(exc)
