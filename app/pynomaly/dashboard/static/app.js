@@ -1067,6 +1067,13 @@
         }
         return;
       }
+      if (message.type === "gap") {
+        // Entries after our last id were trimmed before we read them: the snapshot is the truth.
+        banner(`Live updates fell behind (entries after ${message.after} were trimmed); reloaded.`);
+        loadJobs();
+        loadDeadLetters();
+        return;
+      }
       if (message.stream === "health:stream") onHealthEntry(message);
       else if (message.stream === "dashboard:stream") onDashboardEntry(message);
     });
