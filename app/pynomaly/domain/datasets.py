@@ -10,7 +10,9 @@ import csv
 import io
 import json
 import math
+import operator
 import unicodedata
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +132,9 @@ def parse_csv(data: bytes, limits: DatasetLimits) -> Dataset:
         raise InvalidInput(f"dataset is not valid CSV: {exc}") from None
     columns = _check_columns(header)
     _check_shape(1, len(columns), limits)
+    fast = _csv_matrix(text, reader.line_num, len(columns), limits)
+    if fast is not None:
+        return Dataset(columns, fast)
     rows: list[list[float]] = []
     try:
         for line_no, record in enumerate(reader, start=2):
@@ -157,6 +162,9 @@ def from_rows(rows: Sequence[Any], columns: Sequence[str] | None, limits: Datase
     first = rows[0]
     if isinstance(first, dict):
         names = _check_columns([str(k) for k in first]) if columns is None else _check_columns(list(columns))
+        if (fast := _object_rows_matrix(rows, names)) is not None:
+            _check_shape(*fast.shape, limits)
+            return Dataset(names, fast)
         matrix = []
         for i, row in enumerate(rows):
             if not isinstance(row, dict) or set(row) != set(names):
@@ -167,6 +175,9 @@ def from_rows(rows: Sequence[Any], columns: Sequence[str] | None, limits: Datase
             width = len(first) if isinstance(first, Sequence) else 0
             columns = [f"x{i}" for i in range(width)]
         names = _check_columns(list(columns))
+        if (fast := _list_rows_matrix(rows, len(names))) is not None:
+            _check_shape(*fast.shape, limits)
+            return Dataset(names, fast)
         matrix = []
         for i, row in enumerate(rows):
             if not isinstance(row, Sequence) or isinstance(row, str | bytes) or len(row) != len(names):
@@ -174,6 +185,74 @@ def from_rows(rows: Sequence[Any], columns: Sequence[str] | None, limits: Datase
             matrix.append([_json_number(v, i, n) for v, n in zip(row, names, strict=True)])
     _check_shape(len(matrix), len(names), limits)
     return Dataset(names, np.asarray(matrix, dtype=np.float64))
+
+
+# -- vectorised fast paths ---------------------------------------------------------------------
+# Each returns the matrix only when the careful per-cell path would return exactly the same one,
+# and None otherwise (a marker, a bool, a string, a ragged row, a non-finite number...): that path
+# then parses the input again and names the first bad cell.  They are 5-10x faster on big bodies.
+
+_type_of = np.frompyfunc(type, 1, 1)
+
+
+def _numeric_matrix(cells: Sequence[Sequence[Any]], width: int) -> np.ndarray | None:
+    """float64 of ``cells`` when every cell is a finite int or float (bool is an int: refused)."""
+    try:
+        grid = np.array(cells, dtype=object)
+    except ValueError:
+        return None
+    if grid.ndim != 2 or grid.shape[1] != width:
+        return None
+    kinds = _type_of(grid)
+    if not (np.equal(kinds, float) | np.equal(kinds, int)).all():
+        return None
+    try:
+        values = grid.astype(np.float64)
+    except (OverflowError, TypeError, ValueError):  # an integer beyond a double's range
+        return None
+    return values if bool(np.isfinite(values).all()) else None
+
+
+def _list_rows_matrix(rows: Sequence[Any], width: int) -> np.ndarray | None:
+    if not all(type(row) is list and len(row) == width for row in rows):
+        return None
+    return _numeric_matrix(rows, width)
+
+
+def _object_rows_matrix(rows: Sequence[Any], names: tuple[str, ...]) -> np.ndarray | None:
+    keys = set(names)
+    if not all(type(row) is dict and row.keys() == keys for row in rows):
+        return None
+    pick = operator.itemgetter(*names)
+    cells = [pick(row) for row in rows] if len(names) > 1 else [[row[names[0]]] for row in rows]
+    return _numeric_matrix(cells, len(names))
+
+
+def _csv_matrix(text: str, header_lines: int, width: int, limits: DatasetLimits) -> np.ndarray | None:
+    """numpy's C parser, for plain numeric CSV: quotes, markers and ragged lines take the careful path.
+
+    It parses numbers as ``float()`` does (it refuses some ``float()`` takes, such as ``1_000``,
+    never the other way round), and like the careful path it skips empty lines."""
+    limit = csv.field_size_limit()
+    if len(text) > limit and max(map(len, text.splitlines())) > limit:
+        return None  # the csv module refuses a field this long; so must we
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "input contained no data": the careful path says so
+            values = np.loadtxt(
+                io.StringIO(text),
+                delimiter=",",
+                comments=None,
+                skiprows=header_lines,
+                dtype=np.float64,
+                ndmin=2,
+                max_rows=limits.max_rows + 1,
+            )
+    except ValueError:
+        return None
+    if values.shape[0] == 0 or values.shape[0] > limits.max_rows or values.shape[1] != width:
+        return None
+    return values
 
 
 def _json_number(value: Any, row: int, column: str) -> float:
