@@ -311,6 +311,7 @@ class Application(pulumi.ComponentResource):
                 else (f"http://{expose.host}" if expose.host else ""),
                 "taskTimeLimit": app.task_time_limit,
                 "taskSoftTimeLimit": app.task_soft_time_limit,
+                **app.bounded_settings(),
             },
             "redis": {
                 "host": redis_host,

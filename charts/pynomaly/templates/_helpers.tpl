@@ -190,6 +190,10 @@ pynomaly.io/pool: {{ .pool }}
 {{- if ge (int $v.settings.taskSoftTimeLimit) (int $v.settings.taskTimeLimit) -}}
 {{- fail (printf "settings.taskSoftTimeLimit (%d) must be below settings.taskTimeLimit (%d)" (int $v.settings.taskSoftTimeLimit) (int $v.settings.taskTimeLimit)) -}}
 {{- end -}}
+{{- /* The app refuses to start otherwise (a job's data never outlives the job): fail at render, not in every pod. */ -}}
+{{- if gt (int64 $v.settings.jobDataTtlSeconds) (int64 $v.settings.resultTtlSeconds) -}}
+{{- fail (printf "settings.jobDataTtlSeconds (%d) must not exceed settings.resultTtlSeconds (%d); 0 keeps a job's data as long as the job" (int64 $v.settings.jobDataTtlSeconds) (int64 $v.settings.resultTtlSeconds)) -}}
+{{- end -}}
 {{- if and $v.api.ingress.enabled (not $v.api.ingress.host) -}}
 {{- fail "api.ingress.host is required when api.ingress.enabled is true" -}}
 {{- end -}}
