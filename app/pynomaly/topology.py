@@ -192,6 +192,8 @@ T_ANOMALY = "anomaly_events"
 T_JOB = "job_events"
 T_SYSTEM = "system_events"
 T_AUDIT = "audit_events"
+# Live scoring's input: records of entities (sensors, hosts...), keyed by entity id.
+T_MEASUREMENTS = "measurements"
 
 S_DASHBOARD = "dashboard:stream"
 S_NOTIFICATIONS = "notifications:stream"
@@ -208,6 +210,7 @@ TASK_HEALTH_CHECK = "pynomaly.health_check"
 
 GROUP_BRIDGE = "pynomaly-bridge"
 GROUP_AUDIT = "pynomaly-audit"
+GROUP_SCORER = "pynomaly-scorer"
 
 # Event types.  Names follow the issue tracker's vocabulary (`job_completed`), grouped by topic.
 JOB_EVENTS = (
@@ -221,7 +224,8 @@ JOB_EVENTS = (
     "job_cancelled",
     "job_dead_lettered",
 )
-ANOMALY_EVENTS = ("anomalies_detected",)
+# anomalies_detected: a job's findings; anomaly_detected: one live record over its model's threshold.
+ANOMALY_EVENTS = ("anomalies_detected", "anomaly_detected")
 SYSTEM_EVENTS = (
     "component_heartbeat",
     "component_started",
@@ -232,6 +236,9 @@ SYSTEM_EVENTS = (
     "model_saved",
     "model_promoted",
     "model_deleted",
+    # Stream bindings (topic -> model) changed: scorers reload their bindings.
+    "stream_bound",
+    "stream_unbound",
 )
 AUDIT_EVENTS = ("audit_record",)
 
@@ -248,6 +255,7 @@ TOPOLOGY = Topology(
         Topic(T_JOB, 2, "Job lifecycle: submitted, started, progress, completed, failed"),
         Topic(T_SYSTEM, 1, "Component heartbeats and health summaries"),
         Topic(T_AUDIT, 5, "Who did what through the API", retention_ms=30 * 24 * 3600 * 1000),
+        Topic(T_MEASUREMENTS, 6, "Records to score live, keyed by entity id", retention_ms=24 * 3600 * 1000),
     ),
     streams=(
         Stream(S_DASHBOARD, "Live job and anomaly updates for the browser dashboard"),
@@ -262,6 +270,12 @@ TOPOLOGY = Topology(
             "Kafka -> Redis Streams bridge feeding the dashboard and notifications",
         ),
         ConsumerGroup(GROUP_AUDIT, "audit", (T_AUDIT,), "Audit sink keeping every audit event queryable"),
+        ConsumerGroup(
+            GROUP_SCORER,
+            "scorer",
+            (T_MEASUREMENTS,),
+            "Live scoring: each record scored with its bound model; anomalies to anomaly_events",
+        ),
     ),
     stream_groups=(
         StreamGroup("notifiers", S_NOTIFICATIONS, "Delivers notification entries"),
