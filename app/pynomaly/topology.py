@@ -204,6 +204,7 @@ TASK_DETECT = "pynomaly.detect_anomalies"
 TASK_REPORT = "pynomaly.generate_report"
 TASK_NOTIFY = "pynomaly.send_notification"
 TASK_DELIVER = "pynomaly.deliver_notification"
+TASK_DELIVER_ANOMALY = "pynomaly.deliver_anomaly_notification"
 TASK_MAINTENANCE = "pynomaly.maintenance"
 TASK_SCHEDULED_RUN = "pynomaly.scheduled_run"
 TASK_HEALTH_CHECK = "pynomaly.health_check"
@@ -293,6 +294,11 @@ TOPOLOGY = Topology(
         Task(TASK_REPORT, Q_REPORTS, "Render JSON, CSV and HTML reports"),
         Task(TASK_NOTIFY, Q_NOTIFICATIONS, "The notify step: one delivery task per matching notification target"),
         Task(TASK_DELIVER, Q_NOTIFICATIONS, "Deliver one notification (webhook or e-mail), own retries and DLQ entry"),
+        Task(
+            TASK_DELIVER_ANOMALY,
+            Q_NOTIFICATIONS,
+            "Deliver one live anomaly of a stream binding to one target (rate limited per entity by the scorer)",
+        ),
         Task(TASK_MAINTENANCE, Q_DEFAULT, "Expire results and datasets by retention, trim streams"),
         Task(TASK_SCHEDULED_RUN, Q_DEFAULT, "Start one run of a recurring detection schedule (an ordinary job)"),
         Task(TASK_HEALTH_CHECK, Q_DEFAULT, "Alert on DLQ growth and stopped heartbeats; publish the health summary"),
