@@ -34,6 +34,7 @@ from pynomaly.storage.models import SCORING_GENERATION
 from pynomaly.topology import S_DASHBOARD, T_ANOMALY, T_MEASUREMENTS
 from pynomaly.wiring import Container
 from tests.e2e.support import SENSORS_CSV, queue_lengths, read_topic, wait_for
+from tests.e2e.test_cli import error_line, ok, run
 
 pytestmark = pytest.mark.e2e
 
@@ -344,3 +345,49 @@ def test_notifications_fire_once_per_entity_within_the_interval(
         assert sorted(str(m["Subject"]).rsplit(": ", 1)[1] for m in mails) == [f"{prefix}-a", f"{prefix}-b"]
     finally:
         api.unbind(T_MEASUREMENTS)
+
+
+def test_the_cli_binds_produces_lists_and_unbinds(
+    model_name: str, rows: dict[str, np.ndarray], system_redis: redis.Redis, local_system: Any, tmp_path: Any
+) -> None:
+    env = {
+        "PYNOMALY_API_URL": local_system.api_url,
+        "PYNOMALY_API_KEY": local_system.api_key,
+        "PYNOMALY_KAFKA_BOOTSTRAP_SERVERS": local_system.settings.kafka_bootstrap_servers,
+    }
+    prefix = _name("cli")
+    out = ok(run("stream", "bind", T_MEASUREMENTS, "--model", model_name, "--notify-interval", "120", env=env))
+    assert f"{T_MEASUREMENTS} -> model {model_name} (version 1 now)" in out and "per 120s" in out
+    assert f"model {model_name} (version 1)" in ok(run("stream", "list", env=env))
+    data = tmp_path / "readings.csv"
+    lines = ["sensor,temperature,pressure,vibration,current"]
+    lines += [f"{prefix}-{i % 3},{','.join(f'{v:.6g}' for v in rows['normal'][i])}" for i in range(30)]
+    lines.append(f"{prefix}-planted,{','.join(f'{v:.6g}' for v in rows['planted'][20])}")
+    data.write_text("\n".join(lines) + "\n")
+    out = ok(
+        run("produce", str(data), "--topic", T_MEASUREMENTS, "--entity-column", "sensor", "--rate", "200", env=env)
+    )
+    assert out.startswith(f"sent 31 records to {T_MEASUREMENTS}")
+    found = wait_for(lambda: _dashboard(system_redis, prefix), 120, what="the planted CSV row as an anomaly")
+    time.sleep(2.0)
+    assert [e["subject"] for e in _dashboard(system_redis, prefix)] == [f"{prefix}-planted"] == [found[0]["subject"]]
+
+    assert "not read by the scorer pool" in error_line(run("produce", str(data), "--topic", "job_events", env=env))
+    assert "'nope' is not a column" in error_line(
+        run("produce", str(data), "--topic", T_MEASUREMENTS, "--entity-column", "nope", env=env)
+    )
+    assert "--rate" in error_line(run("produce", str(data), "--topic", T_MEASUREMENTS, "--rate", "0", env=env))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("temperature,pressure\n1,hot\n")
+    assert "bad.csv:2, column 'pressure': 'hot' is not a number" in error_line(
+        run("produce", str(bad), "--topic", T_MEASUREMENTS, env=env)
+    )
+    assert "use CHANNEL:TARGET" in error_line(
+        run("stream", "bind", T_MEASUREMENTS, "--model", model_name, "--notify", "email", env=env)
+    )
+    assert "404: no model 'nope-nope'" in error_line(
+        run("stream", "bind", T_MEASUREMENTS, "--model", "nope-nope", env=env)
+    )
+    assert f"{T_MEASUREMENTS} unbound" in ok(run("stream", "unbind", T_MEASUREMENTS, env=env))
+    assert "no bindings; bindable topics: measurements" in ok(run("stream", "list", env=env))
+    assert "404" in error_line(run("stream", "unbind", T_MEASUREMENTS, env=env))
