@@ -147,8 +147,9 @@ class EventConsumer:
         partition to its first unhandled record and commit only what was handled, then re-raise."""
         partitions = list(batch.items())
         if self._batch_handler is not None:
+            # Idle polls too (an empty batch): the handler keeps its caches warm between records.
+            self._handle_raw_batch(consumer, partitions, dead_letters)
             if partitions:
-                self._handle_raw_batch(consumer, partitions, dead_letters)
                 consumer.commit()
             return
         for index, (tp, records) in enumerate(partitions):
@@ -174,7 +175,7 @@ class EventConsumer:
         first record (the handler's writes are idempotent by record, so a re-run adds nothing twice)."""
         assert self._batch_handler is not None
         records = [record for _, rs in partitions for record in rs]
-        topic = records[0].topic
+        topic = records[0].topic if records else ",".join(self._group.topics)
 
         def dead_letter(record: ConsumerRecord, error: str) -> None:
             self._dead_letter(record, dead_letters, error)
@@ -192,7 +193,8 @@ class EventConsumer:
                     },
                 ):
                     self._batch_handler(records, dead_letter)
-                metrics.KAFKA_CONSUMED.labels(group=self._group.name, topic=topic, outcome="ok").inc(len(records))
+                if records:
+                    metrics.KAFKA_CONSUMED.labels(group=self._group.name, topic=topic, outcome="ok").inc(len(records))
                 return
             except STORE_UNAVAILABLE as exc:
                 for tp, rs in partitions:

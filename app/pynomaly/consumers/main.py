@@ -49,8 +49,11 @@ def run_consumer(settings: Settings, pool: str) -> None:
     try:
         if container is not None:
             # The scorer takes whole poll batches of raw records (consumers/scorer.py).
-            from pynomaly.consumers.scorer import LiveScorer
+            import threading
 
+            from pynomaly.consumers.scorer import LiveScorer, preload_detector_libraries
+
+            threading.Thread(target=preload_detector_libraries, name="preload-detectors", daemon=True).start()
             EventConsumer(settings, group, heartbeat_client=client, batch_handler=LiveScorer(container)).run()
         else:
             EventConsumer(settings, group, build_handler(settings, group.name), heartbeat_client=client).run()

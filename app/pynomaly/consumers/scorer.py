@@ -79,6 +79,20 @@ return added
 """
 
 
+def preload_detector_libraries() -> None:
+    """Import every detector's PyOD module (seconds on a busy machine) before a model is unpickled,
+    so the first records of a binding do not wait for it.  Run in a thread at the scorer's start."""
+    import importlib
+
+    from pynomaly.domain.detectors import DETECTORS
+
+    for spec in DETECTORS.values():
+        try:
+            importlib.import_module(spec.pyod_class.split(":")[0])
+        except ImportError as exc:  # its models fail to load later, with their own error
+            log.warning("could not import %s: %s", spec.pyod_class, exc)
+
+
 def notify_key(topic: str, entity: str) -> str:
     """The rate-limit key of one entity's notifications on one topic."""
     return f"{KEY_PREFIX}stream-notify:{topic}:{entity}"
@@ -118,6 +132,17 @@ class LiveScorer:
         if self._generation is not None and generation != self._generation:
             log.info("models or bindings changed (generation %s -> %s); reloading", self._generation, generation)
         self._generation, self._refreshed = generation, time.monotonic()
+        for binding in self._bound.values():
+            self._warm(binding.ref)
+
+    def _warm(self, ref: ModelRef) -> None:
+        """Load a bound model (and score once) before its records come: the first records of a new
+        binding or promotion must not wait for unpickling and the estimator's first call."""
+        try:
+            _, model = self._load(ref)
+            model.score(np.zeros((1, len(model.columns))))
+        except DomainError as exc:  # its records will be dead-lettered with this reason
+            log.warning("bound model %s cannot be used: %s", ref, exc)
 
     def _load(self, ref: ModelRef) -> tuple[ModelVersion, TrainedModel]:
         key = str(ref)
