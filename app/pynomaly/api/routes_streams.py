@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from pynomaly.api.deps import Caller, ContainerDep, ModelStoreDep
-from pynomaly.domain.errors import NotFound
+from pynomaly.domain.errors import DomainError, NotFound
 from pynomaly.domain.live import (
     DEFAULT_NOTIFY_INTERVAL,
     MAX_NOTIFY_INTERVAL,
@@ -97,7 +97,7 @@ def _input_topic(topic: str) -> str:
 def _view(container: Container, binding: StreamBinding) -> StreamBindingView:
     try:
         version: int | None = container.models.resolve(binding.ref).version
-    except Exception:  # the model was deleted since: the binding stays, its records are dead-lettered
+    except DomainError:  # the model was deleted since: the binding stays, its records are dead-lettered
         version = None
     return StreamBindingView(**binding.as_dict(), version=version)
 

@@ -281,5 +281,5 @@ class LiveScorer:
                       binding.notify_interval_seconds)  # fmt: skip
             return
         anomaly = {**event.data, "event_id": event.id, "notify_interval_seconds": binding.notify_interval_seconds}
-        for target in binding.notify:
-            self._c.messaging.enqueue_task(TASK_DELIVER_ANOMALY, [anomaly, target], {}, Priority.HIGH)
+        for index, target in enumerate(binding.notify):
+            self._c.messaging.enqueue_task(TASK_DELIVER_ANOMALY, [anomaly, target], {"index": index}, Priority.HIGH)

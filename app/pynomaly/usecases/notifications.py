@@ -164,7 +164,9 @@ class Deliverer:
         record(self._mq, job.id, index, target, outcome, "delivered", attempt, detail)
         return {"job_id": job.id, "index": index, "channel": target["channel"], "detail": detail}
 
-    def deliver_anomaly(self, anomaly: dict[str, Any], target: dict[str, Any], attempt: int) -> dict[str, Any]:
+    def deliver_anomaly(
+        self, anomaly: dict[str, Any], target: dict[str, Any], attempt: int, index: int = 0
+    ) -> dict[str, Any]:
         """One live anomaly of a stream binding to one target (the scorer applied the rate limit)."""
         body = anomaly_summary(anomaly)
         if target.get("channel") == Channel.WEBHOOK.value:
@@ -174,7 +176,7 @@ class Deliverer:
             detail = self._send(to, lambda: self.anomaly_message(to, body))
         else:
             raise PermanentFailure(f"unknown notification channel {target.get('channel')!r}")
-        record(self._mq, stream_log_id(body["topic"]), 0, target, "anomaly", "delivered", attempt, detail)
+        record_anomaly(self._mq, body, index, target, "delivered", attempt, detail)
         return {"event_id": body["event_id"], "channel": target["channel"], "detail": detail}
 
     def anomaly_message(self, to: str, body: dict[str, Any]) -> EmailMessage:
@@ -279,9 +281,19 @@ ANOMALY_FIELDS = (
 )  # fmt: skip
 
 
-def stream_log_id(topic: str) -> str:
-    """Where a stream binding's delivery outcomes are kept on notifications:stream (in place of a job id)."""
-    return f"stream:{topic}"
+def record_anomaly(
+    mq: MessageQueueService,
+    anomaly: dict[str, Any],
+    index: int,
+    target: dict[str, Any],
+    status: str,
+    attempt: int,
+    detail: str = "",
+) -> None:
+    """A live anomaly's delivery outcome on notifications:stream.  Without a job id: it is not kept
+    per job (a busy stream's log would grow for as long as the stream runs), only on the capped stream."""
+    about = f"{anomaly.get('topic')} {anomaly.get('entity')} event {anomaly.get('event_id')}"
+    record(mq, "", index, target, "anomaly", status, attempt, f"{about}: {detail}" if detail else about)
 
 
 def anomaly_summary(anomaly: dict[str, Any]) -> dict[str, Any]:
