@@ -31,7 +31,7 @@ from pynomaly.localstack.errors import LocalStackError
 from pynomaly.messaging.kafka_admin import connection_config
 from pynomaly.storage.bindings import BINDINGS
 from pynomaly.storage.models import SCORING_GENERATION
-from pynomaly.topology import S_DASHBOARD, T_ANOMALY, T_MEASUREMENTS
+from pynomaly.topology import S_DASHBOARD, S_NOTIFICATIONS, T_ANOMALY, T_MEASUREMENTS
 from pynomaly.wiring import Container
 from tests.e2e.support import SENSORS_CSV, queue_lengths, read_topic, wait_for
 from tests.e2e.test_cli import error_line, ok, run
@@ -343,6 +343,17 @@ def test_notifications_fire_once_per_entity_within_the_interval(
         assert all(h.get("x-pynomaly-signature", "").startswith("sha256=") for h, _ in webhook_receiver.requests)
         mails = smtp_sink.to(address)
         assert sorted(str(m["Subject"]).rsplit(": ", 1)[1] for m in mails) == [f"{prefix}-a", f"{prefix}-b"]
+
+        def outcomes() -> list[dict[str, str]]:
+            return [f for _, f in system_redis.xrange(S_NOTIFICATIONS) if f"{prefix}-" in f.get("detail", "")]
+
+        delivered = wait_for(lambda: len(outcomes()) >= 4 and outcomes(), 60, what="4 delivery outcomes")
+        assert sorted((f["channel"], f["index"], f["status"], f["outcome"]) for f in delivered) == [
+            ("email", "1", "delivered", "anomaly"),
+            ("email", "1", "delivered", "anomaly"),
+            ("webhook", "0", "delivered", "anomaly"),
+            ("webhook", "0", "delivered", "anomaly"),
+        ]
     finally:
         api.unbind(T_MEASUREMENTS)
 
