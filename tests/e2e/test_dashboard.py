@@ -430,7 +430,7 @@ def test_operations_view_charts_queue_depth_task_rates_lag_and_dlq_growth(local_
     queue's depth and the detect task's rate and run time, a real dead letter in the DLQ's growth."""
     import numpy as np
 
-    from pynomaly.topology import GROUP_AUDIT, GROUP_BRIDGE, Q_DETECTION, TASK_DETECT, TOPOLOGY
+    from pynomaly.topology import GROUP_AUDIT, GROUP_BRIDGE, GROUP_SCORER, Q_DETECTION, TASK_DETECT, TOPOLOGY
     from tests.e2e.support import wait_for, webhook_server
 
     expect = playwright_sync.expect
@@ -438,14 +438,14 @@ def test_operations_view_charts_queue_depth_task_rates_lag_and_dlq_growth(local_
     status = page.get_by_test_id("ops-status")
     expect(status).to_have_attribute("data-state", "live")
     wait_for(lambda: int(status.get_attribute("data-samples") or 0) >= 2, 60, what="two samples")
-    # Every queue has a tile, each with a drawn chart; the lag of both consumer groups, every partition.
+    # Every queue has a tile, each with a drawn chart; the lag of every consumer group, every partition.
     for queue in TOPOLOGY.queues:
         expect(_ops_tile(page, "queue", queue.name).get_by_test_id("ops-chart")).to_have_count(1)
     partitions = {t.name: t.partitions for t in TOPOLOGY.topics}
     for group in TOPOLOGY.consumer_groups:
         expected = sum(partitions[topic] for topic in group.topics)
         expect(_ops_tile(page, "lag", group.name)).to_have_attribute("data-partitions", str(expected))
-    assert {GROUP_BRIDGE, GROUP_AUDIT} == {g.name for g in TOPOLOGY.consumer_groups}
+    assert {GROUP_BRIDGE, GROUP_AUDIT, GROUP_SCORER} == {g.name for g in TOPOLOGY.consumer_groups}
     expect(_ops_tile(page, "outbox", "outbox")).to_be_visible()
     expect(_ops_tile(page, "outbox-age", "outbox-age")).to_be_visible()
     # The page's quantile is Prometheus' histogram_quantile: linear within the bucket, +Inf -> largest bound.

@@ -177,10 +177,14 @@ class EventConsumer:
         records = [record for _, rs in partitions for record in rs]
         topic = records[0].topic if records else ",".join(self._group.topics)
 
+        lettered: set[tuple[int, int]] = set()
+
         def dead_letter(record: ConsumerRecord, error: str) -> None:
             self._dead_letter(record, dead_letters, error)
+            lettered.add((record.partition, record.offset))
 
         for attempt in range(1, HANDLER_ATTEMPTS + 1):
+            lettered.clear()
             try:
                 with tracing.tracer().start_as_current_span(
                     f"consume {topic}",
@@ -193,8 +197,9 @@ class EventConsumer:
                     },
                 ):
                     self._batch_handler(records, dead_letter)
-                if records:
-                    metrics.KAFKA_CONSUMED.labels(group=self._group.name, topic=topic, outcome="ok").inc(len(records))
+                if len(records) > len(lettered):
+                    handled = len(records) - len(lettered)
+                    metrics.KAFKA_CONSUMED.labels(group=self._group.name, topic=topic, outcome="ok").inc(handled)
                 return
             except STORE_UNAVAILABLE as exc:
                 for tp, rs in partitions:
