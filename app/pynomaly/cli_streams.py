@@ -191,12 +191,15 @@ def file_records(
 
 
 def _kafka_config(bootstrap_servers: str | None) -> dict[str, Any]:
-    from pynomaly.config import Settings, load_settings
+    from pynomaly.config import Settings, SettingsError, load_settings
     from pynomaly.localstack.state import read_state
     from pynomaly.localstack.system import default_state_dir
     from pynomaly.messaging.kafka_admin import connection_config
 
-    settings: Settings = load_settings()
+    try:
+        settings: Settings = load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
     if bootstrap_servers:
         settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap_servers})
     elif not settings.kafka_bootstrap_servers:
@@ -207,7 +210,10 @@ def _kafka_config(bootstrap_servers: str | None) -> dict[str, Any]:
                 "or give --bootstrap-servers"
             )
         settings = settings.model_copy(update={"kafka_bootstrap_servers": local})
-    return connection_config(settings)
+    try:
+        return connection_config(settings)
+    except SettingsError as exc:  # e.g. SASL without its credentials
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
@@ -254,7 +260,11 @@ def produce(
     for entity, _ in records:
         if not 1 <= len(entity) <= MAX_ENTITY_CHARS:
             raise click.ClickException(f"entity {entity[:40]!r} must be 1-{MAX_ENTITY_CHARS} characters")
-    producer = KafkaProducer(acks="all", linger_ms=5, **_kafka_config(bootstrap_servers))
+    config = _kafka_config(bootstrap_servers)
+    try:
+        producer = KafkaProducer(acks="all", linger_ms=5, **config)
+    except Exception as exc:  # no broker answers: one line, not a traceback
+        raise click.ClickException(f"cannot reach Kafka at {config['bootstrap_servers']}: {exc}") from None
     started = time.monotonic()
     try:
         futures = []

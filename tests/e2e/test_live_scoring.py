@@ -388,6 +388,9 @@ def test_the_cli_binds_produces_lists_and_unbinds(
         run("produce", str(data), "--topic", T_MEASUREMENTS, "--entity-column", "nope", env=env)
     )
     assert "--rate" in error_line(run("produce", str(data), "--topic", T_MEASUREMENTS, "--rate", "0", env=env))
+    options = ("--topic", T_MEASUREMENTS, "--entity-column", "sensor", "--bootstrap-servers", "127.0.0.1:1")
+    unreachable = run("produce", str(data), *options, env=env)
+    assert "cannot reach Kafka at ['127.0.0.1:1']" in error_line(unreachable)
     bad = tmp_path / "bad.csv"
     bad.write_text("temperature,pressure\n1,hot\n")
     assert "bad.csv:2, column 'pressure': 'hot' is not a number" in error_line(
