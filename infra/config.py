@@ -548,12 +548,15 @@ class AutoscalingConfig(_Model):
 _API_RESOURCES = ("100m", "256Mi", "512Mi")
 _WORKER_RESOURCES = ("250m", "512Mi", "1Gi")
 _CONSUMER_RESOURCES = ("50m", "128Mi", "256Mi")
+# The live scorer loads PyOD, scikit-learn and numpy and keeps models cached: sized like a small worker.
+_SCORER_RESOURCES = ("250m", "384Mi", "1Gi")
 
 
 class AppResources(_Model):
     api: Annotated[Resources, _over(*_API_RESOURCES)] = Resources.of(*_API_RESOURCES)
     worker: Annotated[Resources, _over(*_WORKER_RESOURCES)] = Resources.of(*_WORKER_RESOURCES)
     consumer: Annotated[Resources, _over(*_CONSUMER_RESOURCES)] = Resources.of(*_CONSUMER_RESOURCES)
+    scorer: Annotated[Resources, _over(*_SCORER_RESOURCES)] = Resources.of(*_SCORER_RESOURCES)
 
 
 class AppConfig(_Model):
@@ -660,6 +663,10 @@ class AppConfig(_Model):
     def consumer_resources(self) -> Resources:
         return self.resources.consumer
 
+    @property
+    def scorer_resources(self) -> Resources:
+        return self.resources.scorer
+
 
 def _cidrs(v: Any) -> Any:
     ok = isinstance(v, list | tuple) and all(isinstance(c, str) and _CIDR.match(c) for c in v)
@@ -687,6 +694,28 @@ class EncryptionConfig(_Model):
     enabled: Bool = False
 
 
+class ModelStoreConfig(_Model):
+    """Where trained models' artifacts live (the chart's ``models`` values, PYNOMALY_MODEL_STORE): ``redis``
+    (the default) or ``persistentVolume``, a ReadWriteMany claim mounted by the API and the workers
+    (read-write) and the scorers (read-only).  The top-level ``storageClass`` is not inherited: Redis'
+    and Kafka's class is usually ReadWriteOnce.  An S3-compatible bucket is not implemented."""
+
+    mode: Annotated[str, one_of("redis", "persistentVolume")] = "redis"
+    size: Annotated[str, matching(_QUANTITY, "a quantity like 10Gi")] = "10Gi"
+    # A class offering ReadWriteMany (NFS, CephFS, EFS, Filestore, Azure Files); unset: the cluster's default.
+    storage_class: OptionalName | None = Field(None, alias="storageClass")
+    # An existing ReadWriteMany claim instead of one the chart creates.
+    existing_claim: Annotated[str, matching(_NAME, "a PersistentVolumeClaim name")] | None = Field(
+        None, alias="existingClaim"
+    )
+
+    @model_validator(mode="after")
+    def _claim_needs_the_volume(self) -> ModelStoreConfig:
+        if self.mode == "redis" and (self.existing_claim or self.storage_class):
+            _keyed(["mode: persistentVolume is needed for storageClass or existingClaim (mode is redis)"])
+        return self
+
+
 def _labels(v: Any) -> Any:
     _check(isinstance(v, Mapping) and all(isinstance(x, str) for x in v.values()), "must map label names to strings")
     return dict(v)
@@ -709,6 +738,7 @@ class _Document(_Model):
     labels: Annotated[dict[str, str], BeforeValidator(_labels)] = {}
     smtp: SmtpConfig = SmtpConfig()
     encryption: EncryptionConfig = EncryptionConfig()
+    model_store: ModelStoreConfig = Field(ModelStoreConfig(), alias="modelStore")
 
     @model_validator(mode="before")
     @classmethod
@@ -764,6 +794,7 @@ class StackConfig:
     labels: Mapping[str, str] = field(default_factory=dict)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    model_store: ModelStoreConfig = field(default_factory=ModelStoreConfig)
 
 
 # -- validation (pure) ---------------------------------------------------------------------------
@@ -843,6 +874,7 @@ def parse_config(raw: Mapping[str, Any], environment: str, *, default_tag: str) 
         doc.labels,
         doc.smtp,
         doc.encryption,
+        doc.model_store,
     )
 
 
@@ -932,6 +964,7 @@ def load(default_tag: str) -> StackConfig:
         stack.labels,
         stack.smtp,
         stack.encryption,
+        stack.model_store,
     )
 
 
