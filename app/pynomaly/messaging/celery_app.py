@@ -47,14 +47,21 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "worker_prefetch_multiplier": 1,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "task_compression": "gzip",
+        # Messages carry ids, never datasets (those are in the job store): gzip of a ~1 KB body costs
+        # more than it saves (benchmarks/run.py row 1 measures both).
+        "task_compression": None,
         "result_compression": "gzip",
+        # Job state and results live in the job store and nothing reads a Celery result: storing them
+        # costs a backend write per task and, per send, a subscribe to the result channel.
+        "task_ignore_result": True,
         "result_expires": settings.result_ttl_seconds,
         "task_queues": [Queue(q.name, Exchange(q.name, type="direct"), routing_key=q.name) for q in TOPOLOGY.queues],
         "task_default_queue": Q_DEFAULT,
         "task_default_priority": DEFAULT_PRIORITY.step,
         "task_routes": TOPOLOGY.task_routes(),
-        "task_send_sent_event": True,
+        # task-sent events cost a publish per send; Flower and `celery events` still get every
+        # worker-side event (received, started, succeeded, failed, retried).
+        "task_send_sent_event": False,
         "worker_send_task_events": True,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
