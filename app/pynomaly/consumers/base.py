@@ -2,6 +2,9 @@
 
 - offsets are committed only after every record of a poll was handled;
 - handlers are idempotent by event id, so a redelivery after a crash changes nothing;
+- a handler with ``handle_batch`` (the bridge) gets a poll's events in one call, one round trip per
+  batch; if the batch keeps failing for another reason than Redis, its records are handled one by
+  one, so only the bad one goes to the DLQ (the ones already applied are deduplicated);
 - a record that cannot be decoded, or whose handler keeps failing, goes to ``<topic>.dlq`` with
   the error in its headers, and the partition keeps moving;
 - but when Redis (where every handler writes) is unreachable, nothing is dead-lettered: the
@@ -15,7 +18,8 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 import redis
 from kafka import KafkaConsumer, KafkaProducer
@@ -45,6 +49,13 @@ class StoreUnavailable(Exception):
 
 
 Handler = Callable[[EventEnvelope], None]
+
+
+@runtime_checkable
+class BatchHandler(Protocol):
+    def __call__(self, event: EventEnvelope) -> None: ...
+
+    def handle_batch(self, events: Sequence[EventEnvelope]) -> int: ...
 
 
 class EventConsumer:
@@ -135,6 +146,60 @@ class EventConsumer:
         """Handle a poll's records in order and commit them; on ``StoreUnavailable`` rewind every
         partition to its first unhandled record and commit only what was handled, then re-raise."""
         partitions = list(batch.items())
+        if not partitions:
+            return
+        if isinstance(self._handler, BatchHandler):
+            self._handle_as_batch(consumer, partitions, dead_letters, self._handler)
+        else:
+            self._handle_each(consumer, partitions, dead_letters)
+
+    def _handle_as_batch(
+        self,
+        consumer: KafkaConsumer,
+        partitions: list[tuple[TopicPartition, list[ConsumerRecord]]],
+        dead_letters: KafkaProducer,
+        handler: BatchHandler,
+    ) -> None:
+        """The whole poll in one handler call (one script: all or nothing), then one commit."""
+        valid: list[tuple[ConsumerRecord, EventEnvelope]] = []
+        invalid: list[tuple[ConsumerRecord, str]] = []
+        for _, records in partitions:
+            for record in records:
+                try:
+                    valid.append((record, EventEnvelope.decode(record.value)))
+                except InvalidEvent as exc:
+                    invalid.append((record, f"invalid envelope: {exc}"))
+        for attempt in range(1, HANDLER_ATTEMPTS + 1):
+            try:
+                handler.handle_batch([event for _, event in valid])
+                break
+            except STORE_UNAVAILABLE as exc:
+                # Nothing of this poll is committed: every partition goes back to its first record.
+                for tp, records in partitions:
+                    consumer.seek(tp, records[0].offset)
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            except Exception as exc:
+                log.warning("batch handler failed on %d records (attempt %d): %s", len(valid), attempt, exc)
+                if attempt == HANDLER_ATTEMPTS:
+                    # One by one: the good records are applied (or deduplicated), the bad one dead-lettered.
+                    self._handle_each(consumer, partitions, dead_letters)
+                    return
+                time.sleep(HANDLER_BACKOFF * 2 ** (attempt - 1))
+        for record, error in invalid:
+            self._dead_letter(record, dead_letters, error)
+        topics: dict[str, int] = {}
+        for record, _ in valid:
+            topics[record.topic] = topics.get(record.topic, 0) + 1
+        for topic, count in topics.items():
+            metrics.KAFKA_CONSUMED.labels(group=self._group.name, topic=topic, outcome="ok").inc(count)
+        consumer.commit()
+
+    def _handle_each(
+        self,
+        consumer: KafkaConsumer,
+        partitions: list[tuple[TopicPartition, list[ConsumerRecord]]],
+        dead_letters: KafkaProducer,
+    ) -> None:
         for index, (tp, records) in enumerate(partitions):
             for record in records:
                 try:
@@ -145,8 +210,7 @@ class EventConsumer:
                         consumer.seek(later, rest[0].offset)
                     consumer.commit()
                     raise
-        if batch:
-            consumer.commit()
+        consumer.commit()
 
     def _process(self, record: ConsumerRecord, dead_letters: KafkaProducer) -> None:
         try:
