@@ -41,10 +41,12 @@ def update_document(
     load: Callable[[dict[str, Any]], D],
     change: Callable[[D], object],
     missing: Callable[[], Exception],
+    stage: Callable[[Any, D], object] | None = None,
 ) -> D:
     """Read-modify-write of a JSON document under WATCH, so concurrent updates never lose one another.
 
-    ``change`` may raise to refuse the update; the document keeps its TTL.
+    ``change`` may raise to refuse the update; the document keeps its TTL.  ``stage`` adds writes
+    (e.g. index moves) to the same MULTI/EXEC as the document.
     """
     from pynomaly.domain.jobs import utcnow
 
@@ -60,6 +62,8 @@ def update_document(
                 document.updated_at = utcnow()
                 pipe.multi()
                 pipe.set(key, json.dumps(document.as_dict()), keepttl=True)
+                if stage is not None:
+                    stage(pipe, document)
                 pipe.execute()
                 return document
             except redis.WatchError:
