@@ -69,7 +69,7 @@ class RowPlan:
 
 
 QUICK_ROWS = RowPlan(
-    (1, 8, 32), 160, 1, 10_000, 2, 10_000, 1, 1_000, 5.0, 10.0, 100_000, ("iforest", "ecod"), 1, 20_000, 15
+    (1, 8, 32), 120, 3, 10_000, 2, 10_000, 2, 1_000, 5.0, 10.0, 100_000, ("iforest", "ecod"), 1, 20_000, 15
 )
 FULL_ROWS = RowPlan(
     (1, 8, 32), 800, 3, 50_000, 3, 50_000, 3, 1_000, 15.0, 30.0, 100_000, ("iforest", "ecod"), 3, 100_000, 40
@@ -190,16 +190,17 @@ def celery_depth(client: redis.Redis) -> int:
 
 def bridge_lag(settings: Settings) -> int:
     """Records the bridge group has not committed yet, over its topics' partitions."""
-    from kafka import KafkaAdminClient, KafkaConsumer
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
 
-    admin = KafkaAdminClient(**connection_config(settings))
-    consumer = KafkaConsumer(**connection_config(settings))
+    group = next(g for g in TOPOLOGY.consumer_groups if g.name == GROUP_BRIDGE)
+    # Not subscribed: it only reads the group's committed offsets, it never joins the group.
+    consumer = KafkaConsumer(**connection_config(settings), group_id=GROUP_BRIDGE, enable_auto_commit=False)
     try:
-        committed = admin.list_consumer_group_offsets(GROUP_BRIDGE)
-        ends = consumer.end_offsets(list(committed))
-        return int(sum(max(0, ends[tp] - meta.offset) for tp, meta in committed.items()))
+        partitions = [TopicPartition(t, p) for t in group.topics for p in consumer.partitions_for_topic(t) or ()]
+        ends = consumer.end_offsets(partitions)
+        return int(sum(max(0, ends[tp] - (consumer.committed(tp) or 0)) for tp in partitions))
     finally:
-        admin.close()
         consumer.close()
 
 
@@ -303,6 +304,9 @@ def bench_submit(system: LocalSystem, plan: RowPlan, log: Log, tuned: dict[str, 
             accepted.append(response.json()["id"])
 
     def sender(app: Celery) -> Callable[[int], None]:
+        # As messaging/service.py sends: send_task honours only its own ignore_result option.
+        extra = {"ignore_result": True} if app.conf.task_ignore_result else {}
+
         def send(_: int) -> None:
             app.send_task(
                 "pynomaly.bench.noop",
@@ -310,6 +314,7 @@ def bench_submit(system: LocalSystem, plan: RowPlan, log: Log, tuned: dict[str, 
                 kwargs={"run_token": uuid.uuid4().hex},
                 queue=BENCH_QUEUE,
                 priority=6,
+                **extra,
             )
 
         return send

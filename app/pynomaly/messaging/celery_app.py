@@ -47,12 +47,11 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "worker_prefetch_multiplier": 1,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        # Messages carry ids, never datasets (those are in the job store): gzip of a ~1 KB body costs
-        # more than it saves (benchmarks/run.py row 1 measures both).
-        "task_compression": None,
+        "task_compression": "gzip",
         "result_compression": "gzip",
         # Job state and results live in the job store and nothing reads a Celery result: storing them
-        # costs a backend write per task and, per send, a subscribe to the result channel.
+        # costs a backend write per task and, per send, a subscribe to the result channel (send_task
+        # reads only its own ignore_result option: messaging/service.py passes it too).
         "task_ignore_result": True,
         "result_expires": settings.result_ttl_seconds,
         "task_queues": [Queue(q.name, Exchange(q.name, type="direct"), routing_key=q.name) for q in TOPOLOGY.queues],
