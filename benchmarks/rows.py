@@ -303,9 +303,9 @@ def bench_submit(system: LocalSystem, plan: RowPlan, log: Log, tuned: dict[str, 
         with lock:
             accepted.append(response.json()["id"])
 
-    def sender(app: Celery) -> Callable[[int], None]:
-        # As messaging/service.py sends: send_task honours only its own ignore_result option.
-        extra = {"ignore_result": True} if app.conf.task_ignore_result else {}
+    def sender(app: Celery, as_the_api: bool) -> Callable[[int], None]:
+        # The project's variant sends as messaging/service.py does: with ignore_result.
+        extra = {"ignore_result": True} if as_the_api else {}
 
         def send(_: int) -> None:
             app.send_task(
@@ -319,7 +319,8 @@ def bench_submit(system: LocalSystem, plan: RowPlan, log: Log, tuned: dict[str, 
 
         return send
 
-    variants: dict[str, Callable[[int], None]] = {"platform": post} | {n: sender(a) for n, a in apps.items()}
+    variants: dict[str, Callable[[int], None]] = {"platform": post}
+    variants |= {n: sender(a, n == "celery_project_config") for n, a in apps.items()}
     levels: list[dict[str, Any]] = []
     try:
         for name in variants:  # warm-up: connections, the API's code paths

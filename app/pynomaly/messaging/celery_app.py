@@ -49,10 +49,6 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_reject_on_worker_lost": True,
         "task_compression": "gzip",
         "result_compression": "gzip",
-        # Job state and results live in the job store and nothing reads a Celery result: storing them
-        # costs a backend write per task and, per send, a subscribe to the result channel (send_task
-        # reads only its own ignore_result option: messaging/service.py passes it too).
-        "task_ignore_result": True,
         "result_expires": settings.result_ttl_seconds,
         "task_queues": [Queue(q.name, Exchange(q.name, type="direct"), routing_key=q.name) for q in TOPOLOGY.queues],
         "task_default_queue": Q_DEFAULT,

@@ -70,8 +70,8 @@ class MessageQueueService:
             name = STEP_TASKS[step]
             signatures.append(
                 self._celery.signature(name, args=(job.id,), kwargs={"run_token": job.run_token}, immutable=True).set(
-                    # send_task ignores task_ignore_result (the API sends by name): without this each
-                    # send subscribes to a result channel nobody reads.
+                    # Job state and results live in the job store: no send subscribes to a result
+                    # channel, no worker stores a result (the message's option overrides the task's).
                     queue=TOPOLOGY.task(name).queue,
                     priority=priority,
                     ignore_result=True,
