@@ -371,7 +371,7 @@ def scoreboard(results: dict[str, Any]) -> list[dict[str, str]]:
             "platform": f"p50 {ms(w['platform_p50_s'])}, p99 {ms(w['platform_p99_s'])}"
             + (f" ({w['platform_missing']} not received)" if w["platform_missing"] else ""),
             "baseline": f"raw producer → consumer p50 {ms(w['baseline_p50_s'])}, p99 {ms(w['baseline_p99_s'])}",
-            "ratio": f"x{w['ratio_p99']:.0f} at p99",
+            "ratio": f"x{w['ratio_p99']:.1f} at p99",
             "target": "p99 ≤ 50 ms",
             "met": mark(w["platform_p99_s"] <= 0.05 and not w["platform_missing"]),
         }
