@@ -721,7 +721,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def local_system(log: Callable[[str], None]) -> Iterator[LocalSystem]:
+def local_system(log: Callable[[str], None], **overrides: Any) -> Iterator[LocalSystem]:
     """A private local system in a temp dir; stopped and removed however the run ends (Ctrl-C too)."""
     state = Path(tempfile.mkdtemp(prefix="pynomaly-bench-"))
     libs = REPO / ".pynomaly" / "kafka-libs"  # the shared jar cache: no 100 MB download per run
@@ -733,6 +733,7 @@ def local_system(log: Callable[[str], None]) -> Iterator[LocalSystem]:
             # The bridge row pauses the bridge (SIGSTOP) while it writes a backlog: it must keep its
             # partitions meanwhile, or it would measure a rebalance.
             "kafka_session_timeout_seconds": 60.0,
+            **overrides,
         },
     )
     try:
@@ -765,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         import soak
 
         log(f"starting a private local system for a {args.soak_minutes:.0f}-minute soak")
-        with local_system(log) as system:
+        with local_system(log, **soak.SETTINGS) as system:
             report = soak.run(system, args.soak_minutes * 60, log)
         args.out.mkdir(parents=True, exist_ok=True)
         soak.write(report, args.out)
