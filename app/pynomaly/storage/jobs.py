@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import gzip
 import json
 import time
@@ -351,7 +352,7 @@ class JobStore:
             self._r.zrem(JOB_INDEX, *stale)
         return matches, total
 
-    def _page(self, status: str | None, offset: int, limit: int) -> tuple[list[Job], int]:
+    def _page(self, status: str | None, offset: int, limit: int) -> tuple[builtins.list[Job], int]:
         key = status_index(status) if status else JOB_INDEX
         # Documents keep the TTL they got at creation: entries older than it are gone for sure.  The
         # unfiltered list (maintenance calls it) prunes every index, the others their own.
