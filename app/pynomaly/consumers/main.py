@@ -17,7 +17,7 @@ from pynomaly.topology import GROUP_AUDIT, GROUP_BRIDGE, TOPOLOGY
 def build_handler(settings: Settings, group_name: str) -> Handler:
     client = redis_from_settings(settings)
     if group_name == GROUP_BRIDGE:
-        return StreamBridge(client, settings.stream_maxlen, group_name)
+        return StreamBridge(client, settings.stream_maxlen, group_name, settings.bridge_dedup_ttl_seconds)
     if group_name == GROUP_AUDIT:
         return AuditSink(client)
     raise ValueError(f"no handler for consumer group {group_name!r}")
