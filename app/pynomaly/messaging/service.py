@@ -122,6 +122,12 @@ class MessageQueueService:
 
         return stage
 
+    def events_with(self, events: Sequence[EventEnvelope]) -> Callable[[Any, Any], None]:
+        """``also`` for a job-store write that stages ``events``, built before the write, in its
+        MULTI/EXEC (no outbox bound: they are about accepted work)."""
+        outbox = self._outbox
+        return lambda _job, pipe: outbox.stage(pipe, events)
+
     def publish_events(self, events: Sequence[EventEnvelope]) -> None:
         for event in events:
             self._publisher.publish(event)

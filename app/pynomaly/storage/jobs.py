@@ -85,6 +85,16 @@ return removed
 """
 
 
+# Move a job (ARGV[1]) from one status index (KEYS[2]) to another (KEYS[3]) with the score it has in
+# every index: the one it got in JOB_INDEX (KEYS[1]) at create, or its creation time (ARGV[2]) when
+# that entry is gone.  Read and moved inside the caller's MULTI/EXEC: no round trip of its own.
+_MOVE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1]) or ARGV[2]
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('ZADD', KEYS[3], score, ARGV[1])
+"""
+
+
 def _blob_key(kind: str, job_id: str) -> str:
     return f"{KEY_PREFIX}{kind}:{job_id}"
 
@@ -172,6 +182,9 @@ class JobStore:
     def release(self, job_id: str) -> None:
         """The job finished: it writes nothing more (its preprocessed copy is dropped too)."""
         self._r.hdel(RESERVATIONS, job_id)
+        self._drop_scratch(job_id)
+
+    def _drop_scratch(self, job_id: str) -> None:
         self._b.delete(_blob_key(PREPARED, job_id), _blob_key(PREPROCESSING_FIT, job_id))
 
     def forget_stale_reservations(self) -> int:
@@ -270,16 +283,13 @@ class JobStore:
 
         def tracked(job: Job) -> object:
             before["status"] = job.status
-            outcome = change(job)
-            if job.status != before["status"]:  # its score in every index: the one it got at create
-                score = self._r.zscore(JOB_INDEX, job_id)
-                before["score"] = created_score(job.created_at) if score is None else score
-            return outcome
+            return change(job)
 
         def stage(job: Job, pipe: Any) -> None:  # index move and the caller's writes: one MULTI
             if job.status != before["status"]:
-                pipe.zrem(status_index(before["status"]), job_id)
-                pipe.zadd(status_index(job.status), {job_id: before["score"]})
+                # EVAL, not EVALSHA: a pipeline with a Script object asks SCRIPT EXISTS first (a round trip).
+                keys = (JOB_INDEX, status_index(before["status"]), status_index(job.status))
+                pipe.eval(_MOVE, 3, *keys, job_id, created_score(job.created_at))
             if also is not None:
                 also(job, pipe)
 
@@ -300,9 +310,15 @@ class JobStore:
             if target.terminal:
                 job.finished_at = utcnow()
 
-        job = self.update(job_id, change, also)
+        def staged(job: Job, pipe: Any) -> None:
+            if target.terminal:  # the reservation goes with the terminal state: one MULTI, one round trip
+                pipe.hdel(RESERVATIONS, job_id)
+            if also is not None:
+                also(job, pipe)
+
+        job = self.update(job_id, change, staged)
         if target.terminal:
-            self.release(job_id)
+            self._drop_scratch(job_id)
         elif target is JobStatus.QUEUED:  # run again (retry, replay): it will write its outputs again
             size = int(self._b.strlen(_blob_key(DATASET, job_id)))
             self._r.hset(RESERVATIONS, job_id, expected_growth(size))
