@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 
-from pynomaly.domain.datasets import Dataset, DatasetLimits, from_rows, parse_csv
+from pynomaly.domain import datasets
+from pynomaly.domain.datasets import (
+    Dataset,
+    DatasetLimits,
+    _parse_csv_exact,
+    _parse_plain_csv,
+    from_rows,
+    parse_csv,
+)
 from pynomaly.domain.errors import InvalidInput
 
 LIMITS = DatasetLimits(max_bytes=10_000, max_rows=5, max_columns=3)
@@ -98,3 +108,83 @@ def test_binary_form_refuses_a_matrix_that_does_not_fit_its_header() -> None:
     lying = b'{"columns":["a"]}'
     with pytest.raises(ValueError, match="shape"):
         Dataset.from_bytes(len(lying).to_bytes(4, "big") + lying + raw[4 + size :])
+
+
+# -- the vectorised CSV path ---------------------------------------------------------------------
+def _outcome(parse: Any) -> tuple[Any, ...]:
+    """What a parser made of an input: its columns and matrix (NaN compared as equal), or its error."""
+    try:
+        ds = parse()
+    except InvalidInput as exc:
+        return ("refused", str(exc))
+    return ("parsed", ds.columns, ds.values.shape, ds.values.tobytes())
+
+
+ODD_CELLS = [
+    "1d5", "1_0", " 1 ", "inf", "-Infinity", "NaN", "nan", "NA", "", " ", "1.5e", ".5", "5.", "0x1p3", "\u0661\u0662",
+    "+1", "1e400", "-0", "1 000", "1.5.2", "true", "\t2\t", "nan(1)", "INF", "1e-400", "0001", "\u00a01", "#1", "--1",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cell", ODD_CELLS)
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_the_vectorised_csv_path_agrees_with_the_exact_parser_on_odd_cells(cell: str, where: str) -> None:
+    rows = [["1", "2"], ["3", "4"], ["5", "6"]]
+    rows[{"first": 0, "middle": 1, "last": 2}[where]][1] = cell
+    text = "a,b\r\n" + "".join(",".join(r) + "\n" for r in rows)
+    limits = DatasetLimits(10**6, 100, 10)
+    assert _outcome(lambda: parse_csv(text.encode(), limits)) == _outcome(lambda: _parse_csv_exact(text, limits))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a,b\n1,2\n\n3,4\n",  # a blank line
+        "a,b\n1,2\n   \n3,4\n",  # a line of spaces
+        "a,b\n1,2\n,\n3,4\n",  # a line of empty cells
+        "a,b\n1,2,3\n",  # ragged
+        "a,b\n1\n",
+        '"a","b"\n1,2\n',  # quoted
+        'a,b\n"1",2\n',
+        "a,b\n1,2",  # no final newline
+        "a;b\n1;2\n",  # another delimiter: one column named "a;b"
+        "a\n1\n2\n",  # one column
+        "a,a\n1,2\n",  # a header the exact parser refuses
+        "a,b,c,d,e\n1,2,3,4,5\n",  # too many columns
+        "a,b\n" + "1,2\n" * 101,  # too many rows
+        "a,b\n" + "1,2\n" * 101 + "x,2\n",  # too many rows before a bad cell
+        "a,b\n" + "1,2\n" * 50 + "x,2\n" + "1,2\n" * 60,  # a bad cell before the row limit
+        "a,b\n\n\n",  # no data rows
+        "# c,b\n1,2\n",  # no comments: '#' is part of a name
+        "a,b\n#1,2\n",
+        "a\n" + "1" * 200_000 + "\n",  # a field over the csv module's limit
+        "a\n1\n" + "2" * 140_000 + "\n3\n",
+    ],
+)
+@pytest.mark.parametrize("chunk", [8, 64, 256 * 1024])
+def test_the_vectorised_csv_path_agrees_with_the_exact_parser(
+    text: str, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(datasets, "CSV_CHUNK_CHARS", chunk)  # chunk boundaries everywhere
+    limits = DatasetLimits(10**6, 100, 4)
+    assert _outcome(lambda: parse_csv(text.encode(), limits)) == _outcome(lambda: _parse_csv_exact(text, limits))
+
+
+@pytest.mark.parametrize("chunk", [16, 1000, 256 * 1024])
+def test_plain_numeric_csv_takes_the_vectorised_path_with_the_same_values(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(datasets, "CSV_CHUNK_CHARS", chunk)
+    rng = np.random.default_rng(3)
+    values = rng.normal(scale=1e6, size=(500, 4))
+    values[::7, 1] = np.round(values[::7, 1])  # integers too
+    limits = DatasetLimits(10**7, 1000, 10)
+    for fmt in ("%.17g", "%.6e", "%.3f", "%d"):
+        out = io.StringIO()
+        np.savetxt(out, values, delimiter=",", fmt=fmt, header="w,x,y,z", comments="")
+        text = out.getvalue()
+        fast = _parse_plain_csv(text, limits)
+        assert fast is not None, "plain numbers must not fall back to the cell-by-cell parser"
+        exact = _parse_csv_exact(text, limits)
+        assert fast.columns == exact.columns == ("w", "x", "y", "z")
+        assert fast.values.tobytes() == exact.values.tobytes()
