@@ -34,7 +34,7 @@ from infra import k8s as kx
 from infra.config import PoolScaling, StackConfig
 from infra.kafka_cluster import Kafka
 from infra.redis_ha import Redis
-from pynomaly.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, Q_NOTIFICATIONS, Topology
+from pynomaly.topology import GROUP_SCORER, PRIORITY_SEPARATOR, PRIORITY_STEPS, Q_NOTIFICATIONS, Topology
 
 API_SERVICE_PORT = 80  # the chart's api.service.port default
 
@@ -262,7 +262,8 @@ class Application(pulumi.ComponentResource):
                     PoolScaling(s.min_replicas, min(s.max_replicas, topo.max_partitions(group)), s.target), False
                 ),
                 "lagThreshold": s.target,
-                "resources": {},
+                # The live scorer loads models: its own size; the forwarding pools share consumers.resources.
+                "resources": app.scorer_resources.to_k8s() if group.name == GROUP_SCORER else {},
             }
 
         expose = stack.expose
@@ -311,6 +312,7 @@ class Application(pulumi.ComponentResource):
                 else (f"http://{expose.host}" if expose.host else ""),
                 "taskTimeLimit": app.task_time_limit,
                 "taskSoftTimeLimit": app.task_soft_time_limit,
+                **app.bounded_settings(),
             },
             "redis": {
                 "host": redis_host,
@@ -337,6 +339,7 @@ class Application(pulumi.ComponentResource):
                 "existingSecret": secret_name if stack.secrets.encryption_key is not None else "",
                 "secretKey": defaults["encryption"]["secretKey"],
             },
+            "models": self._models_values(),
             "api": {
                 "replicas": app.api_replicas,
                 "resources": app.api_resources.to_k8s(),
@@ -383,6 +386,21 @@ class Application(pulumi.ComponentResource):
                 "prometheusRule": {"enabled": app.service_monitor},
             },
             "networkPolicy": {"enabled": app.network_policies},
+        }
+
+    def _models_values(self) -> dict[str, Any]:
+        """The chart's ``models``: where artifacts live; which pools mount them stays the chart's default."""
+        store = self._args.stack.model_store
+        if store.mode == "redis":
+            return {"store": "redis"}
+        return {
+            "store": "persistentVolume",
+            "persistentVolume": {
+                "existingClaim": store.existing_claim or "",
+                "size": store.size,
+                "storageClassName": store.storage_class or "",
+                "accessModes": ["ReadWriteMany"],
+            },
         }
 
     # -- how to reach the API -----------------------------------------------------------------------

@@ -21,8 +21,9 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, cast
 
+import annotated_types
 import pulumi
 from pydantic import (
     AfterValidator,
@@ -36,6 +37,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from pynomaly.config import ENV_PREFIX, Settings, redis_size_bytes
 from pynomaly.topology import TOPOLOGY
 
 PROJECT = "pynomaly"
@@ -67,6 +69,13 @@ _HOST = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$")
 # Never 0 (no limit): with noeviction the API refuses new jobs below it, so Redis must have one.
 _MAXMEMORY = re.compile(r"^[1-9][0-9]*(kb|mb|gb|k|m|g)?$", re.IGNORECASE)
 _MAXMEMORY_WHAT = "a Redis size above 0 like 256mb"
+# An unset redis.maxmemory is this share of the redis container's memory limit: the rest is headroom for
+# what maxmemory does not count (the copy-on-write of the AOF-rewrite fork, client and replication
+# buffers, fragmentation), so Redis refuses writes (noeviction) before the kernel OOM-kills it.
+MAXMEMORY_SHARE = 0.75
+# An explicit maxmemory above this share of the limit is refused: too little headroom for the same reasons.
+MAXMEMORY_MAX_SHARE = 0.9
+_MIB = 1024**2
 _VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
 _JVM_SIZE = re.compile(r"^[0-9]+[mg]$")
 
@@ -93,12 +102,30 @@ def _keyed(problems: list[str]) -> None:
         raise PydanticCustomError("keyed", "{lines}", {"lines": "\n".join(problems)})
 
 
+_QUANTITY_UNITS = {"": 1, "m": 0.001, "k": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
+_QUANTITY_UNITS |= {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+
+
+def quantity_bytes(quantity: str) -> int:
+    """A memory quantity (``512Mi``, ``1G``, ``2Gi``, as ``_QUANTITY`` accepts them) in whole bytes."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)", quantity)
+    if not match or match.group(2) not in _QUANTITY_UNITS:
+        raise ValueError(f"not a Kubernetes quantity: {quantity!r}")
+    return int(float(match.group(1)) * _QUANTITY_UNITS[match.group(2)])
+
+
 def _strict_int(v: Any) -> Any:
     # `pulumi config set --path … 3` stores a number, a YAML file an int or a float like 3.0; never a bool.
     if isinstance(v, bool):
         raise ValueError(f"must be int, got {v!r}")
     if isinstance(v, str) and v.strip().isdigit():
         return int(v)
+    return v
+
+
+def _strict_float(v: Any) -> Any:
+    if isinstance(v, bool):
+        raise ValueError(f"must be float, got {v!r}")
     return v
 
 
@@ -116,6 +143,47 @@ def between(lo: int, hi: int) -> AfterValidator:
         return v
 
     return AfterValidator(check)
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else str(v)
+
+
+def app_bounds(name: str) -> AfterValidator:
+    """The bounds of the app setting ``name`` (``Settings``' own ge/gt/le/lt): a value the pods would refuse
+    at start is refused here, before any resource."""
+    lo: float | None = None
+    hi: float | None = None
+    lo_open = hi_open = False
+    for bound in Settings.model_fields[name].metadata:  # Settings' bounds are numbers
+        match bound:
+            case annotated_types.Ge(ge=x):
+                lo, lo_open = cast(float, x), False
+            case annotated_types.Gt(gt=x):
+                lo, lo_open = cast(float, x), True
+            case annotated_types.Le(le=x):
+                hi, hi_open = cast(float, x), False
+            case annotated_types.Lt(lt=x):
+                hi, hi_open = cast(float, x), True
+            case _:  # a constraint this mirror does not know would be silently dropped
+                raise TypeError(f"Settings.{name}: unsupported constraint {bound!r}")
+    parts = [f"{'above' if lo_open else 'at least'} {_number(lo)}"] if lo is not None else []
+    parts += [f"{'below' if hi_open else 'at most'} {_number(hi)}"] if hi is not None else []
+    what = f"must be {' and '.join(parts)} ({ENV_PREFIX}{name.upper()} in the app)"
+
+    def check(v: float) -> float:
+        low_ok = lo is None or (v > lo if lo_open else v >= lo)
+        high_ok = hi is None or (v < hi if hi_open else v <= hi)
+        _check(low_ok and high_ok, f"{what}, got {_number(v)}")
+        return v
+
+    return AfterValidator(check)
+
+
+def app_setting(name: str) -> Any:
+    """A stack key for the app setting ``name``: the camelCase alias the chart's ``settings`` use, the app's default."""
+    head, *rest = name.split("_")
+    return Field(Settings.model_fields[name].default, alias=head + "".join(w.title() for w in rest))
 
 
 def one_of(*choices: str) -> AfterValidator:
@@ -157,6 +225,7 @@ def _image_tag(v: str) -> str:
 
 
 Int = Annotated[int, BeforeValidator(_strict_int)]
+Float = Annotated[float, BeforeValidator(_strict_float)]
 Bool = Annotated[bool, BeforeValidator(_strict_bool)]
 Name = Annotated[str, matching(_NAME, "a DNS-1123 label")]
 OptionalName = Annotated[str, matching(_NAME, "a StorageClass name", empty_ok=True)]
@@ -243,7 +312,8 @@ class RedisConfig(_Model):
     replicas: Annotated[Int, between(1, 9)] = 1  # 3 by default in sentinel mode
     storage_size: Annotated[str, matching(_QUANTITY, "a quantity like 1Gi")] = Field("1Gi", alias="storage")
     storage_class: OptionalName | None = Field(None, alias="storageClass")
-    maxmemory: Annotated[str, matching(_MAXMEMORY, _MAXMEMORY_WHAT)] = "256mb"
+    # Unset: MAXMEMORY_SHARE of resources.memoryLimit (see effective_maxmemory).
+    maxmemory: Annotated[str, matching(_MAXMEMORY, _MAXMEMORY_WHAT)] | None = None
     image: Image = "redis:7.4.2"
     proxy_image: Image = Field("haproxy:3.0.5-alpine", alias="proxyImage")
     resources: Annotated[Resources, _over(*_REDIS_RESOURCES)] = Resources.of(*_REDIS_RESOURCES)
@@ -263,6 +333,40 @@ class RedisConfig(_Model):
         if self.mode == "standalone" and self.replicas != 1:
             _keyed(["replicas: standalone mode runs exactly 1 replica"])
         return self
+
+    @model_validator(mode="after")
+    def _maxmemory_fits_the_limit(self) -> RedisConfig:
+        if not self.in_cluster:  # a managed Redis: its maxmemory is the provider's
+            return self
+        limit = quantity_bytes(self.resources.memory_limit)
+        if self.maxmemory is None:
+            if self.maxmemory_bytes < _MIB:
+                _keyed(
+                    [
+                        f"resources.memoryLimit: {self.resources.memory_limit} is too small for Redis "
+                        "(maxmemory below 1mb)"
+                    ]
+                )
+        elif self.maxmemory_bytes > MAXMEMORY_MAX_SHARE * limit:
+            _keyed(
+                [
+                    f"maxmemory: {self.maxmemory} is above {MAXMEMORY_MAX_SHARE:.0%} of resources.memoryLimit "
+                    f"({self.resources.memory_limit}): Redis would be OOM-killed before it refuses writes; leave it "
+                    f"unset for {MAXMEMORY_SHARE:.0%} of the limit, or raise the limit"
+                ]
+            )
+        return self
+
+    @property
+    def maxmemory_bytes(self) -> int:
+        if self.maxmemory is not None:
+            return redis_size_bytes(self.maxmemory)
+        return int(MAXMEMORY_SHARE * quantity_bytes(self.resources.memory_limit)) // _MIB * _MIB
+
+    @property
+    def effective_maxmemory(self) -> str:
+        """redis.conf's maxmemory: the configured one, or MAXMEMORY_SHARE of the container's memory limit."""
+        return self.maxmemory if self.maxmemory is not None else f"{self.maxmemory_bytes // _MIB}mb"
 
     @property
     def in_cluster(self) -> bool:
@@ -444,12 +548,15 @@ class AutoscalingConfig(_Model):
 _API_RESOURCES = ("100m", "256Mi", "512Mi")
 _WORKER_RESOURCES = ("250m", "512Mi", "1Gi")
 _CONSUMER_RESOURCES = ("50m", "128Mi", "256Mi")
+# The live scorer loads PyOD, scikit-learn and numpy and keeps models cached: sized like a small worker.
+_SCORER_RESOURCES = ("250m", "384Mi", "1Gi")
 
 
 class AppResources(_Model):
     api: Annotated[Resources, _over(*_API_RESOURCES)] = Resources.of(*_API_RESOURCES)
     worker: Annotated[Resources, _over(*_WORKER_RESOURCES)] = Resources.of(*_WORKER_RESOURCES)
     consumer: Annotated[Resources, _over(*_CONSUMER_RESOURCES)] = Resources.of(*_CONSUMER_RESOURCES)
+    scorer: Annotated[Resources, _over(*_SCORER_RESOURCES)] = Resources.of(*_SCORER_RESOURCES)
 
 
 class AppConfig(_Model):
@@ -461,11 +568,88 @@ class AppConfig(_Model):
     network_policies: Bool = Field(True, alias="networkPolicies")
     service_monitor: Bool = Field(False, alias="serviceMonitor")
 
+    # What the app keeps and how much (PYNOMALY_*; the chart's `settings` of the same names): the app's
+    # types, bounds and defaults, so a stack value the pods would refuse at start fails here first.
+    BOUNDED_SETTINGS: ClassVar[tuple[str, ...]] = (
+        "result_ttl_seconds",
+        "job_data_ttl_seconds",
+        "dataset_retention_seconds",
+        "audit_retention_seconds",
+        "audit_max_records",
+        "maintenance_interval_seconds",
+        "redis_memory_high_watermark",
+        "outbox_max_events",
+        "stream_maxlen",
+        "event_max_list_items",
+        "event_max_mapping_items",
+        "event_max_string_chars",
+        "max_upload_bytes",
+        "max_rows",
+        "max_columns",
+        "max_schedules",
+        "max_datasets",
+        "dataset_fetch_max_bytes",
+        "max_models",
+        "model_max_versions",
+        "model_max_artifact_bytes",
+    )
+    result_ttl_seconds: Annotated[Int, app_bounds("result_ttl_seconds")] = app_setting("result_ttl_seconds")
+    job_data_ttl_seconds: Annotated[Int, app_bounds("job_data_ttl_seconds")] = app_setting("job_data_ttl_seconds")
+    dataset_retention_seconds: Annotated[Int, app_bounds("dataset_retention_seconds")] = app_setting(
+        "dataset_retention_seconds"
+    )
+    audit_retention_seconds: Annotated[Int, app_bounds("audit_retention_seconds")] = app_setting(
+        "audit_retention_seconds"
+    )
+    audit_max_records: Annotated[Int, app_bounds("audit_max_records")] = app_setting("audit_max_records")
+    maintenance_interval_seconds: Annotated[Int, app_bounds("maintenance_interval_seconds")] = app_setting(
+        "maintenance_interval_seconds"
+    )
+    redis_memory_high_watermark: Annotated[Float, app_bounds("redis_memory_high_watermark")] = app_setting(
+        "redis_memory_high_watermark"
+    )
+    outbox_max_events: Annotated[Int, app_bounds("outbox_max_events")] = app_setting("outbox_max_events")
+    stream_maxlen: Annotated[Int, app_bounds("stream_maxlen")] = app_setting("stream_maxlen")
+    event_max_list_items: Annotated[Int, app_bounds("event_max_list_items")] = app_setting("event_max_list_items")
+    event_max_mapping_items: Annotated[Int, app_bounds("event_max_mapping_items")] = app_setting(
+        "event_max_mapping_items"
+    )
+    event_max_string_chars: Annotated[Int, app_bounds("event_max_string_chars")] = app_setting("event_max_string_chars")
+    max_upload_bytes: Annotated[Int, app_bounds("max_upload_bytes")] = app_setting("max_upload_bytes")
+    max_rows: Annotated[Int, app_bounds("max_rows")] = app_setting("max_rows")
+    max_columns: Annotated[Int, app_bounds("max_columns")] = app_setting("max_columns")
+    max_schedules: Annotated[Int, app_bounds("max_schedules")] = app_setting("max_schedules")
+    max_datasets: Annotated[Int, app_bounds("max_datasets")] = app_setting("max_datasets")
+    dataset_fetch_max_bytes: Annotated[Int, app_bounds("dataset_fetch_max_bytes")] = app_setting(
+        "dataset_fetch_max_bytes"
+    )
+    max_models: Annotated[Int, app_bounds("max_models")] = app_setting("max_models")
+    model_max_versions: Annotated[Int, app_bounds("model_max_versions")] = app_setting("model_max_versions")
+    model_max_artifact_bytes: Annotated[Int, app_bounds("model_max_artifact_bytes")] = app_setting(
+        "model_max_artifact_bytes"
+    )
+
     @model_validator(mode="after")
     def _soft_below_hard(self) -> AppConfig:
         if self.task_soft_time_limit >= self.task_time_limit:
             _keyed([f"taskSoftTimeLimit: must be below taskTimeLimit ({self.task_time_limit})"])
         return self
+
+    @model_validator(mode="after")
+    def _data_within_the_job(self) -> AppConfig:
+        # As the app's own check: a job's data never outlives the job (0 = as long as the job).
+        if self.job_data_ttl_seconds > self.result_ttl_seconds:
+            _keyed(
+                [
+                    f"jobDataTtlSeconds: must not exceed resultTtlSeconds ({self.result_ttl_seconds}); "
+                    "0 keeps a job's data as long as the job"
+                ]
+            )
+        return self
+
+    def bounded_settings(self) -> dict[str, int | float]:
+        """The chart's ``settings`` for BOUNDED_SETTINGS, by their camelCase keys."""
+        return {AppConfig.model_fields[n].alias or n: getattr(self, n) for n in self.BOUNDED_SETTINGS}
 
     @property
     def api_resources(self) -> Resources:
@@ -478,6 +662,10 @@ class AppConfig(_Model):
     @property
     def consumer_resources(self) -> Resources:
         return self.resources.consumer
+
+    @property
+    def scorer_resources(self) -> Resources:
+        return self.resources.scorer
 
 
 def _cidrs(v: Any) -> Any:
@@ -506,6 +694,28 @@ class EncryptionConfig(_Model):
     enabled: Bool = False
 
 
+class ModelStoreConfig(_Model):
+    """Where trained models' artifacts live (the chart's ``models`` values, PYNOMALY_MODEL_STORE): ``redis``
+    (the default) or ``persistentVolume``, a ReadWriteMany claim mounted by the API and the workers
+    (read-write) and the scorers (read-only).  The top-level ``storageClass`` is not inherited: Redis'
+    and Kafka's class is usually ReadWriteOnce.  An S3-compatible bucket is not implemented."""
+
+    mode: Annotated[str, one_of("redis", "persistentVolume")] = "redis"
+    size: Annotated[str, matching(_QUANTITY, "a quantity like 10Gi")] = "10Gi"
+    # A class offering ReadWriteMany (NFS, CephFS, EFS, Filestore, Azure Files); unset: the cluster's default.
+    storage_class: OptionalName | None = Field(None, alias="storageClass")
+    # An existing ReadWriteMany claim instead of one the chart creates.
+    existing_claim: Annotated[str, matching(_NAME, "a PersistentVolumeClaim name")] | None = Field(
+        None, alias="existingClaim"
+    )
+
+    @model_validator(mode="after")
+    def _claim_needs_the_volume(self) -> ModelStoreConfig:
+        if self.mode == "redis" and (self.existing_claim or self.storage_class):
+            _keyed(["mode: persistentVolume is needed for storageClass or existingClaim (mode is redis)"])
+        return self
+
+
 def _labels(v: Any) -> Any:
     _check(isinstance(v, Mapping) and all(isinstance(x, str) for x in v.values()), "must map label names to strings")
     return dict(v)
@@ -528,6 +738,7 @@ class _Document(_Model):
     labels: Annotated[dict[str, str], BeforeValidator(_labels)] = {}
     smtp: SmtpConfig = SmtpConfig()
     encryption: EncryptionConfig = EncryptionConfig()
+    model_store: ModelStoreConfig = Field(ModelStoreConfig(), alias="modelStore")
 
     @model_validator(mode="before")
     @classmethod
@@ -583,6 +794,7 @@ class StackConfig:
     labels: Mapping[str, str] = field(default_factory=dict)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    model_store: ModelStoreConfig = field(default_factory=ModelStoreConfig)
 
 
 # -- validation (pure) ---------------------------------------------------------------------------
@@ -662,6 +874,7 @@ def parse_config(raw: Mapping[str, Any], environment: str, *, default_tag: str) 
         doc.labels,
         doc.smtp,
         doc.encryption,
+        doc.model_store,
     )
 
 
@@ -751,6 +964,7 @@ def load(default_tag: str) -> StackConfig:
         stack.labels,
         stack.smtp,
         stack.encryption,
+        stack.model_store,
     )
 
 

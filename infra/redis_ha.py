@@ -454,7 +454,7 @@ def _redis_conf(cfg: RedisConfig) -> str:
             "appendfsync everysec",
             "aof-use-rdb-preamble yes",
             "save 900 1 300 100",
-            f"maxmemory {cfg.maxmemory}",
+            f"maxmemory {cfg.effective_maxmemory}",
             "maxmemory-policy noeviction",
             "tcp-keepalive 60",
             "timeout 0",

@@ -48,6 +48,11 @@ def test_demo_finds_planted_anomalies_through_kafka_and_stops_everything(tmp_pat
     # The job went through Celery on Redis and announced itself on Kafka, then the bridge.
     assert re.search(r"Kafka: job_completed on job_events partition \d offset \d+, key [0-9a-f]{32}", output)
     assert "bridged to dashboard:stream as entry" in output
+    # Live scoring: the saved model bound to measurements finds every planted record as it arrives.
+    assert re.search(r"bound measurements -> model sensors-demo:\d+", output), output[-3000:]
+    live = re.search(r"live: planted anomalies found (\d+)/(\d+), other records flagged (\d+)", output)
+    assert live and live.group(1) == live.group(2) == "8" and live.group(3) == "0", output[-3000:]
+    assert len(re.findall(r"  anomaly  sensor-\d .* latency \d+ ms", output)) == 8, output[-3000:]
     redis_port = re.search(r"Redis\s+redis://:\*+@127\.0\.0\.1:(\d+)", output)
     assert redis_port, output[-3000:]
     assert "nothing left running" in output

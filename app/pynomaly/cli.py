@@ -114,7 +114,9 @@ def worker(pool: str | None, queues: tuple[str, ...], concurrency: int | None) -
 
 
 @main.command()
-@click.option("--group", required=True, help="Consumer pool: bridge (Kafka -> Redis Streams) or audit.")
+@click.option(
+    "--group", required=True, help="Consumer pool: bridge (Kafka -> Redis Streams), audit or scorer (live scoring)."
+)
 def consumer(group: str) -> None:
     """Run a Kafka consumer pool."""
     from pynomaly.consumers.main import run_consumer
@@ -714,4 +716,5 @@ def models_delete(model: str, yes: bool, api_url: str | None, api_key: str | Non
     click.echo(f"model {model} deleted")
 
 
-from pynomaly import cli_schedules  # noqa: E402,F401  (adds `beat`, `schedules` and `datasets`)
+# Added commands: `beat`, `schedules`, `datasets` (cli_schedules); `stream`, `produce` (cli_streams).
+from pynomaly import cli_schedules, cli_streams  # noqa: E402,F401

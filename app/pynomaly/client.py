@@ -134,6 +134,24 @@ class PynomalyClient:
         path = f"/v1/models/{segment(name)}" + ("" if version is None else f"/versions/{int(version)}")
         self._call("DELETE", path)
 
+    # -- stream bindings (live scoring) ---------------------------------------------------------
+    def streams(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/streams")
+
+    def stream(self, topic: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/streams/{segment(topic)}")
+
+    def bind(
+        self, topic: str, model: str, notify: list[dict[str, Any]] | None = None, notify_interval: int | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "notify": notify or []}
+        if notify_interval is not None:
+            body["notify_interval_seconds"] = notify_interval
+        return self._call("PUT", f"/v1/streams/{segment(topic)}", json=body)
+
+    def unbind(self, topic: str) -> None:
+        self._call("DELETE", f"/v1/streams/{segment(topic)}")
+
     def detectors(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/detectors")
 

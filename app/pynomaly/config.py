@@ -35,6 +35,10 @@ class SettingsError(ValueError):
     """A setting is missing or invalid; the message names the variable and what to do."""
 
 
+# Streams keep at least this many entries (the WebSocket gap check relies on it).
+MIN_STREAM_MAXLEN = 10
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -91,7 +95,7 @@ class Settings(BaseModel):
     max_retries: int = Field(3, ge=0, le=10, description="Retries before a job goes to the dead-letter queue.")
     worker_concurrency: int = Field(0, ge=0, description="Processes per worker; 0 takes the pool's default.")
 
-    stream_maxlen: int = Field(1000, ge=10, description="Approximate MAXLEN of each Redis stream.")
+    stream_maxlen: int = Field(1000, ge=MIN_STREAM_MAXLEN, description="Approximate MAXLEN of each Redis stream.")
     bridge_dedup_ttl_seconds: int = Field(
         900,
         ge=60,

@@ -192,6 +192,8 @@ T_ANOMALY = "anomaly_events"
 T_JOB = "job_events"
 T_SYSTEM = "system_events"
 T_AUDIT = "audit_events"
+# Live scoring's input: records of entities (sensors, hosts...), keyed by entity id.
+T_MEASUREMENTS = "measurements"
 
 S_DASHBOARD = "dashboard:stream"
 S_NOTIFICATIONS = "notifications:stream"
@@ -202,12 +204,14 @@ TASK_DETECT = "pynomaly.detect_anomalies"
 TASK_REPORT = "pynomaly.generate_report"
 TASK_NOTIFY = "pynomaly.send_notification"
 TASK_DELIVER = "pynomaly.deliver_notification"
+TASK_DELIVER_ANOMALY = "pynomaly.deliver_anomaly_notification"
 TASK_MAINTENANCE = "pynomaly.maintenance"
 TASK_SCHEDULED_RUN = "pynomaly.scheduled_run"
 TASK_HEALTH_CHECK = "pynomaly.health_check"
 
 GROUP_BRIDGE = "pynomaly-bridge"
 GROUP_AUDIT = "pynomaly-audit"
+GROUP_SCORER = "pynomaly-scorer"
 
 # Event types.  Names follow the issue tracker's vocabulary (`job_completed`), grouped by topic.
 JOB_EVENTS = (
@@ -221,7 +225,8 @@ JOB_EVENTS = (
     "job_cancelled",
     "job_dead_lettered",
 )
-ANOMALY_EVENTS = ("anomalies_detected",)
+# anomalies_detected: a job's findings; anomaly_detected: one live record over its model's threshold.
+ANOMALY_EVENTS = ("anomalies_detected", "anomaly_detected")
 SYSTEM_EVENTS = (
     "component_heartbeat",
     "component_started",
@@ -232,6 +237,9 @@ SYSTEM_EVENTS = (
     "model_saved",
     "model_promoted",
     "model_deleted",
+    # Stream bindings (topic -> model) changed: scorers reload their bindings.
+    "stream_bound",
+    "stream_unbound",
 )
 AUDIT_EVENTS = ("audit_record",)
 
@@ -248,6 +256,7 @@ TOPOLOGY = Topology(
         Topic(T_JOB, 2, "Job lifecycle: submitted, started, progress, completed, failed"),
         Topic(T_SYSTEM, 1, "Component heartbeats and health summaries"),
         Topic(T_AUDIT, 5, "Who did what through the API", retention_ms=30 * 24 * 3600 * 1000),
+        Topic(T_MEASUREMENTS, 6, "Records to score live, keyed by entity id", retention_ms=24 * 3600 * 1000),
     ),
     streams=(
         Stream(S_DASHBOARD, "Live job and anomaly updates for the browser dashboard"),
@@ -262,6 +271,12 @@ TOPOLOGY = Topology(
             "Kafka -> Redis Streams bridge feeding the dashboard and notifications",
         ),
         ConsumerGroup(GROUP_AUDIT, "audit", (T_AUDIT,), "Audit sink keeping every audit event queryable"),
+        ConsumerGroup(
+            GROUP_SCORER,
+            "scorer",
+            (T_MEASUREMENTS,),
+            "Live scoring: each record scored with its bound model; anomalies to anomaly_events",
+        ),
     ),
     stream_groups=(
         StreamGroup("notifiers", S_NOTIFICATIONS, "Delivers notification entries"),
@@ -279,6 +294,11 @@ TOPOLOGY = Topology(
         Task(TASK_REPORT, Q_REPORTS, "Render JSON, CSV and HTML reports"),
         Task(TASK_NOTIFY, Q_NOTIFICATIONS, "The notify step: one delivery task per matching notification target"),
         Task(TASK_DELIVER, Q_NOTIFICATIONS, "Deliver one notification (webhook or e-mail), own retries and DLQ entry"),
+        Task(
+            TASK_DELIVER_ANOMALY,
+            Q_NOTIFICATIONS,
+            "Deliver one live anomaly of a stream binding to one target (rate limited per entity by the scorer)",
+        ),
         Task(TASK_MAINTENANCE, Q_DEFAULT, "Expire results and datasets by retention, trim streams"),
         Task(TASK_SCHEDULED_RUN, Q_DEFAULT, "Start one run of a recurring detection schedule (an ordinary job)"),
         Task(TASK_HEALTH_CHECK, Q_DEFAULT, "Alert on DLQ growth and stopped heartbeats; publish the health summary"),

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import math
-from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from pynomaly.domain import datasets
-from pynomaly.domain.datasets import (
-    Dataset,
-    DatasetLimits,
-    _parse_csv_exact,
-    _parse_plain_csv,
-    from_rows,
-    parse_csv,
-)
+from pynomaly.domain import datasets as datasets_module
+from pynomaly.domain.datasets import Dataset, DatasetLimits, from_rows, parse_csv
 from pynomaly.domain.errors import InvalidInput
 
 LIMITS = DatasetLimits(max_bytes=10_000, max_rows=5, max_columns=3)
@@ -110,81 +103,92 @@ def test_binary_form_refuses_a_matrix_that_does_not_fit_its_header() -> None:
         Dataset.from_bytes(len(lying).to_bytes(4, "big") + lying + raw[4 + size :])
 
 
-# -- the vectorised CSV path ---------------------------------------------------------------------
-def _outcome(parse: Any) -> tuple[Any, ...]:
-    """What a parser made of an input: its columns and matrix (NaN compared as equal), or its error."""
+# -- the vectorised fast paths agree with the careful per-cell path ----------------------------------
+WIDE = DatasetLimits(max_bytes=1_000_000, max_rows=50, max_columns=4)
+CELLS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(10**320), max_value=10**320),
+    st.booleans(),
+    st.none(),
+    st.sampled_from(["1.5", " 2 ", "NA", "", "nan", "x", "1_000", "inf"]),
+)
+TEXT_CELLS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(min_value=-(10**20), max_value=10**20).map(str),
+    st.sampled_from(["", " ", "NA", "nan", "-Inf", "1_000", "0x10", ".5", "5.", "1e", '"3"', "#4", " 7 "]),
+)
+
+
+def _outcome(parse, *args):  # type: ignore[no-untyped-def]
     try:
-        ds = parse()
+        dataset = parse(*args)
     except InvalidInput as exc:
         return ("refused", str(exc))
-    return ("parsed", ds.columns, ds.values.shape, ds.values.tobytes())
+    return (dataset.columns, dataset.values.tobytes(), dataset.values.shape)
 
 
-ODD_CELLS = [
-    "1d5", "1_0", " 1 ", "inf", "-Infinity", "NaN", "nan", "NA", "", " ", "1.5e", ".5", "5.", "0x1p3", "\u0661\u0662",
-    "+1", "1e400", "-0", "1 000", "1.5.2", "true", "\t2\t", "nan(1)", "INF", "1e-400", "0001", "\u00a01", "#1", "--1",
-]  # fmt: skip
+def _careful(monkeypatch: pytest.MonkeyPatch, parse, *args):  # type: ignore[no-untyped-def]
+    with monkeypatch.context() as patched:
+        patched.setattr(datasets_module, "_numeric_matrix", lambda *a: None)
+        patched.setattr(datasets_module, "_csv_matrix", lambda *a: None)
+        return _outcome(parse, *args)
 
 
-@pytest.mark.parametrize("cell", ODD_CELLS)
-@pytest.mark.parametrize("where", ["first", "middle", "last"])
-def test_the_vectorised_csv_path_agrees_with_the_exact_parser_on_odd_cells(cell: str, where: str) -> None:
-    rows = [["1", "2"], ["3", "4"], ["5", "6"]]
-    rows[{"first": 0, "middle": 1, "last": 2}[where]][1] = cell
-    text = "a,b\r\n" + "".join(",".join(r) + "\n" for r in rows)
-    limits = DatasetLimits(10**6, 100, 10)
-    assert _outcome(lambda: parse_csv(text.encode(), limits)) == _outcome(lambda: _parse_csv_exact(text, limits))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(width=st.integers(1, 3), data=st.data(), as_objects=st.booleans())
+def test_json_rows_fast_path_equals_the_careful_path(
+    monkeypatch: pytest.MonkeyPatch, width: int, data: st.DataObject, as_objects: bool
+) -> None:
+    rows = data.draw(st.lists(st.lists(CELLS, min_size=width, max_size=width), min_size=1, max_size=6))
+    if data.draw(st.booleans()):  # mostly plain numbers, the case the fast path takes
+        rows = [[float(i * width + j) if j % 2 else i * width + j for j in range(width)] for i in range(len(rows))]
+    names = [f"c{j}" for j in range(width)]
+    payload: list = [dict(zip(names, row, strict=True)) for row in rows] if as_objects else rows
+    assert _outcome(from_rows, payload, None, WIDE) == _careful(monkeypatch, from_rows, payload, None, WIDE)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(width=st.integers(1, 3), data=st.data())
+def test_csv_fast_path_equals_the_careful_path(
+    monkeypatch: pytest.MonkeyPatch, width: int, data: st.DataObject
+) -> None:
+    lines = data.draw(
+        st.lists(
+            st.one_of(st.lists(TEXT_CELLS, min_size=width, max_size=width).map(",".join), st.sampled_from(["", "1"])),
+            min_size=0,
+            max_size=8,
+        )
+    )
+    body = (",".join(f"c{j}" for j in range(width)) + "\n" + "\n".join(lines) + "\n").encode()
+    assert _outcome(parse_csv, body, WIDE) == _careful(monkeypatch, parse_csv, body, WIDE)
+
+
+def test_fast_paths_are_taken_for_plain_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agreement above would hold trivially if the fast paths never answered."""
+    rows = [[1, 2.5], [3.0, -4]]
+    assert datasets_module._list_rows_matrix(rows, 2).tolist() == [[1.0, 2.5], [3.0, -4.0]]
+    objects = [{"a": 1, "b": 2.5}]
+    assert datasets_module._object_rows_matrix(objects, ("a", "b")).tolist() == [[1.0, 2.5]]
+    assert datasets_module._csv_matrix("a,b\n1,2.5\n\n3,-4\n", 1, 2, WIDE).tolist() == [[1.0, 2.5], [3.0, -4.0]]
+    assert datasets_module._list_rows_matrix([[True, 1]], 2) is None
+    assert datasets_module._csv_matrix('a\n"1"\n', 1, 1, WIDE) is None
 
 
 @pytest.mark.parametrize(
-    "text",
+    "body",
     [
-        "a,b\n1,2\n\n3,4\n",  # a blank line
-        "a,b\n1,2\n   \n3,4\n",  # a line of spaces
-        "a,b\n1,2\n,\n3,4\n",  # a line of empty cells
-        "a,b\n1,2,3\n",  # ragged
-        "a,b\n1\n",
-        '"a","b"\n1,2\n',  # quoted
-        'a,b\n"1",2\n',
-        "a,b\n1,2",  # no final newline
-        "a;b\n1;2\n",  # another delimiter: one column named "a;b"
-        "a\n1\n2\n",  # one column
-        "a,a\n1,2\n",  # a header the exact parser refuses
-        "a,b,c,d,e\n1,2,3,4,5\n",  # too many columns
-        "a,b\n" + "1,2\n" * 101,  # too many rows
-        "a,b\n" + "1,2\n" * 101 + "x,2\n",  # too many rows before a bad cell
-        "a,b\n" + "1,2\n" * 50 + "x,2\n" + "1,2\n" * 60,  # a bad cell before the row limit
-        "a,b\n\n\n",  # no data rows
-        "# c,b\n1,2\n",  # no comments: '#' is part of a name
-        "a,b\n#1,2\n",
-        "a\n" + "1" * 200_000 + "\n",  # a field over the csv module's limit
-        "a\n1\n" + "2" * 140_000 + "\n3\n",
+        b"a\n#4\n1\n",  # a comment character is a cell like any other
+        b"a,b\n1,#4\n",
+        b"a\n1_000\n",  # float() takes it, numpy's parser does not
+        b"a\n 7 \n\n\n-Inf\n",
+        b"a,b\n1,2\n   \n3,4\n",
+        b'a\n"3"\n',
+        b"a,b\n1,2,\n",
+        b"a\n0x10\n",
+        b"a\r\n1\r\n2\r\n",
+        b"a\n" + b"1\n" * 51,  # over max_rows
+        b"a\n" + b"1" * 200_000 + b"\n",  # a field over the csv module's limit
     ],
 )
-@pytest.mark.parametrize("chunk", [8, 64, 256 * 1024])
-def test_the_vectorised_csv_path_agrees_with_the_exact_parser(
-    text: str, chunk: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(datasets, "CSV_CHUNK_CHARS", chunk)  # chunk boundaries everywhere
-    limits = DatasetLimits(10**6, 100, 4)
-    assert _outcome(lambda: parse_csv(text.encode(), limits)) == _outcome(lambda: _parse_csv_exact(text, limits))
-
-
-@pytest.mark.parametrize("chunk", [16, 1000, 256 * 1024])
-def test_plain_numeric_csv_takes_the_vectorised_path_with_the_same_values(
-    chunk: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(datasets, "CSV_CHUNK_CHARS", chunk)
-    rng = np.random.default_rng(3)
-    values = rng.normal(scale=1e6, size=(500, 4))
-    values[::7, 1] = np.round(values[::7, 1])  # integers too
-    limits = DatasetLimits(10**7, 1000, 10)
-    for fmt in ("%.17g", "%.6e", "%.3f", "%d"):
-        out = io.StringIO()
-        np.savetxt(out, values, delimiter=",", fmt=fmt, header="w,x,y,z", comments="")
-        text = out.getvalue()
-        fast = _parse_plain_csv(text, limits)
-        assert fast is not None, "plain numbers must not fall back to the cell-by-cell parser"
-        exact = _parse_csv_exact(text, limits)
-        assert fast.columns == exact.columns == ("w", "x", "y", "z")
-        assert fast.values.tobytes() == exact.values.tobytes()
+def test_csv_edge_cases_parse_as_the_careful_path_does(monkeypatch: pytest.MonkeyPatch, body: bytes) -> None:
+    assert _outcome(parse_csv, body, WIDE) == _careful(monkeypatch, parse_csv, body, WIDE)

@@ -6,15 +6,17 @@ topology, in the chart defaults, in each environment, and in what the templates 
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 import pytest
 
-from pynomaly.config import ENV_PREFIX, Settings
+from pynomaly.config import ENV_PREFIX, Settings, settings_from_env
 from pynomaly.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, TOPOLOGY
-from tests.charts.chartlib import ENVIRONMENTS, by_kind, component, container, pool
-from tools.helm import CHART
+from tests.charts.chartlib import ENVIRONMENTS, MINIMAL_VALUES, by_kind, component, container, deep_merge, pool
+from tests.support.settings import is_numeric, setting_bounds, snake
+from tools.helm import CHART, HelmError
 
 pytestmark = pytest.mark.helm
 
@@ -126,14 +128,77 @@ def test_every_pynomaly_variable_is_a_setting(rendered_envs: dict[str, Any], env
     assert {ENV_PREFIX + "REDIS_URL", ENV_PREFIX + "KAFKA_BOOTSTRAP_SERVERS", ENV_PREFIX + "HEARTBEAT_DIR"} <= names
 
 
+# Chart defaults that differ from the app's on purpose (a cluster is not the local system), and why.
+CLUSTER_DEFAULTS = {
+    "environment": "names the deployment in logs and events; the app's 'local' is the local system's",
+    "logFormat": "json for a cluster's log pipeline; the app's console is for a terminal",
+}
+
+
 def test_defaults_agree_with_the_settings_defaults(chart_values: dict[str, Any]) -> None:
     defaults = Settings()
     settings = chart_values["settings"]
-    assert settings["taskTimeLimit"] == defaults.task_time_limit
-    assert settings["taskSoftTimeLimit"] == defaults.task_soft_time_limit
-    assert settings["maxRetries"] == defaults.max_retries
-    assert settings["streamMaxlen"] == defaults.stream_maxlen == TOPOLOGY.streams[0].maxlen
+    unknown = [key for key in settings if snake(key) not in Settings.model_fields]
+    assert unknown == [], "chart settings that are no app setting"
+    differ = {key for key, value in settings.items() if value != getattr(defaults, snake(key))}
+    assert differ == set(CLUSTER_DEFAULTS)
+    assert settings["streamMaxlen"] == TOPOLOGY.streams[0].maxlen
     assert chart_values["api"]["port"] == defaults.api_port
+
+
+def numeric_settings(chart_values: dict[str, Any]) -> list[str]:
+    return [key for key in chart_values["settings"] if is_numeric(snake(key))]
+
+
+def test_schema_mirrors_the_settings_bounds(chart_values: dict[str, Any]) -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["settings"]
+    keywords = ("type", "minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+    for key in numeric_settings(chart_values):
+        node = schema["properties"][key]
+        assert {k: node[k] for k in keywords if k in node} == setting_bounds(snake(key)).json_schema(), key
+        # Required: `--set settings.<key>=null` would otherwise render 0, which the pods refuse at start.
+        assert key in schema["required"], key
+
+
+def test_every_setting_renders_into_the_variable_the_app_reads(chart_values: dict[str, Any], render: Any) -> None:
+    defaults = chart_values["settings"]
+    chosen: dict[str, Any] = {
+        key: setting_bounds(snake(key)).other_than(defaults[key]) for key in numeric_settings(chart_values)
+    }
+    chosen |= {
+        "environment": "staging",
+        "logLevel": "WARNING",
+        "logFormat": "console",
+        "publicUrl": "https://pynomaly.example",
+    }
+    assert set(chosen) == set(defaults), "a chart setting this test does not set"
+    objects = render(values=deep_merge(MINIMAL_VALUES, {"settings": chosen}))
+    configmaps = by_kind(objects, "ConfigMap")
+    deployments = by_kind(objects, "Deployment")
+    assert deployments
+    for name, deployment in deployments.items():
+        # What the container sees: the ConfigMaps it takes whole (envFrom), then its own literal env on top.
+        environ: dict[str, str] = {}
+        for source in container(deployment)["envFrom"]:
+            environ |= configmaps[source["configMapRef"]["name"]]["data"]
+        environ |= {e["name"]: e["value"] for e in container(deployment).get("env", []) if "value" in e}
+        settings = settings_from_env(environ)
+        got = {key: getattr(settings, snake(key)) for key in chosen}
+        assert got == {key: value.upper() if key == "logLevel" else value for key, value in chosen.items()}, name
+
+
+def test_out_of_range_settings_are_refused_at_render(chart_values: dict[str, Any], render: Any) -> None:
+    # Every numeric setting just below its lower bound in one render, then just above its upper bound:
+    # helm names every offending path at once.
+    outside = {key: setting_bounds(snake(key)).outside() for key in numeric_settings(chart_values)}
+    for edge in (0, 1):
+        bad = {key: values[edge] for key, values in outside.items() if len(values) > edge}
+        assert bad
+        with pytest.raises(HelmError) as info:
+            render(values=deep_merge(MINIMAL_VALUES, {"settings": bad}))
+        message = str(info.value)
+        assert "values don't meet the specifications of the schema" in message
+        assert [key for key in bad if f"at '/settings/{key}'" not in message] == []
 
 
 def test_image_tag_defaults_to_the_app_version(rendered_envs: dict[str, Any]) -> None:

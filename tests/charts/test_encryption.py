@@ -1,5 +1,6 @@
 """Encryption at rest in the chart: off by default, on in the cloud environment; the keys file is
-mounted read-only from a Secret into the API and the workers only; enabled without a Secret is refused."""
+mounted read-only from a Secret into the API, the workers and the scorer consumers (model artifacts are sealed
+blobs too) only; enabled without a Secret is refused."""
 
 from __future__ import annotations
 
@@ -7,12 +8,30 @@ from typing import Any
 
 import pytest
 
-from tests.charts.chartlib import ENVIRONMENTS, MINIMAL_VALUES, by_kind, component, container, deep_merge, pod_spec
+from pynomaly.topology import GROUP_SCORER, TOPOLOGY
+from tests.charts.chartlib import (
+    ENVIRONMENTS,
+    MINIMAL_VALUES,
+    by_kind,
+    component,
+    container,
+    deep_merge,
+    pod_spec,
+    pool,
+)
 from tools.helm import HelmError
 
 pytestmark = pytest.mark.helm
 
 MOUNT = "/etc/pynomaly/encryption"
+# Consumer pools that load models (sealed artifacts): live scoring.
+MODEL_CONSUMERS = {g.pool for g in TOPOLOGY.consumer_groups if g.name == GROUP_SCORER}
+
+
+def reads_blobs(deployment: dict[str, Any]) -> bool:
+    return component(deployment) in ("api", "worker") or (
+        component(deployment) == "consumer" and pool(deployment) in MODEL_CONSUMERS
+    )
 
 
 def config_data(objects: list[dict[str, Any]]) -> dict[str, str]:
@@ -38,19 +57,20 @@ def test_on_in_the_cloud_environment_only(rendered_envs: dict[str, Any], env: st
     assert enabled == ("true" if env == "cloud" else "false")
     mounted = {name for name, d in by_kind(objects, "Deployment").items() if keys_file_of(d)}
     if env == "cloud":
-        assert mounted == {n for n, d in by_kind(objects, "Deployment").items() if component(d) in ("api", "worker")}
+        assert mounted == {n for n, d in by_kind(objects, "Deployment").items() if reads_blobs(d)}
+        assert any(component(d) == "consumer" for n, d in by_kind(objects, "Deployment").items() if n in mounted)
     else:
         assert mounted == set()
 
 
-def test_the_keys_file_is_mounted_read_only_into_api_and_workers_only(render: Any) -> None:
+def test_the_keys_file_is_mounted_read_only_into_api_workers_and_scorers_only(render: Any) -> None:
     values = deep_merge(MINIMAL_VALUES, {"encryption": {"enabled": True, "existingSecret": "pynomaly-keys"}})
     objects = render(values=values)
     assert config_data(objects)["PYNOMALY_ENCRYPTION_ENABLED"] == "true"
     deployments = by_kind(objects, "Deployment")
     assert {component(d) for d in deployments.values()} == {"api", "worker", "consumer", "beat"}
     for name, deployment in deployments.items():
-        if component(deployment) in ("consumer", "beat"):  # they never read or write payload blobs
+        if not reads_blobs(deployment):  # beat and the forwarding consumers never read or write payload blobs
             assert keys_file_of(deployment) is None and encryption_volume(deployment) is None, name
             continue
         assert keys_file_of(deployment) == f"{MOUNT}/encryption-keys", name

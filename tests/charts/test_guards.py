@@ -120,6 +120,10 @@ def test_sasl_needs_a_user_name(render: Any) -> None:
         ({"kafka": {"bootstrapServers": ""}}, "kafka.bootstrapServers is required"),
         ({"kafka": {"bootstrapServers": "kafka"}}, 'kafka.bootstrapServers: "kafka" is not host:port'),
         ({"settings": {"taskSoftTimeLimit": 3600}}, "settings.taskSoftTimeLimit (3600) must be below"),
+        (
+            {"settings": {"jobDataTtlSeconds": 604801}},
+            "settings.jobDataTtlSeconds (604801) must not exceed settings.resultTtlSeconds (604800)",
+        ),
         ({"api": {"ingress": {"enabled": True}}}, "api.ingress.host is required"),
     ],
 )

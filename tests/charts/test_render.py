@@ -115,5 +115,5 @@ def test_print_objects_per_kind_per_environment(rendered_envs: dict[str, list[di
         print("\n\nObjects per kind rendered by charts/pynomaly (helm-alone, environments/helm/<env>.values.yaml):")
         print(table)
     for env, kinds in counts.items():
-        assert kinds["Deployment"] == 8, env  # api + 4 worker pools + 2 consumer pools + beat
+        assert kinds["Deployment"] == 9, env  # api + 4 worker pools + 3 consumer pools + beat
         assert kinds["PodDisruptionBudget"] == kinds["Deployment"], env

@@ -63,17 +63,17 @@ def keda(local_cluster: LocalCluster) -> Iterator[str]:
         keda_addon.uninstall(local_cluster)
 
 
-def run_pod(
-    cluster: LocalCluster, namespace: str, name: str, image: str, command: list[str], timeout: float = 120
-) -> tuple[str, str]:
-    """Run a one-shot pod that satisfies the 'restricted' standard; return (phase, logs)."""
-    pod = {
+def restricted_pod(
+    namespace: str, name: str, image: str, command: list[str], labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A pod manifest that satisfies the 'restricted' Pod Security standard, on the real node."""
+    return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace},
+        "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
         "spec": {
-            "restartPolicy": "Never",
             "nodeSelector": {"pynomaly.io/local-node": "real"},
+            "terminationGracePeriodSeconds": 1,
             "securityContext": {
                 "runAsNonRoot": True,
                 "runAsUser": 10001,
@@ -96,6 +96,14 @@ def run_pod(
             ],
         },
     }
+
+
+def run_pod(
+    cluster: LocalCluster, namespace: str, name: str, image: str, command: list[str], timeout: float = 120
+) -> tuple[str, str]:
+    """Run a one-shot pod that satisfies the 'restricted' standard; return (phase, logs)."""
+    pod = restricted_pod(namespace, name, image, command)
+    pod["spec"]["restartPolicy"] = "Never"
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(pod))
     deadline = time.monotonic() + timeout
     phase = ""

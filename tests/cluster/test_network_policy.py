@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.conftest import restricted_namespace
+from tests.cluster.conftest import restricted_namespace, restricted_pod
 from tests.cluster.deploying import get_json
 from tools.cluster import LocalCluster
 
@@ -40,39 +40,6 @@ except ConnectionRefusedError:
 except OSError as exc:
     print(f"error:{exc}")
 """
-
-
-def _pod(namespace: str, name: str, image: str, command: list[str], labels: dict[str, str]) -> dict[str, Any]:
-    """A long-running pod that satisfies the 'restricted' Pod Security standard."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": {
-            "nodeSelector": {"pynomaly.io/local-node": "real"},
-            "terminationGracePeriodSeconds": 1,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": 10001,
-                "runAsGroup": 10001,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "containers": [
-                {
-                    "name": "main",
-                    "image": image,
-                    "imagePullPolicy": "Never",
-                    "command": command,
-                    "securityContext": {
-                        "allowPrivilegeEscalation": False,
-                        "readOnlyRootFilesystem": True,
-                        "capabilities": {"drop": ["ALL"]},
-                    },
-                    "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
-                }
-            ],
-        },
-    }
 
 
 def _policy(namespace: str, name: str, ingress: list[dict[str, Any]]) -> dict[str, Any]:
@@ -130,7 +97,7 @@ def test_ingress_policies_deny_and_allow_connections_between_pods(
             "-",
             input=yaml.safe_dump_all(
                 [
-                    _pod(
+                    restricted_pod(
                         ns,
                         "server",
                         redis,
@@ -147,8 +114,8 @@ def test_ingress_policies_deny_and_allow_connections_between_pods(
                         ],
                         {"role": "server"},
                     ),
-                    _pod(ns, "client", app, sleeper, {"role": "client"}),
-                    _pod(ns, "other", app, sleeper, {"role": "other"}),
+                    restricted_pod(ns, "client", app, sleeper, {"role": "client"}),
+                    restricted_pod(ns, "other", app, sleeper, {"role": "other"}),
                 ]
             ),
         )

@@ -10,12 +10,20 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+from kafka import KafkaProducer
+
+from pynomaly.client import PynomalyClient
+from pynomaly.messaging.kafka_admin import connection_config
+from pynomaly.topology import T_MEASUREMENTS
+from pynomaly.wiring import Container
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
@@ -422,7 +430,7 @@ def test_operations_view_charts_queue_depth_task_rates_lag_and_dlq_growth(local_
     queue's depth and the detect task's rate and run time, a real dead letter in the DLQ's growth."""
     import numpy as np
 
-    from pynomaly.topology import GROUP_AUDIT, GROUP_BRIDGE, Q_DETECTION, TASK_DETECT, TOPOLOGY
+    from pynomaly.topology import GROUP_AUDIT, GROUP_BRIDGE, GROUP_SCORER, Q_DETECTION, TASK_DETECT, TOPOLOGY
     from tests.e2e.support import wait_for, webhook_server
 
     expect = playwright_sync.expect
@@ -430,14 +438,14 @@ def test_operations_view_charts_queue_depth_task_rates_lag_and_dlq_growth(local_
     status = page.get_by_test_id("ops-status")
     expect(status).to_have_attribute("data-state", "live")
     wait_for(lambda: int(status.get_attribute("data-samples") or 0) >= 2, 60, what="two samples")
-    # Every queue has a tile, each with a drawn chart; the lag of both consumer groups, every partition.
+    # Every queue has a tile, each with a drawn chart; the lag of every consumer group, every partition.
     for queue in TOPOLOGY.queues:
         expect(_ops_tile(page, "queue", queue.name).get_by_test_id("ops-chart")).to_have_count(1)
     partitions = {t.name: t.partitions for t in TOPOLOGY.topics}
     for group in TOPOLOGY.consumer_groups:
         expected = sum(partitions[topic] for topic in group.topics)
         expect(_ops_tile(page, "lag", group.name)).to_have_attribute("data-partitions", str(expected))
-    assert {GROUP_BRIDGE, GROUP_AUDIT} == {g.name for g in TOPOLOGY.consumer_groups}
+    assert {GROUP_BRIDGE, GROUP_AUDIT, GROUP_SCORER} == {g.name for g in TOPOLOGY.consumer_groups}
     expect(_ops_tile(page, "outbox", "outbox")).to_be_visible()
     expect(_ops_tile(page, "outbox-age", "outbox-age")).to_be_visible()
     # The page's quantile is Prometheus' histogram_quantile: linear within the bucket, +Inf -> largest bound.
@@ -497,3 +505,54 @@ def test_operations_view_charts_queue_depth_task_rates_lag_and_dlq_growth(local_
     OPS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.locator("#ops-panel").screenshot(path=str(OPS_SCREENSHOT), animations="disabled")
     assert OPS_SCREENSHOT.stat().st_size > 10_000
+
+
+def test_live_anomalies_show_with_their_latency(local_system, page: Any) -> None:  # type: ignore[no-untyped-def]
+    """A bound model scores records produced to Kafka; each anomaly appears in the live view once,
+    with its entity, model version, score, threshold and record -> browser latency."""
+    expect = playwright_sync.expect
+    prefix = f"dash-{uuid.uuid4().hex[:8]}"
+    with PynomalyClient(local_system.api_url, local_system.api_key, timeout=60) as api:
+        name = f"dash-live-{uuid.uuid4().hex[:6]}"
+        job = api.wait(api.submit_csv(SENSORS_CSV, "iforest", save_model=name)["id"], timeout=180)
+        assert job["status"] == "completed", job["error"]
+        api.bind(T_MEASUREMENTS, name)
+        try:
+            container = Container(local_system.settings, "tests")
+            try:
+                _, model = container.models.load(name)
+            finally:
+                container.close()
+            readings = [[60.0, 100.0, 0.8, 12.0], [150.0, 180.0, 9.0, 40.0], [61.0, 100.5, 0.9, 12.5],
+                        [20.0, 40.0, 12.0, 2.0], [59.5, 100.2, 0.7, 12.2], [130.0, 20.0, 7.0, 35.0]]  # fmt: skip
+            _, labels = model.score(np.array(readings))
+            flagged = {f"{prefix}-{i}" for i, label in enumerate(labels) if label}
+            assert len(flagged) >= 3, labels  # the extreme readings at least
+
+            sign_in(page, local_system.api_url, local_system.api_key)
+            expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
+            expect(page.get_by_test_id("live-empty")).to_be_visible()
+            producer = KafkaProducer(acks="all", **connection_config(local_system.settings))
+            try:
+                columns = ["temperature", "pressure", "vibration", "current"]
+                for i, values in enumerate(readings):
+                    entity = f"{prefix}-{i}"
+                    value = json.dumps({"entity": entity, "values": dict(zip(columns, values, strict=True))})
+                    producer.send(T_MEASUREMENTS, key=entity.encode(), value=value.encode())
+                producer.flush(timeout=30)
+            finally:
+                producer.close(timeout=10)
+            rows = page.locator(f'[data-testid="live-anomaly"][data-entity^="{prefix}-"]')
+            expect(rows).to_have_count(len(flagged))
+            time.sleep(2.0)
+            expect(rows).to_have_count(len(flagged))  # once each
+            assert {rows.nth(i).get_attribute("data-entity") for i in range(len(flagged))} == flagged
+            first = rows.first.locator("td")
+            assert first.nth(1).inner_text() == f"{name}:1"
+            assert float(first.nth(2).inner_text()) > float(first.nth(3).inner_text())
+            latencies = [float(rows.nth(i).get_attribute("data-latency-ms") or "nan") for i in range(len(flagged))]
+            assert all(0 <= ms < 60_000 for ms in latencies), latencies
+            print(f"\nrecord -> browser latency of {len(flagged)} live anomalies: max {max(latencies):.0f} ms")
+            expect(page.get_by_test_id("live-empty")).to_be_hidden()
+        finally:
+            api.unbind(T_MEASUREMENTS)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from pynomaly.client import PynomalyClient
-from pynomaly.topology import GROUP_AUDIT, GROUP_BRIDGE, PRIORITY_STEPS, TASK_DETECT, TOPOLOGY
+from pynomaly.topology import GROUP_AUDIT, GROUP_BRIDGE, GROUP_SCORER, PRIORITY_STEPS, TASK_DETECT, TOPOLOGY
 from tests.e2e.support import small_rows, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -83,7 +83,7 @@ def test_figures_match_metrics_and_move_with_a_job(local_system, api: PynomalyCl
     }
     wait_for(lambda: expected <= reporters(), 90, interval=1, what=f"reports from {sorted(expected)}")
 
-    # Consumer lag for every partition of both groups' topics.
+    # Consumer lag for every partition of every group's topics.
     def lag_partitions() -> set[tuple[str, str, int]]:
         return {(x["group"], x["topic"], x["partition"]) for x in _ops(local_system)["consumer_lag"]}
 
@@ -91,7 +91,7 @@ def test_figures_match_metrics_and_move_with_a_job(local_system, api: PynomalyCl
     partitions = {
         (g.name, topic, p) for g in TOPOLOGY.consumer_groups for topic in g.topics for p in range(topics[topic])
     }
-    assert {GROUP_BRIDGE, GROUP_AUDIT} == {g for g, _, _ in partitions}
+    assert {GROUP_BRIDGE, GROUP_AUDIT, GROUP_SCORER} == {g for g, _, _ in partitions}
     wait_for(lambda: partitions <= lag_partitions(), 90, interval=1, what="lag of every partition")
     assert all(x["lag"] >= 0 and x["reported_by"].startswith("consumer:") for x in _ops(local_system)["consumer_lag"])
 

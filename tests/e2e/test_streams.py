@@ -246,3 +246,34 @@ def test_websocket_live_entries_and_resume_delivers_exactly_the_missed_ones(
     assert [m["id"] for m in resumed] == expected, "exactly the entries after last_id, none twice"
     mine = [m["data"]["message"] for m in resumed if m.get("subject") == subject]
     assert mine == ["event 1", "event 2", "event 3"]
+
+
+def test_websocket_tells_a_client_behind_the_maxlen_of_the_gap_and_resumes_at_the_oldest(
+    local_system, system_redis: redis.Redis
+) -> None:  # type: ignore[no-untyped-def]
+    maxlen = local_system.settings.stream_maxlen
+    subject = f"e2e-gap-{uuid.uuid4().hex[:8]}"
+    seen_last = system_redis.xadd(S_DASHBOARD, {"type": "e2e_filler", "subject": subject, "n": "-1"})
+    # Three MAXLENs after it, trimmed as the bridge trims: the entry the client saw last is gone.
+    pipe = system_redis.pipeline(transaction=False)
+    for n in range(3 * maxlen):
+        pipe.xadd(S_DASHBOARD, {"type": "e2e_filler", "subject": subject, "n": str(n)}, maxlen=maxlen, approximate=True)
+    pipe.execute()
+    oldest = str(system_redis.xrange(S_DASHBOARD, count=1)[0][0])
+    assert oldest != seen_last, "the flood must have trimmed the client's last entry"
+
+    headers = {API_KEY_HEADER: local_system.api_key}
+    with connect(_ws_url(local_system, last_id=seen_last), additional_headers=headers, open_timeout=10) as ws:
+        assert _receive(ws)["type"] == "hello"
+        gap = next(m for m in iter(lambda: _receive(ws), None) if m.get("stream") != S_HEALTH)
+        assert gap == {"type": "gap", "stream": S_DASHBOARD, "after": seen_last, "before": oldest}
+        first = next(m for m in iter(lambda: _receive(ws), None) if m.get("stream") == S_DASHBOARD)
+        assert first["id"] == oldest, "after the gap, the stream goes on from the oldest retained entry"
+
+    # Resuming from an entry still retained (a full batch after it, so the check runs): no gap.
+    retained = [entry_id for entry_id, _ in system_redis.xrange(S_DASHBOARD, count=50)]
+    with connect(_ws_url(local_system, last_id=retained[0]), additional_headers=headers, open_timeout=10) as ws:
+        assert _receive(ws)["type"] == "hello"
+        received = _until(ws, lambda m: m.get("id") == retained[-1])
+    assert [m.get("type") for m in received if m.get("type") == "gap"] == [], "no gap"
+    assert [m["id"] for m in received] == retained[1:], "exactly the entries after last_id"

@@ -22,7 +22,7 @@ from tools.helm import template_chart
 EXPECTED_COUNTS = {
     "dev": {
         "ConfigMap": 2,
-        "HorizontalPodAutoscaler": 6,
+        "HorizontalPodAutoscaler": 7,
         "Job": 1,
         "Namespace": 1,
         "NetworkPolicy": 2,
@@ -39,7 +39,7 @@ EXPECTED_COUNTS = {
         "Namespace": 1,
         "NetworkPolicy": 2,
         "PodDisruptionBudget": 3,
-        "ScaledObject": 6,
+        "ScaledObject": 7,
         "Secret": 4,
         "Service": 5,
         "ServiceAccount": 1,
@@ -55,7 +55,7 @@ EXPECTED_COUNTS = {
         "Namespace": 1,
         "NetworkPolicy": 2,
         "PodDisruptionBudget": 4,
-        "ScaledObject": 6,
+        "ScaledObject": 7,
         "Secret": 4,
         "Service": 5,
         "ServiceAccount": 2,

@@ -24,6 +24,7 @@ from pynomaly.api.routes_jobs import router as jobs_router
 from pynomaly.api.routes_models import router as models_router
 from pynomaly.api.routes_ops import router as ops_router
 from pynomaly.api.routes_schedules import router as schedules_router
+from pynomaly.api.routes_streams import router as streams_router
 from pynomaly.api.websocket import router as ws_router
 from pynomaly.config import Settings, SettingsError
 from pynomaly.domain.errors import InsufficientStorage
@@ -90,8 +91,9 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     app.include_router(schedules_router)
     app.include_router(datasets_router)
     app.include_router(models_router)
+    app.include_router(streams_router)
     app.include_router(ws_router)
-    complete_openapi(app, [ops_router, jobs_router, schedules_router, datasets_router, models_router])
+    complete_openapi(app, [ops_router, jobs_router, schedules_router, datasets_router, models_router, streams_router])
 
     @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
     def dashboard() -> str:

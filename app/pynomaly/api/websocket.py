@@ -3,6 +3,11 @@
 Browsers cannot set headers on a WebSocket, so the key may come as the X-API-Key header or as the
 first message ``{"api_key": "...", "last_id": "..."}``.  Every entry sent carries its stream id;
 a client that reconnects with ``last_id`` receives exactly what it missed (while still retained).
+
+A client further behind than the stream's MAXLEN (a long disconnect, or too slow to keep up) cannot
+get back what was trimmed: it is told with a ``gap`` message (``after``: its last id, ``before``:
+the oldest id still retained, which arrives next) and resyncs from REST.  Each client reads the
+stream at its own cursor, so a slow one never delays the others.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from pynomaly.api import API_KEY_HEADER
 from pynomaly.api.deps import ApiKeysDep, AsyncRedisDep
+from pynomaly.config import MIN_STREAM_MAXLEN
 from pynomaly.observability import metrics
 from pynomaly.topology import S_DASHBOARD, S_HEALTH
 
@@ -26,6 +32,7 @@ router = APIRouter()
 STREAM_ID = re.compile(r"^(\$|0|\d+-\d+|\d+)$")
 AUTH_TIMEOUT = 10.0
 BLOCK_MS = 1000
+READ_COUNT = 200
 POLICY_VIOLATION = 1008
 
 
@@ -38,6 +45,26 @@ def _entry(stream: str, entry_id: str, fields: dict[str, str]) -> dict[str, obje
         with contextlib.suppress(json.JSONDecodeError):
             message["data"] = json.loads(fields["data"])
     return message
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    millis, _, seq = entry_id.partition("-")
+    return int(millis), int(seq or 0)
+
+
+async def _gap(client: redis.asyncio.Redis, stream: str, cursor: str) -> dict[str, object] | None:
+    """A ``gap`` message when entries after ``cursor`` were trimmed before this client read them.
+
+    Trimming removes from the head, so entries after ``cursor`` are gone iff the oldest retained
+    entry is newer than ``cursor``.  (When the trimmed part ended exactly at ``cursor`` nothing was
+    missed and the message is a harmless extra resync.)"""
+    if cursor in ("0", "0-0"):  # "everything retained" was asked for: nothing can be missing
+        return None
+    oldest = await client.xrange(stream, count=1)
+    if not oldest or _id_key(str(oldest[0][0])) <= _id_key(cursor):
+        return None
+    metrics.WEBSOCKET_GAPS.inc()
+    return {"type": "gap", "stream": stream, "after": cursor, "before": str(oldest[0][0])}
 
 
 async def _tail_id(client: redis.asyncio.Redis, stream: str) -> str:
@@ -84,8 +111,17 @@ async def stream(websocket: WebSocket, keys: ApiKeysDep, client: AsyncRedisDep) 
 
     async def pump() -> None:
         while True:
-            batches = await client.xread(cursors, count=200, block=BLOCK_MS)
+            batches = await client.xread(cursors, count=READ_COUNT, block=BLOCK_MS)
             for stream_name, entries in batches or []:
+                # A trimmed gap leaves >= MIN_STREAM_MAXLEN entries after the cursor, so a short batch
+                # (the usual live case) needs no extra round trip to rule one out.
+                behind = len(entries) >= min(READ_COUNT, MIN_STREAM_MAXLEN)
+                if (
+                    stream_name == S_DASHBOARD
+                    and behind
+                    and (gap := await _gap(client, stream_name, cursors[stream_name]))
+                ):
+                    await websocket.send_json(gap)
                 for entry_id, fields in entries:
                     cursors[stream_name] = entry_id
                     await websocket.send_json(_entry(stream_name, entry_id, fields))

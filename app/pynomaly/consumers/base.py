@@ -54,10 +54,16 @@ class StoreUnavailable(Exception):
 
 
 Handler = Callable[[EventEnvelope], None]
+DeadLetter = Callable[[ConsumerRecord, str], None]
+# A handler of a whole poll's raw records (the scorer scores a batch at once, and its records are
+# not envelopes); it dead-letters the records it cannot use itself through the callback.
+BatchHandler = Callable[[list[ConsumerRecord], DeadLetter], None]
 
 
 @runtime_checkable
-class BatchHandler(Protocol):
+class EventBatchHandler(Protocol):
+    """An event handler that also takes a poll's decoded events in one call (the bridge)."""
+
     def __call__(self, event: EventEnvelope) -> None: ...
 
     def handle_batch(
@@ -70,13 +76,17 @@ class EventConsumer:
         self,
         settings: Settings,
         group: ConsumerGroup,
-        handler: Handler,
+        handler: Handler | None = None,
         heartbeat_client: redis.Redis | None = None,
+        batch_handler: BatchHandler | None = None,
     ) -> None:
         settings.require("kafka_bootstrap_servers")
+        if (handler is None) == (batch_handler is None):
+            raise ValueError("give a consumer either an event handler or a batch handler")
         self._settings = settings
         self._group = group
         self._handler = handler
+        self._batch_handler = batch_handler
         self._stop = threading.Event()
         self._lag_labels: set[tuple[str, str]] = set()  # (topic, partition) this member reported
         self._last_poll = time.monotonic()
@@ -153,9 +163,15 @@ class EventConsumer:
         """Handle a poll's records in order and commit them; on ``StoreUnavailable`` rewind every
         partition to its first unhandled record and commit only what was handled, then re-raise."""
         partitions = list(batch.items())
+        if self._batch_handler is not None:
+            # Idle polls too (an empty batch): the handler keeps its caches warm between records.
+            self._handle_raw_batch(consumer, partitions, dead_letters)
+            if partitions:
+                consumer.commit()
+            return
         if not partitions:
             return
-        if isinstance(self._handler, BatchHandler):
+        if isinstance(self._handler, EventBatchHandler):
             self._handle_as_batch(consumer, partitions, dead_letters, self._handler)
         else:
             self._handle_each(consumer, partitions, dead_letters)
@@ -165,7 +181,7 @@ class EventConsumer:
         consumer: KafkaConsumer,
         partitions: list[tuple[TopicPartition, list[ConsumerRecord]]],
         dead_letters: KafkaProducer,
-        handler: BatchHandler,
+        handler: EventBatchHandler,
     ) -> None:
         """The whole poll in one handler call (one script: all or nothing), then one commit."""
         valid: list[tuple[ConsumerRecord, EventEnvelope]] = []
@@ -201,7 +217,7 @@ class EventConsumer:
         self,
         consumer: KafkaConsumer,
         partitions: list[tuple[TopicPartition, list[ConsumerRecord]]],
-        handler: BatchHandler,
+        handler: EventBatchHandler,
         valid: list[tuple[ConsumerRecord, EventEnvelope]],
         parents: list[otel_context.Context] | None,
     ) -> bool:
@@ -240,6 +256,56 @@ class EventConsumer:
                     raise
         consumer.commit()
 
+    def _handle_raw_batch(
+        self,
+        consumer: KafkaConsumer,
+        partitions: list[tuple[TopicPartition, list[ConsumerRecord]]],
+        dead_letters: KafkaProducer,
+    ) -> None:
+        """The whole poll to the batch handler.  Redis away: rewind every partition to the batch's
+        first record (the handler's writes are idempotent by record, so a re-run adds nothing twice)."""
+        assert self._batch_handler is not None
+        records = [record for _, rs in partitions for record in rs]
+        topic = records[0].topic if records else ",".join(self._group.topics)
+
+        lettered: set[tuple[int, int]] = set()
+
+        def dead_letter(record: ConsumerRecord, error: str) -> None:
+            self._dead_letter(record, dead_letters, error)
+            lettered.add((record.partition, record.offset))
+
+        for attempt in range(1, HANDLER_ATTEMPTS + 1):
+            lettered.clear()
+            try:
+                with tracing.tracer().start_as_current_span(
+                    f"consume {topic}",
+                    kind=SpanKind.CONSUMER,
+                    attributes={
+                        "messaging.system": "kafka",
+                        "messaging.destination.name": topic,
+                        "messaging.consumer.group.name": self._group.name,
+                        "messaging.batch.message_count": len(records),
+                    },
+                ):
+                    self._batch_handler(records, dead_letter)
+                if len(records) > len(lettered):
+                    handled = len(records) - len(lettered)
+                    metrics.KAFKA_CONSUMED.labels(group=self._group.name, topic=topic, outcome="ok").inc(handled)
+                return
+            except STORE_UNAVAILABLE as exc:
+                for tp, rs in partitions:
+                    consumer.seek(tp, rs[0].offset)
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            except Exception as exc:
+                log.warning(
+                    "batch handler failed on %d records of %s (attempt %d): %s", len(records), topic, attempt, exc
+                )
+                if attempt == HANDLER_ATTEMPTS:
+                    for record in records:
+                        dead_letter(record, f"handler failed {attempt} times: {type(exc).__name__}: {exc}")
+                    return
+                time.sleep(HANDLER_BACKOFF * 2 ** (attempt - 1))
+
     def _consume_span(self, record: ConsumerRecord) -> Span:
         """The record's span; it continues the trace the relay put in its headers."""
         return tracing.tracer().start_span(
@@ -269,6 +335,7 @@ class EventConsumer:
     def _handle(self, record: ConsumerRecord, event: EventEnvelope, dead_letters: KafkaProducer) -> None:
         for attempt in range(1, HANDLER_ATTEMPTS + 1):
             try:
+                assert self._handler is not None
                 self._handler(event)
                 metrics.KAFKA_CONSUMED.labels(group=self._group.name, topic=record.topic, outcome="ok").inc()
                 log.debug("handled %s from %s@%s/%s", event.type, record.topic, record.partition, record.offset)

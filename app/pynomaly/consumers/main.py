@@ -11,7 +11,8 @@ from pynomaly.consumers.stream_groups import stream_group_consumers
 from pynomaly.messaging.outbox import Outbox, OutboxRelay
 from pynomaly.observability.ops import SnapshotPublisher
 from pynomaly.storage.redis_client import redis_from_settings
-from pynomaly.topology import GROUP_AUDIT, GROUP_BRIDGE, TOPOLOGY
+from pynomaly.topology import GROUP_AUDIT, GROUP_BRIDGE, GROUP_SCORER, TOPOLOGY
+from pynomaly.wiring import Container
 
 
 def build_handler(settings: Settings, group_name: str) -> Handler:
@@ -44,9 +45,21 @@ def run_consumer(settings: Settings, pool: str) -> None:
     # Lag and consumed counts for the dashboard's operations view, from the registry /metrics serves.
     snapshots = SnapshotPublisher(f"consumer:{group.pool}", REGISTRY, lambda: client, settings.heartbeat_interval)
     snapshots.start()
+    container = Container(settings, f"consumer-{group.pool}") if group.name == GROUP_SCORER else None
     try:
-        EventConsumer(settings, group, build_handler(settings, group.name), heartbeat_client=client).run()
+        if container is not None:
+            # The scorer takes whole poll batches of raw records (consumers/scorer.py).
+            import threading
+
+            from pynomaly.consumers.scorer import LiveScorer, preload_detector_libraries
+
+            threading.Thread(target=preload_detector_libraries, name="preload-detectors", daemon=True).start()
+            EventConsumer(settings, group, heartbeat_client=client, batch_handler=LiveScorer(container)).run()
+        else:
+            EventConsumer(settings, group, build_handler(settings, group.name), heartbeat_client=client).run()
     finally:
+        if container is not None:
+            container.close()
         snapshots.stop()
         relay.stop()
         for stream_group in stream_groups:

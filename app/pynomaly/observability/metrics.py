@@ -49,6 +49,9 @@ KAFKA_CONSUMER_LAG = Gauge(
     "pynomaly_kafka_consumer_lag", "Messages behind the log end", ["group", "topic", "partition"]
 )
 WEBSOCKET_CLIENTS = Gauge("pynomaly_websocket_clients", "Connected WebSocket clients")
+WEBSOCKET_GAPS = Counter(
+    "pynomaly_websocket_gaps_total", "Dashboard clients told they fell behind the stream's MAXLEN (a resync)"
+)
 
 
 class RedisStateCollector(Collector):

@@ -52,6 +52,9 @@ from pynomaly.storage.memory import MemoryAdmission
 from pynomaly.storage.redis_client import KEY_PREFIX
 
 MODEL_INDEX = f"{KEY_PREFIX}models"
+# Bumped in the same transaction as every change of what a model name or a stream binding means: a
+# live scorer reads it once per poll batch and re-resolves its models and bindings when it moved.
+SCORING_GENERATION = f"{KEY_PREFIX}scoring:generation"
 # Loaded models kept per process; a fitted forest or a KNN's training matrix can be large.
 CACHE_SIZE = 8
 
@@ -326,6 +329,7 @@ class ModelStore:
                         pruned.append(oldest)
                     model.updated_at = utcnow()
                     pipe.multi()
+                    pipe.incr(SCORING_GENERATION)  # live scorers re-resolve their models
                     pipe.set(_version_key(meta.name, meta.version), json.dumps(meta.as_dict()))
                     pipe.set(key, json.dumps(model.as_dict()))
                     if raw is None:
@@ -377,6 +381,7 @@ class ModelStore:
                         raise NotFound(f"no model {name!r}")
                     model = Model.from_dict(json.loads(raw))
                     pipe.multi()
+                    pipe.incr(SCORING_GENERATION)
                     pipe.delete(key, *(_version_key(name, v) for v in model.versions))
                     pipe.zrem(MODEL_INDEX, name)
                     pipe.execute()
@@ -402,6 +407,7 @@ class ModelStore:
                     change(model)
                     model.updated_at = utcnow()
                     pipe.multi()
+                    pipe.incr(SCORING_GENERATION)
                     pipe.set(key, json.dumps(model.as_dict()))
                     if also_delete:
                         pipe.delete(*also_delete)

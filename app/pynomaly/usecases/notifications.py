@@ -18,6 +18,7 @@ import json
 import logging
 import smtplib
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -163,6 +164,33 @@ class Deliverer:
         record(self._mq, job.id, index, target, outcome, "delivered", attempt, detail)
         return {"job_id": job.id, "index": index, "channel": target["channel"], "detail": detail}
 
+    def deliver_anomaly(
+        self, anomaly: dict[str, Any], target: dict[str, Any], attempt: int, index: int = 0
+    ) -> dict[str, Any]:
+        """One live anomaly of a stream binding to one target (the scorer applied the rate limit)."""
+        body = anomaly_summary(anomaly)
+        if target.get("channel") == Channel.WEBHOOK.value:
+            detail = self._post(str(target["target"]), body)
+        elif target.get("channel") == Channel.EMAIL.value:
+            to = str(target["target"])
+            detail = self._send(to, lambda: self.anomaly_message(to, body))
+        else:
+            raise PermanentFailure(f"unknown notification channel {target.get('channel')!r}")
+        record_anomaly(self._mq, body, index, target, "delivered", attempt, detail)
+        return {"event_id": body["event_id"], "channel": target["channel"], "detail": detail}
+
+    def anomaly_message(self, to: str, body: dict[str, Any]) -> EmailMessage:
+        msg = EmailMessage()
+        msg["From"] = self._smtp.sender
+        msg["To"] = to
+        msg["Date"] = formatdate(localtime=False, usegmt=True)
+        msg["Message-ID"] = make_msgid(domain="pynomaly")
+        msg["Subject"] = f"[pynomaly] anomaly on {body['topic']}: {body['entity']}"[:200]
+        text = anomaly_text(body)
+        msg.set_content(text)
+        msg.add_alternative(f"<!doctype html><html><body><pre>{html.escape(text)}</pre></body></html>", subtype="html")
+        return msg
+
     # -- content ---------------------------------------------------------------------------------
     def report_url(self, job: Job) -> str | None:
         return f"{self._public_url}/v1/jobs/{job.id}/report?format=html" if self._public_url else None
@@ -224,10 +252,13 @@ class Deliverer:
         return msg
 
     def _mail(self, to: str, summary: dict[str, Any]) -> str:
+        return self._send(to, lambda: self.message(to, summary))
+
+    def _send(self, to: str, build: Callable[[], EmailMessage]) -> str:
         cfg = self._smtp
         if not cfg.host:
             raise PermanentFailure("e-mail notifications are not configured (PYNOMALY_SMTP_HOST is empty)")
-        msg = self.message(to, summary)
+        msg = build()
         try:
             send_mail(cfg, msg)
         except smtplib.SMTPRecipientsRefused as exc:
@@ -242,6 +273,52 @@ class Deliverer:
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             raise ConnectionError(f"SMTP {cfg.host}:{cfg.port}: {type(exc).__name__}: {exc}") from exc
         return f"sent to {to} via {cfg.host}:{cfg.port}"
+
+
+ANOMALY_FIELDS = (
+    "event_id", "topic", "entity", "model", "version", "detector", "score", "threshold", "values",
+    "timestamp", "produced_at", "scored_at", "latency_ms", "notify_interval_seconds",
+)  # fmt: skip
+
+
+def record_anomaly(
+    mq: MessageQueueService,
+    anomaly: dict[str, Any],
+    index: int,
+    target: dict[str, Any],
+    status: str,
+    attempt: int,
+    detail: str = "",
+) -> None:
+    """A live anomaly's delivery outcome on notifications:stream.  Without a job id: it is not kept
+    per job (a busy stream's log would grow for as long as the stream runs), only on the capped stream."""
+    about = f"{anomaly.get('topic')} {anomaly.get('entity')} event {anomaly.get('event_id')}"
+    record(mq, "", index, target, "anomaly", status, attempt, f"{about}: {detail}" if detail else about)
+
+
+def anomaly_summary(anomaly: dict[str, Any]) -> dict[str, Any]:
+    """The webhook body (and e-mail facts) of one live anomaly."""
+    return {"status": "anomaly", **{name: anomaly.get(name) for name in ANOMALY_FIELDS}}
+
+
+def anomaly_text(body: dict[str, Any]) -> str:
+    values = body.get("values") or {}
+    lines = [
+        f"Pynomaly scored a record of {body['entity']} on {body['topic']} as an anomaly.",
+        "",
+        f"Entity:     {body['entity']}",
+        f"Model:      {body['model']}:{body['version']} ({body['detector']})",
+        f"Score:      {float(body['score']):.4f} (threshold {float(body['threshold']):.4f})",
+        f"Measured:   {body.get('timestamp') or '—'}",
+        f"Produced:   {body['produced_at']}",
+        f"Scored:     {body['scored_at']} ({body['latency_ms']} ms later)",
+        "",
+        "Values: " + ", ".join(f"{k} {v}" for k, v in values.items()),
+        "",
+        f"At most one notification per entity every {body['notify_interval_seconds']} s.",
+        f"Event: {body['event_id']}",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def send_mail(cfg: SmtpConfig, msg: EmailMessage) -> None:

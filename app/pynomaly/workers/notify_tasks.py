@@ -17,9 +17,9 @@ from celery import Task, shared_task
 
 from pynomaly.domain.errors import NotFound
 from pynomaly.storage.dead_letters import DeadLetter
-from pynomaly.topology import TASK_DELIVER
+from pynomaly.topology import TASK_DELIVER, TASK_DELIVER_ANOMALY
 from pynomaly.usecases.jobs import webhook_policy
-from pynomaly.usecases.notifications import Deliverer, SmtpConfig, record
+from pynomaly.usecases.notifications import Deliverer, SmtpConfig, record, record_anomaly
 from pynomaly.workers.policy import TaskRun, container
 
 log = logging.getLogger(__name__)
@@ -72,3 +72,37 @@ class DeliveryRun(TaskRun):
 @shared_task(bind=True, name=TASK_DELIVER, max_retries=None)
 def deliver_notification(self: Task, job_id: str, index: int, outcome: str) -> dict[str, Any]:
     return DeliveryRun(self, job_id, index, outcome)()
+
+
+class AnomalyDeliveryRun(TaskRun):
+    """One live anomaly of a stream binding to one target: the same retries, DLQ and signed webhooks
+    as a job's deliveries; its outcomes are entries on notifications:stream."""
+
+    dead_letter_permanent = True
+
+    def __init__(self, task: Task, anomaly: dict[str, Any], target: dict[str, Any], index: int) -> None:
+        super().__init__(task)
+        self.anomaly = anomaly
+        self.target = target
+        self.index = index
+
+    def body(self) -> dict[str, Any]:
+        output = deliverer().deliver_anomaly(self.anomaly, self.target, self.attempt, self.index)
+        return {**output, "status": "delivered"}
+
+    def retrying(self, error: str, delay: float) -> None:
+        record_anomaly(self.container.messaging, self.anomaly, self.index, self.target, "retrying", self.attempt, error)
+
+    def dead_lettered(self, error: str, letter: DeadLetter) -> dict[str, Any]:
+        detail = f"{error} (dlq {letter.id})"
+        record_anomaly(
+            self.container.messaging, self.anomaly, self.index, self.target, "dead_lettered", self.attempt, detail
+        )
+        return {"event_id": self.anomaly.get("event_id"), "status": "dead_lettered", "dead_letter_id": letter.id}
+
+
+@shared_task(bind=True, name=TASK_DELIVER_ANOMALY, max_retries=None)
+def deliver_anomaly_notification(
+    self: Task, anomaly: dict[str, Any], target: dict[str, Any], index: int = 0
+) -> dict[str, Any]:
+    return AnomalyDeliveryRun(self, anomaly, target, index)()

@@ -140,6 +140,46 @@ pynomaly.io/pool: {{ .pool }}
 {{- if $pools -}}{{- toJson $pools -}}{{- end -}}
 {{- end -}}
 
+{{/* ---- trained models (models.*) ------------------------------------------------------------ */}}
+
+{{/* Where the model store's claim is mounted; PYNOMALY_MODEL_STORE is dir:<this> with store=persistentVolume. */}}
+{{- define "pynomaly.modelsPath" -}}/var/lib/pynomaly/models{{- end -}}
+
+{{- define "pynomaly.modelStoreSetting" -}}
+{{- if eq .Values.models.store "persistentVolume" -}}dir:{{ include "pynomaly.modelsPath" . }}{{- else -}}redis{{- end -}}
+{{- end -}}
+
+{{- define "pynomaly.modelsClaimName" -}}
+{{- default (include "pynomaly.componentName" (dict "root" . "suffix" "models")) .Values.models.persistentVolume.existingClaim -}}
+{{- end -}}
+
+{{/* How a worker pool uses the model store: (dict "root" $ "pool" poolValues) -> "write", "read" or "". */}}
+{{- define "pynomaly.workerModelAccess" -}}
+{{- $m := .root.Values.models -}}
+{{- $access := "" -}}
+{{- range .pool.queues -}}
+{{- if has . $m.writerQueues -}}{{- $access = "write" -}}{{- else if and (has . $m.readerQueues) (ne $access "write") -}}{{- $access = "read" -}}{{- end -}}
+{{- end -}}
+{{- $access -}}
+{{- end -}}
+
+{{/* The claim's mount for an access ("read" or "write"); nothing with store=redis: (dict "root" $ "access" ...) */}}
+{{- define "pynomaly.modelsMount" -}}
+{{- if and .access (eq .root.Values.models.store "persistentVolume") -}}
+- name: models
+  mountPath: {{ include "pynomaly.modelsPath" .root }}
+  readOnly: {{ eq .access "read" }}
+{{- end -}}
+{{- end -}}
+
+{{- define "pynomaly.modelsVolume" -}}
+{{- if and .access (eq .root.Values.models.store "persistentVolume") -}}
+- name: models
+  persistentVolumeClaim:
+    claimName: {{ include "pynomaly.modelsClaimName" .root }}
+{{- end -}}
+{{- end -}}
+
 {{/* ---- render-time guards ----------------------------------------------------------------- */}}
 
 {{- define "pynomaly.validate" -}}
@@ -190,6 +230,10 @@ pynomaly.io/pool: {{ .pool }}
 {{- if ge (int $v.settings.taskSoftTimeLimit) (int $v.settings.taskTimeLimit) -}}
 {{- fail (printf "settings.taskSoftTimeLimit (%d) must be below settings.taskTimeLimit (%d)" (int $v.settings.taskSoftTimeLimit) (int $v.settings.taskTimeLimit)) -}}
 {{- end -}}
+{{- /* The app refuses to start otherwise (a job's data never outlives the job): fail at render, not in every pod. */ -}}
+{{- if gt (int64 $v.settings.jobDataTtlSeconds) (int64 $v.settings.resultTtlSeconds) -}}
+{{- fail (printf "settings.jobDataTtlSeconds (%d) must not exceed settings.resultTtlSeconds (%d); 0 keeps a job's data as long as the job" (int64 $v.settings.jobDataTtlSeconds) (int64 $v.settings.resultTtlSeconds)) -}}
+{{- end -}}
 {{- if and $v.api.ingress.enabled (not $v.api.ingress.host) -}}
 {{- fail "api.ingress.host is required when api.ingress.enabled is true" -}}
 {{- end -}}
@@ -205,6 +249,14 @@ pynomaly.io/pool: {{ .pool }}
 {{- if and $v.autoscaling.hpa.enabled (lt (int $pool.minReplicas) 1) -}}
 {{- fail (printf "%s.pools.%s: minReplicas 0 needs KEDA (autoscaling.keda.enabled); an HPA cannot scale to zero" $kind $name) -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq $v.models.store "persistentVolume") (not $v.models.persistentVolume.existingClaim) (not (has "ReadWriteMany" $v.models.persistentVolume.accessModes)) -}}
+{{- fail (printf "models.persistentVolume.accessModes %v: the model store is mounted by the API, the worker pools and the scorers on several nodes at once, so its claim must be ReadWriteMany (a StorageClass offering it: NFS, CephFS, EFS, Azure Files, Filestore...), or keep models.store=redis" $v.models.persistentVolume.accessModes) -}}
+{{- end -}}
+{{- range $v.models.consumerPools -}}
+{{- if not (hasKey $v.consumers.pools .) -}}
+{{- fail (printf "models.consumerPools: %q is not a consumer pool (consumers.pools)" .) -}}
 {{- end -}}
 {{- end -}}
 {{- range $name, $pool := $v.consumers.pools -}}
@@ -334,7 +386,8 @@ checksum/secret: {{ printf "%s\n%s" (include (print .Template.BasePath "/secret.
 
 {{/* A worker or consumer Deployment: (dict "root" $ "component" "worker"|"consumer" "name" poolName
      "pool" poolValues "defaults" workers|consumers values "args" container args "grace" seconds
-     "extraEnv" list "encryption" bool: mount the encryption keys file) */}}
+     "extraEnv" list "encryption" bool: mount the encryption keys file
+     "models" "write"|"read"|"": mount the model store's claim (store=persistentVolume)) */}}
 {{- define "pynomaly.backgroundDeployment" -}}
 {{- $root := .root -}}
 {{- $sel := dict "root" $root "component" .component "pool" .name -}}
@@ -431,6 +484,9 @@ spec:
             {{- if and .encryption $root.Values.encryption.existingSecret }}
             {{- include "pynomaly.encryptionMount" $root | nindent 12 }}
             {{- end }}
+            {{- with include "pynomaly.modelsMount" (dict "root" $root "access" .models) }}
+            {{- . | nindent 12 }}
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir:
@@ -441,6 +497,9 @@ spec:
             sizeLimit: 1Mi
         {{- if and .encryption $root.Values.encryption.existingSecret }}
         {{- include "pynomaly.encryptionVolume" $root | nindent 8 }}
+        {{- end }}
+        {{- with include "pynomaly.modelsVolume" (dict "root" $root "access" .models) }}
+        {{- . | nindent 8 }}
         {{- end }}
 {{- end -}}
 

@@ -12,6 +12,7 @@
   const STALE_AFTER_S = 15;          // a component without a heartbeat for this long is stale
   const JOB_PAGE = pageSize();       // jobs per page of the table (?page_size=N on /dashboard, 1-500)
   const EVENT_LOG_SIZE = 40;
+  const LIVE_ROWS = 50;  // live anomalies kept in their table
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 15000;
   const BINS = 40;
@@ -37,6 +38,7 @@
     detectors: [],
     jobsTotal: 0,      // jobs matching the filter on the server (snapshot + new ones seen live)
     offset: 0,         // first job of the table's page (GET /v1/jobs offset)
+    liveCount: 0,      // live anomalies seen by this page
   };
 
   const $ = (id) => document.getElementById(id);
@@ -537,6 +539,7 @@
     const id = entry.subject;
     const data = entry.data && typeof entry.data === "object" ? entry.data : {};
     logEvent(entry, data);
+    if (entry.type === "anomaly_detected") { showLiveAnomaly(entry, data); return; }
     if (!id || !entry.type) return;
     // Only job and anomaly events describe a job; system events (health summaries, alerts, model
     // changes) are keyed by a component or model name and stay in the event log.
@@ -628,6 +631,31 @@
         ` ${shortId(entry.subject)}${extra.length ? ` · ${extra.join(" · ")}` : ""}`));
     log.prepend(item);
     while (log.children.length > EVENT_LOG_SIZE) log.lastChild.remove();
+  }
+
+  // -- live anomalies (stream bindings) ----------------------------------------------------------
+  function fmtNumber(value) {
+    return typeof value === "number" && Number.isFinite(value) ? value.toFixed(4) : "—";
+  }
+
+  function showLiveAnomaly(entry, data) {
+    const body = $("live-body");
+    const produced = typeof data.produced_at_ms === "number" ? data.produced_at_ms : null;
+    const latency = produced === null ? null : Math.max(0, Date.now() - produced);
+    const model = `${data.model ?? "?"}:${data.version ?? "?"}`;
+    const row = el("tr", { "data-testid": "live-anomaly",
+        dataset: { entity: String(entry.subject || ""), latencyMs: latency === null ? "" : String(latency) } },
+      el("td", { class: "mono", text: String(entry.subject || "") }),
+      el("td", { class: "mono", text: model }),
+      el("td", { class: "num", text: fmtNumber(data.score) }),
+      el("td", { class: "num", text: fmtNumber(data.threshold) }),
+      el("td", { class: "num", title: `scored ${data.latency_ms ?? "?"} ms after the record entered Kafka`,
+        text: latency === null ? "—" : `${latency} ms` }));
+    body.prepend(row);
+    while (body.children.length > LIVE_ROWS) body.lastChild.remove();
+    state.liveCount += 1;
+    $("live-count").textContent = String(state.liveCount);
+    $("live-empty").hidden = true;
   }
 
   // -- health ----------------------------------------------------------------------------------
@@ -1065,6 +1093,13 @@
         } else {
           banner(`Live updates: ${message.detail || "server error"}`);
         }
+        return;
+      }
+      if (message.type === "gap") {
+        // Entries after our last id were trimmed before we read them: the snapshot is the truth.
+        banner(`Live updates fell behind (entries after ${message.after} were trimmed); reloaded.`);
+        loadJobs();
+        loadDeadLetters();
         return;
       }
       if (message.stream === "health:stream") onHealthEntry(message);
