@@ -1,13 +1,15 @@
 """Pynomaly performance harness: the platform's cost measured against an in-script baseline.
 
 Starts its own local system (real Redis, real Kafka, API, workers, consumers) in a temporary state
-directory, runs five benchmarks and writes ``results.json``, ``results.md`` and PNG plots.  Every
+directory, measures every row of issue 11's table (rows.py) plus detection latency and API accept,
+and writes ``results.json``, ``results.md`` and PNG plots; ``--soak`` runs the memory soak (soak.py).  Every
 figure is a ratio against a baseline measured in this same process, interleaved with the measured
 variant, because the machines are shared: absolute times drift with other people's load, ratios
 of interleaved runs drift much less.  See benchmarks/README.md.
 
-    .venv/bin/python benchmarks/run.py --quick      # ~2-3 minutes
-    .venv/bin/python benchmarks/run.py              # longer: more repetitions and jobs
+    .venv/bin/python benchmarks/run.py --quick      # a few minutes
+    .venv/bin/python benchmarks/run.py              # full sizes (50k events, 100k jobs listed, ...)
+    .venv/bin/python benchmarks/run.py --soak       # 30 minutes of load; fails if memory keeps growing
 """
 
 from __future__ import annotations
@@ -34,34 +36,27 @@ from typing import Any
 
 import httpx
 import numpy as np
+import rows as bench_rows
 
 from pynomaly.api import API_KEY_HEADER
 from pynomaly.client import PynomalyClient
-from pynomaly.config import Settings
 from pynomaly.domain.detectors import run_detection
 from pynomaly.localstack.system import LocalSystem, sigterm_as_interrupt
-from pynomaly.messaging.events import make_event
-from pynomaly.messaging.kafka_admin import connection_config
-from pynomaly.messaging.kafka_events import KafkaEventPublisher, producer_config
 from pynomaly.storage.redis_client import redis_from_settings
-from pynomaly.topology import S_DASHBOARD, T_JOB
 
 COLUMNS = [f"f{i}" for i in range(8)]
 CONTAMINATION = 0.1
 POLL_INTERVAL = 0.02  # client polling of job status; bounds the quantisation of end-to-end latency
 REPO = Path(__file__).resolve().parent.parent
-BENCH_STREAM = "bench:baseline"
-KAFKA_VARIANTS = (
-    "raw_acks1",
-    "raw_publisher_config_linger0",
-    "raw_publisher_config",
-    "publisher",
-)  # scratch stream for the Redis baseline, deleted afterwards
+# Row 1 also sends with this variant of the project's Celery config, to measure a settings change
+# before and after in the same run (empty: no extra variant).  Now: as before issue 11 (task-sent
+# events; and, as for every variant but the project's, no ignore_result, so each send subscribes).
+CELERY_ALTERNATIVE: dict[str, Any] = {"task_send_sent_event": True}
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How much to measure; ``--quick`` trades repetitions for a 2-3 minute run."""
+    """How much to measure for detection latency, end to end and API accept (the rows: rows.RowPlan)."""
 
     sizes: tuple[int, ...]
     detectors: tuple[str, ...]
@@ -69,15 +64,13 @@ class Plan:
     jobs: int
     job_rows: int
     job_detector: str
-    kafka_events: int
-    fanout_events: int
     api_sizes: tuple[int, ...]
     api_reps: int
     throughput_rounds: int
 
 
-QUICK = Plan((1_000, 20_000), ("iforest", "hbos", "ecod"), 7, 50, 1_000, "hbos", 200, 50, (1_000, 20_000), 9, 3)
-FULL = Plan((1_000, 20_000), ("iforest", "hbos", "ecod"), 15, 100, 1_000, "hbos", 1_000, 200, (1_000, 20_000), 25, 5)
+QUICK = Plan((1_000, 20_000), ("iforest", "hbos", "ecod"), 5, 100, 1_000, "hbos", (1_000, 20_000), 7, 1)
+FULL = Plan((1_000, 20_000), ("iforest", "hbos", "ecod"), 15, 200, 1_000, "hbos", (1_000, 20_000), 25, 3)
 
 
 # -- statistics -------------------------------------------------------------------------------------
@@ -257,117 +250,6 @@ def bench_throughput(client: PynomalyClient, plan: Plan, log: Callable[[str], No
     return result
 
 
-def bench_kafka(settings: Settings, plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
-    """3. ``KafkaEventPublisher.publish`` vs raw ``send().get()`` of the same bytes.
-
-    Two more variants split the overhead: a raw producer with the publisher's own config (no envelope
-    validation), and the same with ``linger_ms=0`` (how much is the batching delay vs acks=all).
-    """
-    from kafka import KafkaProducer
-
-    publisher = KafkaEventPublisher(settings)
-    raw = KafkaProducer(**connection_config(settings), acks=1)
-    configured = KafkaProducer(**producer_config(settings))
-    # The same config without batching delay: shows how much of the cost is linger_ms, not acks=all.
-    no_linger = KafkaProducer(**{**producer_config(settings), "linger_ms": 0})
-    samples: dict[str, list[float]] = {name: [] for name in KAFKA_VARIANTS}
-    try:
-        for i in range(plan.kafka_events + 10):
-            event = make_event("job_progress", f"bench-{i}", "benchmark", progress=0.5, message="kafka publish bench")
-            key, value = event.subject.encode(), event.encode()
-            sends: dict[str, Callable[[], object]] = {
-                "raw_acks1": lambda k=key, v=value: raw.send(T_JOB, key=k, value=v).get(timeout=30),
-                "raw_publisher_config_linger0": lambda k=key, v=value: no_linger.send(T_JOB, key=k, value=v).get(
-                    timeout=30
-                ),
-                "raw_publisher_config": lambda k=key, v=value: configured.send(T_JOB, key=k, value=v).get(timeout=30),
-                "publisher": lambda e=event: publisher.publish(e),
-            }
-            order = list(sends)
-            order = (
-                order[i % len(order) :] + order[: i % len(order)]
-            )  # rotate who goes first, so no variant always follows another
-            times = {}
-            for name in order:
-                started = time.perf_counter()
-                sends[name]()
-                times[name] = time.perf_counter() - started
-            if i >= 10:  # the first sends open connections and fetch metadata
-                for name, seconds in times.items():
-                    samples[name].append(seconds)
-    finally:
-        publisher.close()
-        raw.close(timeout=10)
-        configured.close(timeout=10)
-        no_linger.close(timeout=10)
-    base = statistics.median(samples["raw_acks1"])
-    result = {name: summary(values) for name, values in samples.items()}
-    for name in KAFKA_VARIANTS[1:]:
-        result[f"ratio_{name}_median"] = ratio(statistics.median(samples[name]), base)
-    result["producer_config"] = {
-        k: v for k, v in producer_config(settings).items() if k not in ("bootstrap_servers", "sasl_plain_password")
-    }
-    log(
-        f"  kafka: raw acks=1 {base * 1e3:.2f} ms, "
-        f"publisher config {result['raw_publisher_config']['median'] * 1e3:.2f} ms, "
-        f"publisher {result['publisher']['median'] * 1e3:.2f} ms"
-    )
-    return result
-
-
-def bench_fanout(settings: Settings, plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
-    """4. Publish -> bridge -> visible in dashboard:stream, vs a bare XADD -> XREAD round trip."""
-    client = redis_from_settings(settings)
-    publisher = KafkaEventPublisher(settings)
-    fanout: list[float] = []
-    acked: list[float] = []
-    redis_rt: list[float] = []
-    bench_last = "0-0"
-    try:
-        for i in range(plan.fanout_events + 3):
-            last = client.xrevrange(S_DASHBOARD, count=1)
-            last_id = last[0][0] if last else "0-0"
-            event = make_event("job_progress", f"bench-fanout-{i}", "benchmark", progress=0.5, message="fan-out")
-            started = time.perf_counter()
-            publisher.publish(event)
-            ack = time.perf_counter() - started
-            seen = None
-            while seen is None and time.perf_counter() - started < 30:
-                for _stream, entries in client.xread({S_DASHBOARD: last_id}, block=1000, count=100) or []:
-                    for entry_id, fields in entries:
-                        last_id = entry_id
-                        if fields.get("id") == event.id:
-                            seen = time.perf_counter() - started
-            if seen is None:
-                raise TimeoutError("the bridge did not copy a benchmark event into dashboard:stream within 30 s")
-            # Baseline: the Redis hop alone (append, then read it back as the watcher above does).
-            rt_started = time.perf_counter()
-            entry = client.xadd(BENCH_STREAM, {"i": str(i)}, maxlen=1000)
-            client.xread({BENCH_STREAM: bench_last}, count=1, block=1000)
-            rt = time.perf_counter() - rt_started
-            bench_last = entry
-            if i >= 3:  # first events: consumer group and connections warming up
-                fanout.append(seen)
-                acked.append(ack)
-                redis_rt.append(rt)
-            time.sleep(0.05)  # one event at a time: latency, not backlog
-    finally:
-        publisher.close()
-        client.delete(BENCH_STREAM)
-        client.close()
-    result = {
-        "baseline_redis_xadd_xread_s": summary(redis_rt),
-        "publish_ack_s": summary(acked),
-        "publish_to_dashboard_stream_s": summary(fanout),
-    }
-    result["ratio_median"] = ratio(statistics.median(fanout), statistics.median(redis_rt))
-    log(
-        f"  fan-out: p50 {result['publish_to_dashboard_stream_s']['median'] * 1e3:.1f} ms, "
-        f"p90 {result['publish_to_dashboard_stream_s']['p90'] * 1e3:.1f} ms"
-    )
-    return result
-
-
 def bench_api(system: LocalSystem, plan: Plan, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """5. Accept latency of POST /v1/jobs: JSON rows vs multipart CSV of the same data."""
     out = []
@@ -419,8 +301,139 @@ def bench_api(system: LocalSystem, plan: Plan, log: Callable[[str], None]) -> li
 # -- output -----------------------------------------------------------------------------------------
 
 
+# -- output -----------------------------------------------------------------------------------------
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def mark(ok: bool) -> str:
+    return "**met**" if ok else "missed"
+
+
+def scoreboard(results: dict[str, Any]) -> list[dict[str, str]]:
+    """The issue's table: one line per row, platform vs its raw baseline, the ratio and the target."""
+    out: list[dict[str, str]] = []
+    s = results["submit"]
+    eight = s["eight"]
+    p, d, c = eight["platform"], eight["celery_defaults"], eight["celery_project_config"]
+    by_clients = {lv["clients"]: lv["platform"]["per_s"] for lv in s["levels"]}
+    flat = by_clients.get(32, 0) >= 0.8 * by_clients.get(8, float("inf"))
+    out.append(
+        {
+            "path": "`POST /v1/jobs`, tiny job, 8 clients",
+            "platform": f"{p['per_s']:.0f} jobs/s, p99 {ms(p['p99_s'])} "
+            f"(1 / 32 clients: {by_clients.get(1, 0):.0f} / {by_clients.get(32, 0):.0f} jobs/s)",
+            "baseline": f"`send_task` defaults {d['per_s']:.0f}/s ({c['per_s']:.0f}/s with the project's config)",
+            "ratio": f"{eight['ratio_vs_defaults']:.2f}",
+            "target": "≥ 0.5x raw defaults; p99 ≤ 100 ms; flat as clients grow",
+            "met": mark(eight["ratio_vs_defaults"] >= 0.5 and p["p99_s"] <= 0.1 and flat),
+        }
+    )
+    t = results["throughput"]
+    out.append(
+        {
+            "path": f"end to end, {t['jobs']} {t['detector']} {t['rows']}x{t['columns']} jobs",
+            "platform": f"{t['platform_concurrent_jobs_per_s']:.1f} jobs/s",
+            "baseline": f"`run_detection` in-process {t['baseline_sequential_in_process_jobs_per_s']:.0f}/s",
+            "ratio": f"{t['ratio']:.3f}",
+            "target": "≥ 0.3x",
+            "met": mark(t["ratio"] >= 0.3),
+        }
+    )
+    pb = results["publish"]
+    out.append(
+        {
+            "path": f"event publish, {pb['events']} events (outbox write + relay to Kafka)",
+            "platform": f"{pb['platform_per_s']:.0f} ev/s (outbox writes {pb['platform_written_per_s']:.0f}/s)",
+            "baseline": f"kafka-python, the relay's settings {pb['baseline_per_s']:.0f}/s",
+            "ratio": f"{pb['ratio']:.2f}",
+            "target": "≥ 0.9x",
+            "met": mark(pb["ratio"] >= 0.9),
+        }
+    )
+    b = results["bridge"]
+    out.append(
+        {
+            "path": "Kafka → `dashboard:stream` bridge",
+            "platform": f"{b['platform_per_s']:.0f} ev/s",
+            "baseline": f"kafka-python + pipelined XADD {b['baseline_per_s']:.0f} ev/s",
+            "ratio": f"{b['ratio']:.2f}",
+            "target": "≥ 10,000 ev/s, ≥ 0.8x raw",
+            "met": mark(b["platform_per_s"] >= 10_000 and b["ratio"] >= 0.8),
+        }
+    )
+    w = results["websocket"]
+    out.append(
+        {
+            "path": f"publish → WebSocket client at {w['rate_per_s']:,} ev/s",
+            "platform": f"p50 {ms(w['platform_p50_s'])}, p99 {ms(w['platform_p99_s'])}"
+            + (f" ({w['platform_missing']} not received)" if w["platform_missing"] else ""),
+            "baseline": f"raw producer → consumer p50 {ms(w['baseline_p50_s'])}, p99 {ms(w['baseline_p99_s'])}",
+            "ratio": f"x{w['ratio_p99']:.1f} at p99",
+            "target": "p99 ≤ 50 ms",
+            "met": mark(w["platform_p99_s"] <= 0.05 and not w["platform_missing"]),
+        }
+    )
+    m = results["mixed"]
+    out.append(
+        {
+            "path": f"aggregate, {m['seconds']:.0f} s mixed load",
+            "platform": f"{m['msg_per_s']:,.0f} msg/s",
+            "baseline": "ADR target 10,000+/s",
+            "ratio": f"{m['ratio_to_adr_target']:.2f} of the ADR's",
+            "target": "≥ 20,000 msg/s",
+            "met": mark(m["msg_per_s"] >= 20_000),
+        }
+    )
+    g = results["big_job"]
+    rows = {r["detector"]: r for r in g["detectors"]}
+    limits = {"iforest": 1.3, "ecod": 2.0}
+    stall = max(r["healthz_worst_s"] for r in g["detectors"])
+    out.append(
+        {
+            "path": f"{g['rows'] // 1000}kx{g['columns']} job, " + " / ".join(rows),
+            "platform": " / ".join(f"{r['platform_end_to_end_s']:.2f} s" for r in rows.values())
+            + f"; `/healthz` worst {ms(stall)}",
+            "baseline": "in-process "
+            + " / ".join(f"{r['baseline_in_process_s']:.2f} s" for r in rows.values())
+            + f"; `/healthz` at rest worst {ms(g['healthz_at_rest_max_s'])}",
+            "ratio": " / ".join(f"{r['ratio']:.2f}" for r in rows.values()),
+            "target": "≤ 1.3x / ≤ 2x; no stall > 50 ms",
+            "met": mark(all(r["ratio"] <= limits.get(n, 2.0) for n, r in rows.items()) and stall <= 0.05),
+        }
+    )
+    li = results["list"]
+    first = li["median_s"]["list_first_page"]
+    out.append(
+        {
+            "path": f"`GET /v1/jobs` with {li['jobs']:,} jobs",
+            "platform": f"{ms(first)} (status filter {ms(li['median_s']['list_status_completed'])}, "
+            f"detector filter, a scan: {ms(li['median_s']['list_detector_filter_scan'])})",
+            "baseline": f"`GET /v1/jobs/{{id}}` {ms(li['median_s']['get_one'])}",
+            "ratio": f"x{li['ratio']:.1f}",
+            "target": "≤ 10 ms at 100k jobs (O(page))",
+            "met": mark(first <= 0.01 and li["jobs"] >= 100_000)
+            if li["jobs"] >= 100_000
+            else (f"{'met' if first <= 0.01 else 'missed'} at {li['jobs']:,} (quick)"),
+        }
+    )
+    r = results["memory_at_rest"]
+    big = sorted(r["components"].items(), key=lambda kv: -kv[1]["rss_mb"])[:3]
+    out.append(
+        {
+            "path": "whole local system RSS at rest after the standard load",
+            "platform": f"{r['total_rss_mb']:,.0f} MB RSS ({r['total_pss_mb']:,.0f} MB PSS); "
+            + ", ".join(f"{n} {v['rss_mb']:.0f}" for n, v in big)
+            + f"; Redis used_memory {r['redis_used_memory_mb']:.0f} MB",
+            "baseline": "ADR: 1-2 GB baseline",
+            "ratio": "—",
+            "target": "≤ 1 GiB (and flat over a 30-minute soak: `--soak`)",
+            "met": mark(r["total_rss_mb"] <= 1024),
+        }
+    )
+    return out
 
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:
@@ -433,26 +446,41 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
         f"> {results['noise_note']}",
         "",
-        "## 1. Detection: platform end-to-end vs in-process `run_detection`",
+        "## Every row of issue 11, against its raw baseline in this run",
         "",
-        "| detector | rowsxcols | baseline in-process median (p90) | platform end-to-end median (p90) "
-        "| server created→finished median | ratio (median) | overhead (median) |",
-        "|---|---|---|---|---|---|---|",
+        "| path | platform | raw baseline, same run | ratio | target | |",
+        "|---|---|---|---|---|---|",
     ]
-    for r in results["detection"]:
-        b, p, s = r["baseline_in_process_s"], r["platform_end_to_end_s"], r["platform_server_created_to_finished_s"]
+    for row in results["scoreboard"]:
         lines.append(
-            f"| {r['detector']} | {r['rows']}x{r['columns']} | {ms(b['median'])} ({ms(b['p90'])}) | "
-            f"{ms(p['median'])} ({ms(p['p90'])}) | {ms(s['median'])} | x{r['ratio_median']:.1f} | "
-            f"+{ms(r['overhead_median_s'])} |"
+            "| " + " | ".join(row[k] for k in ("path", "platform", "baseline", "ratio", "target", "met")) + " |"
         )
+    s = results["submit"]
+    lines += [
+        "",
+        "## 1. Submit: `POST /v1/jobs` (tiny job) vs raw `send_task`, workers paused",
+        "",
+        "| clients | platform jobs/s | p50 / p99 | send_task defaults /s | p99 | project config /s | p99 |"
+        + (" alternative config /s | p99 |" if s["alternative_settings"] else ""),
+        "|---|---|---|---|---|---|---|" + ("---|---|" if s["alternative_settings"] else ""),
+    ]
+    for lv in s["levels"]:
+        p, d, c = lv["platform"], lv["celery_defaults"], lv["celery_project_config"]
+        line = (
+            f"| {lv['clients']} | {p['per_s']:.0f} | {ms(p['p50_s'])} / {ms(p['p99_s'])} | {d['per_s']:.0f} | "
+            f"{ms(d['p99_s'])} | {c['per_s']:.0f} | {ms(c['p99_s'])} |"
+        )
+        if s["alternative_settings"]:
+            t = lv["celery_alternative"]
+            line += f" {t['per_s']:.0f} | {ms(t['p99_s'])} |"
+        lines.append(line)
+    if s["alternative_settings"]:
+        changed = ", ".join(f"`{k}={v}`" for k, v in s["alternative_settings"].items())
+        lines += ["", f"Alternative config: the project's with {changed}."]
     t = results["throughput"]
     lines += [
         "",
-        f"## 2. Throughput: {t['jobs']} concurrent jobs ({t['detector']}, {t['rows']}x{t['columns']})",
-        "",
-        f"Median of {len(t['rounds'])} rounds; each round runs the baseline, then submits all jobs from 8 threads "
-        "and waits for the last to complete.",
+        f"## 2. End to end: {t['jobs']} concurrent jobs ({t['detector']}, {t['rows']}x{t['columns']})",
         "",
         "| baseline: sequential in-process | platform: concurrent through workers | ratio | platform wall "
         "(of which submitting) |",
@@ -461,38 +489,66 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"jobs/s | x{t['ratio']:.3f} | {t['platform_wall_s_median']:.1f} s "
         f"({t['platform_submit_all_s_median']:.1f} s) |",
     ]
-    k = results["kafka_publish"]
+    pb, b = results["publish"], results["bridge"]
     lines += [
         "",
-        "## 3. Kafka publish, per event (`send().get()`, sequential)",
+        "## 3-4. Events: publish and bridge (events/s per round)",
         "",
-        "| variant | median | p90 | ratio to baseline (median) |",
-        "|---|---|---|---|",
-        f"| baseline: raw `KafkaProducer(acks=1)` | {ms(k['raw_acks1']['median'])} "
-        f"| {ms(k['raw_acks1']['p90'])} | x1 |",
-        "| raw producer, publisher's config but linger_ms=0 (acks=all, idempotent, gzip) "
-        f"| {ms(k['raw_publisher_config_linger0']['median'])} | {ms(k['raw_publisher_config_linger0']['p90'])} "
-        f"| x{k['ratio_raw_publisher_config_linger0_median']:.2f} |",
-        "| raw producer, publisher's config (acks=all, idempotent, gzip, "
-        f"linger_ms={k['producer_config']['linger_ms']}) | {ms(k['raw_publisher_config']['median'])} "
-        f"| {ms(k['raw_publisher_config']['p90'])} | x{k['ratio_raw_publisher_config_median']:.2f} |",
-        f"| `KafkaEventPublisher.publish` (+ envelope validation) | {ms(k['publisher']['median'])} "
-        f"| {ms(k['publisher']['p90'])} | x{k['ratio_publisher_median']:.2f} |",
+        "| round | publish: platform (outbox → relay → acked) | outbox writes | kafka-python | "
+        "bridge: platform | raw consumer + pipelined XADD |",
+        "|---|---|---|---|---|---|",
     ]
-    f = results["fanout"]
+    for i in range(max(len(pb["rounds"]), len(b["rounds"]))):
+        p = pb["rounds"][i] if i < len(pb["rounds"]) else {}
+        q = b["rounds"][i] if i < len(b["rounds"]) else {}
+        lines.append(
+            f"| {i + 1} | {p.get('platform_per_s', 0):.0f} | {p.get('platform_written_per_s', 0):.0f} | "
+            f"{p.get('baseline_per_s', 0):.0f} | {q.get('platform_per_s', 0):.0f} | {q.get('baseline_per_s', 0):.0f} |"
+        )
+    mx = results["mixed"]
     lines += [
         "",
-        "## 4. Event fan-out: publish → bridge → `dashboard:stream`",
+        f"## 6. Mixed load, {mx['seconds']:.0f} s",
         "",
-        "| measure | median | p90 | ratio to baseline (median) |",
+        f"{mx['jobs_submitted']} jobs submitted ({mx['jobs_completed_in_window']} completed in the window); "
+        f"Kafka records {mx['kafka_records']}, stream entries {mx['stream_entries']}, Celery messages "
+        f"{mx['celery_messages']}: **{mx['msg_per_s']:,.0f} msg/s**.",
+        "",
+        "## 9. Memory at rest (component with its child processes)",
+        "",
+        "| component | RSS MB | PSS MB | processes |",
         "|---|---|---|---|",
-        f"| baseline: Redis XADD → XREAD round trip | {ms(f['baseline_redis_xadd_xread_s']['median'])} "
-        f"| {ms(f['baseline_redis_xadd_xread_s']['p90'])} | x1 |",
-        f"| publish acked by Kafka | {ms(f['publish_ack_s']['median'])} | {ms(f['publish_ack_s']['p90'])} | — |",
-        f"| publish → visible in `dashboard:stream` | {ms(f['publish_to_dashboard_stream_s']['median'])} "
-        f"| {ms(f['publish_to_dashboard_stream_s']['p90'])} | x{f['ratio_median']:.0f} |",
+    ]
+    mem = results["memory_at_rest"]
+    for name, v in sorted(mem["components"].items(), key=lambda kv: -kv[1]["rss_mb"]):
+        lines.append(f"| {name} | {v['rss_mb']:.0f} | {v['pss_mb']:.0f} | {v['processes']:.0f} |")
+    lines.append(f"| **total** | **{mem['total_rss_mb']:.0f}** | **{mem['total_pss_mb']:.0f}** | |")
+    li = results["list"]
+    lines += [
         "",
-        "## 5. API accept latency: `POST /v1/jobs` JSON rows vs multipart CSV",
+        f"## 8. Listing with {li['jobs']:,} jobs stored",
+        "",
+        "| request | median | p90 | total matches |",
+        "|---|---|---|---|",
+    ]
+    for name, value in li["median_s"].items():
+        lines.append(f"| {name} | {ms(value)} | {ms(li['p90_s'][name])} | {li['totals'].get(name, '')} |")
+    lines += [
+        "",
+        "## Also measured: detection latency and API accept",
+        "",
+        "| detector | rowsxcols | baseline in-process median (p90) | platform end-to-end median (p90) "
+        "| server created→finished median | ratio (median) | overhead (median) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["detection"]:
+        b0, p0, s0 = r["baseline_in_process_s"], r["platform_end_to_end_s"], r["platform_server_created_to_finished_s"]
+        lines.append(
+            f"| {r['detector']} | {r['rows']}x{r['columns']} | {ms(b0['median'])} ({ms(b0['p90'])}) | "
+            f"{ms(p0['median'])} ({ms(p0['p90'])}) | {ms(s0['median'])} | x{r['ratio_median']:.1f} | "
+            f"+{ms(r['overhead_median_s'])} |"
+        )
+    lines += [
         "",
         "| rowsxcols | body JSON / CSV | baseline JSON median (p90) | multipart CSV median (p90) | ratio CSV/JSON |",
         "|---|---|---|---|---|",
@@ -539,7 +595,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[str]:
     ax.set_ylim(top=ax.get_ylim()[1] * 2)  # room for the ratio labels
     ax.set_xticks(x, labels)
     ax.set_ylabel("seconds (log; bar = median, whisker = p90)")
-    ax.set_title("1. Detection latency: platform end-to-end vs in-process")
+    ax.set_title("Detection latency: platform end-to-end vs in-process")
     ax.legend(loc="upper left")
     save(fig, "detection_latency.png")
 
@@ -551,41 +607,97 @@ def write_plots(results: dict[str, Any], out: Path) -> list[str]:
     ax.set_yscale("log")
     ax.set_ylim(1, max(vals) * 4)  # room for the labels; bottom at 1 job/s so the small bar stays visible
     ax.set_ylabel("jobs per second (log)")
-    ax.set_title(f"2. Throughput: {t['detector']}, {t['rows']}x{t['columns']} per job (x{t['ratio']:.3f})")
+    ax.set_title(f"2. End to end: {t['detector']}, {t['rows']}x{t['columns']} per job (x{t['ratio']:.3f})")
     save(fig, "throughput.png")
 
-    k = results["kafka_publish"]
-    fig, ax = plt.subplots(figsize=(9, 4.4))
-    names = list(KAFKA_VARIANTS)
-    ax.boxplot(
-        [np.array(k[n]["samples"]) * 1e3 for n in names],
-        tick_labels=["raw acks=1\n(baseline)", "publisher config,\nlinger_ms=0", "publisher config\n(acks=all, "
-                     "idempotent,\ngzip, linger_ms=10)", "KafkaEventPublisher\n.publish"],
-        showfliers=False,
-    )  # fmt: skip
-    for i, n in enumerate(names, start=1):
-        ax.annotate(f"{k[n]['median'] * 1e3:.1f} ms", (i + 0.25, k[n]["median"] * 1e3), fontsize=9, va="center")
-    ax.set_ylabel("ms per event (box: quartiles, whiskers 1.5 IQR)")
-    ax.set_title("3. Kafka publish latency per event, send().get()")
-    save(fig, "kafka_publish.png")
+    s = results["submit"]
+    variants = [("platform", "POST /v1/jobs"), ("celery_defaults", "send_task, Celery defaults"),
+                ("celery_project_config", "send_task, project config")]  # fmt: skip
+    if s["alternative_settings"]:
+        variants.append(("celery_alternative", "send_task, alternative config"))
+    clients = [lv["clients"] for lv in s["levels"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, name in variants:
+        left.plot(clients, [lv[key]["per_s"] for lv in s["levels"]], marker="o", label=name)
+        right.plot(clients, [lv[key]["p99_s"] * 1e3 for lv in s["levels"]], marker="o", label=name)
+    right.axhline(100, color="grey", ls="--", lw=0.8, label="target p99 100 ms")
+    for ax, label in ((left, "per second"), (right, "p99 ms (log)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(clients, [str(c) for c in clients])
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(label)
+    left.set_yscale("log")
+    right.set_yscale("log")
+    left.set_title("1. Submit throughput")
+    right.set_title("1. Submit p99 latency")
+    right.legend(fontsize=8)
+    save(fig, "submit.png")
 
-    f = results["fanout"]
+    pb, b = results["publish"], results["bridge"]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    names = ["publish:\nkafka-python", "publish:\noutbox + relay", "bridge: raw consumer\n+ pipelined XADD",
+             "bridge:\nplatform"]  # fmt: skip
+    vals = [pb["baseline_per_s"], pb["platform_per_s"], b["baseline_per_s"], b["platform_per_s"]]
+    bars = ax.bar(names, vals, color=["C0", "C1", "C0", "C1"])
+    ax.bar_label(bars, labels=[f"{v:,.0f}/s" for v in vals])
+    ax.axhline(10_000, color="grey", ls="--", lw=0.8)
+    ax.annotate("bridge target 10,000 ev/s", (2.5, 10_000), va="bottom", ha="center", fontsize=8)
+    ax.set_ylabel("events per second")
+    ax.set_title(f"3-4. Events: publish x{pb['ratio']:.2f}, bridge x{b['ratio']:.2f} of raw")
+    save(fig, "events.png")
+
+    w = results["websocket"]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for key, name in (
-        ("baseline_redis_xadd_xread_s", "Redis XADD→XREAD (baseline)"),
-        ("publish_ack_s", "publish acked"),
-        ("publish_to_dashboard_stream_s", "publish → dashboard:stream"),
-    ):
-        data = np.sort(np.array(f[key]["samples"]) * 1e3)
-        ax.plot(data, np.arange(1, len(data) + 1) / len(data), marker=".", label=name)
+    for key, name in (("baseline_samples", "raw producer → consumer"), ("platform_samples", "publish → WebSocket")):
+        data = np.sort(np.array(w[key]) * 1e3)
+        if len(data):
+            ax.plot(data, np.arange(1, len(data) + 1) / len(data), label=name)
+    ax.axvline(50, color="grey", ls="--", lw=0.8, label="target p99 50 ms")
     ax.set_xscale("log")
     ax.set_xlabel("ms (log)")
     ax.set_ylabel("fraction of events ≤ x")
-    ax.axhline(0.5, color="grey", lw=0.5)
-    ax.axhline(0.9, color="grey", lw=0.5)
-    ax.set_title("4. Event fan-out latency (CDF)")
-    ax.legend(loc="lower center")  # the gap between the Redis and the Kafka curves
-    save(fig, "fanout.png")
+    ax.axhline(0.99, color="grey", lw=0.5)
+    ax.set_title(f"5. Latency at {w['rate_per_s']:,} events/s (CDF)")
+    ax.legend(loc="lower right")
+    save(fig, "websocket.png")
+
+    g = results["big_job"]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    x = np.arange(len(g["detectors"]))
+    local = [r["baseline_in_process_s"] for r in g["detectors"]]
+    plat = [r["platform_end_to_end_s"] for r in g["detectors"]]
+    ax.bar(x - 0.2, local, 0.4, label="in-process (baseline)")
+    bars = ax.bar(x + 0.2, plat, 0.4, label="platform end-to-end")
+    ax.bar_label(bars, labels=[f"x{r['ratio']:.2f}\n/healthz ≤ {r['healthz_worst_s'] * 1e3:.0f} ms"
+                               for r in g["detectors"]], fontsize=8)  # fmt: skip
+    ax.set_xticks(x, [r["detector"] for r in g["detectors"]])
+    ax.set_ylim(0, max(plat) * 1.35)
+    ax.set_ylabel("seconds")
+    ax.set_title(f"7. {g['rows'] // 1000}kx{g['columns']} job")
+    ax.legend(loc="upper left")
+    save(fig, "big_job.png")
+
+    li = results["list"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    names = list(li["median_s"])
+    vals = [li["median_s"][n] * 1e3 for n in names]
+    bars = ax.barh(names, vals, color=["C0"] + ["C1"] * (len(names) - 1))
+    ax.bar_label(bars, labels=[f"{v:.1f} ms" for v in vals], fontsize=8)
+    ax.axvline(10, color="grey", ls="--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("median ms (log); dashed: target 10 ms")
+    ax.set_title(f"8. GET /v1/jobs with {li['jobs']:,} jobs")
+    save(fig, "list.png")
+
+    mem = results["memory_at_rest"]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    items = sorted(mem["components"].items(), key=lambda kv: kv[1]["rss_mb"])
+    ax.barh([n for n, _ in items], [v["rss_mb"] for _, v in items], label="RSS")
+    ax.barh([n for n, _ in items], [v["pss_mb"] for _, v in items], height=0.4, label="PSS")
+    ax.set_xlabel("MB")
+    ax.set_title(f"9. Memory at rest: {mem['total_rss_mb']:.0f} MB RSS, {mem['total_pss_mb']:.0f} MB PSS (target 1024)")
+    ax.legend(loc="lower right")
+    save(fig, "memory.png")
 
     api = results["api"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -599,7 +711,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[str]:
                     va="bottom", fontsize=9)  # fmt: skip
     ax.set_xticks(x, [f"{r['rows']}x{r['columns']}" for r in api])
     ax.set_ylabel("ms to 202 Accepted (bar: median, whisker: p90)")
-    ax.set_title("5. POST /v1/jobs accept latency")
+    ax.set_title("POST /v1/jobs accept latency")
     ax.legend(loc="upper left")
     save(fig, "api_accept.png")
     return files
@@ -609,14 +721,20 @@ def write_plots(results: dict[str, Any], out: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def local_system(log: Callable[[str], None]) -> Iterator[LocalSystem]:
+def local_system(log: Callable[[str], None], **overrides: Any) -> Iterator[LocalSystem]:
     """A private local system in a temp dir; stopped and removed however the run ends (Ctrl-C too)."""
     state = Path(tempfile.mkdtemp(prefix="pynomaly-bench-"))
     libs = REPO / ".pynomaly" / "kafka-libs"  # the shared jar cache: no 100 MB download per run
     system = LocalSystem(
         state,
         libs_dir=libs if libs.is_dir() else state / "kafka-libs",
-        settings_overrides={"log_level": "WARNING"},  # logging per task is not what we measure
+        settings_overrides={
+            "log_level": "WARNING",  # logging per task is not what we measure
+            # The bridge row pauses the bridge (SIGSTOP) while it writes a backlog: it must keep its
+            # partitions meanwhile, or it would measure a rebalance.
+            "kafka_session_timeout_seconds": 60.0,
+            **overrides,
+        },
     )
     try:
         with sigterm_as_interrupt():
@@ -630,10 +748,13 @@ def local_system(log: Callable[[str], None]) -> Iterator[LocalSystem]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions and jobs (~2-3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller rows and fewer repetitions (a few minutes)")
+    parser.add_argument("--soak", action="store_true", help="the memory soak instead of the benchmarks (see soak.py)")
+    parser.add_argument("--soak-minutes", type=float, default=30.0, help="length of --soak (default 30)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
+    if args.soak_minutes < 1:
+        parser.error("--soak-minutes must be at least 1 (the growth test fits the second half)")
     began = time.perf_counter()
     lock = threading.Lock()
 
@@ -641,11 +762,25 @@ def main(argv: list[str] | None = None) -> int:
         with lock:
             print(f"[{time.perf_counter() - began:6.1f}s] {message}", flush=True)
 
+    if args.soak:
+        import soak
+
+        log(f"starting a private local system for a {args.soak_minutes:.0f}-minute soak")
+        with local_system(log, **soak.SETTINGS) as system:
+            report = soak.run(system, args.soak_minutes * 60, log)
+        args.out.mkdir(parents=True, exist_ok=True)
+        soak.write(report, args.out)
+        log(f"wrote {args.out}/soak.json, soak.md and soak.png: {'GROWING' if report['growing'] else 'flat'}")
+        return 1 if report["growing"] else 0
+
+    plan = QUICK if args.quick else FULL
+    row_plan = bench_rows.QUICK_ROWS if args.quick else bench_rows.FULL_ROWS
     results: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
         "command": ".venv/bin/python benchmarks/run.py" + (" --quick" if args.quick else ""),
         "machine": machine_info(),
         "plan": plan.__dict__,
+        "row_plan": row_plan.__dict__,
         "noise_note": (
             "Shared machine: absolute times move with other people's load (see loadavg). Each baseline is "
             "measured in this script, interleaved with what it is compared to; compare ratios, not times. "
@@ -657,23 +792,47 @@ def main(argv: list[str] | None = None) -> int:
     with local_system(log) as system:
         assert system.settings is not None
         results["system_settings"] = {"worker_concurrency": system.settings.worker_concurrency}
+        quiet = redis_from_settings(system.settings)
         with PynomalyClient(system.api_url, system.api_key, timeout=120) as client:
-            log("1/5 detection latency")
+            log("detection latency (also measured)")
             results["detection"] = bench_detection(client, plan, log)
-            log("2/5 throughput")
+            log("row 1: submit vs send_task")
+            results["submit"] = bench_rows.bench_submit(system, row_plan, log, CELERY_ALTERNATIVE)
+            log("row 2: end to end")
             results["throughput"] = bench_throughput(client, plan, log)
-        log("3/5 Kafka publish")
-        results["kafka_publish"] = bench_kafka(system.settings, plan, log)
-        log("4/5 event fan-out")
-        results["fanout"] = bench_fanout(system.settings, plan, log)
-        log("5/5 API accept")
+        bench_rows.wait_quiet(quiet, log, system.settings)
+        log("row 3: event publish")
+        results["publish"] = bench_rows.bench_publish(system.settings, row_plan, log)
+        bench_rows.wait_quiet(quiet, log, system.settings)
+        log("row 4: bridge")
+        results["bridge"] = bench_rows.bench_bridge(system, row_plan, log)
+        bench_rows.wait_quiet(quiet, log, system.settings)
+        log("row 5: publish → WebSocket")
+        results["websocket"] = bench_rows.bench_websocket(system, row_plan, log)
+        log("row 6: mixed load")
+        results["mixed"] = bench_rows.bench_mixed(system, row_plan, log)
+        log("row 7: large job and /healthz")
+        results["big_job"] = bench_rows.bench_big_job(system, row_plan, log)
+        log("API accept (also measured)")
         results["api"] = bench_api(system, plan, log)
+        log("row 9: memory at rest")
+        bench_rows.wait_quiet(quiet, log, system.settings)
+        time.sleep(10)  # let the last batches, beats and GCs settle
+        results["memory_at_rest"] = bench_rows.memory_snapshot(system, quiet)
+        at_rest = results["memory_at_rest"]
+        log(f"  {at_rest['total_rss_mb']:.0f} MB RSS, {at_rest['total_pss_mb']:.0f} MB PSS")
+        log("row 8: listing")
+        results["list"] = bench_rows.bench_list(system, row_plan, log)
+        quiet.close()
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     results["duration_s"] = time.perf_counter() - began
+    results["scoreboard"] = scoreboard(results)
     args.out.mkdir(parents=True, exist_ok=True)
     results["plots"] = write_plots(results, args.out)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, args.out / "results.md")
+    for row in results["scoreboard"]:
+        log(f"{row['met']:>9}  {row['path']}: {row['platform']} | {row['baseline']} | ratio {row['ratio']}")
     log(f"wrote {args.out}/results.json, results.md and {len(results['plots'])} plots")
     return 0
 

@@ -96,6 +96,16 @@ class Settings(BaseModel):
     worker_concurrency: int = Field(0, ge=0, description="Processes per worker; 0 takes the pool's default.")
 
     stream_maxlen: int = Field(1000, ge=MIN_STREAM_MAXLEN, description="Approximate MAXLEN of each Redis stream.")
+    bridge_dedup_ttl_seconds: int = Field(
+        900,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="How long the bridge remembers an event id it copied into dashboard:stream, so a "
+        "redelivery is not appended twice. It must cover the redelivery window: a consumer's uncommitted "
+        "poll after a crash (kafka_session_timeout_seconds) plus a relay's re-send after its lease lapses "
+        "(2 x kafka_delivery_timeout_seconds + 10 s). One key per event: at 2,000 events/s the default "
+        "keeps about 1.8 million (the old 7 days kept 1.2 billion).",
+    )
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted dataset, bytes.")
     max_rows: int = Field(100_000, ge=1, description="Most rows a dataset may have.")
     max_columns: int = Field(200, ge=1, description="Most columns a dataset may have.")
@@ -311,6 +321,16 @@ class Settings(BaseModel):
     def _limits(self) -> Settings:
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ValueError("task_soft_time_limit must be below task_time_limit")
+        return self
+
+    @model_validator(mode="after")
+    def _dedup_window(self) -> Settings:
+        window = self.kafka_session_timeout_seconds + 2 * self.kafka_delivery_timeout_seconds + 10
+        if self.bridge_dedup_ttl_seconds < 2 * window:
+            raise ValueError(
+                f"bridge_dedup_ttl_seconds must be at least twice the redelivery window ({2 * window:.0f} s: "
+                "kafka_session_timeout_seconds + 2 x kafka_delivery_timeout_seconds + 10 s)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -192,3 +192,55 @@ def test_fast_paths_are_taken_for_plain_numbers(monkeypatch: pytest.MonkeyPatch)
 )
 def test_csv_edge_cases_parse_as_the_careful_path_does(monkeypatch: pytest.MonkeyPatch, body: bytes) -> None:
     assert _outcome(parse_csv, body, WIDE) == _careful(monkeypatch, parse_csv, body, WIDE)
+
+
+CHUNKED_BODIES = [
+    b"a,b\n1,2\n\n3,4\n5,6\n",
+    b"a,b\r\n1,2\r\n3,4\r\n",
+    b"a\n\n\n\n1\n\n2\n",  # blank lines across chunk boundaries
+    b"a,b\n1,2\n3\n",  # ragged in a later chunk
+    b"a,b\n1,2\n3,4,5\n",
+    b"a\n1\nx\n",  # a bad cell in a later chunk
+    b"a\n" + b"1\n" * 50,  # exactly max_rows
+    b"a\n" + b"1\n" * 51,  # one over, in the last chunk
+    b'"a\nb",c\n1,2\n3,4\n',  # a header over two lines
+    b"a\n1\n" + b"2" * 140_000 + b"\n3\n",  # a field over the csv module's limit, in a later chunk
+    b"a,b\n1,2",  # no final newline
+]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8, 64])
+@pytest.mark.parametrize("body", CHUNKED_BODIES)
+def test_csv_in_chunks_parses_as_one_call_and_the_careful_path_do(
+    monkeypatch: pytest.MonkeyPatch, chunk: int, body: bytes
+) -> None:
+    whole = _outcome(parse_csv, body, WIDE)  # these bodies are one chunk at the default size
+    monkeypatch.setattr(datasets_module, "CSV_CHUNK_CHARS", chunk)
+    assert _outcome(parse_csv, body, WIDE) == whole == _careful(monkeypatch, parse_csv, body, WIDE)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(width=st.integers(1, 3), chunk=st.integers(1, 40), data=st.data())
+def test_csv_fast_path_in_chunks_equals_the_careful_path(
+    monkeypatch: pytest.MonkeyPatch, width: int, chunk: int, data: st.DataObject
+) -> None:
+    lines = data.draw(
+        st.lists(
+            st.one_of(st.lists(TEXT_CELLS, min_size=width, max_size=width).map(",".join), st.sampled_from(["", "1"])),
+            min_size=0,
+            max_size=12,
+        )
+    )
+    body = (",".join(f"c{j}" for j in range(width)) + "\n" + "\n".join(lines) + "\n").encode()
+    with monkeypatch.context() as patched:
+        patched.setattr(datasets_module, "CSV_CHUNK_CHARS", chunk)
+        chunked = _outcome(parse_csv, body, WIDE)
+    assert chunked == _careful(monkeypatch, parse_csv, body, WIDE)
+
+
+def test_plain_numbers_take_the_fast_path_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(datasets_module, "CSV_CHUNK_CHARS", 16)
+    values = np.arange(40 * 3, dtype=np.float64).reshape(40, 3) / 7
+    text = "a,b,c\n" + "".join(",".join(repr(v) for v in row) + "\n" for row in values.tolist())
+    parsed = datasets_module._csv_matrix(text, 1, 3, WIDE)
+    assert parsed is not None and parsed.tobytes() == values.tobytes()

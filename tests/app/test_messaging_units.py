@@ -66,6 +66,8 @@ def test_celery_settings_follow_the_seed() -> None:
     visibility = conf["broker_transport_options"]["visibility_timeout"]  # type: ignore[index]
     assert visibility > 3600
     assert conf["result_backend_transport_options"]["visibility_timeout"] == visibility  # type: ignore[index]
+    # Chosen by measurement (benchmarks/run.py row 1): nobody reads task-sent events.
+    assert not conf["task_send_sent_event"]
     assert conf["task_compression"] == "gzip" and conf["timezone"] == "UTC"
     assert conf["broker_connection_max_retries"] is None  # a Redis outage of any length: keep reconnecting
     routes = conf["task_routes"]

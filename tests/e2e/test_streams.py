@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -102,6 +103,61 @@ def test_bridge_is_idempotent_and_moves_past_a_poison_event(
     assert headers["original_topic"] == T_JOB and headers["consumer_group"] == GROUP_BRIDGE
     assert headers["error"].startswith("invalid envelope") and headers["original_offset"].isdigit()
     assert [r.value for r in dead] == [poison], "only the poison event is dead-lettered"
+
+
+class _Picky:
+    """A batch handler (as the bridge is) that refuses one event: every batch holding it fails."""
+
+    def __init__(self, refused: str) -> None:
+        self.refused = refused
+        self.handled: list[str] = []
+        self.failed_batches: list[int] = []
+
+    def __call__(self, event: EventEnvelope) -> None:
+        self.handle_batch([event])
+
+    def handle_batch(self, events: Sequence[EventEnvelope], parents: Sequence[Any] | None = None) -> int:
+        if any(e.id == self.refused for e in events):
+            self.failed_batches.append(len(events))
+            raise ValueError(f"refusing {self.refused}")
+        self.handled.extend(e.id for e in events)
+        return len(events)
+
+
+def test_a_batch_that_keeps_failing_is_handled_one_by_one_and_only_the_bad_event_is_dead_lettered(
+    producer: KafkaProducer, local_system
+) -> None:  # type: ignore[no-untyped-def]
+    from pynomaly.consumers.base import EventConsumer
+    from pynomaly.topology import ConsumerGroup
+
+    subject = f"e2e-batch-{uuid.uuid4().hex[:8]}"
+    good = [_event(subject, n) for n in range(6)]
+    bad = _event(subject, 99)
+    for event in [*good[:2], bad, *good[2:]]:  # all written first: the group's polls are full batches
+        _send(producer, event.encode(), subject)
+    group = ConsumerGroup(name=f"batch-fallback-{uuid.uuid4().hex[:8]}", pool="tests", topics=(T_JOB,), description="")
+    handler = _Picky(bad.id)
+    consumer = EventConsumer(local_system.settings, group, handler)
+    thread = threading.Thread(target=consumer.run, name="batch-fallback", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: set(handler.handled) >= {e.id for e in good}, 120, what="every good event handled")
+    finally:
+        consumer.stop()
+        thread.join(timeout=30)
+    assert bad.id not in handler.handled
+    assert handler.failed_batches[0] > 1, "the bad event first failed a whole batch"
+    mine = [i for i in handler.handled if i in {e.id for e in good}]
+    assert mine == [e.id for e in good], "each good event once, in order"
+    dead = read_topic(
+        local_system.settings,
+        f"{T_JOB}.dlq",
+        until=lambda rs: any(bad.id.encode() in r.value for r in rs),
+        key=subject.encode(),
+    )
+    assert [EventEnvelope.decode(r.value).id for r in dead] == [bad.id]
+    headers = {k: v.decode() for k, v in dead[0].headers}
+    assert headers["consumer_group"] == group.name and headers["error"].startswith("handler failed 3 times")
 
 
 def test_every_component_heartbeats_on_the_health_stream(system_redis: redis.Redis) -> None:

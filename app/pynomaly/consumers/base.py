@@ -2,6 +2,9 @@
 
 - offsets are committed only after every record of a poll was handled;
 - handlers are idempotent by event id, so a redelivery after a crash changes nothing;
+- a handler with ``handle_batch`` (the bridge) gets a poll's events in one call, one round trip per
+  batch; if the batch keeps failing for another reason than Redis, its records are handled one by
+  one, so only the bad one goes to the DLQ (the ones already applied are deduplicated);
 - a record that cannot be decoded, or whose handler keeps failing, goes to ``<topic>.dlq`` with
   the error in its headers, and the partition keeps moving;
 - but when Redis (where every handler writes) is unreachable, nothing is dead-lettered: the
@@ -15,13 +18,16 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 import redis
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
-from opentelemetry.trace import SpanKind
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
 
 from pynomaly.config import Settings
 from pynomaly.messaging.events import EventEnvelope, InvalidEvent
@@ -52,6 +58,17 @@ DeadLetter = Callable[[ConsumerRecord, str], None]
 # A handler of a whole poll's raw records (the scorer scores a batch at once, and its records are
 # not envelopes); it dead-letters the records it cannot use itself through the callback.
 BatchHandler = Callable[[list[ConsumerRecord], DeadLetter], None]
+
+
+@runtime_checkable
+class EventBatchHandler(Protocol):
+    """An event handler that also takes a poll's decoded events in one call (the bridge)."""
+
+    def __call__(self, event: EventEnvelope) -> None: ...
+
+    def handle_batch(
+        self, events: Sequence[EventEnvelope], parents: Sequence[otel_context.Context] | None = None
+    ) -> int: ...
 
 
 class EventConsumer:
@@ -152,6 +169,81 @@ class EventConsumer:
             if partitions:
                 consumer.commit()
             return
+        if not partitions:
+            return
+        if isinstance(self._handler, EventBatchHandler):
+            self._handle_as_batch(consumer, partitions, dead_letters, self._handler)
+        else:
+            self._handle_each(consumer, partitions, dead_letters)
+
+    def _handle_as_batch(
+        self,
+        consumer: KafkaConsumer,
+        partitions: list[tuple[TopicPartition, list[ConsumerRecord]]],
+        dead_letters: KafkaProducer,
+        handler: EventBatchHandler,
+    ) -> None:
+        """The whole poll in one handler call (one script: all or nothing), then one commit."""
+        valid: list[tuple[ConsumerRecord, EventEnvelope]] = []
+        invalid: list[tuple[ConsumerRecord, str]] = []
+        for _, records in partitions:
+            for record in records:
+                try:
+                    valid.append((record, EventEnvelope.decode(record.value)))
+                except InvalidEvent as exc:
+                    invalid.append((record, f"invalid envelope: {exc}"))
+        # Traced: each record's consume span (continuing its relay's trace) is the parent of its append.
+        spans = [self._consume_span(record) for record, _ in valid] if tracing.recording() else []
+        parents = [trace.set_span_in_context(span) for span in spans] or None
+        try:
+            applied = self._apply_batch(consumer, partitions, handler, valid, parents)
+        finally:
+            for span in spans:
+                span.end()
+        if not applied:
+            # One by one: the good records are applied (or deduplicated), the bad one dead-lettered.
+            self._handle_each(consumer, partitions, dead_letters)
+            return
+        for record, error in invalid:
+            self._dead_letter(record, dead_letters, error)
+        topics: dict[str, int] = {}
+        for record, _ in valid:
+            topics[record.topic] = topics.get(record.topic, 0) + 1
+        for topic, count in topics.items():
+            metrics.KAFKA_CONSUMED.labels(group=self._group.name, topic=topic, outcome="ok").inc(count)
+        consumer.commit()
+
+    def _apply_batch(
+        self,
+        consumer: KafkaConsumer,
+        partitions: list[tuple[TopicPartition, list[ConsumerRecord]]],
+        handler: EventBatchHandler,
+        valid: list[tuple[ConsumerRecord, EventEnvelope]],
+        parents: list[otel_context.Context] | None,
+    ) -> bool:
+        """True once the handler applied the batch; False when it kept failing (not for Redis)."""
+        for attempt in range(1, HANDLER_ATTEMPTS + 1):
+            try:
+                handler.handle_batch([event for _, event in valid], parents)
+                return True
+            except STORE_UNAVAILABLE as exc:
+                # Nothing of this poll is committed: every partition goes back to its first record.
+                for tp, records in partitions:
+                    consumer.seek(tp, records[0].offset)
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            except Exception as exc:
+                log.warning("batch handler failed on %d records (attempt %d): %s", len(valid), attempt, exc)
+                if attempt == HANDLER_ATTEMPTS:
+                    break
+                time.sleep(HANDLER_BACKOFF * 2 ** (attempt - 1))
+        return False
+
+    def _handle_each(
+        self,
+        consumer: KafkaConsumer,
+        partitions: list[tuple[TopicPartition, list[ConsumerRecord]]],
+        dead_letters: KafkaProducer,
+    ) -> None:
         for index, (tp, records) in enumerate(partitions):
             for record in records:
                 try:
@@ -162,8 +254,7 @@ class EventConsumer:
                         consumer.seek(later, rest[0].offset)
                     consumer.commit()
                     raise
-        if batch:
-            consumer.commit()
+        consumer.commit()
 
     def _handle_raw_batch(
         self,
@@ -215,9 +306,9 @@ class EventConsumer:
                     return
                 time.sleep(HANDLER_BACKOFF * 2 ** (attempt - 1))
 
-    def _process(self, record: ConsumerRecord, dead_letters: KafkaProducer) -> None:
-        # The record's span continues the trace the relay put in its headers.
-        with tracing.tracer().start_as_current_span(
+    def _consume_span(self, record: ConsumerRecord) -> Span:
+        """The record's span; it continues the trace the relay put in its headers."""
+        return tracing.tracer().start_span(
             f"consume {record.topic}",
             context=tracing.extract_headers(record.headers),
             kind=SpanKind.CONSUMER,
@@ -228,7 +319,10 @@ class EventConsumer:
                 "messaging.kafka.offset": record.offset,
                 "messaging.destination.partition.id": str(record.partition),
             },
-        ):
+        )
+
+    def _process(self, record: ConsumerRecord, dead_letters: KafkaProducer) -> None:
+        with trace.use_span(self._consume_span(record), end_on_exit=True):
             try:
                 event = EventEnvelope.decode(record.value)
             except InvalidEvent as exc:

@@ -18,7 +18,7 @@ from pynomaly.wiring import Container
 def build_handler(settings: Settings, group_name: str) -> Handler:
     client = redis_from_settings(settings)
     if group_name == GROUP_BRIDGE:
-        return StreamBridge(client, settings.stream_maxlen, group_name)
+        return StreamBridge(client, settings.stream_maxlen, group_name, settings.bridge_dedup_ttl_seconds)
     if group_name == GROUP_AUDIT:
         return AuditSink(client)
     raise ValueError(f"no handler for consumer group {group_name!r}")

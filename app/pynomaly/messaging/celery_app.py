@@ -55,7 +55,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_default_queue": Q_DEFAULT,
         "task_default_priority": DEFAULT_PRIORITY.step,
         "task_routes": TOPOLOGY.task_routes(),
-        "task_send_sent_event": True,
+        # task-sent events cost a publish per send; Flower and `celery events` still get every
+        # worker-side event (received, started, succeeded, failed, retried).
+        "task_send_sent_event": False,
         "worker_send_task_events": True,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,

@@ -70,7 +70,11 @@ class MessageQueueService:
             name = STEP_TASKS[step]
             signatures.append(
                 self._celery.signature(name, args=(job.id,), kwargs={"run_token": job.run_token}, immutable=True).set(
-                    queue=TOPOLOGY.task(name).queue, priority=priority
+                    # Job state and results live in the job store: no send subscribes to a result
+                    # channel, no worker stores a result (the message's option overrides the task's).
+                    queue=TOPOLOGY.task(name).queue,
+                    priority=priority,
+                    ignore_result=True,
                 )
             )
         result = chain(*signatures).apply_async() if len(signatures) > 1 else signatures[0].apply_async()
@@ -79,7 +83,7 @@ class MessageQueueService:
     def enqueue_task(self, task: str, args: list[Any], kwargs: dict[str, Any], priority: Priority) -> str:
         """One task on its routed queue, e.g. a dead letter being replayed."""
         result = self._celery.send_task(
-            task, args=args, kwargs=kwargs, queue=TOPOLOGY.task(task).queue, priority=priority.step
+            task, args=args, kwargs=kwargs, queue=TOPOLOGY.task(task).queue, priority=priority.step, ignore_result=True
         )
         return str(result.id)
 
@@ -117,6 +121,12 @@ class MessageQueueService:
             outbox.stage(pipe, [event])
 
         return stage
+
+    def events_with(self, events: Sequence[EventEnvelope]) -> Callable[[Any, Any], None]:
+        """``also`` for a job-store write that stages ``events``, built before the write, in its
+        MULTI/EXEC (no outbox bound: they are about accepted work)."""
+        outbox = self._outbox
+        return lambda _job, pipe: outbox.stage(pipe, events)
 
     def publish_events(self, events: Sequence[EventEnvelope]) -> None:
         for event in events:

@@ -50,6 +50,12 @@ def tracer() -> trace.Tracer:
     return trace.get_tracer(TRACER_NAME)
 
 
+def recording() -> bool:
+    """An SDK provider is installed: spans are kept.  Hot batch paths skip per-item spans without one
+    (they would only be the API's no-ops, and nothing downstream of them reads their context)."""
+    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
 # -- setup ------------------------------------------------------------------------------------------
 def exporters_from_env(environ: Mapping[str, str]) -> list[str]:
     """The exporters the ``OTEL_*`` variables ask for ([] = tracing off); raises on a bad value."""

@@ -46,7 +46,8 @@ def update_document(
     """Read-modify-write of a JSON document under WATCH, so concurrent updates never lose one another.
 
     ``change`` may raise to refuse the update; the document keeps its TTL.  ``also(document, pipe)``
-    adds writes to the same MULTI/EXEC (an event about the change in the outbox): both or neither.
+    adds writes to the same MULTI/EXEC (an index move, an event about the change in the outbox): all
+    or none.
     """
     from pynomaly.domain.jobs import utcnow
 

@@ -11,11 +11,12 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pynomaly.domain.datasets import Dataset
 from pynomaly.domain.detectors import DetectionResult, run_detection
-from pynomaly.domain.errors import InvalidInput, JobCancelled
+from pynomaly.domain.errors import InvalidInput, JobCancelled, NotFound
 from pynomaly.domain.jobs import Job, JobStatus, Mode, Step
 from pynomaly.domain.models import ModelRef, ModelVersion, TrainedModel, run_scoring
 from pynomaly.domain.preprocessing import FittedPreprocessing, PreprocessOptions, fit_preprocess
@@ -29,8 +30,11 @@ log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Pynomaly-Signature"
 WEBHOOK_TIMEOUT = 10.0
-# Progress events are throttled so a chunked scoring loop cannot flood Kafka.
+# Progress events (and the progress writes they go with) are throttled so a chunked scoring loop
+# cannot flood Kafka or Redis.
 PROGRESS_EVENT_INTERVAL = 0.25
+# A job-store write's extra writes in the same MULTI/EXEC (JobStore.update's ``also``).
+Also = Callable[[Job, Any], object]
 
 
 class PermanentFailure(Exception):
@@ -98,24 +102,28 @@ class Pipeline:
                 )
         # A redelivered run announces itself again: the lost run's events may never have left its worker.
         first = job.state is not JobStatus.RUNNING or redelivered
-        job = self._jobs.transition(
+        again: dict[str, Any] = {"redelivered": True, "redeliveries": job.redeliveries} if redelivered else {}
+        # job_started goes in the transition's MULTI/EXEC: one round trip, and never one without the other.
+        started = self._mq.event_with("job_started", step=step.value, attempt=attempt, **again) if first else None
+        return self._jobs.transition(
             job_id,
             JobStatus.RUNNING,
+            also=started,
             current_step=step.value,
             attempts=attempt,
             message=f"{step.value} running",
             progress=self._overall(job, step, 0.0),
         )
-        if first:
-            again = {"redelivered": True, "redeliveries": job.redeliveries} if redelivered else {}
-            self._event("job_started", job, step=step.value, attempt=attempt, **again)
-        return job
 
     def step_done(self, job: Job, step: Step, **data: Any) -> Job:
-        self._event("job_step_completed", job, step=step.value, **data)
+        # job_step_completed (about the job as the step began, as before) goes in the same MULTI/EXEC
+        # as the step's write, ahead of job_completed: one round trip, in order.
+        step_completed = self._events_about(job, ("job_step_completed", {"step": step.value, **data}))
         if job.steps[-1] != step.value:
             return self._jobs.update(
-                job.id, lambda j: _set(j, progress=self._overall(j, step, 1.0), message=f"{step.value} done")
+                job.id,
+                lambda j: _set(j, progress=self._overall(j, step, 1.0), message=f"{step.value} done"),
+                also=step_completed,
             )
         # The completion and its event in one transaction: a worker killed in between loses neither.
         completed = self._mq.event_with(
@@ -125,7 +133,12 @@ class Pipeline:
             steps=lambda j: j.steps,
         )
         return self._jobs.transition(
-            job.id, JobStatus.COMPLETED, also=completed, progress=1.0, message="completed", current_step=None
+            job.id,
+            JobStatus.COMPLETED,
+            also=_in_order(step_completed, completed),
+            progress=1.0,
+            message="completed",
+            current_step=None,
         )
 
     def cancelled(self, job: Job | str) -> None:
@@ -169,18 +182,32 @@ class Pipeline:
             log.exception("could not queue the failure notifications of job %s", job.id)
 
     def checkpoint(self, job: Job, step: Step):
-        """A callback for long work: records progress and stops a cancelled job."""
+        """A callback for long work: records progress and stops a cancelled job.
+
+        Every call checks for a cancel (one read).  Progress is written at the pace of its events (the
+        first call, then at most every PROGRESS_EVENT_INTERVAL, and at the end), each write with its
+        job_progress event in one MULTI/EXEC: a small job's checkpoints cost a few round trips, not
+        a read-modify-write and an event each."""
+
+        def cancelled() -> JobCancelled:
+            return JobCancelled(f"job {job.id} was cancelled")
 
         def _checkpoint(fraction: float, message: str) -> None:
-            current = self._jobs.get(job.id)
-            if current.cancel_requested:
-                raise JobCancelled(f"job {job.id} was cancelled")
-            progress = self._overall(current, step, fraction)
-            self._jobs.update(job.id, lambda j: _set(j, progress=progress, message=message))
             now = time.monotonic()
-            if fraction >= 1.0 or now - self._last_progress_event >= PROGRESS_EVENT_INTERVAL:
-                self._last_progress_event = now
-                self._event("job_progress", current, step=step.value, progress=round(progress, 4), message=message)
+            if fraction < 1.0 and now - self._last_progress_event < PROGRESS_EVENT_INTERVAL:
+                if self._jobs.get(job.id).cancel_requested:
+                    raise cancelled()
+                return
+            progress = self._overall(job, step, fraction)
+
+            def change(current: Job) -> None:
+                if current.cancel_requested:
+                    raise cancelled()
+                _set(current, progress=progress, message=message)
+
+            event = self._mq.event_with("job_progress", step=step.value, progress=round(progress, 4), message=message)
+            self._jobs.update(job.id, change, also=event)
+            self._last_progress_event = now
 
         return _checkpoint
 
@@ -201,8 +228,10 @@ class Pipeline:
         return report.as_dict()
 
     def detect(self, job: Job) -> dict[str, Any]:
-        kind = PREPARED if self._jobs.has_blob(PREPARED, job.id) else DATASET
-        dataset = self._jobs.get_dataset(kind, job.id)
+        try:  # the preprocessed copy when there is one (one read, not an EXISTS first)
+            kind, dataset = PREPARED, self._jobs.get_dataset(PREPARED, job.id)
+        except NotFound:
+            kind, dataset = DATASET, self._jobs.get_dataset(DATASET, job.id)
         checkpoint = self.checkpoint(job, Step.DETECT)
         saved: ModelVersion | None = None
         if job.mode == Mode.SCORE.value:
@@ -229,21 +258,21 @@ class Pipeline:
             data["model"] = model_ref
         location = self._jobs.put_blob("result", job.id, data)
         version = saved.version if saved is not None else job.model_version
+        detected = {
+            "detector": result.detector,
+            "anomaly_count": result.anomaly_count,
+            "rows": len(result.labels),
+            "threshold": result.threshold,
+            "top_anomalies": [{k: a[k] for k in ("row", "score", "contributions")} for a in result.top_anomalies],
+            # A sample of scores lets the dashboard draw the job's score chart without another call.
+            "scores": [round(s, 5) for s in result.scores[:2000]],
+            **({"model": model_ref} if model_ref is not None else {}),
+        }
+        # The result's location and anomalies_detected in one MULTI/EXEC.
         self._jobs.update(
             job.id,
             lambda j: _set(j, result_location=location, anomaly_count=result.anomaly_count, model_version=version),
-        )
-        self._event(
-            "anomalies_detected",
-            job,
-            detector=result.detector,
-            anomaly_count=result.anomaly_count,
-            rows=len(result.labels),
-            threshold=result.threshold,
-            top_anomalies=[{k: a[k] for k in ("row", "score", "contributions")} for a in result.top_anomalies],
-            # A sample of scores lets the dashboard draw the job's score chart without another call.
-            scores=[round(s, 5) for s in result.scores[:2000]],
-            **({"model": model_ref} if model_ref is not None else {}),
+            also=self._events_about(job, ("anomalies_detected", detected)),
         )
         output: dict[str, Any] = {"anomaly_count": result.anomaly_count, "rows": len(result.labels)}
         if model_ref is not None:
@@ -324,6 +353,20 @@ class Pipeline:
         except Exception:
             log.exception("could not publish %s for job %s", event_type, job.id)
 
+    def _events_about(self, job: Job, *events: tuple[str, dict[str, Any]]) -> Also | None:
+        """``also`` staging events about ``job`` as given (its status and progress, as ``_event``
+        reports them) in a job-store write; None, logged, when one cannot be built (as ``_event``:
+        an event never stops the job)."""
+        try:
+            built = [
+                self._mq.new_event(kind, job.id, **{"status": job.status, "progress": job.progress, **data})
+                for kind, data in events
+            ]
+        except Exception:
+            log.exception("could not build %s for job %s", [kind for kind, _ in events], job.id)
+            return None
+        return self._mq.events_with(built)
+
     def job_exists(self, job_id: str) -> bool:
         return self._jobs.exists(job_id)
 
@@ -334,6 +377,17 @@ class Pipeline:
             self._mq.flush_events()
         except Exception:
             log.exception("could not flush the job events")
+
+
+def _in_order(*stages: Also | None) -> Also:
+    """One ``also`` running the given ones (None skipped) in order on the same pipeline."""
+
+    def staged(job: Job, pipe: Any) -> None:
+        for stage in stages:
+            if stage is not None:
+                stage(job, pipe)
+
+    return staged
 
 
 def _set(job: Job, **fields: Any) -> None:
