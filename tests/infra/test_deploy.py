@@ -22,7 +22,7 @@ def test_stack_file_becomes_path_keys_and_secret_keys_are_secret() -> None:
     )
     assert config["pynomaly:kafka.brokers"].value == "3" and not config["pynomaly:kafka.brokers"].secret
     assert config["pynomaly:kafka.heap"].value == "768m"
-    assert config["pynomaly:autoscaling.workers.detection.max"].value == "30"
+    assert config["pynomaly:autoscaling.workers.detection.max"].value == "50"
     assert config["pynomaly:apiKeys"].secret and config["pynomaly:apiKeys"].value == "k1,k2"
     assert config['pynomaly:labels["team.example/owner"]'].value == "ops"
     # Every plain value of the stack file is there, nothing else.
