@@ -16,7 +16,7 @@ from pynomaly.domain.datasets import Dataset
 from pynomaly.domain.errors import Conflict, InsufficientStorage, NotFound
 from pynomaly.domain.jobs import Job, JobStatus, check_transition, utcnow
 from pynomaly.storage.encryption import PLAIN, BlobCodec
-from pynomaly.storage.redis_client import KEY_PREFIX, update_document
+from pynomaly.storage.redis_client import KEY_PREFIX, delete_document, update_document
 
 JOB_INDEX = f"{KEY_PREFIX}jobs"
 # Set once every job is in its per-status index (status_index); until then a list builds them first.
@@ -204,28 +204,27 @@ class JobStore:
     def purge(self, job_id: str) -> Job:
         """Delete a finished job with everything kept for it: record, index entry, datasets, result,
         reports, reservation and its Idempotency-Key.  A queued or running job is a 409 (cancel it first)."""
-        key = _job_key(job_id)
-        while True:
-            with self._r.pipeline() as pipe:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        raise NotFound(f"no job {job_id!r}")
-                    job = Job.from_dict(json.loads(raw))
-                    if not job.state.terminal:
-                        raise Conflict(f"job {job_id} is {job.status}: cancel it and wait until it stops, then delete")
-                    pipe.multi()
-                    kinds = (DATASET, PREPARED, PREPROCESSING_FIT, RESULT, *REPORT_KINDS)
-                    pipe.delete(key, *(_blob_key(k, job_id) for k in kinds))
-                    pipe.zrem(JOB_INDEX, job_id)
-                    pipe.zrem(status_index(job.status), job_id)
-                    pipe.zrem(UNQUEUED, job_id)
-                    pipe.hdel(RESERVATIONS, job_id)
-                    pipe.execute()
-                    break
-                except redis.WatchError:
-                    continue
+
+        def running(job: Job) -> None:
+            if not job.state.terminal:
+                raise Conflict(f"job {job_id} is {job.status}: cancel it and wait until it stops, then delete")
+
+        def with_everything_kept(job: Job, pipe: Any) -> None:
+            kinds = (DATASET, PREPARED, PREPROCESSING_FIT, RESULT, *REPORT_KINDS)
+            pipe.delete(*(_blob_key(k, job_id) for k in kinds))
+            pipe.zrem(JOB_INDEX, job_id)
+            pipe.zrem(status_index(job.status), job_id)
+            pipe.zrem(UNQUEUED, job_id)
+            pipe.hdel(RESERVATIONS, job_id)
+
+        job = delete_document(
+            self._r,
+            _job_key(job_id),
+            Job.from_dict,
+            lambda: NotFound(f"no job {job_id!r}"),
+            with_everything_kept,
+            running,
+        )
         if job.idempotency_key:
             self.release_idempotency_key(job.idempotency_key, job_id)
         return job

@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 
@@ -49,7 +49,7 @@ from pynomaly.domain.models import (
 )
 from pynomaly.storage.encryption import PLAIN, BlobCodec
 from pynomaly.storage.memory import MemoryAdmission
-from pynomaly.storage.redis_client import KEY_PREFIX
+from pynomaly.storage.redis_client import KEY_PREFIX, delete_document, update_document
 
 MODEL_INDEX = f"{KEY_PREFIX}models"
 # Bumped in the same transaction as every change of what a model name or a stream binding means: a
@@ -371,23 +371,14 @@ class ModelStore:
 
     def delete(self, name: str) -> Model:
         """Delete a model with every version and artifact."""
+
+        def with_versions(model: Model, pipe: Any) -> None:
+            pipe.incr(SCORING_GENERATION)  # live scorers drop it
+            pipe.delete(*(_version_key(name, v) for v in model.versions))
+            pipe.zrem(MODEL_INDEX, name)
+
         key = _model_key(validate_model_name(name))
-        while True:
-            with self._r.pipeline() as pipe:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        raise NotFound(f"no model {name!r}")
-                    model = Model.from_dict(json.loads(raw))
-                    pipe.multi()
-                    pipe.incr(SCORING_GENERATION)
-                    pipe.delete(key, *(_version_key(name, v) for v in model.versions))
-                    pipe.zrem(MODEL_INDEX, name)
-                    pipe.execute()
-                    break
-                except redis.WatchError:
-                    continue
+        model = delete_document(self._r, key, Model.from_dict, lambda: NotFound(f"no model {name!r}"), with_versions)
         for version in model.versions:
             self._artifacts.delete(name, version)
         return model
@@ -395,26 +386,13 @@ class ModelStore:
     def _update(
         self, name: str, change: Callable[[Model], None], also_delete: builtins.list[str] | None = None
     ) -> Model:
+        def stage(_: Model, pipe: Any) -> None:
+            pipe.incr(SCORING_GENERATION)  # live scorers re-resolve their models
+            if also_delete:
+                pipe.delete(*also_delete)
+
         key = _model_key(validate_model_name(name))
-        while True:
-            with self._r.pipeline() as pipe:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        raise NotFound(f"no model {name!r}")
-                    model = Model.from_dict(json.loads(raw))
-                    change(model)
-                    model.updated_at = utcnow()
-                    pipe.multi()
-                    pipe.incr(SCORING_GENERATION)
-                    pipe.set(key, json.dumps(model.as_dict()))
-                    if also_delete:
-                        pipe.delete(*also_delete)
-                    pipe.execute()
-                    return model
-                except redis.WatchError:
-                    continue
+        return update_document(self._r, key, Model.from_dict, change, lambda: NotFound(f"no model {name!r}"), stage)
 
 
 def artifacts_from_setting(

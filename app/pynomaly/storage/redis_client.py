@@ -69,3 +69,34 @@ def update_document(
                 return document
             except redis.WatchError:
                 continue
+
+
+def delete_document(
+    client: redis.Redis,
+    key: str,
+    load: Callable[[dict[str, Any]], D],
+    missing: Callable[[], Exception],
+    also: Callable[[D, Any], object],
+    check: Callable[[D], object] | None = None,
+) -> D:
+    """Delete a JSON document under WATCH, with ``also(document, pipe)``'s writes in the same MULTI/EXEC
+    (what hangs off it: index entries, blobs, versions), so a concurrent update is never half deleted.
+
+    ``check`` may raise to refuse the deletion (a running job); returns the deleted document."""
+    while True:
+        with client.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                raw = pipe.get(key)
+                if raw is None:
+                    raise missing()
+                document = load(json.loads(raw))
+                if check is not None:
+                    check(document)
+                pipe.multi()
+                pipe.delete(key)
+                also(document, pipe)
+                pipe.execute()
+                return document
+            except redis.WatchError:
+                continue
