@@ -7,11 +7,13 @@ empty system, they look at their own jobs, events and stream entries.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from pynomaly.client import PynomalyClient
+from pynomaly.localstack.redis_server import RedisServer
 from tests.e2e.support import WebhookReceiver, webhook_server
 
 
@@ -34,3 +36,13 @@ def system_redis(local_system) -> Iterator[redis.Redis]:  # type: ignore[no-unty
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, to kill and restart without touching the session's."""
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()

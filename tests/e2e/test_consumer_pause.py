@@ -13,7 +13,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,15 +32,6 @@ pytestmark = pytest.mark.services
 
 BEFORE, DURING = 20, 30
 OUTAGE_SECONDS = 6.0
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _client(server: RedisServer) -> redis.Redis:

@@ -15,8 +15,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,15 +43,6 @@ pytestmark = pytest.mark.services
 COLUMNS = ["a", "b"]
 PER_PHASE = 100  # records before and during the outage, every 10th one an anomaly
 OUTAGE_SECONDS = 6.0
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _model() -> TrainedModel:
