@@ -13,8 +13,8 @@ binds it to ``measurements`` and measures, each against a baseline in the same r
 
 Writes ``live_scoring.json`` and ``live_scoring.md``.  See benchmarks/README.md.
 
-    .venv/bin/python benchmarks/live_scoring.py --quick    # ~3 minutes
-    .venv/bin/python benchmarks/live_scoring.py            # 30 s latency rounds (~6 minutes)
+    .venv/bin/python benchmarks/live_scoring.py --quick    # ~1.5 minutes
+    .venv/bin/python benchmarks/live_scoring.py            # 30 s latency rounds (~3.5 minutes)
 """
 
 from __future__ import annotations
@@ -719,7 +719,7 @@ def local_system(state: Path, log: Callable[[str], None]) -> Iterator[LocalSyste
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="10 s latency rounds and smaller drains (~3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="10 s latency rounds and smaller drains (~1.5 minutes)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument(
         "--only",
