@@ -57,7 +57,7 @@ from pynomaly.wiring import Container
 REPO = Path(__file__).resolve().parent.parent
 SCORER = "consumer-scorer"
 DETECTOR = "iforest"
-POLL_RECORDS = 200  # the scorer's max_poll_records (consumers/base.py): the baseline's batch size
+POLL_RECORDS = TOPOLOGY.consumer_group(GROUP_SCORER).max_poll_records  # the baseline's batch size
 ENTITIES = 20
 DRAIN_TIMEOUT = 120.0
 PARTS = ("latency", "throughput", "file")

@@ -88,6 +88,9 @@ class ConsumerGroup:
     pool: str
     topics: tuple[str, ...]
     description: str
+    # Records handed over per poll: the scorer scores a poll in one vectorised call, so bigger polls
+    # amortise its per-poll costs (commit, generation check, outbox script) over more records.
+    max_poll_records: int = 200
 
 
 @dataclass(frozen=True)
@@ -276,6 +279,7 @@ TOPOLOGY = Topology(
             "scorer",
             (T_MEASUREMENTS,),
             "Live scoring: each record scored with its bound model; anomalies to anomaly_events",
+            max_poll_records=1000,
         ),
     ),
     stream_groups=(

@@ -108,7 +108,7 @@ class EventConsumer:
             group_id=self._group.name,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=200,
+            max_poll_records=self._group.max_poll_records,
             # A killed member's partitions move after this, not after kafka-python's 45 s default.
             session_timeout_ms=int(self._settings.kafka_session_timeout_seconds * 1000),
             heartbeat_interval_ms=int(self._settings.kafka_session_timeout_seconds * 1000 / 3),
