@@ -21,6 +21,8 @@ LIVE_OVERRIDES: dict[str, str] = {
     "pynomaly:app.resources.api.cpu": "20m",
     "pynomaly:app.resources.worker.cpu": "20m",
     "pynomaly:app.resources.consumer.cpu": "20m",
+    # The scorer pool has its own resources (it loads models): 250m each would not fit a second pod.
+    "pynomaly:app.resources.scorer.cpu": "20m",
     # A task's hard limit sets the workers' grace period (warm shutdown) and the broker's visibility
     # timeout: an hour would make a scale-down or a redelivery too slow to watch.
     "pynomaly:app.taskTimeLimit": "90",
