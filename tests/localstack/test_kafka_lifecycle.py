@@ -9,7 +9,7 @@ import pytest
 
 from pynomaly.config import Settings
 from pynomaly.localstack.errors import LocalStackError
-from pynomaly.localstack.kafka_broker import KafkaBroker
+from pynomaly.localstack.kafka_broker import GC, HEAP, KafkaBroker
 from pynomaly.localstack.procs import pid_alive
 from pynomaly.messaging.kafka_admin import ensure_topics
 from pynomaly.topology import TOPOLOGY
@@ -27,7 +27,7 @@ def test_broker_starts_serves_and_stops_without_leftovers(tmp_path: Path) -> Non
         pid = broker.pid
         assert pid is not None and pid_alive(pid)
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        assert b"kafka.Kafka" in cmdline and b"-Xmx512m" in cmdline
+        assert b"kafka.Kafka" in cmdline and all(flag.encode() in cmdline for flag in (*HEAP, *GC))
         created = ensure_topics(Settings(kafka_bootstrap_servers=broker.bootstrap_servers))
         assert len(created) == 2 * len(TOPOLOGY.topics)
         assert (broker.server_log).is_file()

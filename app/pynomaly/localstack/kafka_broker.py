@@ -22,7 +22,13 @@ from pynomaly.localstack.procs import CHILD_UMASK, ManagedServer, ProcessRecord,
 from pynomaly.localstack.progress import Progress, as_progress
 
 NODE_ID = 1
-HEAP = ("-Xms128m", "-Xmx512m")
+# A local broker's memory: the serial collector and a 256 MB ceiling.  Measured with 600k events
+# produced (gzip, acks=all) and consumed on a 6-partition topic: G1 with 512 MB sat at 405 MB RSS
+# after the load (286 MB of committed heap, 49 MB of G1's own structures); G1 capped at 256 MB still
+# 411 MB; serial at 256 MB 339 MB, and it produced faster (one broker, 2 cores: no use for G1's
+# concurrent threads).
+HEAP = ("-Xms32m", "-Xmx256m")
+GC = ("-XX:+UseSerialGC",)
 
 
 def new_cluster_id() -> str:
@@ -133,8 +139,8 @@ class KafkaBroker(ManagedServer):
 
     def _java_argv(self, java: str, main: str, *args: str) -> list[str]:
         return [
-            java, *HEAP,
-            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+            java, *HEAP, *GC,
+            "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.state_dir / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={self.log_dir}",
             "-cp", self.jars.classpath, main, *args,
@@ -186,6 +192,10 @@ class KafkaBroker(ManagedServer):
             "num.io.threads": "2",
             "num.recovery.threads.per.data.dir": "1",
             "background.threads": "2",
+            # The log cleaner (for the compacted __consumer_offsets) allocates its dedupe buffer on
+            # the heap at start: Kafka's 128 MB default was two thirds of the old generation of an
+            # idle local broker.  16 MB maps about 600,000 keys per pass, far above a laptop's groups.
+            "log.cleaner.dedupe.buffer.size": str(16 * 2**20),
         }
         self.config_path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.state_dir / "log4j2.properties").write_text(
