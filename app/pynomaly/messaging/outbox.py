@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -260,12 +261,13 @@ class OutboxRelay:
                     future = self._producer.send(
                         event.topic,
                         key=event.subject.encode(),
-                        value=event.encode(),
+                        value=raw.encode(),  # validated above, and written by event.encode(): sent as it is
                         headers=tracing.to_headers(tracing.inject(span)),
                     )
                 sent.append((entry_id, future, event, span))
             self._producer.flush(timeout=self._ack_timeout)
             done: list[str] = []
+            published_by_kind: Counter[tuple[str, str]] = Counter()
             try:
                 for entry_id, future, published, produce_span in sent:
                     if future is not None and published is not None and produce_span is not None:
@@ -274,10 +276,12 @@ class OutboxRelay:
                         except Exception as exc:
                             tracing.fail(produce_span, exc)
                             raise
-                        metrics.KAFKA_PUBLISHED.labels(topic=published.topic, type=published.type).inc()
+                        published_by_kind[published.topic, published.type] += 1
                     done.append(entry_id)
             finally:
                 self._outbox.remove(done)
+                for (topic, event_type), count in published_by_kind.items():  # one metric update per kind
+                    metrics.KAFKA_PUBLISHED.labels(topic=topic, type=event_type).inc(count)
         finally:
             for span in spans:
                 span.end()  # a batch that failed part-way is sent again from its first unacked entry, in new spans
