@@ -262,31 +262,48 @@ def _parse_notify(specs: tuple[str, ...], allow_json: bool = False) -> list[dict
     return targets or None
 
 
+def _job_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every job-submitting command shares: priority, notices, following, output, client."""
+    for option in reversed(
+        [
+            click.option(
+                "--priority", type=click.Choice(["low", "normal", "high", "critical"]), help="Queue priority."
+            ),
+            click.option("--webhook", help="URL that receives the signed completion notice."),
+            click.option(
+                "--notify", "notify", multiple=True, metavar="CHANNEL:TARGET[:ON[:THRESHOLD]]", help=NOTIFY_HELP
+            ),
+            click.option(
+                "--wait/--no-wait", default=False, help="Follow the job with a progress bar and print the anomalies."
+            ),
+            click.option(
+                "--timeout",
+                type=click.FloatRange(min=0, min_open=True),
+                default=600.0,
+                show_default=True,
+                help="Seconds to wait with --wait.",
+            ),
+            click.option("--json", "as_json", is_flag=True, help="Print the raw JSON."),
+            _client_options,
+        ]
+    ):
+        func = option(func)
+    return func
+
+
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--detector", "-d", default="iforest", show_default=True, help="See `pynomaly detectors`.")
 @click.option("--param", "-p", "params", multiple=True, help="Detector parameter NAME=VALUE (repeatable).")
 @click.option("--contamination", type=float, help="Expected anomaly share, 0 < c <= 0.5.")
 @click.option("--threshold", type=float, help="Explicit score threshold.")
-@click.option("--priority", type=click.Choice(["low", "normal", "high", "critical"]), help="Queue priority.")
 @click.option("--steps", help="Pipeline steps, comma-separated (preprocess,detect,report,notify).")
 @click.option(
     "--missing", type=click.Choice(["reject", "impute_median", "impute_mean", "drop_rows"]), help="NaN/inf policy."
 )
 @click.option("--scaling", type=click.Choice(["none", "standard", "robust", "minmax"]), help="Feature scaling.")
-@click.option("--webhook", help="URL that receives the signed completion notice.")
-@click.option("--notify", "notify", multiple=True, metavar="CHANNEL:TARGET[:ON[:THRESHOLD]]", help=NOTIFY_HELP)
 @click.option("--save-model", metavar="NAME", help="Store the fitted detector as the next version of model NAME.")
-@click.option("--wait/--no-wait", default=False, help="Follow the job with a progress bar and print the anomalies.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=600.0,
-    show_default=True,
-    help="Seconds to wait with --wait.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-@_client_options
+@_job_options
 def submit(
     dataset: Path,
     detector: str,
@@ -331,20 +348,8 @@ def submit(
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--model", "-m", required=True, metavar="NAME[:VERSION]", help="The model (NAME: its promoted version).")
-@click.option("--priority", type=click.Choice(["low", "normal", "high", "critical"]), help="Queue priority.")
 @click.option("--steps", help="Pipeline steps, comma-separated (preprocess always runs: the model's own).")
-@click.option("--webhook", help="URL that receives the signed completion notice.")
-@click.option("--notify", "notify", multiple=True, metavar="CHANNEL:TARGET[:ON[:THRESHOLD]]", help=NOTIFY_HELP)
-@click.option("--wait/--no-wait", default=False, help="Follow the job with a progress bar and print the anomalies.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=600.0,
-    show_default=True,
-    help="Seconds to wait with --wait.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-@_client_options
+@_job_options
 def score(
     dataset: Path,
     model: str,
