@@ -20,11 +20,9 @@ Writes ``live_scoring.json`` and ``live_scoring.md``.  See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -33,14 +31,15 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib import metadata, resources
+from datetime import datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rows as bench_rows
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from websockets.sync.client import connect
@@ -49,7 +48,7 @@ from pynomaly.api import API_KEY_HEADER
 from pynomaly.client import PynomalyClient
 from pynomaly.domain.datasets import DatasetLimits, parse_csv
 from pynomaly.domain.models import TrainedModel
-from pynomaly.localstack.system import LocalSystem, sigterm_as_interrupt
+from pynomaly.localstack.system import LocalSystem
 from pynomaly.messaging.kafka_admin import connection_config
 from pynomaly.topology import GROUP_SCORER, T_ANOMALY, T_MEASUREMENTS, TOPOLOGY
 from pynomaly.wiring import Container
@@ -101,27 +100,6 @@ def summary(values: list[float], keep_samples: bool = True) -> dict[str, Any]:
 
 def ratio(measured: float, baseline: float) -> float:
     return measured / baseline if baseline > 0 else float("nan")
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for dist in ("pyod", "scikit-learn", "numpy", "kafka-python", "redis", "websockets"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[dist] = metadata.version(dist)
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu,
-        "python": platform.python_version(),
-        "versions": versions,
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "loadavg_start": list(os.getloadavg()),
-    }
 
 
 def now_ms() -> float:
@@ -699,24 +677,6 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
 # -- main --------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def local_system(state: Path, log: Callable[[str], None]) -> Iterator[LocalSystem]:
-    """A private local system in ``state``; stopped (by pid, through its supervisor) however the run ends."""
-    libs = REPO / ".pynomaly" / "kafka-libs"  # the shared jar cache: no 100 MB download per run
-    system = LocalSystem(
-        state,
-        libs_dir=libs if libs.is_dir() else state / "kafka-libs",
-        settings_overrides={"log_level": "WARNING"},  # a log line per anomaly is not what we measure
-    )
-    try:
-        with sigterm_as_interrupt():
-            system.start(progress=lambda message: log(f"  {message}"))
-            yield system
-    finally:
-        log("stopping the local system")
-        system.stop()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 s latency rounds and smaller drains (~1.5 minutes)")
@@ -738,13 +698,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
         "command": ".venv/bin/python benchmarks/live_scoring.py" + (" --quick" if args.quick else ""),
-        "machine": machine_info(),
+        "machine": bench_rows.machine_info(),
         "plan": plan.__dict__,
     }
     state = Path(tempfile.mkdtemp(prefix="pynomaly-livebench-"))
     try:
         log(f"starting a private local system ({results['mode']} mode)")
-        with local_system(state, log) as system:
+        with bench_rows.local_system(log, state) as system:
             assert system.settings is not None
             container = Container(system.settings, "benchmark")
             try:

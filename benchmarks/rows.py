@@ -12,15 +12,19 @@ import contextlib
 import io
 import json
 import os
+import platform
+import shutil
 import signal
 import statistics
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,7 @@ import redis
 from pynomaly.api import API_KEY_HEADER
 from pynomaly.config import Settings
 from pynomaly.domain.detectors import run_detection
-from pynomaly.localstack.system import LocalSystem
+from pynomaly.localstack.system import LocalSystem, sigterm_as_interrupt
 from pynomaly.messaging.events import EventEnvelope, make_event
 from pynomaly.messaging.kafka_admin import connection_config
 from pynomaly.messaging.kafka_events import producer_config
@@ -40,6 +44,11 @@ from pynomaly.storage.redis_client import KEY_PREFIX, redis_from_settings
 from pynomaly.topology import GROUP_BRIDGE, S_DASHBOARD, S_HEALTH, S_NOTIFICATIONS, T_JOB, TOPOLOGY
 
 Log = Callable[[str], None]
+REPO = Path(__file__).resolve().parent.parent
+# Library versions recorded with every run (results.json, live_scoring.json).
+MACHINE_VERSIONS = (
+    "pynomaly", "pyod", "scikit-learn", "numpy", "celery", "kafka-python", "redis", "fastapi", "uvicorn", "websockets",
+)  # fmt: skip
 COLUMNS = [f"f{i}" for i in range(8)]
 BENCH_QUEUE = "bench_raw_send_task"  # scratch Celery queue for the raw send_task baselines
 BENCH_STREAM = "bench:raw_bridge"  # scratch stream for the raw bridge baseline
@@ -82,6 +91,55 @@ def pct(values: list[float], q: float) -> float:
 
 def ratio(measured: float, baseline: float) -> float:
     return measured / baseline if baseline > 0 else float("nan")
+
+
+# -- the system under test ------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for dist in MACHINE_VERSIONS:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[dist] = metadata.version(dist)
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+@contextlib.contextmanager
+def local_system(log: Log, state: Path | None = None, **overrides: Any) -> Iterator[LocalSystem]:
+    """A private local system in ``state`` (default: a new temp dir, removed after), logging at WARNING
+    (a log line per task or anomaly is not what is measured); stopped by pid, through its supervisor,
+    however the run ends (Ctrl-C and SIGTERM too).  ``overrides`` are settings."""
+    own_state = state is None
+    state = state or Path(tempfile.mkdtemp(prefix="pynomaly-bench-"))
+    libs = REPO / ".pynomaly" / "kafka-libs"  # the shared jar cache: no 100 MB download per run
+    system = LocalSystem(
+        state,
+        libs_dir=libs if libs.is_dir() else state / "kafka-libs",
+        settings_overrides={"log_level": "WARNING", **overrides},
+    )
+    try:
+        with sigterm_as_interrupt():
+            system.start(progress=lambda message: log(f"  {message}"))
+            yield system
+    finally:
+        log("stopping the local system")
+        system.stop()
+        if own_state:
+            shutil.rmtree(state, ignore_errors=True)
 
 
 # -- processes --------------------------------------------------------------------------------------
@@ -134,6 +192,62 @@ def memory_kb(pid: int) -> tuple[int, int]:
             if line.startswith("Pss:"):
                 pss = int(line.split()[1])
     return rss, pss
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (all its threads) and of its reaped children; 0 if gone.
+
+    Reaped children count so that a pool child that exits between two readings still counts."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        # Fields 14-17 of /proc/<pid>/stat (utime, stime, cutime, cstime), after the command.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
+    return 0.0
+
+
+def cpu_snapshot(system: LocalSystem) -> dict[str, float]:
+    """CPU seconds so far of each component (with its descendants) and of this script (``benchmark``:
+    its client threads and in-process baselines)."""
+    tree = _children()
+    out = {
+        name: sum(cpu_seconds(member) for member in process_tree(pid, tree))
+        for name, pid in system_processes(system).items()
+    }
+    own = os.times()
+    out["benchmark"] = own.user + own.system
+    return out
+
+
+@contextlib.contextmanager
+def cpu_used(system: LocalSystem) -> Iterator[dict[str, float]]:
+    """Fills the yielded dict with the CPU seconds each component and this script spent in the block.
+
+    The rows are CPU-bound on this machine: CPU per message, summed over every process, divided into
+    the machine's cores is the highest rate the path could reach here, whatever its latency."""
+    used: dict[str, float] = {}
+    before = cpu_snapshot(system)
+    yield used
+    after = cpu_snapshot(system)
+    used.update({name: max(0.0, after[name] - before.get(name, 0.0)) for name in after})
+
+
+def cpu_summary(samples: list[dict[str, float]], messages: int) -> dict[str, Any]:
+    """Total CPU of ``samples`` (one dict per measured repetition), per message, and by process."""
+    by_process: dict[str, float] = {}
+    for sample in samples:
+        for name, seconds in sample.items():
+            by_process[name] = by_process.get(name, 0.0) + seconds
+    total = sum(by_process.values())
+    return {
+        "cpu_s": total,
+        "messages": messages,
+        "cpu_ms_per_message": total / messages * 1e3 if messages else float("nan"),
+        "cpu_bound_ceiling_per_s": messages / total * (os.cpu_count() or 1) if total else float("nan"),
+        "by_process_s": dict(sorted(by_process.items(), key=lambda kv: -kv[1])),
+    }
 
 
 def memory_snapshot(system: LocalSystem, client: redis.Redis) -> dict[str, Any]:
@@ -220,6 +334,15 @@ def wait_quiet(client: redis.Redis, log: Log, settings: Settings | None = None, 
         f"  warning: still busy after {timeout:.0f} s "
         f"(queues {celery_depth(client)}, outbox {outbox.depth()}, bridge lag {lag})"
     )
+
+
+def _wait_added(client: redis.Redis, stream: str, total: int, timeout: float = 300.0) -> None:
+    """Until ``stream`` has had ``total`` entries added since it was created."""
+    deadline = time.monotonic() + timeout
+    while stream_added(client, stream) < total:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{stream} has {stream_added(client, stream)} of {total} entries")
+        time.sleep(0.02)
 
 
 def stream_added(client: redis.Redis, stream: str) -> int:
@@ -329,12 +452,15 @@ def bench_submit(system: LocalSystem, plan: RowPlan, log: Log, tuned: dict[str, 
             for clients in plan.submit_clients:
                 samples: dict[str, list[dict[str, float]]] = {n: [] for n in variants}
                 latencies: dict[str, list[float]] = {n: [] for n in variants}
+                cpu: dict[str, list[dict[str, float]]] = {n: [] for n in variants}
                 names = list(variants)
                 for r in range(plan.submit_rounds):
                     for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate who goes first
-                        wall, lat = _clients_run(clients, plan.submit_requests, variants[name])
+                        with cpu_used(system) as used:
+                            wall, lat = _clients_run(clients, plan.submit_requests, variants[name])
                         samples[name].append({"per_s": plan.submit_requests / wall, "wall_s": wall})
                         latencies[name].extend(lat)
+                        cpu[name].append(used)
                 level: dict[str, Any] = {"clients": clients, "requests": plan.submit_requests}
                 for name in variants:
                     level[name] = {
@@ -342,6 +468,7 @@ def bench_submit(system: LocalSystem, plan: RowPlan, log: Log, tuned: dict[str, 
                         "p50_s": pct(latencies[name], 50),
                         "p99_s": pct(latencies[name], 99),
                         "rounds": samples[name],
+                        "cpu": cpu_summary(cpu[name], plan.submit_requests * plan.submit_rounds),
                     }
                 level["ratio_vs_defaults"] = ratio(level["platform"]["per_s"], level["celery_defaults"]["per_s"])
                 log(
@@ -381,37 +508,47 @@ def _events(count: int, tag: str) -> list[EventEnvelope]:
     ]
 
 
-def bench_publish(settings: Settings, plan: RowPlan, log: Log) -> dict[str, Any]:
+def bench_publish(system: LocalSystem, plan: RowPlan, log: Log) -> dict[str, Any]:
     """Row 3: N events through the platform's publish (outbox write, relayed to Kafka with acks) vs
-    kafka-python with the relay's settings (send all, flush)."""
+    kafka-python with the relay's settings (send all, flush).  Rates end at the acknowledgement; the
+    CPU of each side is counted until the bridge has copied its events (both sides' downstream)."""
     from kafka import KafkaProducer
 
+    settings = system.settings
+    assert settings is not None
     client = redis_from_settings(settings)
     outbox = Outbox(client, settings.outbox_max_events)
     publisher = OutboxPublisher(outbox)
     raw = KafkaProducer(**producer_config(settings))
     rounds: list[dict[str, float]] = []
+    cpu: dict[str, list[dict[str, float]]] = {"baseline": [], "platform": []}
     try:
         for r in range(plan.publish_rounds):
             order = ["baseline", "platform"] if r % 2 == 0 else ["platform", "baseline"]
             row: dict[str, float] = {}
             for side in order:
                 events = _events(plan.publish_events, f"pub{r}{side}")
-                started = time.perf_counter()
-                if side == "baseline":
-                    for e in events:
-                        raw.send(e.topic, key=e.subject.encode(), value=e.encode())
-                    raw.flush(timeout=120)
-                    row["baseline_per_s"] = len(events) / (time.perf_counter() - started)
-                else:
-                    for e in events:
-                        publisher.publish(e)
-                    row["platform_written_per_s"] = len(events) / (time.perf_counter() - started)
-                    # Published = acknowledged by Kafka and removed from the outbox by the relay.
-                    deadline = time.monotonic() + 600
-                    while outbox.depth() and time.monotonic() < deadline:
-                        time.sleep(0.01)
-                    row["platform_per_s"] = len(events) / (time.perf_counter() - started)
+                bridged = stream_added(client, S_DASHBOARD)
+                with cpu_used(system) as used:
+                    started = time.perf_counter()
+                    if side == "baseline":
+                        for e in events:
+                            raw.send(e.topic, key=e.subject.encode(), value=e.encode())
+                        raw.flush(timeout=120)
+                        row["baseline_per_s"] = len(events) / (time.perf_counter() - started)
+                    else:
+                        for e in events:
+                            publisher.publish(e)
+                        row["platform_written_per_s"] = len(events) / (time.perf_counter() - started)
+                        # Published = acknowledged by Kafka and removed from the outbox by the relay.
+                        deadline = time.monotonic() + 600
+                        while outbox.depth() and time.monotonic() < deadline:
+                            time.sleep(0.01)
+                        row["platform_per_s"] = len(events) / (time.perf_counter() - started)
+                    # The bridge copies both sides' events (job_events) into the dashboard stream: the
+                    # CPU window ends when it has, so each side pays for its own downstream work.
+                    _wait_added(client, S_DASHBOARD, bridged + len(events))
+                cpu[side].append(used)
             rounds.append(row)
     finally:
         raw.close(timeout=10)
@@ -425,6 +562,7 @@ def bench_publish(settings: Settings, plan: RowPlan, log: Log) -> dict[str, Any]
         "platform_written_per_s": statistics.median(r["platform_written_per_s"] for r in rounds),
         "baseline_per_s": baseline,
         "ratio": ratio(platform, baseline),
+        "cpu": {side: cpu_summary(cpu[side], plan.publish_events * len(cpu[side])) for side in cpu},
     }
     log(f"  publish: platform {platform:.0f} ev/s (outbox writes {result['platform_written_per_s']:.0f}/s), "
         f"kafka-python {baseline:.0f} ev/s")  # fmt: skip
@@ -498,23 +636,30 @@ def bench_bridge(system: LocalSystem, plan: RowPlan, log: Log) -> dict[str, Any]
     assert settings is not None
     client = redis_from_settings(settings)
     rounds: list[dict[str, float]] = []
+    cpu: dict[str, list[dict[str, float]]] = {"baseline": [], "platform": []}
+    events = 0
     try:
         for r in range(plan.bridge_rounds):
             with paused(system, ["consumer-bridge"], log):
                 ranges = _preload(settings, plan.bridge_events, f"bridge{r}")
                 count = sum(end - start for start, end in ranges.values())
-                baseline = _raw_bridge(settings, client, ranges)
+                with cpu_used(system) as used:
+                    baseline = _raw_bridge(settings, client, ranges)
+                cpu["baseline"].append(used)
                 base = stream_added(client, S_DASHBOARD)
             # Resumed: sample entries-added until the whole backlog is in the stream.
             points: list[tuple[float, int]] = []
             deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                added = stream_added(client, S_DASHBOARD) - base
-                if added > 0:
-                    points.append((time.perf_counter(), added))
-                if added >= count:
-                    break
-                time.sleep(0.01)
+            with cpu_used(system) as used:
+                while time.monotonic() < deadline:
+                    added = stream_added(client, S_DASHBOARD) - base
+                    if added > 0:
+                        points.append((time.perf_counter(), added))
+                    if added >= count:
+                        break
+                    time.sleep(0.01)
+            cpu["platform"].append(used)
+            events += count
             if len(points) < 2 or points[-1][1] < count:
                 raise TimeoutError(f"the bridge copied {points[-1][1] if points else 0} of {count} events")
             (t0, n0), (t1, n1) = points[0], points[-1]
@@ -530,6 +675,7 @@ def bench_bridge(system: LocalSystem, plan: RowPlan, log: Log) -> dict[str, Any]
         "platform_per_s": platform,
         "baseline_per_s": baseline,
         "ratio": ratio(platform, baseline),
+        "cpu": {side: cpu_summary(cpu[side], events) for side in cpu},
     }
 
 
@@ -627,7 +773,7 @@ def bench_websocket(system: LocalSystem, plan: RowPlan, log: Log) -> dict[str, A
     consumer.close()
     client.close()
     baseline = [raw_received[i] - raw_sent[i] for i in raw_received]
-    result = {
+    result: dict[str, Any] = {
         "rate_per_s": plan.ws_rate,
         "seconds": plan.ws_seconds,
         "events": len(events),
@@ -689,12 +835,13 @@ def bench_mixed(system: LocalSystem, plan: RowPlan, log: Log) -> dict[str, Any]:
     threads += [threading.Thread(target=publisher_loop, args=(str(i),)) for i in range(2)]
     started = time.perf_counter()
     started_wall = time.time()
-    for thread in threads:
-        thread.start()
-    time.sleep(plan.mixed_seconds)
-    kafka1 = kafka_end_offsets(settings, topics)
-    streams1 = {s: stream_added(client, s) for s in streams}
-    window = time.perf_counter() - started
+    with cpu_used(system) as used:
+        for thread in threads:
+            thread.start()
+        time.sleep(plan.mixed_seconds)
+        kafka1 = kafka_end_offsets(settings, topics)
+        streams1 = {s: stream_added(client, s) for s in streams}
+        window = time.perf_counter() - started
     ended_wall = time.time()
     stop.set()
     for thread in threads:
@@ -727,6 +874,7 @@ def bench_mixed(system: LocalSystem, plan: RowPlan, log: Log) -> dict[str, Any]:
         "msg_per_s": total / window,
         "adr_target_per_s": 10_000,
         "issue_target_per_s": 20_000,
+        "cpu": cpu_summary([used], total),
     }
     result["ratio_to_adr_target"] = result["msg_per_s"] / 10_000
     log(
@@ -792,24 +940,29 @@ def bench_big_job(system: LocalSystem, plan: RowPlan, log: Log) -> dict[str, Any
             local: list[float] = []
             platform: list[float] = []
             stalls: list[float] = []
+            cpu: dict[str, list[dict[str, float]]] = {"baseline": [], "platform": []}
             for _ in range(plan.big_reps):
-                started = time.perf_counter()
-                run_detection(values, COLUMNS, detector, None, 0.1)
-                local.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                response = http.post(
-                    "/v1/jobs",
-                    data={"detector": detector, "contamination": "0.1"},
-                    files={"file": ("big.csv", body, "text/csv")},
-                )
-                if response.status_code != 202:
-                    raise RuntimeError(f"POST /v1/jobs answered {response.status_code}: {response.text[:300]}")
-                job_id = response.json()["id"]
-                while True:
-                    job = http.get(f"/v1/jobs/{job_id}").json()
-                    if job["status"] in ("completed", "failed", "cancelled"):
-                        break
-                    time.sleep(0.05)
+                with cpu_used(system) as used:
+                    started = time.perf_counter()
+                    run_detection(values, COLUMNS, detector, None, 0.1)
+                    local.append(time.perf_counter() - started)
+                cpu["baseline"].append(used)
+                with cpu_used(system) as used:
+                    started = time.perf_counter()
+                    response = http.post(
+                        "/v1/jobs",
+                        data={"detector": detector, "contamination": "0.1"},
+                        files={"file": ("big.csv", body, "text/csv")},
+                    )
+                    if response.status_code != 202:
+                        raise RuntimeError(f"POST /v1/jobs answered {response.status_code}: {response.text[:300]}")
+                    job_id = response.json()["id"]
+                    while True:
+                        job = http.get(f"/v1/jobs/{job_id}").json()
+                        if job["status"] in ("completed", "failed", "cancelled"):
+                            break
+                        time.sleep(0.05)
+                cpu["platform"].append(used)
                 if job["status"] != "completed":
                     raise RuntimeError(f"large {detector} job ended {job['status']}: {job.get('error')}")
                 ended = time.perf_counter()
@@ -822,6 +975,7 @@ def bench_big_job(system: LocalSystem, plan: RowPlan, log: Log) -> dict[str, Any
                 "platform_end_to_end_s": statistics.median(platform),
                 "healthz_worst_s": max(stalls),
                 "samples": {"local": local, "platform": platform, "stalls": stalls},
+                "cpu": {side: cpu_summary(cpu[side], len(cpu[side])) for side in cpu},
             }
             row["ratio"] = ratio(row["platform_end_to_end_s"], row["baseline_in_process_s"])
             log(

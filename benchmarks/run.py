@@ -15,22 +15,17 @@ of interleaved runs drift much less.  See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
-import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib import metadata
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +36,16 @@ import rows as bench_rows
 from pynomaly.api import API_KEY_HEADER
 from pynomaly.client import PynomalyClient
 from pynomaly.domain.detectors import run_detection
-from pynomaly.localstack.system import LocalSystem, sigterm_as_interrupt
+from pynomaly.localstack.system import LocalSystem
 from pynomaly.storage.redis_client import redis_from_settings
 
 COLUMNS = [f"f{i}" for i in range(8)]
 CONTAMINATION = 0.1
 POLL_INTERVAL = 0.02  # client polling of job status; bounds the quantisation of end-to-end latency
-REPO = Path(__file__).resolve().parent.parent
+REPO = bench_rows.REPO
+# The bridge row pauses the bridge (SIGSTOP) while it writes a backlog: it must keep its partitions
+# meanwhile, or it would measure a rebalance.
+BENCH_SETTINGS = {"kafka_session_timeout_seconds": 60.0}
 # Row 1 also sends with this variant of the project's Celery config, to measure a settings change
 # before and after in the same run (empty: no extra variant).  Now: as before issue 11 (task-sent
 # events; and, as for every variant but the project's, no ignore_result, so each send subscribes).
@@ -123,28 +121,6 @@ def as_json(values: np.ndarray, detector: str) -> bytes:
 # -- machine ----------------------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for dist in ("pynomaly", "pyod", "scikit-learn", "numpy", "celery", "kafka-python", "redis", "fastapi", "uvicorn"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[dist] = metadata.version(dist)
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": versions,
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "loadavg_start": list(os.getloadavg()),
-    }
-
-
 def parse_time(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
@@ -200,7 +176,17 @@ def bench_detection(client: PynomalyClient, plan: Plan, log: Callable[[str], Non
     return out
 
 
-def bench_throughput(client: PynomalyClient, plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
+def ended_counts(client: PynomalyClient) -> tuple[int, int]:
+    """(completed, failed or cancelled) jobs in the store, from the listing's totals."""
+    return (
+        int(client.jobs(status="completed", limit=1)["total"]),
+        sum(int(client.jobs(status=status, limit=1)["total"]) for status in ("failed", "cancelled")),
+    )
+
+
+def bench_throughput(
+    system: LocalSystem, client: PynomalyClient, plan: Plan, log: Callable[[str], None]
+) -> dict[str, Any]:
     """2. N small jobs at once through the workers vs the same N run sequentially in-process."""
     values = dataset(plan.job_rows, seed=7)
     body = values.tolist()
@@ -209,28 +195,37 @@ def bench_throughput(client: PynomalyClient, plan: Plan, log: Callable[[str], No
         return client.submit_rows(body, plan.job_detector, columns=COLUMNS, contamination=CONTAMINATION)["id"]
 
     rounds = []
+    cpu: dict[str, list[dict[str, float]]] = {"baseline": [], "platform": []}
+    ended = ended_counts(client)
     for _ in range(plan.throughput_rounds):  # whole rounds, baseline then platform, median over rounds
-        started = time.perf_counter()
-        for _ in range(plan.jobs):
-            run_detection(values, COLUMNS, plan.job_detector, None, CONTAMINATION)
-        local_s = time.perf_counter() - started
-        started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=8) as pool:  # concurrent submitters, as many clients would be
-            pending = set(pool.map(submit, range(plan.jobs)))
-        submitted_s = time.perf_counter() - started
-        deadline = time.monotonic() + 600
-        while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(pending)} of {plan.jobs} jobs still unfinished")
-            for job_id in list(pending):
-                job = client.job(job_id)
-                if job["status"] == "completed":
-                    pending.discard(job_id)
-                elif job["status"] in ("failed", "cancelled"):
-                    raise RuntimeError(f"job {job_id} ended {job['status']}: {job.get('error')}")
-            if pending:
-                time.sleep(0.1)
-        platform_s = time.perf_counter() - started
+        with bench_rows.cpu_used(system) as used:
+            started = time.perf_counter()
+            for _ in range(plan.jobs):
+                run_detection(values, COLUMNS, plan.job_detector, None, CONTAMINATION)
+            local_s = time.perf_counter() - started
+        cpu["baseline"].append(used)
+        with bench_rows.cpu_used(system) as used:
+            started = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=8) as pool:  # concurrent submitters, as many clients would be
+                pending = set(pool.map(submit, range(plan.jobs)))
+            submitted_s = time.perf_counter() - started
+            # Two O(1) counts per poll (the per-status indexes), not a GET per pending job: polling
+            # every job made the API the run's third-biggest CPU spender, on the workers' cores.
+            deadline = time.monotonic() + 600
+            while True:
+                completed, failed = ended_counts(client)
+                if completed >= ended[0] + plan.jobs or failed > ended[1]:
+                    break  # all done, or a failure (named below)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{ended[0] + plan.jobs - completed} of {plan.jobs} jobs still unfinished")
+                time.sleep(0.05)
+            platform_s = time.perf_counter() - started
+        cpu["platform"].append(used)
+        for job_id in pending:  # outside the timed window: every one of them, not just as many
+            job = client.job(job_id)
+            if job["status"] != "completed":
+                raise RuntimeError(f"job {job_id} ended {job['status']}: {job.get('error')}")
+        ended = ended_counts(client)
         rounds.append({"baseline_wall_s": local_s, "platform_wall_s": platform_s, "platform_submit_all_s": submitted_s})
     baseline = statistics.median(plan.jobs / r["baseline_wall_s"] for r in rounds)
     measured = statistics.median(plan.jobs / r["platform_wall_s"] for r in rounds)
@@ -245,6 +240,7 @@ def bench_throughput(client: PynomalyClient, plan: Plan, log: Callable[[str], No
         "platform_submit_all_s_median": statistics.median(r["platform_submit_all_s"] for r in rounds),
         "platform_wall_s_median": statistics.median(r["platform_wall_s"] for r in rounds),
         "ratio": ratio(measured, baseline),
+        "cpu": {side: bench_rows.cpu_summary(cpu[side], plan.jobs * len(cpu[side])) for side in cpu},
     }
     log(f"  throughput: in-process {baseline:.1f} jobs/s, platform {measured:.2f} jobs/s (median of {len(rounds)})")
     return result
@@ -424,7 +420,8 @@ def scoreboard(results: dict[str, Any]) -> list[dict[str, str]]:
     out.append(
         {
             "path": "whole local system RSS at rest after the standard load",
-            "platform": f"{r['total_rss_mb']:,.0f} MB RSS ({r['total_pss_mb']:,.0f} MB PSS); "
+            "platform": f"{r['total_rss_mb']:,.0f} MB RSS ({r['total_pss_mb']:,.0f} MB PSS; "
+            f"{results['memory_at_start']['total_rss_mb']:,.0f} MB RSS right after start); "
             + ", ".join(f"{n} {v['rss_mb']:.0f}" for n, v in big)
             + f"; Redis used_memory {r['redis_used_memory_mb']:.0f} MB",
             "baseline": "ADR: 1-2 GB baseline",
@@ -434,6 +431,53 @@ def scoreboard(results: dict[str, Any]) -> list[dict[str, str]]:
         }
     )
     return out
+
+
+def cpu_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
+    """(row, the platform's CPU summary, the baseline's or None) for every row that records CPU."""
+    eight = results["submit"]["eight"]
+    out: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = [
+        ("1. submit, 8 clients (per job / per `send_task`)", eight["platform"]["cpu"], eight["celery_defaults"]["cpu"]),
+        ("2. end to end (per job)", results["throughput"]["cpu"]["platform"], results["throughput"]["cpu"]["baseline"]),
+        ("3. event publish (per event)", results["publish"]["cpu"]["platform"], results["publish"]["cpu"]["baseline"]),
+        ("4. bridge (per event)", results["bridge"]["cpu"]["platform"], results["bridge"]["cpu"]["baseline"]),
+        ("6. mixed load (per message)", results["mixed"]["cpu"], None),
+    ]
+    for row in results["big_job"]["detectors"]:
+        out.append((f"7. 100k job, {row['detector']} (per job)", row["cpu"]["platform"], row["cpu"]["baseline"]))
+    return out
+
+
+def cpu_markdown(results: dict[str, Any]) -> list[str]:
+    """Why a rate cannot pass a ceiling here: CPU per message over every process, into the cores."""
+    cores = results["machine"]["nproc"]
+    lines = [
+        "",
+        "## CPU per message: the ceiling on this machine",
+        "",
+        f"CPU seconds of every process in the run (API, workers, consumers, Redis, Kafka, this script's "
+        f"clients and baselines) while the row ran, per message. A path that needs C ms of CPU per message "
+        f"cannot pass {cores} cores / C on this machine, whatever its latency; the baseline column is the "
+        "same for the raw libraries.",
+        "",
+        "| row | platform CPU ms | ceiling here /s | baseline CPU ms | ceiling here /s | CPU ratio | "
+        "platform's biggest spenders (CPU s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, measured, baseline in cpu_rows(results):
+        spenders = ", ".join(f"{n} {v:.1f}" for n, v in list(measured["by_process_s"].items())[:4])
+        base_ms = f"{baseline['cpu_ms_per_message']:.2f}" if baseline else "—"
+        base_cap = f"{baseline['cpu_bound_ceiling_per_s']:,.0f}" if baseline else "—"
+        cpu_ratio = (
+            f"x{measured['cpu_ms_per_message'] / baseline['cpu_ms_per_message']:.1f}"
+            if baseline and baseline["cpu_ms_per_message"] > 0
+            else "—"
+        )
+        lines.append(
+            f"| {name} | {measured['cpu_ms_per_message']:.2f} | {measured['cpu_bound_ceiling_per_s']:,.0f} | "
+            f"{base_ms} | {base_cap} | {cpu_ratio} | {spenders} |"
+        )
+    return lines
 
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:
@@ -455,6 +499,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         lines.append(
             "| " + " | ".join(row[k] for k in ("path", "platform", "baseline", "ratio", "target", "met")) + " |"
         )
+    lines += cpu_markdown(results)
     s = results["submit"]
     lines += [
         "",
@@ -516,13 +561,23 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
         "## 9. Memory at rest (component with its child processes)",
         "",
-        "| component | RSS MB | PSS MB | processes |",
-        "|---|---|---|---|",
+        "Right after start (idle; the detection libraries are imported by a pool child's first job) and "
+        "at rest after rows 1-7 (Redis then holds those rows' jobs and the bridge's dedup markers).",
+        "",
+        "| component | RSS MB at start | RSS MB after the load | PSS MB after | processes |",
+        "|---|---|---|---|---|",
     ]
-    mem = results["memory_at_rest"]
+    mem, start = results["memory_at_rest"], results["memory_at_start"]
     for name, v in sorted(mem["components"].items(), key=lambda kv: -kv[1]["rss_mb"]):
-        lines.append(f"| {name} | {v['rss_mb']:.0f} | {v['pss_mb']:.0f} | {v['processes']:.0f} |")
-    lines.append(f"| **total** | **{mem['total_rss_mb']:.0f}** | **{mem['total_pss_mb']:.0f}** | |")
+        before = start["components"].get(name, {}).get("rss_mb", 0.0)
+        lines.append(f"| {name} | {before:.0f} | {v['rss_mb']:.0f} | {v['pss_mb']:.0f} | {v['processes']:.0f} |")
+    lines.append(
+        f"| **total** | **{start['total_rss_mb']:.0f}** | **{mem['total_rss_mb']:.0f}** | "
+        f"**{mem['total_pss_mb']:.0f}** | |"
+    )
+    lines.append(
+        f"| Redis `used_memory` | {start['redis_used_memory_mb']:.0f} | {mem['redis_used_memory_mb']:.0f} | | |"
+    )
     li = results["list"]
     lines += [
         "",
@@ -720,32 +775,6 @@ def write_plots(results: dict[str, Any], out: Path) -> list[str]:
 # -- main -------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def local_system(log: Callable[[str], None], **overrides: Any) -> Iterator[LocalSystem]:
-    """A private local system in a temp dir; stopped and removed however the run ends (Ctrl-C too)."""
-    state = Path(tempfile.mkdtemp(prefix="pynomaly-bench-"))
-    libs = REPO / ".pynomaly" / "kafka-libs"  # the shared jar cache: no 100 MB download per run
-    system = LocalSystem(
-        state,
-        libs_dir=libs if libs.is_dir() else state / "kafka-libs",
-        settings_overrides={
-            "log_level": "WARNING",  # logging per task is not what we measure
-            # The bridge row pauses the bridge (SIGSTOP) while it writes a backlog: it must keep its
-            # partitions meanwhile, or it would measure a rebalance.
-            "kafka_session_timeout_seconds": 60.0,
-            **overrides,
-        },
-    )
-    try:
-        with sigterm_as_interrupt():
-            system.start(progress=lambda message: log(f"  {message}"))
-            yield system
-    finally:
-        log("stopping the local system")
-        system.stop()
-        shutil.rmtree(state, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller rows and fewer repetitions (a few minutes)")
@@ -766,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
         import soak
 
         log(f"starting a private local system for a {args.soak_minutes:.0f}-minute soak")
-        with local_system(log, **soak.SETTINGS) as system:
+        with bench_rows.local_system(log, **BENCH_SETTINGS, **soak.SETTINGS) as system:
             report = soak.run(system, args.soak_minutes * 60, log)
         args.out.mkdir(parents=True, exist_ok=True)
         soak.write(report, args.out)
@@ -778,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
         "command": ".venv/bin/python benchmarks/run.py" + (" --quick" if args.quick else ""),
-        "machine": machine_info(),
+        "machine": bench_rows.machine_info(),
         "plan": plan.__dict__,
         "row_plan": row_plan.__dict__,
         "noise_note": (
@@ -789,20 +818,23 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     log(f"starting a private local system ({results['mode']} mode)")
-    with local_system(log) as system:
+    with bench_rows.local_system(log, **BENCH_SETTINGS) as system:
         assert system.settings is not None
         results["system_settings"] = {"worker_concurrency": system.settings.worker_concurrency}
         quiet = redis_from_settings(system.settings)
+        time.sleep(5)  # past the start's imports and first heartbeats
+        results["memory_at_start"] = bench_rows.memory_snapshot(system, quiet)
+        log(f"  at start: {results['memory_at_start']['total_rss_mb']:.0f} MB RSS")
         with PynomalyClient(system.api_url, system.api_key, timeout=120) as client:
             log("detection latency (also measured)")
             results["detection"] = bench_detection(client, plan, log)
             log("row 1: submit vs send_task")
             results["submit"] = bench_rows.bench_submit(system, row_plan, log, CELERY_ALTERNATIVE)
             log("row 2: end to end")
-            results["throughput"] = bench_throughput(client, plan, log)
+            results["throughput"] = bench_throughput(system, client, plan, log)
         bench_rows.wait_quiet(quiet, log, system.settings)
         log("row 3: event publish")
-        results["publish"] = bench_rows.bench_publish(system.settings, row_plan, log)
+        results["publish"] = bench_rows.bench_publish(system, row_plan, log)
         bench_rows.wait_quiet(quiet, log, system.settings)
         log("row 4: bridge")
         results["bridge"] = bench_rows.bench_bridge(system, row_plan, log)
