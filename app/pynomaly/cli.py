@@ -264,29 +264,24 @@ def _parse_notify(specs: tuple[str, ...], allow_json: bool = False) -> list[dict
 
 def _job_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The options every job-submitting command shares: priority, notices, following, output, client."""
-    for option in reversed(
-        [
-            click.option(
-                "--priority", type=click.Choice(["low", "normal", "high", "critical"]), help="Queue priority."
-            ),
-            click.option("--webhook", help="URL that receives the signed completion notice."),
-            click.option(
-                "--notify", "notify", multiple=True, metavar="CHANNEL:TARGET[:ON[:THRESHOLD]]", help=NOTIFY_HELP
-            ),
-            click.option(
-                "--wait/--no-wait", default=False, help="Follow the job with a progress bar and print the anomalies."
-            ),
-            click.option(
-                "--timeout",
-                type=click.FloatRange(min=0, min_open=True),
-                default=600.0,
-                show_default=True,
-                help="Seconds to wait with --wait.",
-            ),
-            click.option("--json", "as_json", is_flag=True, help="Print the raw JSON."),
-            _client_options,
-        ]
-    ):
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+        click.option("--priority", type=click.Choice(["low", "normal", "high", "critical"]), help="Queue priority."),
+        click.option("--webhook", help="URL that receives the signed completion notice."),
+        click.option("--notify", "notify", multiple=True, metavar="CHANNEL:TARGET[:ON[:THRESHOLD]]", help=NOTIFY_HELP),
+        click.option(
+            "--wait/--no-wait", default=False, help="Follow the job with a progress bar and print the anomalies."
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=600.0,
+            show_default=True,
+            help="Seconds to wait with --wait.",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Print the raw JSON."),
+        _client_options,
+    ]
+    for option in reversed(options):  # the first listed is the outermost: shown first in --help
         func = option(func)
     return func
 
