@@ -392,15 +392,23 @@ def _name(urn: str | None) -> str:
     return (urn or "").rsplit("::", 1)[-1]
 
 
+# Resource operations at once.  The engine's default (8 here: 4 per core) can deadlock a first
+# deploy: every Deployment waits for its pods to be Ready while holding a slot, and the pods need the
+# chart's egress NetworkPolicy (DNS, Redis, Kafka), which then never gets one; the dev chart alone
+# has 9 Deployments.  Seen in a CI rehearsal: pynomaly-egress never created, every pod's DNS lookup
+# refused by the default-deny policy, the update failing after 10 minutes.
+PARALLEL = 64
+
+
 def up(stack: auto.Stack, *, on_event: EventCallback | None = None) -> OpCounts:
     """Update the stack; returns the resource changes per op (``{"create": 60}``)."""
-    result = stack.up(on_event=on_event, color="never")
+    result = stack.up(on_event=on_event, color="never", parallel=PARALLEL)
     return dict(result.summary.resource_changes or {})
 
 
 def preview(stack: auto.Stack, *, on_event: EventCallback | None = None) -> OpCounts:
     """What an update would do, per op (``{"same": 60}`` when nothing would change)."""
-    result = stack.preview(on_event=on_event, color="never")
+    result = stack.preview(on_event=on_event, color="never", parallel=PARALLEL)
     return {getattr(op, "value", str(op)): count for op, count in (result.change_summary or {}).items()}
 
 
@@ -410,7 +418,7 @@ def refresh(stack: auto.Stack, *, on_event: EventCallback | None = None) -> OpCo
 
 
 def destroy(stack: auto.Stack, *, on_event: EventCallback | None = None) -> OpCounts:
-    result = stack.destroy(on_event=on_event, color="never")
+    result = stack.destroy(on_event=on_event, color="never", parallel=PARALLEL)
     return dict(result.summary.resource_changes or {})
 
 
