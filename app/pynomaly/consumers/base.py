@@ -101,10 +101,26 @@ class EventConsumer:
     def stop(self, *_: object) -> None:
         self._stop.set()
 
+    def _await_partitions(self, consumer: KafkaConsumer, timeout: float = 60.0) -> None:
+        """Join the group only once every topic's partitions are in the client's metadata.
+
+        A member whose first assignment found no metadata for its topic (topics just created, a
+        loaded broker) got nothing, rejoined at once, and under load once never completed that
+        second join: healthy by its heartbeat, consuming nothing, until it was dropped from the
+        group a minute later (kafka-python 3.0.12, the scorer of a loaded CI run)."""
+        deadline = time.monotonic() + timeout
+        while not self._stop.is_set():
+            missing = [topic for topic in self._group.topics if not consumer.partitions_for_topic(topic)]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                log.warning("no partition metadata for %s after %.0f s; joining anyway", ",".join(missing), timeout)
+                return
+            self._stop.wait(0.5)
+
     def run(self) -> None:
         conn = connection_config(self._settings)
         consumer = KafkaConsumer(
-            *self._group.topics,
             group_id=self._group.name,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -120,6 +136,8 @@ class EventConsumer:
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
         self._heartbeat.start()
+        self._await_partitions(consumer)
+        consumer.subscribe(list(self._group.topics))
         next_lag = 0.0
         pause = 0.0
         paused_since: float | None = None
